@@ -1,0 +1,79 @@
+"""`gptx report MODEL_DIR`: a PNG of loss, learning rate and throughput over steps from metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gptx_cli.errors import DataError, UsageError
+
+
+def read_metrics(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of `model_dir/metrics.jsonl`; a malformed line is an error naming file:line."""
+    path = Path(model_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UsageError(
+            f"{path}: no metrics file (is {model_dir} a gptx model_dir written by `gptx train`?)"
+        )
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
+            if not isinstance(rec, dict) or "step" not in rec:
+                raise DataError(f"{path}:{lineno}: a metrics record needs a 'step' field")
+            records.append(rec)
+    if not records:
+        raise DataError(f"{path}: no metrics recorded yet")
+    return records
+
+
+def _series(records: list[dict[str, Any]], split: str, key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for rec in records:
+        if rec.get("split", "train") == split and isinstance(rec.get(key), (int, float)):
+            xs.append(int(rec["step"]))
+            ys.append(float(rec[key]))
+    return xs, ys
+
+
+def write_report(model_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> Path:
+    """Plot loss (train and eval), learning rate and tokens/s against step; returns the PNG path."""
+    records = read_metrics(model_dir)
+    out = Path(output) if output else Path(model_dir) / "report.png"
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    for split, style in (("train", "-"), ("eval", "o-")):
+        xs, ys = _series(records, split, "loss")
+        if xs:
+            axes[0].plot(xs, ys, style, label=f"{split} loss")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    xs, ys = _series(records, "train", "lr")
+    axes[1].plot(xs, ys)
+    axes[1].set_ylabel("learning rate")
+    xs, ys = _series(records, "train", "tokens_per_s")
+    axes[2].plot(xs, ys)
+    axes[2].set_ylabel("tokens/s")
+    axes[2].set_xlabel("step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"gptx run: {Path(model_dir).resolve().name}")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
