@@ -1,0 +1,184 @@
+"""The gptx checkpoint directory (see docs/checkpoints.md):
+
+    <model_dir>/checkpoint_<step>/
+      gptx.json          format marker, step, ModelConfig dict, tokenizer, dtype, extras
+      config.yaml        the resolved trainer-layout config of the run
+      model.safetensors  weights in gptx naming (or shards + model.safetensors.index.json)
+      train_state.pt     written by the trainer through `write_extra_files`
+
+A checkpoint is written as `<path>.tmp-<pid>` and renamed when complete, so a crash mid-save leaves
+only a temporary directory that `latest_checkpoint` ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gptx_cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+    from gptx_cli.config.spec import ModelConfig
+    from gptx_cli.weights import TensorSource
+
+FORMAT = "gptx-checkpoint"
+VERSION = 1
+META_FILE = "gptx.json"
+CONFIG_FILE = "config.yaml"
+DEFAULT_SHARD_SIZE = 5 * 10**9
+_STEP_RE = re.compile(r"checkpoint_(\d+)")
+
+
+def save_checkpoint_dir(
+    path: str | Path,
+    state_dict_or_items: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    model_cfg: ModelConfig,
+    *,
+    step: int,
+    config_yaml_dict: dict[str, Any] | None = None,
+    tokenizer: str | None = None,
+    extra: dict[str, Any] | None = None,
+    write_extra_files: Callable[[Path], None] | None = None,
+    shard_size_bytes: int = DEFAULT_SHARD_SIZE,
+) -> Path:
+    """Write a complete checkpoint directory at `path` (replacing one that is there); returns `path`.
+
+    `state_dict_or_items` may be a generator of (name, tensor): tensors then stream to disk one shard
+    at a time. `write_extra_files(tmp_dir)` adds files (e.g. train_state.pt) before the rename.
+    """
+    import yaml
+
+    from gptx_cli.weights import ShardedSafetensorsWriter, dtype_name
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        items = (
+            state_dict_or_items.items() if isinstance(state_dict_or_items, Mapping) else state_dict_or_items
+        )
+        dtypes: set[str] = set()
+        with ShardedSafetensorsWriter(tmp, shard_size_bytes) as writer:
+            for name, tensor in items:
+                dtypes.add(dtype_name(tensor.dtype))
+                writer.add(name, tensor)
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": int(step),
+            "model": model_cfg.to_dict(),
+            "tokenizer": tokenizer,
+            "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
+            "num_parameters": writer.num_params,
+        }
+        for key, value in (extra or {}).items():
+            meta.setdefault(key, value)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if config_yaml_dict is None:
+            config_yaml_dict = {"trainer": {"init": {"model": _model_section(model_cfg)}}}
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_yaml_dict, sort_keys=False))
+        if write_extra_files is not None:
+            write_extra_files(tmp)
+        if final.exists():
+            old = final.with_name(f"{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _model_section(cfg: ModelConfig) -> dict[str, Any]:
+    """The ModelZoo `model` section for a ModelConfig (None values are ModelZoo's defaults: left out)."""
+    return {k: v for k, v in cfg.to_dict().items() if v is not None}
+
+
+def is_gptx_checkpoint(path: str | Path) -> bool:
+    """True for a complete gptx checkpoint directory (gptx.json with the format marker)."""
+    meta = Path(path) / META_FILE
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The parsed gptx.json of a checkpoint directory; CheckpointError naming the file if it is not one."""
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: not a gptx checkpoint (no {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{meta_path}: corrupt checkpoint metadata ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: not a gptx checkpoint (format is not {FORMAT!r})")
+    if int(meta.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{meta_path}: checkpoint version {meta['version']} is newer than this gptx")
+    if not isinstance(meta.get("model"), dict) or "step" not in meta:
+        raise CheckpointError(f"{meta_path}: corrupt checkpoint metadata (needs 'model' and 'step')")
+    return meta
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    from gptx_cli.config.spec import ModelConfig
+
+    return ModelConfig.from_dict(read_checkpoint_meta(path)["model"])
+
+
+def open_checkpoint_weights(path: str | Path) -> TensorSource:
+    """The weights of a gptx checkpoint directory, for lazy reading (`.keys()`, `.get(name)`)."""
+    from gptx_cli.weights import open_tensors
+
+    read_checkpoint_meta(path)
+    return open_tensors(path)
+
+
+def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All weights of a gptx checkpoint in memory (for building a model; converters stream instead)."""
+    with open_checkpoint_weights(path) as src:
+        return dict(src.items())
+
+
+def list_checkpoints(model_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `model_dir` as (step, path), by step; temporary dirs are skipped."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    found: list[tuple[int, Path]] = []
+    for child in root.iterdir():
+        if not child.is_dir() or ".tmp-" in child.name or ".old-" in child.name:
+            continue
+        if not is_gptx_checkpoint(child):
+            continue
+        try:
+            step = int(json.loads((child / META_FILE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            m = _STEP_RE.fullmatch(child.name)
+            if not m:
+                continue
+            step = int(m.group(1))
+        found.append((step, child))
+    return sorted(found, key=lambda sp: (sp[0], sp[1].name))
+
+
+def latest_checkpoint(model_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under `model_dir`, or None."""
+    found = list_checkpoints(model_dir)
+    return found[-1][1] if found else None
