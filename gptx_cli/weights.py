@@ -131,7 +131,7 @@ class _SafetensorsFile:
             try:
                 with open(self.path, "rb") as f:
                     f.seek(self.data_start + begin)
-                    got = f.readinto(memoryview(buf))
+                    got = f.readinto(buf.data)
             except OSError as err:
                 raise CheckpointError(f"{self.path}: cannot read tensor {name!r}: {err}") from err
             if got != end - begin:
