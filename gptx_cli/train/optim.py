@@ -1,0 +1,174 @@
+"""Optimizers with Cerebras ModelZoo's update rules (`cerebras.pytorch.optim`).
+
+ModelZoo's AdamW differs from `torch.optim.AdamW` in two details that change the numbers, so gptx
+implements it here instead of mapping to torch's:
+  - eps is added to the *uncorrected* sqrt(v) (HF/BERT style), and the bias correction is folded into
+    the step size: update = m / (sqrt(v) + eps) * sqrt(1 - b2^t) / (1 - b1^t);
+  - weight decay is decoupled and added to the update before the learning rate multiplies it:
+    p -= lr * (update + weight_decay * p).
+Defaults are ModelZoo's: eps 1e-6, weight_decay 0.0, correct_bias True.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from gptx_cli.config.spec import OptimizerSpec
+from gptx_cli.errors import ConfigError
+
+
+class AdamW(torch.optim.Optimizer):
+    """ModelZoo AdamW (also Adam, with `l2_regularization_rate` instead of decoupled decay)."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+        l2_regularization_rate: float = 0.0,
+    ) -> None:
+        if lr < 0.0 or eps < 0.0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ConfigError(f"optimizer: invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            correct_bias=correct_bias,
+            l2_regularization_rate=l2_regularization_rate,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            grads = [p.grad for p in params]
+            if group["l2_regularization_rate"] > 0.0:
+                grads = torch._foreach_add(grads, params, alpha=group["l2_regularization_rate"])
+            exp_avgs, exp_avg_sqs = [], []
+            for p in params:
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                state["step"] += 1
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+            step = float(self.state[params[0]]["step"])
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denom, group["eps"])
+            updates = torch._foreach_div(exp_avgs, denom)
+            if group["correct_bias"]:
+                step_size = math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+                torch._foreach_mul_(updates, step_size)
+            if group["weight_decay"]:
+                torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+            torch._foreach_mul_(updates, group["lr"])
+            torch._foreach_sub_(params, updates)
+        return loss
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023): sign of an interpolated momentum, decoupled weight decay."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                exp_avg = state["exp_avg"]
+                update = (exp_avg * beta1 + p.grad * (1.0 - beta1)).sign_()
+                p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+                exp_avg.mul_(beta2).add_(p.grad, alpha=1.0 - beta2)
+        return loss
+
+
+def _adam(params: Any, weight_decay: float = 0.0, **kw: Any) -> AdamW:
+    # ModelZoo's Adam: `weight_decay` is an L2 term added to the gradient, bias correction always on.
+    return AdamW(params, weight_decay=0.0, l2_regularization_rate=weight_decay, correct_bias=True, **kw)
+
+
+_OPTIMIZERS: dict[str, Any] = {
+    "AdamW": AdamW,
+    "Adam": _adam,
+    "SGD": torch.optim.SGD,
+    "Lion": Lion,
+}
+
+# Keys the config may carry that are not optimizer arguments (learning rate comes from the schedule).
+_NOT_OPTIMIZER_ARGS = {
+    "learning_rate",
+    "lr",
+    "max_gradient_norm",
+    "max_gradient_value",
+    "loss_scaling_factor",
+}
+
+
+def optimizer_learning_rate(spec: OptimizerSpec) -> float | None:
+    """The constant learning rate a config gives with its optimizer (used when there are no schedulers)."""
+    value = spec.params.get("learning_rate", spec.params.get("lr"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """An optimizer over `param_groups` (from `model.optimize.optimizer_param_groups`).
+
+    A group's own `weight_decay` (0.0 for biases and normalisation weights) overrides the config's.
+    """
+    factory = _OPTIMIZERS.get(spec.name)
+    if factory is None:
+        raise ConfigError(f"optimizer: unknown optimizer {spec.name!r} (known: {', '.join(_OPTIMIZERS)})")
+    kwargs = {k: v for k, v in spec.params.items() if k not in _NOT_OPTIMIZER_ARGS}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
+    if spec.name in ("AdamW", "Adam"):
+        kwargs.setdefault("eps", 1e-6)
+    if spec.name == "SGD":
+        kwargs.setdefault("lr", 0.0)  # the schedule sets it before the first step
+    default_wd = float(kwargs.get("weight_decay", 0.0))
+    groups = []
+    for group in param_groups:
+        group = dict(group)
+        if group.get("weight_decay") != 0.0:  # 0.0 marks biases and norms; the rest take the config's
+            group["weight_decay"] = default_wd
+        if spec.name == "Adam":  # Adam's weight_decay is an L2 term on the gradient
+            group["l2_regularization_rate"] = group.pop("weight_decay")
+            group["weight_decay"] = 0.0
+        groups.append(group)
+    try:
+        return factory(groups, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"optimizer: {spec.name}: {err}") from None

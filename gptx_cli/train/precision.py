@@ -1,0 +1,102 @@
+"""Mixed precision: autocast, dynamic loss scaling (ModelZoo's DLS knobs) and gradient clipping."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from gptx_cli.config.spec import PrecisionSpec
+
+
+def autocast_dtype(spec: PrecisionSpec) -> torch.dtype | None:
+    name = spec.autocast_dtype
+    return None if name is None else getattr(torch, name)
+
+
+def precision_notes(spec: PrecisionSpec) -> list[str]:
+    notes = []
+    if spec.enabled and spec.fp16_type == "cbfloat16":
+        notes.append("precision: cbfloat16 is a Cerebras format; running as bfloat16")
+    if spec.enabled and spec.fp16_type in ("bfloat16", "cbfloat16") and spec.loss_scaling_factor == "dynamic":
+        notes.append("precision: bfloat16 has fp32's range, so dynamic loss scaling is not needed and is off")
+    return notes
+
+
+def autocast(spec: PrecisionSpec, device_type: str) -> contextlib.AbstractContextManager[Any]:
+    dtype = autocast_dtype(spec)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+class LossScaler:
+    """Static or dynamic loss scaling for float16 (ModelZoo: loss_scaling_factor, initial_loss_scale,
+    steps_per_increase, min_loss_scale, max_loss_scale). With bfloat16 or fp32 the scale is 1 and the
+    scaler only reports whether the gradients are finite."""
+
+    def __init__(self, spec: PrecisionSpec) -> None:
+        self.fp16 = spec.enabled and spec.fp16_type == "float16"
+        self.dynamic = self.fp16 and spec.loss_scaling_factor == "dynamic"
+        if self.dynamic:
+            self.scale = float(spec.initial_loss_scale)
+        elif self.fp16:
+            self.scale = float(spec.loss_scaling_factor)
+        else:
+            self.scale = 1.0
+        self.steps_per_increase = int(spec.steps_per_increase)
+        self.min_scale = float(spec.min_loss_scale)
+        self.max_scale = float(spec.max_loss_scale)
+        self.good_steps = 0
+        self.skipped_steps = 0
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale if self.scale != 1.0 else loss
+
+    def unscale_(self, grads: list[torch.Tensor]) -> None:
+        if self.scale != 1.0 and grads:
+            torch._foreach_mul_(grads, 1.0 / self.scale)
+
+    def update(self, finite: bool) -> bool:
+        """Record one step's outcome; returns whether the optimizer step should run."""
+        if not self.dynamic:
+            return finite
+        if not finite:
+            self.scale = max(self.scale / 2.0, self.min_scale)
+            self.good_steps = 0
+            self.skipped_steps += 1
+            return False
+        self.good_steps += 1
+        if self.good_steps >= self.steps_per_increase:
+            self.scale = min(self.scale * 2.0, self.max_scale)
+            self.good_steps = 0
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "good_steps": self.good_steps, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale = float(state["scale"])
+        self.good_steps = int(state["good_steps"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    # FSDP2 gradients are DTensors; norms over them are DTensors too
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def clip_gradients(
+    params: Iterable[torch.nn.Parameter], max_norm: float | None, max_value: float | None
+) -> float:
+    """Clip by value, then by global norm (ModelZoo order); returns the global grad norm before norm clipping."""
+    params = [p for p in params if p.grad is not None]
+    if max_value is not None:
+        torch.nn.utils.clip_grad_value_(params, max_value)
+    norm = torch.nn.utils.clip_grad_norm_(
+        params, max_norm if max_norm is not None else math.inf, foreach=True
+    )
+    return float(_local(norm))
