@@ -1,0 +1,354 @@
+"""The legacy flat layout (ModelZoo <= 2.3: train_input / eval_input / model / optimizer / runconfig).
+
+`convert_legacy(params)` produces the trainer layout with the same mapping as ModelZoo's
+`convert_legacy_params_to_trainer_params` (cerebras/modelzoo/trainer/utils.py):
+
+    model.*                         -> trainer.init.model.*   (minus mixed_precision / fp16_type)
+    model.mixed_precision           -> trainer.init.precision.enabled
+    model.fp16_type                 -> trainer.init.precision.fp16_type
+    optimizer.optimizer_type: X     -> trainer.init.optimizer: {X: <other optimizer keys>}
+    optimizer.learning_rate (list)  -> trainer.init.schedulers: [{SequentialLR: {schedulers: [...]}}]
+                                       (one item: that scheduler alone; `main_scheduler: chained`
+                                       -> ChainedScheduler); `scheduler: Linear` -> LinearLR, ...
+    optimizer.learning_rate (float) -> kept in the optimizer, plus schedulers: [{ConstantLR: ...}]
+    optimizer.loss_scaling_factor, initial_loss_scale, steps_per_increase, min/max_loss_scale,
+              max_gradient_norm, max_gradient_value, log_summaries -> trainer.init.precision.*
+    optimizer.grad_accum_steps      -> trainer.init.loop.grad_accum_steps
+    runconfig.max_steps, num_steps, eval_frequency, eval_steps, num_epochs, steps_per_epoch -> init.loop
+    runconfig.checkpoint_steps      -> init.checkpoint.steps (and autoload_last_checkpoint, ...)
+    runconfig.log_steps / logging   -> init.logging.log_steps / log_level
+    runconfig.seed, model_dir       -> init.seed, init.model_dir
+    runconfig.target_device         -> init.backend.backend_type (CSX cluster keys -> backend.cluster_config)
+    runconfig.checkpoint_path       -> fit.ckpt_path, validate.ckpt_path, validate_all.ckpt_paths
+    runconfig.max_checkpoints       -> init.checkpoint.keep_last_n (ModelZoo: KeepNCheckpoints callback)
+    train_input                     -> trainer.fit.train_dataloader
+    eval_input                      -> trainer.fit.val_dataloader, validate.val_dataloader,
+                                       validate_all.val_dataloaders
+    sparsity                        -> trainer.init.sparsity
+
+Unknown top-level or runconfig keys are reported as problems (ModelZoo only warns; gptx treats
+unknown keys as errors everywhere, like the trainer layout's `extra="forbid"`). Torch-free.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptx_cli.config.load import KeyPath
+
+LEGACY_TOP_KEYS = ("train_input", "eval_input", "model", "optimizer", "runconfig", "sparsity", "wandb")
+
+# optimizer.* keys that ModelZoo moves into the precision section.
+_OPTIMIZER_TO_PRECISION = {
+    "loss_scaling_factor": "loss_scaling_factor",
+    "initial_loss_scale": "initial_loss_scale",
+    "steps_per_increase": "steps_per_increase",
+    "min_loss_scale": "min_loss_scale",
+    "max_loss_scale": "max_loss_scale",
+    "max_gradient_norm": "max_gradient_norm",
+    "max_gradient_value": "max_gradient_value",
+    "log_summaries": "log_loss_scale",
+}
+
+# runconfig.<key> -> trainer path (relative to trainer.init unless it starts with fit/validate).
+_RUNCONFIG_MAP: dict[str, tuple[str, ...]] = {
+    "model_dir": ("model_dir",),
+    "seed": ("seed",),
+    "target_device": ("backend", "backend_type"),
+    "compile_dir": ("backend", "compile_dir"),
+    "compile_only": ("backend", "compile_only"),
+    "validate_only": ("backend", "validate_only"),
+    "num_csx": ("backend", "cluster_config", "num_csx"),
+    "num_wgt_servers": ("backend", "cluster_config", "max_wgt_servers"),
+    "mgmt_address": ("backend", "cluster_config", "mgmt_address"),
+    "mgmt_namespace": ("backend", "cluster_config", "mgmt_namespace"),
+    "credentials_path": ("backend", "cluster_config", "credentials_path"),
+    "mount_dirs": ("backend", "cluster_config", "mount_dirs"),
+    "python_paths": ("backend", "cluster_config", "python_paths"),
+    "num_workers_per_csx": ("backend", "cluster_config", "num_workers_per_csx"),
+    "num_act_servers": ("backend", "cluster_config", "max_act_per_csx"),
+    "job_labels": ("backend", "cluster_config", "job_labels"),
+    "job_priority": ("backend", "cluster_config", "job_priority"),
+    "job_time_sec": ("backend", "cluster_config", "job_time_sec"),
+    "disable_version_check": ("backend", "cluster_config", "disable_version_check"),
+    "enable_distributed": ("backend", "enable_distributed"),
+    "main_process_id": ("backend", "main_process_id"),
+    "dist_backend": ("backend", "dist_backend"),
+    "init_method": ("backend", "init_method"),
+    "sync_batchnorm": ("backend", "sync_batchnorm"),
+    "precision_opt_level": ("precision", "precision_opt_level"),
+    "num_steps": ("loop", "num_steps"),
+    "max_steps": ("loop", "max_steps"),
+    "num_epochs": ("loop", "num_epochs"),
+    "steps_per_epoch": ("loop", "steps_per_epoch"),
+    "eval_frequency": ("loop", "eval_frequency"),
+    "eval_steps": ("loop", "eval_steps"),
+    "checkpoint_steps": ("checkpoint", "steps"),
+    "disable_strict_checkpoint_loading": ("checkpoint", "disable_strict_checkpoint_loading"),
+    "autoload_last_checkpoint": ("checkpoint", "autoload_last_checkpoint"),
+    "save_initial_checkpoint": ("checkpoint", "save_initial_checkpoint"),
+    "max_checkpoints": ("checkpoint", "keep_last_n"),
+    "log_steps": ("logging", "log_steps"),
+    "logging": ("logging", "log_level"),
+    "wsc_log_level": ("logging", "wsc_log_level"),
+    "enable_act_frequency": ("logging", "enable_act_frequency"),
+}
+# runconfig keys ModelZoo turns into Cerebras-only callbacks or ignores; gptx accepts and ignores them.
+IGNORED_RUNCONFIG_KEYS = frozenset(
+    {
+        "mode",
+        "transfer_processes",
+        "ini",
+        "debug_args",
+        "debug_args_path",
+        "retrace_every_iteration",
+        "lazy_initialization",
+        "log_initialization",
+        "drop_data",
+        "fabric_type_blacklist",
+        "compile_crd_memory_gi",
+        "execute_crd_memory_gi",
+        "wrk_memory_gi",
+        "act_memory_gi",
+        "cmd_memory_gi",
+        "wgt_memory_gi",
+        "chf_memory_gi",
+        "log_input_summaries",
+        "check_loss_values",
+        "load_checkpoint_states",
+        "experimental",
+        "op_profiler_config",
+        "dump_activations",
+        "hf_cache_dir",
+        "summary_dir",
+        "legacy_event_dirs",
+    }
+)
+RUNCONFIG_KEYS = frozenset(_RUNCONFIG_MAP) | IGNORED_RUNCONFIG_KEYS | {"checkpoint_path"}
+
+# Legacy scheduler spellings -> canonical class names (ModelZoo tries `name` and `name + "lr"`).
+SCHEDULER_NAMES = (
+    "ConstantLR",
+    "LinearLR",
+    "CosineDecayLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "ExponentialLR",
+    "InverseExponentialTimeDecayLR",
+    "InverseSquareRootDecayLR",
+    "PiecewiseConstantLR",
+    "PolynomialLR",
+    "MultiStepLR",
+    "StepLR",
+    "LambdaLR",
+    "MultiplicativeLR",
+    "CyclicLR",
+    "OneCycleLR",
+    "WarmupLR",
+    "SequentialLR",
+    "ChainedScheduler",
+    "ScalePerParamLR",
+)
+_SCHEDULER_LOOKUP = {n.lower(): n for n in SCHEDULER_NAMES}
+
+
+def canonical_scheduler_name(name: str) -> str | None:
+    """`Linear`/`linear`/`LinearLR` -> `LinearLR`; None when unknown."""
+    low = str(name).lower()
+    return _SCHEDULER_LOOKUP.get(low) or _SCHEDULER_LOOKUP.get(low + "lr")
+
+
+def is_legacy(params: Any) -> bool:
+    """ModelZoo's rule: a config without a top-level `trainer` key is in the legacy layout."""
+    return isinstance(params, dict) and "trainer" not in params
+
+
+@dataclass
+class LegacyConversion:
+    """The trainer-layout dict, where its keys came from, and problems found on the way."""
+
+    data: dict[str, Any]
+    path_map: list[tuple[KeyPath, KeyPath]] = field(default_factory=list)
+    problems: list[tuple[KeyPath, str]] = field(default_factory=list)  # (legacy path, message)
+
+
+def convert_legacy(params: dict[str, Any]) -> LegacyConversion:
+    """Legacy flat params -> `{"trainer": {...}}`; the input is not modified."""
+    params = copy.deepcopy(params)
+    init: dict[str, Any] = {}
+    trainer: dict[str, Any] = {"init": init}
+    conv = LegacyConversion({"trainer": trainer})
+    T: KeyPath = ("trainer",)
+    I: KeyPath = ("trainer", "init")  # noqa: E741
+
+    def put(section: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+        for k in keys[:-1]:
+            section = section.setdefault(k, {})
+        section[keys[-1]] = value
+
+    for key in params:
+        if key not in LEGACY_TOP_KEYS:
+            conv.problems.append(((key,), f"unknown top-level key '{key}'"))
+
+    # model (precision keys move out)
+    model = params.get("model")
+    if isinstance(model, dict):
+        precision: dict[str, Any] = {}
+        if "mixed_precision" in model:
+            precision["enabled"] = model.pop("mixed_precision")
+            conv.path_map.append((I + ("precision", "enabled"), ("model", "mixed_precision")))
+        if "fp16_type" in model:
+            precision["fp16_type"] = model.pop("fp16_type")
+            conv.path_map.append((I + ("precision", "fp16_type"), ("model", "fp16_type")))
+        init["model"] = model
+        conv.path_map.append((I + ("model",), ("model",)))
+        if precision:
+            init["precision"] = precision
+    elif model is not None:
+        init["model"] = model
+        conv.path_map.append((I + ("model",), ("model",)))
+
+    # optimizer
+    optimizer = params.get("optimizer")
+    if isinstance(optimizer, dict):
+        _convert_optimizer(optimizer, init, conv)
+    elif optimizer is not None:
+        conv.problems.append((("optimizer",), "expected a mapping with optimizer_type"))
+
+    # runconfig
+    runconfig = params.get("runconfig") or {}
+    ckpt_path = None
+    if isinstance(runconfig, dict):
+        for key, value in runconfig.items():
+            if key in _RUNCONFIG_MAP:
+                target = _RUNCONFIG_MAP[key]
+                put(init, target, value)
+                conv.path_map.append((I + target, ("runconfig", key)))
+            elif key == "checkpoint_path":
+                ckpt_path = value
+            elif key not in IGNORED_RUNCONFIG_KEYS:
+                conv.problems.append(((("runconfig", key)), _unknown("runconfig", key, RUNCONFIG_KEYS)))
+    else:
+        conv.problems.append((("runconfig",), "expected a mapping"))
+
+    if "sparsity" in params:
+        init["sparsity"] = params["sparsity"]
+        conv.path_map.append((I + ("sparsity",), ("sparsity",)))
+
+    # data
+    if "train_input" in params:
+        fit: dict[str, Any] = {"train_dataloader": params["train_input"]}
+        conv.path_map.append((T + ("fit", "train_dataloader"), ("train_input",)))
+        if "eval_input" in params:
+            fit["val_dataloader"] = copy.deepcopy(params["eval_input"])
+            conv.path_map.append((T + ("fit", "val_dataloader"), ("eval_input",)))
+        if ckpt_path is not None:
+            fit["ckpt_path"] = ckpt_path
+            conv.path_map.append((T + ("fit", "ckpt_path"), ("runconfig", "checkpoint_path")))
+        trainer["fit"] = fit
+    if "eval_input" in params:
+        trainer["validate"] = {"val_dataloader": copy.deepcopy(params["eval_input"])}
+        trainer["validate_all"] = {"val_dataloaders": copy.deepcopy(params["eval_input"])}
+        conv.path_map.append((T + ("validate", "val_dataloader"), ("eval_input",)))
+        conv.path_map.append((T + ("validate_all", "val_dataloaders"), ("eval_input",)))
+        if ckpt_path is not None:
+            trainer["validate"]["ckpt_path"] = ckpt_path
+            trainer["validate_all"]["ckpt_paths"] = ckpt_path
+            conv.path_map.append((T + ("validate", "ckpt_path"), ("runconfig", "checkpoint_path")))
+            conv.path_map.append((T + ("validate_all", "ckpt_paths"), ("runconfig", "checkpoint_path")))
+    return conv
+
+
+def _unknown(section: str, key: str, known: Any) -> str:
+    from gptx_cli.config.validate import did_you_mean  # local: validate imports this module
+
+    return f"unknown key '{key}' in {section}{did_you_mean(key, known)}"
+
+
+def _convert_optimizer(optimizer: dict[str, Any], init: dict[str, Any], conv: LegacyConversion) -> None:
+    I: KeyPath = ("trainer", "init")  # noqa: E741
+    opt_type = optimizer.pop("optimizer_type", None)
+    if opt_type is None:
+        conv.problems.append((("optimizer",), "legacy optimizer needs 'optimizer_type' (e.g. AdamW)"))
+        opt_type = "AdamW"
+    opt_type = str(opt_type)
+    precision = init.setdefault("precision", {})
+    for key, target in _OPTIMIZER_TO_PRECISION.items():
+        if key in optimizer:
+            precision[target] = optimizer.pop(key)
+            conv.path_map.append((I + ("precision", target), ("optimizer", key)))
+    if not precision:
+        init.pop("precision")
+    if "grad_accum_steps" in optimizer:
+        init.setdefault("loop", {})["grad_accum_steps"] = optimizer.pop("grad_accum_steps")
+        conv.path_map.append((I + ("loop", "grad_accum_steps"), ("optimizer", "grad_accum_steps")))
+
+    lr = optimizer.get("learning_rate")
+    adjust = optimizer.get("adjust_learning_rate")
+    if isinstance(lr, (list, dict)):
+        optimizer.pop("learning_rate")
+        sched, sched_map = _convert_schedulers(lr, conv)
+        if sched is not None:
+            if adjust:
+                sched = {"ScalePerParamLR": {"scheduler": sched}}
+                sched_map = [(("ScalePerParamLR", "scheduler") + new, old) for new, old in sched_map]
+            init["schedulers"] = [sched]
+            for new, old in sched_map:
+                conv.path_map.append((I + ("schedulers", 0) + new, ("optimizer", "learning_rate") + old))
+    elif lr is not None:
+        # A constant learning rate becomes an explicit ConstantLR (ModelZoo does the same).
+        init["schedulers"] = [{"ConstantLR": {"learning_rate": lr}}]
+        conv.path_map.append((I + ("schedulers", 0, "ConstantLR"), ("optimizer", "learning_rate")))
+    init["optimizer"] = {opt_type: optimizer}
+    conv.path_map.append((I + ("optimizer", opt_type), ("optimizer",)))
+    conv.path_map.append((I + ("optimizer",), ("optimizer",)))
+
+
+def _convert_schedulers(
+    lr: list[Any] | dict[str, Any], conv: LegacyConversion
+) -> tuple[dict[str, Any] | None, list[tuple[KeyPath, KeyPath]]]:
+    """Legacy `learning_rate` list/dict -> one trainer scheduler dict, plus (new, old) path pairs."""
+    items = lr if isinstance(lr, list) else [lr]
+    children: list[dict[str, Any]] = []
+    mains: set[str] = set()
+    for i, item in enumerate(items):
+        where: KeyPath = (i,) if isinstance(lr, list) else ()
+        if not isinstance(item, dict) or "scheduler" not in item:
+            conv.problems.append((where, "each learning_rate entry needs a 'scheduler' key"))
+            return None, []
+        item = dict(item)
+        if (main := item.pop("main_scheduler", None)) is not None:
+            mains.add(str(main))
+        raw_name = item.pop("scheduler")
+        name = canonical_scheduler_name(raw_name)
+        if name is None:
+            conv.problems.append(
+                (
+                    ("optimizer", "learning_rate") + where + ("scheduler",),
+                    f"unknown scheduler '{raw_name}'{_suggest(raw_name)}",
+                )
+            )
+            return None, []
+        children.append({name: item})
+    if len(mains) > 1:
+        conv.problems.append(
+            (("optimizer", "learning_rate"), f"conflicting main_scheduler values {sorted(mains)}")
+        )
+    chained = bool(mains) and next(iter(mains)).lower() in ("chained", "chainedlr", "chainedscheduler")
+    key = "ChainedScheduler" if chained else "SequentialLR"
+    if len(children) == 1 and key == "SequentialLR":
+        name = next(iter(children[0]))
+        return children[0], [((name,), (0,) if isinstance(lr, list) else ())]
+    mapping: list[tuple[KeyPath, KeyPath]] = [
+        ((key, "schedulers", i, next(iter(c))), (i,)) for i, c in enumerate(children)
+    ]
+    mapping.append(((key,), ()))
+    return {key: {"schedulers": children}}, mapping
+
+
+def _suggest(name: str) -> str:
+    from gptx_cli.config.validate import did_you_mean
+
+    return did_you_mean(str(name), SCHEDULER_NAMES)
