@@ -124,7 +124,9 @@ class LoglikelihoodScorer:
         self.device = device
         self.tokens_scored = 0  # model input tokens, for throughput reports
 
-    def loglikelihood_tokens(self, requests: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def loglikelihood_tokens(
+        self, requests: Sequence[tuple[list[int], list[int]]]
+    ) -> list[tuple[float, bool]]:
         """[(sum of log p(continuation | context), continuation == greedy decode)] in request order."""
         import torch
 
@@ -166,7 +168,7 @@ class LoglikelihoodScorer:
                 requests.append(window)
                 owner.append(doc_index)
         totals = [0.0] * len(documents)
-        for doc_index, (ll, _) in zip(owner, self.loglikelihood_tokens(requests)):
+        for doc_index, (ll, _) in zip(owner, self.loglikelihood_tokens(requests), strict=True):
             totals[doc_index] += ll
         return totals
 
@@ -294,7 +296,9 @@ def load_task(name_or_path: str, tasks_dir: str | None = None) -> Task:
                 raise DataError(f"{where}: unknown gptx_task key(s) {', '.join(sorted(unknown))}")
             kind = header.get("kind")
             if kind not in TASK_KINDS:
-                raise DataError(f"{where}: gptx_task.kind must be one of {', '.join(TASK_KINDS)}, got {kind!r}")
+                raise DataError(
+                    f"{where}: gptx_task.kind must be one of {', '.join(TASK_KINDS)}, got {kind!r}"
+                )
             continue
         if kind is None:
             kind = _kind_of(record)
@@ -409,9 +413,9 @@ def evaluate_task(
         spans.append((start, len(requests)))
     results = scorer.loglikelihood_tokens(requests)
     correct = correct_norm = 0
-    for doc, (start, end) in zip(docs, spans):
+    for doc, (start, end) in zip(docs, spans, strict=True):
         lls = [ll for ll, _ in results[start:end]]
-        normed = [ll / len(choice) for ll, choice in zip(lls, doc["choices"])]
+        normed = [ll / len(choice) for ll, choice in zip(lls, doc["choices"], strict=True)]
         # np.argmax semantics: the first maximum wins ties.
         correct += int(lls.index(max(lls)) == doc["gold"])
         correct_norm += int(normed.index(max(normed)) == doc["gold"])

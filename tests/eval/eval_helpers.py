@@ -13,7 +13,9 @@ class BpeTokenizer:
     def __init__(self, tokenizer_dir: Path):
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-        bpe = models.BPE.from_file(str(tokenizer_dir / "gpt2-encoder.json"), str(tokenizer_dir / "gpt2-vocab.bpe"))
+        bpe = models.BPE.from_file(
+            str(tokenizer_dir / "gpt2-encoder.json"), str(tokenizer_dir / "gpt2-vocab.bpe")
+        )
         self._tok = Tokenizer(bpe)
         self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         self._tok.decoder = decoders.ByteLevel()

@@ -121,11 +121,9 @@ def test_batched_scores_equal_unbatched_transformers_computation(neox_and_tok):
     model, tok = neox_and_tok
     task = load_task(str(DATA / "choice_tiny.jsonl"))
     scorer = LoglikelihoodScorer(hf_logits_fn(model), max_length=64, batch_size=3)
-    requests = [
-        encode_pair(tok, d["query"], " " + c, tok.eos_id) for d in task.docs for c in d["choices"]
-    ]
+    requests = [encode_pair(tok, d["query"], " " + c, tok.eos_id) for d in task.docs for c in d["choices"]]
     got = scorer.loglikelihood_tokens(requests)
-    for (ctx, cont), (ll, greedy) in zip(requests, got):
+    for (ctx, cont), (ll, greedy) in zip(requests, got, strict=True):
         ref_ll, ref_greedy = hf_continuation_ll(model, ctx, cont)
         assert ll == pytest.approx(ref_ll, abs=1e-4)
         assert greedy == ref_greedy
@@ -133,9 +131,12 @@ def test_batched_scores_equal_unbatched_transformers_computation(neox_and_tok):
     res = evaluate_task(task, scorer, tok)
     acc = acc_norm = 0
     for d in task.docs:
-        lls = [hf_continuation_ll(model, *encode_pair(tok, d["query"], " " + c, tok.eos_id))[0] for c in d["choices"]]
+        lls = [
+            hf_continuation_ll(model, *encode_pair(tok, d["query"], " " + c, tok.eos_id))[0]
+            for c in d["choices"]
+        ]
         acc += int(max(range(len(lls)), key=lambda i: lls[i]) == d["gold"])
-        normed = [ll / len(c) for ll, c in zip(lls, d["choices"])]
+        normed = [ll / len(c) for ll, c in zip(lls, d["choices"], strict=True)]
         acc_norm += int(max(range(len(lls)), key=lambda i: normed[i]) == d["gold"])
     assert res.metrics == {"acc": acc / 4, "acc_norm": acc_norm / 4}
 
@@ -168,11 +169,13 @@ def test_rolling_equals_non_windowed_when_the_document_fits(neox_and_tok):
     rolled = LoglikelihoodScorer(hf_logits_fn(model), max_length=64, batch_size=2).loglikelihood_rolling(
         docs, tok.eos_id
     )
-    for doc, ll in zip(docs, rolled):
+    for doc, ll in zip(docs, rolled, strict=True):
         ref, _ = hf_continuation_ll(model, [tok.eos_id], doc)
         assert ll == pytest.approx(ref, abs=1e-4)
     # A short context forces windows; each window is the same computation on its own slice.
-    windowed = LoglikelihoodScorer(hf_logits_fn(model), max_length=8).loglikelihood_rolling(docs[:1], tok.eos_id)
+    windowed = LoglikelihoodScorer(hf_logits_fn(model), max_length=8).loglikelihood_rolling(
+        docs[:1], tok.eos_id
+    )
     ref = sum(hf_continuation_ll(model, c, p)[0] for c, p in rolling_token_windows(docs[0], tok.eos_id, 8))
     assert windowed[0] == pytest.approx(ref, abs=1e-4)
     res = evaluate_task(task, LoglikelihoodScorer(hf_logits_fn(model), max_length=64), tok)
