@@ -328,8 +328,18 @@ class Transformer(nn.Module):
             out = out * self.logits_scale
         return out
 
-    def forward(self, input_ids: Tensor, *, kv_cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
-        return self.logits(self.hidden_states(input_ids, kv_cache=kv_cache, start_pos=start_pos))
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+        hidden_only: bool = False,
+    ) -> Tensor:
+        """Logits [B, T, vocab]; `hidden_only=True` returns the final hidden states instead (lm_loss runs
+        the head itself in chunks, and calls through `model(...)` so DDP/FSDP wrappers see the forward)."""
+        hidden = self.hidden_states(input_ids, kv_cache=kv_cache, start_pos=start_pos)
+        return hidden if hidden_only else self.logits(hidden)
 
     def new_kv_cache(
         self,
