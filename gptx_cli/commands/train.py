@@ -1,13 +1,120 @@
+"""`gptx train` and `gptx continue-pretrain`: parse ModelZoo-style run flags, call `train.trainer.train`.
+
+Typer and the standard library only at module level; torch is imported by the library when it runs.
+"""
+
 from __future__ import annotations
 
-from gptx_cli.errors import NotImplementedYet
+import sys
+from pathlib import Path
+
+import typer
+
+_CONFIG = typer.Argument(..., help="ModelZoo YAML config (trainer or legacy layout).", show_default=False)
 
 
-def train_cmd() -> None:
-    """Train a model from a ModelZoo config."""
-    raise NotImplementedYet("gptx train")
+def _options(**kw):  # noqa: ANN003, ANN202 - thin glue
+    from gptx_cli.train.trainer import TrainOptions
+
+    return TrainOptions(**kw)
 
 
-def continue_pretrain_cmd() -> None:
-    """Continue pretraining from a checkpoint's weights."""
-    raise NotImplementedYet("gptx continue-pretrain")
+def _run(config: Path, overrides: list[str], nproc: int | None, **kw) -> None:  # noqa: ANN003
+    from gptx_cli.config import load_run_spec
+    from gptx_cli.train import parallel
+
+    spec = load_run_spec(config, overrides=overrides)
+    if nproc is not None and nproc > 1 and not parallel.under_torchrun():
+        code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
+        raise typer.Exit(code)
+    from gptx_cli.train.trainer import train
+
+    result = train(spec, _options(**kw))
+    if result.stopped_by != "completed":
+        typer.echo(f"stopped at step {result.end_step}; resume with the same command", err=True)
+
+
+def train_cmd(
+    config: Path = _CONFIG,
+    model_dir: str | None = typer.Option(None, "--model-dir", "--model_dir", help="Overrides the config's model_dir."),
+    checkpoint_path: str | None = typer.Option(
+        None, "--checkpoint-path", "--checkpoint_path", help="Checkpoint to start from (default: the latest in model_dir)."
+    ),
+    load_checkpoint_states: str | None = typer.Option(
+        None,
+        "--load-checkpoint-states",
+        "--load_checkpoint_states",
+        help="What to load from the checkpoint: all (default) or a comma list of "
+        "model,optimizer,lr_scheduler,grad_scaler,rng,dataloader,global_step.",
+    ),
+    max_steps: int | None = typer.Option(None, "--max-steps", "--max_steps", help="Train until this global step."),
+    target_device: str | None = typer.Option(
+        None, "--target-device", "--target_device", help="CPU or GPU (default: from backend_type)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", "--override", help="Config override key.path=value (repeatable), e.g. loop.max_steps=10."
+    ),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    activation_checkpointing: bool = typer.Option(
+        False, "--activation-checkpointing", "--activation_checkpointing", help="Recompute block activations."
+    ),
+    nproc: int | None = typer.Option(
+        None, "--nproc", "--nproc-per-node", "--nproc_per_node", help="Train on N local processes (torchrun)."
+    ),
+    strategy: str | None = typer.Option(None, "--strategy", help="ddp or fsdp (FSDP2) with several processes."),
+    micro_batch_size: int | None = typer.Option(
+        None, "--micro-batch-size", "--micro_batch_size", help="Rows per forward pass; the rest is accumulated."
+    ),
+) -> None:
+    """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir)."""
+    _run(
+        config,
+        overrides,
+        nproc,
+        model_dir=model_dir,
+        checkpoint_path=checkpoint_path,
+        load_checkpoint_states=load_checkpoint_states,
+        max_steps=max_steps,
+        target_device=target_device,
+        compile=compile_ or None,
+        activation_checkpointing=activation_checkpointing or None,
+        strategy=strategy,
+        micro_batch_size=micro_batch_size,
+    )
+
+
+def continue_pretrain_cmd(
+    config: Path = _CONFIG,
+    checkpoint_path: str = typer.Option(
+        ...,
+        "--checkpoint-path",
+        "--checkpoint_path",
+        help="gptx checkpoint or Hugging Face GPT-J / GPT-NeoX directory whose weights to start from.",
+    ),
+    model_dir: str | None = typer.Option(None, "--model-dir", "--model_dir", help="Overrides the config's model_dir."),
+    max_steps: int | None = typer.Option(None, "--max-steps", "--max_steps", help="Train until this global step."),
+    target_device: str | None = typer.Option(None, "--target-device", "--target_device", help="CPU or GPU."),
+    overrides: list[str] = typer.Option([], "--set", "--override", help="Config override key.path=value."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    activation_checkpointing: bool = typer.Option(
+        False, "--activation-checkpointing", "--activation_checkpointing", help="Recompute block activations."
+    ),
+    nproc: int | None = typer.Option(None, "--nproc", "--nproc-per-node", "--nproc_per_node", help="Processes."),
+    strategy: str | None = typer.Option(None, "--strategy", help="ddp or fsdp (FSDP2)."),
+    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", "--micro_batch_size"),
+) -> None:
+    """Continue pretraining from a checkpoint's weights: step 0, fresh optimizer and schedule."""
+    _run(
+        config,
+        overrides,
+        nproc,
+        model_dir=model_dir,
+        checkpoint_path=checkpoint_path,
+        max_steps=max_steps,
+        target_device=target_device,
+        compile=compile_ or None,
+        activation_checkpointing=activation_checkpointing or None,
+        strategy=strategy,
+        micro_batch_size=micro_batch_size,
+        continue_pretrain=True,
+    )

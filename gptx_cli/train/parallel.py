@@ -1,0 +1,185 @@
+"""Several processes: launching (`--nproc` re-runs gptx under torch.distributed.run), the process group,
+and wrapping the model in DDP or FSDP2 (`fully_shard`) from outside, torchtitan style.
+
+One process needs none of this: `Dist.single()` describes it and every helper is a no-op for it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from gptx_cli.errors import UsageError
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Re-run `gptx <argv>` on `nproc` local processes with torch.distributed.run; returns the exit code.
+
+    The children see torchrun's environment (RANK, WORLD_SIZE, ...) and so do not launch again.
+    """
+    from torch.distributed import run as torchrun
+
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1 (got {nproc})")
+    args = torchrun.parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--module", "gptx_cli.cli", *argv]
+    )
+    try:
+        torchrun.run(args)
+    except Exception as err:  # ChildFailedError: the failing rank already printed its error
+        codes = [f.exitcode for f in getattr(err, "failures", {}).values()]
+        return next((c for c in codes if c and c > 0), 1)
+    return 0
+
+
+def strip_launch_flags(argv: list[str]) -> list[str]:
+    """argv without --nproc N / --nproc=N, for the children (they get torchrun's env instead)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--nproc", "--nproc-per-node", "--nproc_per_node"):
+            skip = True
+            continue
+        if arg.split("=", 1)[0] in ("--nproc", "--nproc-per-node", "--nproc_per_node"):
+            continue
+        out.append(arg)
+    return out
+
+
+def init_distributed(target_device: str) -> Dist:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); a single process otherwise."""
+    import torch
+
+    if target_device == "GPU" and not torch.cuda.is_available():
+        raise UsageError("--target-device GPU: no CUDA device is visible")
+    use_cuda = target_device == "GPU" or (target_device != "CPU" and torch.cuda.is_available())
+    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return Dist(device="cuda:0" if use_cuda else "cpu")
+    import torch.distributed as dist
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    else:
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def wrap_model(model: Any, d: Dist, strategy: str, block_types: tuple[type, ...] = ()) -> Any:
+    """DDP, or FSDP2 with one shard group per transformer block plus the root (torchtitan's recipe)."""
+    if not d.enabled:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        device_ids = [d.local_rank] if d.device.startswith("cuda") else None
+        return DDP(model, device_ids=device_ids)
+    if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cuda" if d.device.startswith("cuda") else "cpu", (d.world_size,))
+        for module in model.modules():
+            if block_types and isinstance(module, block_types):
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})")
+
+
+def unwrap(model: Any) -> Any:
+    """The module under a DDP wrapper or torch.compile (FSDP2 keeps the module class and names)."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
+    return getattr(inner, "_orig_mod", inner)
+
+
+def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
+    """Sum a few float64 scalars over ranks (one collective)."""
+    if not d.enabled:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_object(obj: Any, d: Dist) -> list[Any]:
+    if not d.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, d: Dist) -> Any:
+    if not d.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def set_grad_sync(model: Any, enabled: bool) -> Any:
+    """A context (DDP) or setting (FSDP2) that skips gradient reduction on non-final micro-batches."""
+    import contextlib
+
+    if type(model).__name__ == "DistributedDataParallel":
+        return contextlib.nullcontext() if enabled else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def program_argv() -> list[str]:
+    return sys.argv[1:]

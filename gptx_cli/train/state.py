@@ -1,0 +1,139 @@
+"""The training state beside a checkpoint's weights: `train_state.pt` (and `optim/` under FSDP2).
+
+train_state.pt holds {"version", "step", "world_size", "global_batch_size", "samples_seen",
+"optimizer" (FQN-keyed, full; None under FSDP2), "scheduler", "loss_scaler", "rng" (one entry per
+rank), "progress" (best loss etc.)}. The optimizer state goes through
+`torch.distributed.checkpoint.state_dict`, which keys it by parameter name rather than by position and
+strips DDP/FSDP wrappers, so a state written by N ranks loads on M ranks; under FSDP2 it is written as
+torch.distributed.checkpoint shards in `optim/`, which DCP reshards on load.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptx_cli.errors import CheckpointError
+
+TRAIN_STATE_FILE = "train_state.pt"
+OPTIM_DIR = "optim"
+VERSION = 1
+
+# What `--load-checkpoint-states` may name (ModelZoo's flag takes a comma-separated subset or "all").
+STATE_NAMES = ("model", "optimizer", "lr_scheduler", "grad_scaler", "rng", "dataloader", "global_step")
+
+
+def parse_load_states(value: str | None) -> set[str]:
+    if value is None or value.strip() in ("", "all"):
+        return set(STATE_NAMES)
+    names = {v.strip() for v in value.split(",") if v.strip()}
+    unknown = sorted(names - set(STATE_NAMES))
+    if unknown:
+        raise CheckpointError(
+            f"--load-checkpoint-states: unknown state {', '.join(unknown)} (choose from all, {', '.join(STATE_NAMES)})"
+        )
+    return names
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover - numpy ships with torch installs
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name (rank-count independent)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt_dir: Path, train_state: dict[str, Any]
+) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    optim_dir = ckpt_dir / OPTIM_DIR
+    if optim_dir.is_dir():
+        import torch.distributed.checkpoint as dcp
+
+        holder = {"optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(holder, checkpoint_id=str(optim_dir))
+        set_optimizer_state_dict(model, optimizer, holder["optim"])
+        return
+    state = train_state.get("optimizer")
+    if state is None:
+        raise CheckpointError(f"{ckpt_dir}: no optimizer state (neither {OPTIM_DIR}/ nor in {TRAIN_STATE_FILE})")
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Collective: every rank writes its shard of the optimizer state to `directory` (DCP format)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    if directory.exists() and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        shutil.rmtree(directory)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(directory))
+
+
+def write_train_state(directory: Path, state: dict[str, Any], staged_optim: Path | None = None) -> None:
+    """Write train_state.pt into a checkpoint's temporary directory (and move a staged optim/ in)."""
+    tmp = directory / f"{TRAIN_STATE_FILE}.tmp-{os.getpid()}"
+    torch.save({"version": VERSION, **state}, tmp)
+    os.replace(tmp, directory / TRAIN_STATE_FILE)
+    if staged_optim is not None:
+        os.replace(staged_optim, directory / OPTIM_DIR)
+
+
+def read_train_state(ckpt_dir: Path) -> dict[str, Any]:
+    path = ckpt_dir / TRAIN_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{ckpt_dir}: no {TRAIN_STATE_FILE}; to start from its weights only use "
+            f"`gptx continue-pretrain` or --load-checkpoint-states model"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise CheckpointError(f"{path}: unreadable training state ({type(err).__name__}: {err})") from err

@@ -1,0 +1,539 @@
+"""The training loop: `train(spec, options) -> TrainResult`.
+
+Read top to bottom it is: check memory, build the model, load weights (resume or continue-pretrain),
+wrap it (activation checkpointing, DDP / FSDP2, compile), build optimizer, schedule and loss scaler,
+restore their state, then loop: one global batch per step, split over ranks and micro-batches; log,
+evaluate and checkpoint at the configured steps; stop cleanly on SIGINT/SIGTERM or a non-finite loss.
+
+Global-batch semantics. `batch_size` is the global batch. Each micro-batch's loss is weighted by its
+share of the global denominator (tokens for `loss_scaling: num_tokens`, rows for `batch_size`), and DDP
+/ FSDP average gradients over ranks, so 1 process and N processes compute the same gradient and the
+same reported loss for the same global batch (up to float summation order).
+
+Exact resume. A checkpoint holds weights, optimizer, schedule step, loss scaler, every rank's RNG and
+the data loader's global sample position; the schedule is a closed form of the step and the data
+order a function of the position, so N steps + resume + N steps is bit-identical to 2N steps on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptx_cli.config.spec import RunSpec
+from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
+from gptx_cli.train import parallel, state
+from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
+from gptx_cli.train.optim import build_optimizer, optimizer_learning_rate
+from gptx_cli.train.precision import LossScaler, autocast, clip_gradients, precision_notes
+from gptx_cli.train.schedulers import LRSchedule, build_schedule
+
+
+@dataclass
+class TrainOptions:
+    """Command-line choices that override or complement the config (ModelZoo's run flags)."""
+
+    model_dir: str | None = None
+    checkpoint_path: str | None = None
+    load_checkpoint_states: str | None = None  # "all" or a comma list of state.STATE_NAMES
+    max_steps: int | None = None
+    target_device: str | None = None  # CPU | GPU; None: from backend_type (CSX: GPU if present)
+    compile: bool | None = None
+    activation_checkpointing: bool | None = None
+    strategy: str | None = None  # ddp | fsdp
+    micro_batch_size: int | None = None
+    continue_pretrain: bool = False  # weights only from checkpoint_path, step 0, fresh optimizer
+    console: str = "auto"  # auto | rich | plain
+
+
+@dataclass
+class TrainResult:
+    start_step: int
+    end_step: int
+    final_loss: float | None
+    best_eval_loss: float | None
+    tokens: int
+    seconds: float
+    stopped_by: str = "completed"  # completed | signal
+    last_checkpoint: str | None = None
+    train_losses: list[float] = field(default_factory=list)
+
+
+class LossModule(torch.nn.Module):
+    """The model plus its loss as one module, so DDP and FSDP2 see the whole computation in forward()."""
+
+    def __init__(self, model: torch.nn.Module, loss_scaling: str, loss_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_scaling, self.loss_weight = loss_scaling, loss_weight
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> tuple[Any, ...]:
+        from gptx_cli.model.loss import lm_loss
+
+        out = lm_loss(
+            self.model, input_ids, labels, loss_mask, loss_scaling=self.loss_scaling, loss_weight=self.loss_weight
+        )
+        return out.loss, out.loss_sum, out.num_tokens, out.num_correct
+
+
+def resolve_device(spec: RunSpec, options: TrainOptions) -> str:
+    target = (options.target_device or spec.backend.backend_type or "CPU").upper()
+    if target not in ("CPU", "GPU", "CSX"):
+        raise UsageError(f"--target-device must be CPU or GPU (got {target})")
+    return target
+
+
+def checkpoint_dir_name(spec: RunSpec, step: int) -> str:
+    name = spec.checkpoint.checkpoint_name or "checkpoint_{step}"
+    name = name.format(step=step) if "{step}" in name else f"{name}_{step}"
+    return name[: -len(".mdl")] if name.endswith(".mdl") else name
+
+
+def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
+    from gptx_cli.train.memory_guard import check_memory
+
+    target = resolve_device(spec, options)
+    if spec.train_data is None:
+        raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
+    dist = parallel.init_distributed(target)
+    try:
+        check_memory(spec, dist, micro_batch_size=options.micro_batch_size)
+        return _Run(spec, options, dist).run()
+    finally:
+        parallel.shutdown(dist)
+
+
+class _Run:
+    def __init__(self, spec: RunSpec, options: TrainOptions, dist: parallel.Dist) -> None:
+        self.spec, self.options, self.dist = spec, options, dist
+        self.device = torch.device(dist.device)
+        self.model_dir = Path(options.model_dir or spec.model_dir)
+        self.seed = spec.seed if spec.seed is not None else 0
+        self.strategy = (options.strategy or spec.backend.strategy or "ddp").lower()
+        self.stop_signal: str | None = None
+        self.log: MetricsLogger | None = None
+        self.notes: list[str] = list(spec.notes) + precision_notes(spec.precision)
+
+    # ------------------------------------------------------------------------------------ setup
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            if self.log is not None:
+                self.log.note(message)
+            else:
+                print(message, flush=True)
+
+    def _batch_layout(self) -> tuple[int, int, int]:
+        """(global batch, micro-batch rows, micro-batches per rank per step)."""
+        assert self.spec.train_data is not None
+        global_batch, world = int(self.spec.train_data.batch_size), self.dist.world_size
+        if global_batch % world:
+            raise UsageError(f"batch_size {global_batch} (the global batch) does not divide over {world} processes")
+        per_rank = global_batch // world
+        micro = self.options.micro_batch_size or self.spec.backend.micro_batch_size
+        if micro:
+            if per_rank % micro:
+                raise UsageError(
+                    f"--micro-batch-size {micro} does not divide the per-process batch {per_rank} "
+                    f"(global batch {global_batch} over {world} processes)"
+                )
+            return global_batch, micro, per_rank // micro
+        accum = max(1, int(self.spec.loop.grad_accum_steps or 1))
+        if per_rank % accum:
+            raise ConfigError(f"loop.grad_accum_steps {accum} does not divide the per-process batch {per_rank}")
+        return global_batch, per_rank // accum, accum
+
+    def _resume_source(self) -> tuple[Path | None, set[str]]:
+        """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
+        from gptx_cli.checkpoint import latest_checkpoint
+
+        explicit = self.options.checkpoint_path or self.spec.ckpt_path
+        latest = latest_checkpoint(self.model_dir) if self.spec.checkpoint.autoload_last_checkpoint else None
+        if self.options.continue_pretrain:
+            if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
+                self.notes.append(f"resuming the continued pretraining from {latest}")
+                return latest, state.parse_load_states("all")
+            if not explicit:
+                raise UsageError("continue-pretrain needs --checkpoint-path (a gptx checkpoint or a Hugging Face dir)")
+            return Path(explicit), {"model"}
+        if explicit:
+            return Path(explicit), state.parse_load_states(self.options.load_checkpoint_states)
+        if latest is not None:
+            self.notes.append(f"autoload_last_checkpoint: resuming from {latest}")
+            return latest, state.parse_load_states(self.options.load_checkpoint_states)
+        return None, set()
+
+    def _load_weights(self, model: torch.nn.Module, source: Path) -> None:
+        from gptx_cli.checkpoint import is_gptx_checkpoint, load_checkpoint_state_dict
+
+        if not source.exists():
+            raise CheckpointError(f"{source}: checkpoint not found")
+        if is_gptx_checkpoint(source):
+            weights = load_checkpoint_state_dict(source)
+        elif (source / "config.json").is_file():  # a Hugging Face model directory, converted on the fly
+            from gptx_cli.model.api import load_model
+
+            weights = load_model(str(source), device="cpu").state_dict()
+        else:
+            raise CheckpointError(f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)")
+        expected = model.state_dict()
+        for name, tensor in expected.items():
+            if name not in weights:
+                raise CheckpointError(f"{source}: weight {name} missing (the config's model has it)")
+            if tuple(weights[name].shape) != tuple(tensor.shape):
+                hint = ""
+                if name in ("embed.weight", "lm_head.weight", "lm_head.bias"):
+                    hint = f" (vocab_size: checkpoint {weights[name].shape[0]}, config {tensor.shape[0]})"
+                raise CheckpointError(
+                    f"{source}: {name} has shape {tuple(weights[name].shape)}, the config's model "
+                    f"{tuple(tensor.shape)}{hint}"
+                )
+        extra = sorted(set(weights) - set(expected))
+        if extra:
+            raise CheckpointError(f"{source}: weights the config's model does not have: {', '.join(extra[:5])}")
+        model.load_state_dict({k: v.to(self.device) for k, v in weights.items()}, strict=True)
+
+    def _build(self) -> None:
+        from gptx_cli.model.api import build_model
+        from gptx_cli.model.init import optimizer_param_groups
+        from gptx_cli.model.transformer import Block
+
+        spec = self.spec
+        state.seed_everything(self.seed)
+        model = build_model(spec.model, device=str(self.device), seed=self.seed)
+        self.ckpt_source, self.load_states = self._resume_source()
+        if self.ckpt_source is not None and "model" in self.load_states:
+            self._load_weights(model, self.ckpt_source)
+        model.train()
+        if self.options.activation_checkpointing or spec.backend.activation_checkpointing:
+            from gptx_cli.model.optimize import apply_activation_checkpointing
+
+            apply_activation_checkpointing(model)
+        if self.options.compile or spec.backend.compile:
+            from gptx_cli.model.optimize import compile_model
+
+            model = compile_model(model)
+        self.model = model
+        loss_module = LossModule(model, spec.model.loss_scaling, spec.model.loss_weight)
+        self.wrapped = parallel.wrap_model(loss_module, self.dist, self.strategy, block_types=(Block,))
+        inner = parallel.unwrap(self.model)
+        groups = optimizer_param_groups(inner, spec.model)
+        self.optimizer = build_optimizer(spec.optimizer, groups)
+        self.schedule = LRSchedule(
+            self.optimizer, build_schedule(spec.schedulers, optimizer_learning_rate(spec.optimizer))
+        )
+        self.scaler = LossScaler(spec.precision)
+
+    def _restore(self) -> tuple[int, int]:
+        """Load optimizer/schedule/scaler/RNG/data position; returns (start step, samples seen)."""
+        state.seed_everything(self.seed + self.dist.rank)
+        if self.ckpt_source is None or self.load_states <= {"model"}:
+            return 0, 0
+        train_state = state.read_train_state(self.ckpt_source)
+        step = int(train_state["step"]) if "global_step" in self.load_states else 0
+        if "optimizer" in self.load_states:
+            state.load_optimizer_state(self.wrapped, self.optimizer, self.ckpt_source, train_state)
+        if "lr_scheduler" in self.load_states:
+            self.schedule.load_state_dict(train_state["scheduler"])
+        else:
+            self.schedule.load_state_dict({"step": step})
+        if "grad_scaler" in self.load_states and train_state.get("loss_scaler"):
+            self.scaler.load_state_dict(train_state["loss_scaler"])
+        if "rng" in self.load_states:
+            rngs = train_state.get("rng") or []
+            if self.dist.rank < len(rngs) and train_state.get("world_size") == self.dist.world_size:
+                state.restore_rng(rngs[self.dist.rank])
+            else:
+                self.notes.append(
+                    f"checkpoint written by {train_state.get('world_size')} processes; RNG reseeded for "
+                    f"{self.dist.world_size}"
+                )
+        samples = int(train_state.get("samples_seen", 0)) if "dataloader" in self.load_states else 0
+        self.best_eval = train_state.get("progress", {}).get("best_eval_loss")
+        return step, samples
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def _save(self, step: int, samples_seen: int) -> Path:
+        from gptx_cli.checkpoint import list_checkpoints, save_checkpoint_dir
+
+        d = self.dist
+        path = self.model_dir / checkpoint_dir_name(self.spec, step)
+        rngs = parallel.all_gather_object(state.capture_rng(), d)
+        staged: Path | None = None
+        optim_state: dict[str, Any] | None = None
+        if d.enabled and self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            staged = self.model_dir / f".optim-{step}.tmp"
+            state.save_sharded_optimizer(self.wrapped, self.optimizer, staged)
+            weights = get_model_state_dict(
+                self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+            weights = {k[len("model.") :]: v for k, v in weights.items()}
+        else:
+            optim_state = state.optimizer_state(self.wrapped, self.optimizer)
+            weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(self.model).state_dict().items()}
+        if d.is_main:
+            train_state = {
+                "step": step,
+                "world_size": d.world_size,
+                "global_batch_size": int(self.spec.train_data.batch_size),  # type: ignore[union-attr]
+                "samples_seen": samples_seen,
+                "optimizer": optim_state,
+                "scheduler": self.schedule.state_dict(),
+                "loss_scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "progress": {"best_eval_loss": self.best_eval},
+            }
+            save_checkpoint_dir(
+                path,
+                weights,
+                self.spec.model,
+                step=step,
+                config_yaml_dict=self.spec.raw or None,
+                extra={"trained_by": "gptx train", "world_size": d.world_size},
+                write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
+            )
+            keep = self.spec.checkpoint.keep_last_n
+            if keep:
+                import shutil
+
+                for _, old in list_checkpoints(self.model_dir)[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+        parallel.barrier(d)
+        return path
+
+    # ------------------------------------------------------------------------------------ steps
+    def _train_step(self, batch: dict[str, torch.Tensor], micro: int, n_micro: int) -> tuple[float, float]:
+        """One optimizer step on this rank's share of the global batch; returns (global loss, grad norm)."""
+        spec, d = self.spec, self.dist
+        ids, labels, mask = (batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask"))
+        by_tokens = spec.model.loss_scaling == "num_tokens"
+        slices = [slice(i * micro, (i + 1) * micro) for i in range(n_micro)]
+        local = [float(mask[s].sum()) if by_tokens else float(micro) for s in slices]
+        (global_denom,) = parallel.all_reduce_sum([sum(local)], d)
+        global_denom = max(global_denom, 1.0)
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        device_type = self.device.type
+        for i, s in enumerate(slices):
+            weight = local[i] * d.world_size / global_denom
+            with parallel.set_grad_sync(self.wrapped, i == n_micro - 1):
+                with autocast(spec.precision, device_type):
+                    loss = self.wrapped(ids[s], labels[s], mask[s])[0]
+                    weighted = loss * weight if weight != 1.0 else loss
+                self.scaler.scale_loss(weighted).backward()
+            loss_acc += weighted.detach().double() / d.world_size
+        (step_loss,) = parallel.all_reduce_sum([float(loss_acc)], d)
+        return step_loss, self._optimizer_step(step_loss)
+
+    def _optimizer_step(self, step_loss: float) -> float:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if not math.isfinite(step_loss):
+            return math.nan
+        self.scaler.unscale_([p.grad for p in params if p.grad is not None])
+        grad_norm = clip_gradients(params, self.spec.precision.max_gradient_norm, self.spec.precision.max_gradient_value)
+        if self.scaler.update(math.isfinite(grad_norm)):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float] | None:
+        from gptx_cli.data.loader import build_dataloader
+
+        spec, d = self.spec, self.dist
+        if spec.val_data is None:
+            return None
+        loader = build_dataloader(spec.val_data, rank=d.rank, world_size=d.world_size, seed=self.seed, infinite=False)
+        full_batches = loader.samples_per_epoch // loader.global_batch_size
+        n = min(spec.loop.eval_steps or full_batches, full_batches)
+        totals = [0.0, 0.0, 0.0]
+        self.wrapped.eval()
+        try:
+            for _, batch in zip(range(n), loader, strict=False):
+                ids, labels, mask = (batch[k].to(self.device) for k in ("input_ids", "labels", "attention_mask"))
+                with autocast(spec.precision, self.device.type):
+                    _, loss_sum, ntok, ncorrect = self.wrapped(ids, labels, mask)
+                totals = [totals[0] + float(loss_sum), totals[1] + float(ntok), totals[2] + float(ncorrect)]
+        finally:
+            self.wrapped.train()
+        loss_sum, ntok, ncorrect = parallel.all_reduce_sum(totals, d)
+        if ntok == 0:
+            return None
+        loss = loss_sum / ntok
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": ncorrect / ntok}
+
+    # ------------------------------------------------------------------------------------ loop
+    def _end_step(self, start: int) -> int:
+        loop = self.spec.loop
+        if self.options.max_steps is not None:
+            return int(self.options.max_steps)
+        if loop.num_steps:
+            return start + int(loop.num_steps) if loop.max_steps is None else min(start + int(loop.num_steps), int(loop.max_steps))
+        if loop.max_steps is None:
+            raise ConfigError("loop: set max_steps or num_steps (or pass --max-steps)")
+        return int(loop.max_steps)
+
+    def _eval_every(self, start: int, end: int) -> int | None:
+        freq = self.spec.loop.eval_frequency
+        if not freq or self.spec.val_data is None:
+            return None
+        if isinstance(freq, float) and freq <= 1.0:
+            return max(1, math.ceil(freq * max(1, end - start)))
+        return int(freq)
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self.stop_signal = signal.Signals(signum).name
+            signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, request_stop)
+
+    def run(self) -> TrainResult:
+        from gptx_cli.data.loader import build_dataloader
+
+        spec, d = self.spec, self.dist
+        assert spec.train_data is not None
+        self.best_eval: float | None = None
+        global_batch, micro, n_micro = self._batch_layout()
+        self._build()
+        start, samples_seen = self._restore()
+        end = self._end_step(start)
+        loader = build_dataloader(
+            spec.train_data, rank=d.rank, world_size=d.world_size, start_sample=samples_seen, seed=self.seed
+        )
+        msl = loader.max_sequence_length
+        if msl > spec.model.max_position_embeddings:
+            raise DataError(
+                f"data max_sequence_length {msl} exceeds model.max_position_embeddings "
+                f"{spec.model.max_position_embeddings}"
+            )
+        tokens_per_step = global_batch * msl
+        if d.is_main:
+            truncate_metrics(self.model_dir, start)
+            self.log = MetricsLogger(self.model_dir, total_steps=end, start_step=start, console=self.options.console)
+        for note in self.notes:
+            self._say(f"note: {note}")
+        self._say(
+            f"training steps {start}..{end} on {d.world_size} x {d.device}"
+            f"{' (' + self.strategy + ')' if d.enabled else ''}: global batch {global_batch} x {msl} tokens, "
+            f"{n_micro} micro-batch(es) of {micro} per process; model_dir {self.model_dir}"
+        )
+        flops_per_token = _flops_per_token(spec, msl)
+        peak = peak_tflops(d.device)
+        self._install_signal_handlers()
+        last_ckpt: Path | None = None
+        if spec.checkpoint.save_initial_checkpoint and start == 0:
+            last_ckpt = self._save(0, samples_seen)
+        eval_every = self._eval_every(start, end)
+        ckpt_every = spec.checkpoint.steps
+        log_every = max(1, int(spec.logging.log_steps or 1))
+        step, stopped_by, final_loss = start, "completed", None
+        losses: list[float] = []
+        t_start = t_window = time.perf_counter()
+        window_steps = 0
+        it = iter(loader)
+        while step < end:
+            batch = next(it)
+            lr = self.schedule.lr
+            loss, grad_norm = self._train_step(batch, micro, n_micro)
+            if not math.isfinite(loss):
+                raise GptxError(
+                    f"loss is {loss} at step {step + 1}; training stopped",
+                    hint=f"last checkpoint: {last_ckpt}" if last_ckpt else "lower the learning rate or enable clipping",
+                )
+            step += 1
+            samples_seen = loader.position
+            self.schedule.step()
+            window_steps += 1
+            final_loss = loss
+            losses.append(loss)
+            if step % log_every == 0 or step == end:
+                now = time.perf_counter()
+                tokens_per_s = tokens_per_step * window_steps / max(now - t_window, 1e-9)
+                tflops = tokens_per_s * flops_per_token / 1e12 if flops_per_token else None
+                if self.log is not None:
+                    self.log.log(
+                        {
+                            "step": step,
+                            "split": "train",
+                            "loss": loss,
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_s,
+                            "tflops": tflops,
+                            "mfu": tflops / (peak * d.world_size) if tflops and peak else None,
+                            "loss_scale": self.scaler.scale if self.scaler.dynamic else None,
+                            "memory_gib": _memory_gib(self.device),
+                        }
+                    )
+                t_window, window_steps = now, 0
+            if eval_every and ((step - start) % eval_every == 0 or step == end):
+                result = self._evaluate()
+                if result is not None:
+                    if self.best_eval is None or result["loss"] < self.best_eval:
+                        self.best_eval = result["loss"]
+                    if self.log is not None:
+                        self.log.log({"step": step, "split": "eval", **result})
+            (stop,) = parallel.all_reduce_sum([1.0 if self.stop_signal else 0.0], d)
+            if (ckpt_every and step % ckpt_every == 0) or step == end or stop:
+                last_ckpt = self._save(step, samples_seen)
+            if stop:
+                stopped_by = "signal"
+                self._say(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {step}; saved {last_ckpt}")
+                break
+        seconds = time.perf_counter() - t_start
+        tokens = (step - start) * tokens_per_step
+        if self.log is not None:
+            rows = [
+                ("steps", f"{start} -> {step}" + ("" if stopped_by == "completed" else f" (stopped by {self.stop_signal})")),
+                ("tokens", f"{tokens:,}"),
+                ("time", f"{seconds:.1f} s"),
+                ("final loss", f"{final_loss:.4f}" if final_loss is not None else "-"),
+                ("best eval loss", f"{self.best_eval:.4f}" if self.best_eval is not None else "-"),
+                ("throughput", f"{tokens / max(seconds, 1e-9):,.0f} tokens/s"),
+                ("last checkpoint", str(last_ckpt) if last_ckpt else "-"),
+            ]
+            self.log.summary(rows, losses)
+            self.log.close()
+        return TrainResult(
+            start_step=start,
+            end_step=step,
+            final_loss=final_loss,
+            best_eval_loss=self.best_eval,
+            tokens=tokens,
+            seconds=seconds,
+            stopped_by=stopped_by,
+            last_checkpoint=str(last_ckpt) if last_ckpt else None,
+            train_losses=losses,
+        )
+
+
+def _flops_per_token(spec: RunSpec, msl: int) -> float | None:
+    try:
+        from gptx_cli.model.counts import training_flops_per_token
+    except ImportError:
+        return None
+    return float(training_flops_per_token(spec.model, msl))
+
+
+def _memory_gib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+def environment_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
