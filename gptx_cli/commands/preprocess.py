@@ -1,8 +1,134 @@
+"""`gptx preprocess`: tokenize and pack corpora into ModelZoo HDF5 (see docs/preprocess.md)."""
+
 from __future__ import annotations
 
-from gptx_cli.errors import NotImplementedYet
+import sys
+from typing import Any
+
+import typer
 
 
-def preprocess_cmd() -> None:
-    """Tokenize and pack corpora into ModelZoo HDF5."""
-    raise NotImplementedYet("gptx preprocess")
+def preprocess_cmd(
+    input: list[str] = typer.Option(
+        None,
+        "--input",
+        "-i",
+        help="Input file, directory, glob, datasets save_to_disk dir or hub name (repeatable).",
+    ),
+    output_dir: str = typer.Option(
+        None, "--output-dir", "--output_dir", "-o", help="Where to write the files."
+    ),
+    dataset: str = typer.Option(
+        None, "--dataset", help="A recipe: 'pile' (knows the Pile's layout and paths)."
+    ),
+    input_dir: str = typer.Option(
+        None, "--input-dir", "--input_dir", help="The Pile's directory (--dataset pile)."
+    ),
+    splits: str = typer.Option(
+        None, "--splits", help="Pile splits to write, comma separated (default train,val)."
+    ),
+    pile_subsets: str = typer.Option(
+        None,
+        "--pile-subsets",
+        "--pile_subsets",
+        help="Keep only these meta.pile_set_name values (comma separated).",
+    ),
+    config: str = typer.Option(
+        None, "--config", help="A ModelZoo v2 preprocessing YAML (setup/processing/dataset)."
+    ),
+    tokenizer: str = typer.Option(
+        None, "--tokenizer", help="Preset (gpt2, neox-20b), tokenizer.json, or a directory."
+    ),
+    tokenizer_dir: str = typer.Option(
+        None,
+        "--tokenizer-dir",
+        "--tokenizer_dir",
+        help="Where presets live (else $GPTX_TOKENIZER_DIR, else the hub).",
+    ),
+    tokenizer_backend: str = typer.Option(
+        "auto",
+        "--tokenizer-backend",
+        "--tokenizer_backend",
+        help="auto | tokenizers | tiktoken (same ids; speed).",
+    ),
+    train_tokenizer: int = typer.Option(
+        None,
+        "--train-tokenizer",
+        "--train_tokenizer",
+        help="Train a byte-level BPE of this vocab size on the input.",
+    ),
+    text_key: str = typer.Option(
+        None, "--text-key", "--text_key", help="JSON / column key holding the text."
+    ),
+    split: str = typer.Option(
+        None, "--split", help="Split of a datasets directory or hub dataset (default train)."
+    ),
+    max_seq_length: int = typer.Option(
+        None, "--max-seq-length", "--max_seq_length", help="Sample length (2048)."
+    ),
+    pack_sequences: bool = typer.Option(
+        None,
+        "--pack-sequences/--no-pack-sequences",
+        help="Concatenate documents before cutting (default on).",
+    ),
+    min_sequence_len: int = typer.Option(
+        None, "--min-sequence-len", "--min_sequence_len", help="Drop shorter final chunks (10)."
+    ),
+    output_format: str = typer.Option(
+        "hdf5", "--output-format", "--output_format", help="hdf5 | corpus | mmidx."
+    ),
+    samples_per_file: int = typer.Option(
+        None, "--samples-per-file", "--files_per_record", help="Samples per HDF5 file (50000)."
+    ),
+    processes: int = typer.Option(None, "--processes", "--num_processes", "-p", help="Worker processes (1)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the Pile train shuffle (0)."),
+    shard_mb: float = typer.Option(256.0, "--shard-mb", help="Input MB per resumable unit of work."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail on the first malformed record instead of skipping."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish an interrupted run in the same output directory."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    progress: bool = typer.Option(
+        None, "--progress/--no-progress", help="Live progress bar (default: on a terminal)."
+    ),
+) -> None:
+    """Tokenize and pack corpora into ModelZoo HDF5 (or corpus files, or Megatron .bin/.idx)."""
+    from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
+
+    values: dict[str, Any] = {}
+    if config:
+        from gptx_cli.data.v2config import load_v2_config
+
+        values, notes = load_v2_config(config)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    cli = {
+        "inputs": list(input) if input else None,
+        "output_dir": output_dir,
+        "dataset": dataset,
+        "input_dir": input_dir,
+        "pile_splits": [s.strip() for s in splits.split(",") if s.strip()] if splits else None,
+        "pile_subsets": [s.strip() for s in pile_subsets.split(",") if s.strip()] if pile_subsets else None,
+        "tokenizer": tokenizer,
+        "tokenizer_dir": tokenizer_dir,
+        "tokenizer_backend": tokenizer_backend,
+        "train_tokenizer": train_tokenizer,
+        "text_key": text_key,
+        "split": split,
+        "max_seq_length": max_seq_length,
+        "pack_sequences": pack_sequences,
+        "min_sequence_len": min_sequence_len,
+        "output_format": output_format,
+        "samples_per_file": samples_per_file,
+        "processes": processes,
+        "seed": seed,
+        "shard_mb": shard_mb,
+        "strict": strict or None,
+        "resume": resume or None,
+        "overwrite": overwrite or None,
+        "progress": progress,
+    }
+    values.update({k: v for k, v in cli.items() if v is not None})
+    run_preprocess(PreprocessOptions(**values))

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def _open_sources(data_dirs: Sequence[str], msl: int | None) -> tuple[list[Any],
             else:
                 layout, n, file_msl = h5_layout(path)
                 entries.append((path, layout, n, file_msl))
-    sample_msls = {m for _, kind, _, m in entries if kind == "samples"}
+    sample_msls = {m for _, kind, _, m in entries if kind == "samples" and m is not None}
     if len(sample_msls) > 1:
         raise DataError(
             f"data files disagree on max_sequence_length: {sorted(sample_msls)} in {list(data_dirs)}"
@@ -388,8 +388,12 @@ class GptxDataLoader:
                 kwargs["prefetch_factor"] = int(spec.prefetch_factor)
         end = self._pass_end()
         sampler = _IterSampler(self._rank_batches(self.position, end))
-        loader = DataLoader(
-            self._dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_collate, **kwargs
+        loader: Any = DataLoader(
+            cast(Any, self._dataset),
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=_collate,
+            **kwargs,
         )
         for batch in loader:
             self.position += self.global_batch_size

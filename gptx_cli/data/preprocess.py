@@ -1,0 +1,686 @@
+"""`gptx preprocess`: documents -> tokens -> ModelZoo HDF5 samples (or corpus files, or .bin/.idx).
+
+Work is cut into *units* (consecutive input files of about `shard_mb` MB; a big file is a unit of its
+own). Within a unit the main process reads records in order, `processes` workers parse and tokenise
+batches of them, and the main process packs the results in input order, so the output depends only on
+the input and the arguments, never on the number of workers. Each unit writes its own files
+(`data-<unit>-<k>.h5`, via a temporary name) and, once complete, a small state file; `--resume` keeps
+completed units and redoes the rest, so no document is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptx_cli.data.pack import Packer, SampleStats, append_eos
+from gptx_cli.data.sources import (
+    InputUnit,
+    RecordBatch,
+    expand_inputs,
+    iter_record_batches,
+    pile_units,
+    record_texts,
+)
+from gptx_cli.errors import DataError, UsageError
+
+STATE_DIR = ".gptx-preprocess"
+PILE_PARTS = 10
+OUTPUT_FORMATS = ("hdf5", "corpus", "mmidx")
+MAX_PROBLEMS_SHOWN = 20
+
+
+@dataclass
+class PreprocessOptions:
+    inputs: list[str] = field(default_factory=list)
+    output_dir: str | None = None
+    dataset: str | None = None  # "pile" or None (generic)
+    input_dir: str | None = None
+    pile_splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    pile_subsets: list[str] | None = None
+    tokenizer: str = "gpt2"
+    tokenizer_dir: str | None = None
+    tokenizer_backend: str = "auto"
+    train_tokenizer: int | None = None
+    text_key: str = "text"
+    split: str = "train"
+    max_seq_length: int = 2048
+    pack_sequences: bool = True
+    min_sequence_len: int = 10
+    output_format: str = "hdf5"
+    samples_per_file: int = 50000
+    processes: int = 1
+    seed: int = 0
+    shard_mb: float = 256.0
+    strict: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
+
+
+@dataclass
+class Job:
+    """One output directory: its units, and whether samples are spread over shuffled parts."""
+
+    name: str
+    units: list[list[InputUnit]]
+    out_dir: Path
+    parts: int = 1
+
+
+@dataclass
+class JobStats:
+    samples: SampleStats = field(default_factory=SampleStats)
+    documents: int = 0
+    documents_skipped: int = 0  # malformed records
+    documents_filtered: int = 0  # not in the chosen Pile subsets
+    documents_empty: int = 0
+    raw_bytes_count: int = 0
+    raw_chars_count: int = 0
+    processed_files: int = 0
+
+    def add(self, other: JobStats) -> None:
+        self.samples.add(other.samples)
+        for k in ("documents", "documents_skipped", "documents_filtered", "documents_empty"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        for k in ("raw_bytes_count", "raw_chars_count", "processed_files"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "samples"}
+        return {**asdict(self.samples), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobStats:
+        s = SampleStats(**{k: d[k] for k in SampleStats.__dataclass_fields__})
+        return cls(samples=s, **{k: d[k] for k in cls.__dataclass_fields__ if k != "samples"})
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer: str, tokenizer_dir: str | None, backend: str) -> None:
+    os.environ["RAYON_NUM_THREADS"] = "1"  # one core per worker process
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    from gptx_cli.data.tokenizer import load_tokenizer
+
+    _WORKER["tok"] = load_tokenizer(tokenizer, tokenizer_dir=tokenizer_dir, backend=backend)
+
+
+@dataclass
+class EncodedBatch:
+    tokens: np.ndarray
+    lengths: np.ndarray
+    problems: list[str]
+    filtered: int
+    empty: int
+    chars: int
+    error: tuple[str, str | None] | None = None
+
+
+def _encode_batch(kind: str, location: str, batch: RecordBatch, text_key: str, subsets: Any) -> EncodedBatch:
+    tok = _WORKER["tok"]
+    try:
+        tb = record_texts(kind, location, batch, text_key=text_key, subsets=subsets)
+    except DataError as err:
+        empty = np.zeros(0, dtype=np.int32)
+        return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
+    tokens, lengths = append_eos(tok.encode_batch_arrays(tb.texts), tok.eos_id)
+    return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, sum(len(t) for t in tb.texts))
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+class _SampleWriter:
+    """HDF5 sample files of one unit, spread over `parts` sub-directories with a seeded shuffle."""
+
+    def __init__(self, job: Job, unit: int, samples_per_file: int, seed: int) -> None:
+        self.job, self.unit, self.per_file = job, unit, samples_per_file
+        self.rng = np.random.default_rng([seed, unit]) if job.parts > 1 else None
+        self.buffers: list[list[np.ndarray]] = [[] for _ in range(job.parts)]
+        self.counts = [0] * job.parts
+        self.files_written = [0] * job.parts
+
+    def _dir(self, part: int) -> Path:
+        return self.job.out_dir / str(part) if self.job.parts > 1 else self.job.out_dir
+
+    def add(self, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        if self.rng is None:
+            self._append(0, samples)
+            return
+        where = self.rng.integers(self.job.parts, size=len(samples))
+        for p in range(self.job.parts):
+            sel = samples[where == p]
+            if len(sel):
+                self._append(p, sel)
+
+    def _append(self, part: int, samples: np.ndarray) -> None:
+        self.buffers[part].append(samples)
+        self.counts[part] += len(samples)
+        while self.counts[part] >= self.per_file:
+            self._flush(part, self.per_file)
+
+    def _flush(self, part: int, n: int) -> None:
+        from gptx_cli.data.hdf5 import write_sample_file
+
+        allrows = np.concatenate(self.buffers[part])
+        rows, rest = allrows[:n], allrows[n:]
+        if self.rng is not None:
+            rows = rows[self.rng.permutation(len(rows))]
+        d = self._dir(part)
+        d.mkdir(parents=True, exist_ok=True)
+        write_sample_file(d / f"data-{self.unit:05d}-{self.files_written[part]:04d}.h5", rows)
+        self.files_written[part] += 1
+        self.buffers[part], self.counts[part] = ([rest] if len(rest) else []), len(rest)
+
+    def close(self) -> None:
+        for p in range(self.job.parts):
+            if self.counts[p]:
+                self._flush(p, self.counts[p])
+
+
+class _CorpusWriter:
+    """ModelZoo corpus files (1-D token streams) of one unit, `tokens_per_file` tokens each at most."""
+
+    def __init__(self, job: Job, unit: int, tokens_per_file: int) -> None:
+        self.job, self.unit, self.per_file = job, unit, tokens_per_file
+        self.buf: list[np.ndarray] = []
+        self.docs, self.count, self.k = 0, 0, 0
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        self.buf.append(tokens)
+        self.count += len(tokens)
+        self.docs += len(lengths)
+        if self.count >= self.per_file:
+            self._flush()
+
+    def _flush(self) -> None:
+        from gptx_cli.data.hdf5 import write_corpus_file
+
+        if not self.count:
+            return
+        self.job.out_dir.mkdir(parents=True, exist_ok=True)
+        write_corpus_file(
+            self.job.out_dir / f"data-{self.unit:05d}-{self.k:04d}.h5", np.concatenate(self.buf), self.docs
+        )
+        self.k, self.buf, self.count, self.docs = self.k + 1, [], 0, 0
+
+    def close(self) -> None:
+        self._flush()
+
+
+def _unit_files(out_dir: Path, unit: int) -> list[Path]:
+    pattern = f"data-{unit:05d}*"
+    return sorted([*out_dir.glob(pattern), *out_dir.glob(f"*/{pattern}")])
+
+
+# -------------------------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich live bar on a terminal; plain log lines (every few seconds) otherwise."""
+
+    def __init__(self, total_bytes: int, enabled: bool | None) -> None:
+        self.total = total_bytes
+        self.live = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.monotonic()
+        self.last_log = self.t0
+        self.done_bytes = 0
+        self.docs = 0
+        self.tokens = 0
+        self.bar: Any = None
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>5.1f}%"),
+                TextColumn("{task.fields[rates]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.task = self.bar.add_task("preprocess", total=max(total_bytes, 1), rates="")
+            self.bar.start()
+
+    def _rates(self) -> str:
+        dt = max(time.monotonic() - self.t0, 1e-6)
+        return (
+            f"{self.docs / dt:,.0f} docs/s  {self.tokens / dt / 1e6:,.2f}M tok/s  "
+            f"{self.done_bytes / dt / 1e6:,.1f} MB/s"
+        )
+
+    def update(self, name: str, done_bytes: int, docs: int, tokens: int) -> None:
+        self.done_bytes, self.docs, self.tokens = done_bytes, self.docs + docs, self.tokens + tokens
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done_bytes, description=name, rates=self._rates())
+            return
+        now = time.monotonic()
+        if now - self.last_log >= 5.0:
+            self.last_log = now
+            pct = 100.0 * done_bytes / self.total if self.total else 0.0
+            eta = (now - self.t0) * (self.total - done_bytes) / done_bytes if done_bytes else float("nan")
+            print(
+                f"preprocess: {name}: {pct:.1f}%  {self.docs:,} docs  {self._rates()}  ETA {eta:,.0f}s",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+def _group_units(units: list[InputUnit], shard_mb: float) -> list[list[InputUnit]]:
+    limit = max(1, int(shard_mb * 1e6))
+    groups: list[list[InputUnit]] = []
+    size = 0
+    for u in units:
+        if (
+            groups
+            and size + u.size <= limit
+            and groups[-1][-1].kind not in ("datasets", "hub")
+            and u.kind not in ("datasets", "hub")
+        ):
+            groups[-1].append(u)
+            size += u.size
+        else:
+            groups.append([u])
+            size = u.size
+    return groups
+
+
+def pile_output_dirs(base: Path, msl: int, neox: bool) -> dict[str, Path]:
+    """Where the published configs read the Pile (`train` holds parts 0..9)."""
+    if neox:
+        return {
+            "train": base / f"train_neox_msl{msl}",
+            "val": base / f"val_neox_msl{msl}",
+            "test": base / f"test_neox_msl{msl}",
+        }
+    return {
+        "train": base / f"train_shuffled_msl{msl}",
+        "val": base / f"val_msl{msl}",
+        "test": base / f"test_msl{msl}",
+    }
+
+
+def default_pile_base(neox: bool) -> Path:
+    if neox:
+        return Path("./shuffled/language/datasets/pile_original/hdf5_dataset")
+    return Path("./language/datasets/pile_original/hdf5_dataset")
+
+
+def _is_neox(tok: Any) -> bool:
+    return "neox" in tok.name.lower() or (tok.eos_id == 0 and tok.pad_id == 1)
+
+
+def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
+    if opts.dataset == "pile":
+        if not opts.input_dir:
+            raise UsageError(
+                "--dataset pile needs --input-dir (the directory holding train/, val.jsonl.zst, ...)"
+            )
+        neox = _is_neox(tok)
+        base = Path(opts.output_dir) if opts.output_dir else default_pile_base(neox)
+        dirs = pile_output_dirs(base, opts.max_seq_length, neox)
+        jobs = []
+        for split in opts.pile_splits:
+            if split not in dirs:
+                raise UsageError(f"unknown Pile split '{split}' (choose from train, val, test)")
+            parts = PILE_PARTS if split == "train" and opts.output_format == "hdf5" else 1
+            groups = [[u] for u in pile_units(opts.input_dir, split)]
+            jobs.append(Job(split, groups, dirs[split], parts))
+        return jobs
+    if opts.dataset is not None:
+        raise UsageError(f"unknown --dataset '{opts.dataset}' (known: pile; use --input for other corpora)")
+    if not opts.output_dir:
+        raise UsageError(
+            "--output-dir is required (except with --dataset pile, which knows the published paths)"
+        )
+    units = expand_inputs(opts.inputs, split=opts.split)
+    return [Job("data", _group_units(units, opts.shard_mb), Path(opts.output_dir))]
+
+
+def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, Any]:
+    return {
+        "inputs": [[u.location for u in g] for g in job.units],
+        "tokenizer": tok.describe() | {"backend": None},  # both engines give the same ids
+        "text_key": opts.text_key,
+        "max_seq_length": opts.max_seq_length,
+        "pack_sequences": opts.pack_sequences,
+        "min_sequence_len": opts.min_sequence_len,
+        "output_format": opts.output_format,
+        "samples_per_file": opts.samples_per_file,
+        "seed": opts.seed,
+        "parts": job.parts,
+        "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+    }
+
+
+def _prepare_out_dir(
+    job: Job, opts: PreprocessOptions, fingerprint: dict[str, Any]
+) -> dict[int, dict[str, Any]]:
+    """Refuse, clear or resume an output directory; returns the completed units' states."""
+    out, state_dir = job.out_dir, job.out_dir / STATE_DIR
+    # A tokenizer trained by this run (--train-tokenizer) may already sit in the output directory.
+    keep = {"tokenizer.json"} if opts.train_tokenizer else set()
+    exists = out.is_dir() and any(p.name not in keep for p in out.iterdir())
+    if exists and opts.overwrite:
+        for p in out.iterdir():
+            if p.name not in keep:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    elif exists and not opts.resume:
+        raise DataError(
+            f"output directory {out} already exists and is not empty",
+            hint="pass --overwrite to replace it, or --resume to finish an interrupted run",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[int, dict[str, Any]] = {}
+    if opts.resume and state_dir.is_dir():
+        args_file = state_dir / "args.json"
+        if args_file.is_file() and json.loads(args_file.read_text()) != fingerprint:
+            raise DataError(
+                f"{out} was started with different inputs or arguments; --resume needs the same ones",
+                hint="rerun with the original arguments, or use --overwrite",
+            )
+        for f in state_dir.glob("unit-*.json"):
+            st = json.loads(f.read_text())
+            done[int(st["unit"])] = st
+    elif opts.resume and exists and not state_dir.is_dir():
+        raise DataError(
+            f"{out} holds no gptx preprocess state to resume", hint="use --overwrite to start over"
+        )
+    state_dir.mkdir(exist_ok=True)
+    _atomic_json(state_dir / "args.json", fingerprint)
+    # Files of incomplete units and temporary files of a killed run are redone from scratch.
+    for u in range(len(job.units)):
+        if u not in done:
+            for f in _unit_files(out, u):
+                f.unlink()
+    for f in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
+        f.unlink()
+    return done
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _bounded_map(pool: Any, fn: Any, tasks: Iterator[tuple[Any, ...]], depth: int) -> Iterator[Any]:
+    """Ordered (task, fn(*task)), at most `depth` tasks in flight (so reading never runs far ahead)."""
+    if pool is None:
+        for t in tasks:
+            yield t, fn(*t)
+        return
+    pending: deque[tuple[Any, Any]] = deque()
+    for t in tasks:
+        pending.append((t, pool.apply_async(fn, t)))
+        if len(pending) >= depth:
+            t0, r = pending.popleft()
+            yield t0, r.get()
+    while pending:
+        t0, r = pending.popleft()
+        yield t0, r.get()
+
+
+def _run_unit(
+    job: Job,
+    u: int,
+    units: list[InputUnit],
+    opts: PreprocessOptions,
+    tok: Any,
+    pool: Any,
+    progress: _Progress,
+    base_bytes: int,
+) -> JobStats:
+    stats = JobStats()
+    packer = Packer(opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len)
+    writer: Any
+    if opts.output_format == "hdf5":
+        writer = _SampleWriter(job, u, opts.samples_per_file, opts.seed)
+    elif opts.output_format == "corpus":
+        writer = _CorpusWriter(job, u, opts.samples_per_file * opts.max_seq_length)
+    else:
+        from gptx_cli.data.mmidx import MMIDIDXWriter, best_dtype
+
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        writer = MMIDIDXWriter(job.out_dir / f"data-{u:05d}", best_dtype(tok.vocab_size))
+    subsets = frozenset(opts.pile_subsets) if opts.pile_subsets else None
+    shown = 0
+    done_before = base_bytes
+    for unit in units:
+        tasks = (
+            (unit.kind, unit.location, b, opts.text_key, subsets)
+            for b in iter_record_batches(unit, u, text_key=opts.text_key)
+        )
+        consumed = 0
+        for task, res in _bounded_map(pool, _encode_batch, tasks, depth=2 * max(1, opts.processes) + 2):
+            batch = task[2]
+            if res.error is not None:
+                raise DataError(res.error[0], hint=res.error[1])
+            if res.problems:
+                if opts.strict:
+                    raise DataError(
+                        res.problems[0], hint="remove --strict to skip bad records (they are counted)"
+                    )
+                for p in res.problems:
+                    if shown < MAX_PROBLEMS_SHOWN:
+                        print(f"warning: skipped {p}", file=sys.stderr)
+                    shown += 1
+            stats.documents += len(res.lengths)
+            stats.documents_skipped += len(res.problems)
+            stats.documents_filtered += res.filtered
+            stats.documents_empty += res.empty
+            stats.raw_bytes_count += batch.raw_bytes
+            stats.raw_chars_count += res.chars
+            if opts.output_format == "hdf5":
+                writer.add(packer.add_documents(res.tokens, res.lengths))
+            else:
+                packer.stats.document_tokens += len(res.tokens)
+                writer.add_documents(res.tokens, res.lengths)
+            consumed = batch.consumed or consumed
+            progress.update(unit.location, done_before + consumed, len(res.lengths), len(res.tokens))
+        done_before += unit.size
+        stats.processed_files += 1
+    if shown > MAX_PROBLEMS_SHOWN:
+        print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
+    if opts.output_format == "hdf5":
+        writer.add(packer.finish())
+    writer.close()
+    stats.samples = packer.stats
+    return stats
+
+
+def _kill_hook(completed_units: int) -> None:
+    """Fault injection for the resume test: GPTX_PREPROCESS_KILL_AFTER_UNITS=k SIGKILLs this process once
+    k units are complete and the next one has started writing."""
+    k = os.environ.get("GPTX_PREPROCESS_KILL_AFTER_UNITS")
+    if k is not None and completed_units >= int(k):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_job(
+    job: Job, opts: PreprocessOptions, tok: Any, pool: Any, progress: _Progress, base_bytes: int
+) -> JobStats:
+    fingerprint = _args_fingerprint(opts, tok, job)
+    done = _prepare_out_dir(job, opts, fingerprint)
+    total = JobStats()
+    completed = 0
+    for u, units in enumerate(job.units):
+        if u in done:
+            total.add(JobStats.from_dict(done[u]["stats"]))
+            base_bytes += sum(x.size for x in units)
+            continue
+        if completed >= 1 and os.environ.get("GPTX_PREPROCESS_KILL_AFTER_UNITS"):
+            _kill_hook(completed)
+        stats = _run_unit(job, u, units, opts, tok, pool, progress, base_bytes)
+        base_bytes += sum(x.size for x in units)
+        _atomic_json(job.out_dir / STATE_DIR / f"unit-{u:05d}.json", {"unit": u, "stats": stats.to_dict()})
+        completed += 1
+        total.add(stats)
+    if total.documents == 0:
+        inputs = ", ".join(u.location for g in job.units for u in g)
+        why = f" ({total.documents_skipped} malformed records skipped)" if total.documents_skipped else ""
+        why += f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
+        raise DataError(f"no documents in {inputs}{why}: the input is empty")
+    return total
+
+
+def _train_tokenizer(opts: PreprocessOptions, out_root: Path) -> str:
+    """Train a byte-level BPE (as GPT-NeoX did on the Pile) on the inputs; save tokenizer.json."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+
+    assert opts.train_tokenizer is not None
+    if opts.dataset == "pile":
+        assert opts.input_dir is not None
+        units = pile_units(opts.input_dir, "train")
+    else:
+        units = expand_inputs(opts.inputs, split=opts.split)
+    subsets = frozenset(opts.pile_subsets) if opts.pile_subsets else None
+
+    def texts() -> Iterator[str]:
+        for i, unit in enumerate(units):
+            for b in iter_record_batches(unit, i, text_key=opts.text_key):
+                yield from record_texts(
+                    unit.kind, unit.location, b, text_key=opts.text_key, subsets=subsets
+                ).texts
+
+    tok = HFTokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=opts.train_tokenizer,
+        special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts(), trainer=trainer)
+    out_root.mkdir(parents=True, exist_ok=True)
+    path = out_root / "tokenizer.json"
+    tmp = out_root / f".tokenizer.json.tmp-{os.getpid()}"
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+    return str(path)
+
+
+def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
+    """Run the whole preprocessing; returns {job name: data_params dict}."""
+    from gptx_cli.data.tokenizer import load_tokenizer
+
+    if opts.output_format not in OUTPUT_FORMATS:
+        raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+    if opts.max_seq_length < 1 or opts.processes < 1 or opts.samples_per_file < 1:
+        raise UsageError("--max-seq-length, --processes and --samples-per-file must be positive")
+    if opts.overwrite and opts.resume:
+        raise UsageError("--overwrite and --resume exclude each other")
+    tokenizer_spec = opts.tokenizer
+    if opts.train_tokenizer:
+        root = Path(opts.output_dir) if opts.output_dir else default_pile_base(neox=False)
+        if (root / "tokenizer.json").is_file() and opts.resume:
+            tokenizer_spec = str(root / "tokenizer.json")
+        else:
+            if root.is_dir() and any(root.iterdir()) and not (opts.overwrite or opts.resume):
+                raise DataError(
+                    f"output directory {root} already exists and is not empty",
+                    hint="pass --overwrite to replace it, or --resume to finish an interrupted run",
+                )
+            if opts.overwrite and root.is_dir():
+                shutil.rmtree(root)
+            tokenizer_spec = _train_tokenizer(opts, root)
+    tok = load_tokenizer(tokenizer_spec, tokenizer_dir=opts.tokenizer_dir, backend=opts.tokenizer_backend)
+    jobs = plan_jobs(opts, tok)
+    total_bytes = sum(u.size for job in jobs for g in job.units for u in g)
+    progress = _Progress(total_bytes, opts.progress)
+    pool = None
+    if opts.processes > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        pool = ctx.Pool(
+            opts.processes, _init_worker, (tokenizer_spec, opts.tokenizer_dir, opts.tokenizer_backend)
+        )
+    else:
+        _WORKER["tok"] = tok
+    results: dict[str, Any] = {}
+    t0 = time.monotonic()
+    try:
+        base = 0
+        for job in jobs:
+            stats = _run_job(job, opts, tok, pool, progress, base)
+            base += sum(u.size for g in job.units for u in g)
+            params = _data_params(job, opts, tok, stats)
+            _atomic_json(job.out_dir / "data_params.json", params)
+            results[job.name] = params
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    elapsed = time.monotonic() - t0
+    for name, params in results.items():
+        pp = params["post-process"]
+        print(
+            f"{name}: {pp['n_examples']:,} samples, {pp['documents']:,} documents "
+            f"({pp['documents_skipped']:,} skipped), {pp['document_tokens']:,} tokens -> "
+            f"{params['setup']['output_dir']}",
+            file=sys.stderr,
+        )
+    tokens = sum(p["post-process"]["document_tokens"] for p in results.values())
+    print(
+        f"done in {elapsed:.1f}s ({tokens / max(elapsed, 1e-9) / 1e6:.2f}M tokens/s, backend {tok.backend})",
+        file=sys.stderr,
+    )
+    return results
+
+
+def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
+    # No timings, worker counts or absolute times: the same input gives the same file.
+    return {
+        "setup": {
+            "dataset": opts.dataset,
+            "split": job.name,
+            "input": [u.location for g in job.units for u in g],
+            "output_dir": str(job.out_dir),
+            "output_format": opts.output_format,
+            "parts": job.parts,
+        },
+        "processing": {
+            "tokenizer": tok.source or tok.name,
+            "vocab_size": tok.vocab_size,
+            "eos_id": tok.eos_id,
+            "pad_id": tok.pad_id,
+            "max_seq_length": opts.max_seq_length,
+            "pack_sequences": opts.pack_sequences,
+            "min_sequence_len": opts.min_sequence_len,
+            "text_key": opts.text_key,
+            "samples_per_file": opts.samples_per_file,
+            "seed": opts.seed,
+            "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+        },
+        "features": ["input_ids", "attention_mask", "labels"],
+        "post-process": stats.to_dict(),
+    }
