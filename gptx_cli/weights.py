@@ -221,6 +221,10 @@ class TensorSource:
     def keys(self) -> list[str]:
         return list(self._where)
 
+    def file_of(self, name: str) -> Path:
+        """The file holding `name` (the index or single file when unknown), for error messages."""
+        return self._where.get(name, self.origin)
+
     def __contains__(self, name: object) -> bool:
         return name in self._where
 
