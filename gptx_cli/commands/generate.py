@@ -1,8 +1,120 @@
+"""`gptx generate`: text from a checkpoint, streamed as it is decoded (docs/generate.md)."""
+
 from __future__ import annotations
 
-from gptx_cli.errors import NotImplementedYet
+import json
+import sys
+from typing import Optional
+
+import typer
 
 
-def generate_cmd() -> None:
-    """Generate text from a checkpoint."""
-    raise NotImplementedYet("gptx generate")
+def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
+    from gptx_cli.errors import UsageError
+
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both")
+    if prompt is not None:
+        return prompt
+    if prompt_file is not None:
+        if prompt_file == "-":
+            return sys.stdin.read()
+        try:
+            with open(prompt_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read --prompt-file {prompt_file}: {err}") from err
+    if sys.stdin.isatty():
+        raise UsageError("no prompt: pass --prompt TEXT, --prompt-file PATH, or pipe text on stdin")
+    return sys.stdin.read()
+
+
+def generate_cmd(
+    checkpoint_path: str = typer.Option(
+        ...,
+        "--checkpoint-path",
+        "--checkpoint_path",
+        help="A gptx checkpoint or a Hugging Face model directory.",
+    ),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt text."),
+    prompt_file: Optional[str] = typer.Option(
+        None, "--prompt-file", "--prompt_file", help="Read the prompt from a file ('-' for stdin)."
+    ),
+    max_new_tokens: int = typer.Option(
+        64, "--max-new-tokens", "--max_new_tokens", help="Tokens to generate at most."
+    ),
+    greedy: bool = typer.Option(
+        False, "--greedy", help="Argmax decoding (the default unless sampling is asked for)."
+    ),
+    sample: bool = typer.Option(
+        False, "--sample", help="Sample (implied by --temperature > 0, --top-k, --top-p)."
+    ),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", help="Sampling temperature; 0 means greedy."
+    ),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", "--top_k", help="Sample among the k likeliest tokens."
+    ),
+    top_p: Optional[float] = typer.Option(
+        None, "--top-p", "--top_p", help="Sample from the smallest set of tokens with probability >= p."
+    ),
+    repetition_penalty: float = typer.Option(
+        1.0, "--repetition-penalty", "--repetition_penalty", help="> 1 discourages tokens already present."
+    ),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling: same seed, same text."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep going past the end-of-text token."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", help="Tokenizer (default: the one the checkpoint records)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    echo: bool = typer.Option(False, "--echo", help="Print the prompt before the generated text."),
+    output_format: str = typer.Option(
+        "text", "--format", help="text (streamed), or json (prompt and generated token ids and text)."
+    ),
+) -> None:
+    """Generate text after a prompt: greedy, or sampled with temperature / top-k / top-p, using the KV cache."""
+    from gptx_cli.errors import UsageError
+    from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
+
+    if output_format not in ("text", "json"):
+        raise UsageError(f"--format must be text or json, got {output_format!r}")
+    wants_sampling = (
+        sample or (temperature is not None and temperature > 0) or top_k is not None or top_p is not None
+    )
+    if greedy and wants_sampling:
+        raise UsageError("--greedy cannot be combined with --sample, --temperature > 0, --top-k or --top-p")
+    if temperature is not None and temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {temperature}")
+    if temperature == 0 and (sample or top_k is not None or top_p is not None):
+        raise UsageError("--temperature 0 means greedy; it cannot be combined with sampling options")
+    text = _read_prompt(prompt, prompt_file)
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=wants_sampling,
+        temperature=temperature if temperature else 1.0,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop=tuple(stop or ()),
+    )
+    opts = GenerateOptions(
+        checkpoint_path=checkpoint_path,
+        prompt=text,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        sampling=sampling,
+        ignore_eos=ignore_eos,
+    )
+    if output_format == "json":
+        result = generate_from_checkpoint(opts)
+        typer.echo(json.dumps({"prompt": text, **result.to_dict()}, ensure_ascii=False))
+        return
+    if echo:
+        sys.stdout.write(text)
+    generate_from_checkpoint(opts, on_text=stream_to(sys.stdout))
+    sys.stdout.write("\n")
+    sys.stdout.flush()

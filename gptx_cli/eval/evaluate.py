@@ -1,0 +1,434 @@
+"""`gptx eval`: ModelZoo's validate / validate_all metrics, and zero-shot tasks, for one or all checkpoints.
+
+Metrics over the config's validation dataloader (ModelZoo's names):
+
+- ``loss``: the mean over eval steps of the step loss (what ModelZoo logs as the eval loss);
+- ``lm_perplexity``: exp(sum of token cross-entropies / number of loss tokens) over *all* steps, so a
+  ragged final batch weighs by its tokens, not as a whole batch;
+- ``accuracy``: masked tokens whose argmax equals the label / masked tokens.
+
+The loss comes from `gptx_cli.model.loss.lm_loss`, the function training uses, so train and eval
+numbers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptx_cli.errors import CheckpointError, DataError, UsageError
+
+# Fields that only matter for training: a difference here is neither an error nor worth a warning.
+_TRAINING_ONLY_FIELDS = {
+    "embedding_dropout_rate",
+    "attention_dropout_rate",
+    "residual_dropout_rate",
+    "initializer_range",
+    "embedding_initializer",
+    "initializer",
+    "output_layer_initializer",
+    "ffn_initializer",
+    "ffn_output_initializer",
+    "mup_base_filter_size",
+}
+
+
+@dataclass
+class EvalOptions:
+    """What `gptx eval` was asked to do (the CLI fills this; tests and scripts may too)."""
+
+    config: str | None = None
+    checkpoint_path: str | None = None
+    all_checkpoints: bool = False
+    eval_steps: int | None = None
+    tasks: Sequence[str] = ()
+    tasks_dir: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    num_fewshot: int = 0
+    tokenizer: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    model_dir: str | None = None
+    output_dir: str | None = None
+    overrides: Sequence[str] = ()
+    seed: int = 1234
+    write: bool = True
+
+
+@dataclass
+class LossMetrics:
+    loss: float
+    lm_perplexity: float
+    accuracy: float
+    num_tokens: int
+    eval_steps: int
+    num_samples: int
+    tokens_per_second: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices, checkpoints, configs
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name!r}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str) -> Any:
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise UsageError(f"--dtype {name!r}: choose one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def checkpoint_model_config(path: str | Path) -> tuple[Any, int | None]:
+    """(ModelConfig, step or None) of a gptx checkpoint or a Hugging Face model directory."""
+    from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint, read_checkpoint_meta
+    from gptx_cli.config.spec import ModelConfig
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if not is_gptx_checkpoint(p) and not is_hf_dir(p):
+        p = latest_checkpoint(p) or p  # a model_dir stands for its latest checkpoint, as in load_model
+    if is_gptx_checkpoint(p):
+        meta = read_checkpoint_meta(p)
+        return ModelConfig.from_dict(meta["model"]), int(meta["step"])
+    if is_hf_dir(p):
+        from gptx_cli.model.hf import model_config_from_hf
+
+        try:
+            config_json = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{p / 'config.json'}: cannot read ({err})") from err
+        return model_config_from_hf(config_json), None
+    raise CheckpointError(
+        f"{p}: neither a gptx checkpoint (gptx.json) nor a Hugging Face model directory (config.json)"
+    )
+
+
+def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, checkpoint: str) -> list[str]:
+    """Check a checkpoint against the config's `model` section.
+
+    A differing field that changes any parameter's shape (found by building both models on the meta
+    device) is an error naming the field; other differences follow the checkpoint and come back as
+    warnings. Training-only fields (dropout, initializers) are ignored.
+    """
+    from gptx_cli.model.transformer import parameter_shapes
+
+    differing = [
+        f.name
+        for f in dataclasses.fields(yaml_cfg)
+        if f.name not in _TRAINING_ONLY_FIELDS and getattr(yaml_cfg, f.name) != getattr(ckpt_cfg, f.name)
+    ]
+    if not differing:
+        return []
+    base = parameter_shapes(ckpt_cfg)
+    shape_errors: list[str] = []
+    warnings: list[str] = []
+    for name in differing:
+        yaml_value, ckpt_value = getattr(yaml_cfg, name), getattr(ckpt_cfg, name)
+        try:
+            changed = parameter_shapes(dataclasses.replace(ckpt_cfg, **{name: yaml_value})) != base
+        except (ValueError, TypeError):
+            changed = True  # a value the model cannot even be built with
+        line = f"model.{name}: {yaml_value!r} in {config_name}, {ckpt_value!r} in the checkpoint"
+        (shape_errors if changed else warnings).append(line)
+    if shape_errors:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not fit the config's model (shapes differ): "
+            + "; ".join(shape_errors)
+        )
+    return [f"{w} (using the checkpoint's)" for w in warnings]
+
+
+def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None) -> Any:
+    """--tokenizer, else the one a gptx checkpoint records, else the checkpoint directory's own files."""
+    from gptx_cli.checkpoint import is_gptx_checkpoint, read_checkpoint_meta
+    from gptx_cli.data.tokenizer import load_tokenizer
+
+    if tokenizer:
+        return load_tokenizer(tokenizer)
+    p = Path(checkpoint)
+    if is_gptx_checkpoint(p):
+        recorded = read_checkpoint_meta(p).get("tokenizer")
+        if recorded:
+            return load_tokenizer(recorded)
+    if any(
+        (p / name).is_file() for name in ("tokenizer.json", "vocab.json", "encoder.json", "gpt2-encoder.json")
+    ):
+        return load_tokenizer(p)
+    raise UsageError(
+        f"checkpoint {p} records no tokenizer",
+        hint="pass --tokenizer (a preset such as gpt2, a file or a dir)",
+    )
+
+
+def load_eval_model(checkpoint: str | Path, device: Any, dtype: Any) -> Any:
+    from gptx_cli.model.api import load_model
+
+    model = load_model(str(checkpoint), device=str(device), dtype=dtype)
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss metrics
+
+
+def loss_metrics(
+    model: Any,
+    batches: Iterable[dict[str, Any]],
+    *,
+    device: Any,
+    eval_steps: int | None = None,
+    loss_scaling: str = "num_tokens",
+    loss_weight: float = 1.0,
+    source: str = "the eval data",
+) -> LossMetrics:
+    """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels)."""
+    import torch
+
+    from gptx_cli.model.loss import lm_loss
+
+    vocab = model.cfg.vocab_size
+    loss_total = 0.0
+    ce_sum = 0.0
+    tokens = correct = samples = steps = seen_tokens = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            if eval_steps is not None and steps >= eval_steps:
+                break
+            input_ids = batch["input_ids"].to(device)
+            labels = batch["labels"].to(device)
+            mask = batch["attention_mask"].to(device)
+            top = int(max(input_ids.max().item(), labels.max().item()))
+            if top >= vocab:
+                raise DataError(f"{source}: token id {top} is outside the model's vocabulary of {vocab}")
+            out = lm_loss(model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight)
+            loss_total += float(out.loss.item())
+            ce_sum += float(out.loss_sum.item())
+            tokens += int(out.num_tokens.item())
+            correct += int(out.num_correct.item())
+            samples += int(input_ids.shape[0])
+            seen_tokens += int(input_ids.numel())
+            steps += 1
+    elapsed = time.perf_counter() - start
+    if steps == 0:
+        raise DataError(f"{source}: the eval set is empty (no batches)")
+    if tokens == 0:
+        raise DataError(f"{source}: no loss tokens (every attention_mask is zero)")
+    mean_ce = ce_sum / tokens
+    return LossMetrics(
+        loss=loss_total / steps,
+        lm_perplexity=math.exp(mean_ce) if mean_ce < 700 else math.inf,
+        accuracy=correct / tokens,
+        num_tokens=tokens,
+        eval_steps=steps,
+        num_samples=samples,
+        tokens_per_second=seen_tokens / elapsed if elapsed > 0 else 0.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+@dataclass
+class CheckpointReport:
+    checkpoint: str
+    step: int | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    output: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "metrics": self.metrics,
+            "tasks": self.tasks,
+            "warnings": self.warnings,
+        }
+
+
+def _checkpoints_to_run(opts: EvalOptions, spec: Any) -> list[Path]:
+    from gptx_cli.checkpoint import latest_checkpoint, list_checkpoints
+
+    model_dir = opts.model_dir or (spec.model_dir if spec else None)
+    if opts.all_checkpoints:
+        if opts.checkpoint_path:
+            raise UsageError(
+                "--all evaluates every checkpoint in model_dir; do not also give --checkpoint-path"
+            )
+        if not model_dir:
+            raise UsageError("--all needs a config (or --model-dir) to find model_dir")
+        found = list_checkpoints(model_dir)
+        if not found:
+            raise CheckpointError(
+                f"no checkpoints in {model_dir} (looked for checkpoint_<step>/ with gptx.json)"
+            )
+        return [p for _, p in found]
+    if opts.checkpoint_path:
+        return [Path(opts.checkpoint_path)]
+    if spec is not None and spec.ckpt_path:
+        return [Path(spec.ckpt_path)]
+    latest = latest_checkpoint(model_dir) if model_dir else None
+    if latest is None:
+        raise UsageError(
+            "no checkpoint to evaluate",
+            hint="pass --checkpoint-path, or --all, or train first so model_dir has one",
+        )
+    return [latest]
+
+
+def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
+    if opts.output_dir:
+        return Path(opts.output_dir)
+    if opts.model_dir or spec is not None:
+        return Path(opts.model_dir or spec.model_dir) / "eval"
+    from gptx_cli.checkpoint import is_gptx_checkpoint
+
+    if is_gptx_checkpoint(checkpoint):  # a gptx checkpoint lives in its model_dir
+        return checkpoint.resolve().parent / "eval"
+    return None  # a bare Hugging Face directory: print only, write nothing into it
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
+    """Evaluate the chosen checkpoint(s); writes model_dir/eval/<checkpoint>.json for each one."""
+    from gptx_cli.eval.tasks import LoglikelihoodScorer, evaluate_task, load_task
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if opts.config is None and not opts.tasks:
+        raise UsageError("nothing to evaluate: give a CONFIG (validation data) and/or --tasks")
+    if opts.eval_steps is not None and opts.eval_steps < 1:
+        raise UsageError(f"--eval-steps must be at least 1, got {opts.eval_steps}")
+    spec = None
+    if opts.config is not None:
+        from gptx_cli.config import load_run_spec
+
+        spec = load_run_spec(opts.config, overrides=opts.overrides)
+        if spec.val_data is None:
+            if not opts.tasks:
+                raise UsageError(
+                    f"{opts.config}: no validation data (validate.val_dataloader or eval_input)",
+                    hint="add one, or pass --tasks",
+                )
+    tasks = [load_task(t, opts.tasks_dir) for t in opts.tasks]  # fail on a bad file before loading a model
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype)
+    reports = []
+    for checkpoint in _checkpoints_to_run(opts, spec):
+        ckpt_cfg, step = checkpoint_model_config(checkpoint)
+        report = CheckpointReport(checkpoint=str(checkpoint), step=step)
+        if spec is not None:
+            report.warnings = compare_model_configs(
+                spec.model, ckpt_cfg, config_name=str(opts.config), checkpoint=str(checkpoint)
+            )
+            for w in report.warnings:
+                log(f"warning: {w}")
+        model = load_eval_model(checkpoint, device, dtype)
+        if spec is not None and spec.val_data is not None:
+            from gptx_cli.data.loader import build_dataloader
+
+            loader = build_dataloader(spec.val_data, seed=spec.seed, infinite=False)
+            eval_steps = opts.eval_steps or spec.loop.eval_steps
+            metrics = loss_metrics(
+                model,
+                loader,
+                device=device,
+                eval_steps=eval_steps,
+                loss_scaling=model.cfg.loss_scaling,
+                loss_weight=model.cfg.loss_weight,
+                source=", ".join(spec.val_data.data_dir) or str(opts.config),
+            )
+            report.metrics = metrics.to_dict()
+        if tasks:
+            tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer)
+            scorer = LoglikelihoodScorer(
+                model, max_length=model.cfg.max_position_embeddings, batch_size=opts.batch_size, device=device
+            )
+            for task in tasks:
+                result = evaluate_task(
+                    task, scorer, tokenizer, limit=opts.limit, num_fewshot=opts.num_fewshot, seed=opts.seed
+                )
+                report.tasks.append(result.to_dict())
+        out_dir = _output_dir(opts, spec, checkpoint) if opts.write else None
+        if out_dir is not None:
+            name = checkpoint.name if step is None else f"checkpoint_{step}"
+            path = out_dir / f"{name}.json"
+            _write_json(path, report.to_dict())
+            report.output = str(path)
+        reports.append(report)
+        del model
+    return reports
+
+
+def format_table(reports: Sequence[CheckpointReport]) -> str:
+    """One row per checkpoint (loss metrics), then one row per task metric."""
+    lines = []
+    if any(r.metrics for r in reports):
+        header = f"{'checkpoint':<32} {'step':>7} {'loss':>10} {'lm_perplexity':>14} {'accuracy':>9} {'tokens':>10}"
+        lines += [header, "-" * len(header)]
+        for r in reports:
+            if not r.metrics:
+                continue
+            m = r.metrics
+            step = "-" if r.step is None else str(r.step)
+            lines.append(
+                f"{Path(r.checkpoint).name:<32} {step:>7} {m['loss']:>10.4f} {m['lm_perplexity']:>14.4f} "
+                f"{m['accuracy']:>9.4f} {m['num_tokens']:>10}"
+            )
+    if any(r.tasks for r in reports):
+        if lines:
+            lines.append("")
+        header = f"{'checkpoint':<32} {'task':<20} {'metric':<16} {'value':>12} {'docs':>6} {'shots':>5}"
+        lines += [header, "-" * len(header)]
+        for r in reports:
+            for t in r.tasks:
+                for metric, value in t["metrics"].items():
+                    lines.append(
+                        f"{Path(r.checkpoint).name:<32} {t['task']:<20} {metric:<16} {value:>12.4f} "
+                        f"{t['num_docs']:>6} {t['num_fewshot']:>5}"
+                    )
+    for r in reports:
+        if r.output:
+            lines.append(f"wrote {r.output}")
+    return "\n".join(lines)

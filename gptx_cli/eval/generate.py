@@ -1,0 +1,268 @@
+"""Text generation: greedy or sampled decoding with the KV cache, stop sequences and streaming.
+
+Logits processing follows Hugging Face `generate` so that the same settings give the same tokens:
+repetition penalty first (on every token of prompt + output: negative logits multiplied, positive
+divided), then, when sampling, temperature, top-k and top-p (nucleus; at least one token kept), then a
+draw from the softmax with a seeded `torch.Generator` on the CPU, so a seed gives the same text on any
+device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptx_cli.errors import UsageError
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    eos_id: int | None = None  # generation ends after this token (None: only max_new_tokens / stop)
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0 and self.do_sample:
+            raise UsageError("--temperature must be > 0 when sampling (use --greedy for argmax decoding)")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise UsageError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
+        if any(s == "" for s in self.stop):
+            raise UsageError("a stop sequence cannot be empty")
+
+
+@dataclass
+class GenerationResult:
+    prompt_tokens: list[int]
+    tokens: list[int]  # generated ids (the end-of-text token included when it ended the text)
+    text: str  # generated text, cut before a stop sequence
+    stop_reason: str  # "eos", "stop", "length"
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "tokens": self.tokens,
+            "text": self.text,
+            "stop_reason": self.stop_reason,
+            "notes": self.notes,
+        }
+
+
+class CachedDecoder:
+    """Feeds new tokens through a gptx Transformer with its KV cache; returns the last position's logits."""
+
+    def __init__(self, model: Any, max_len: int):
+        import torch
+
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.cache = model.new_kv_cache(1, max_len)
+        self.pos = 0
+        self._torch = torch
+
+    def __call__(self, new_tokens: Sequence[int]) -> Any:
+        torch = self._torch
+        ids = torch.tensor([list(new_tokens)], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            logits = self.model(ids, kv_cache=self.cache, start_pos=self.pos)
+        self.pos += len(new_tokens)
+        return logits[0, -1].float()
+
+
+class RecomputeDecoder:
+    """The same interface over any `logits_fn(ids [1, T]) -> [1, T, V]`, recomputing the whole prefix
+    each step (for models without a KV cache, and as the reference the cached path is tested against)."""
+
+    def __init__(self, logits_fn: Callable[[Any], Any], device: Any = "cpu"):
+        import torch
+
+        self.logits_fn = logits_fn
+        self.device = device
+        self.ids: list[int] = []
+        self._torch = torch
+
+    def __call__(self, new_tokens: Sequence[int]) -> Any:
+        torch = self._torch
+        self.ids.extend(new_tokens)
+        with torch.inference_mode():
+            logits = self.logits_fn(torch.tensor([self.ids], dtype=torch.long, device=self.device))
+        return logits[0, -1].float()
+
+
+def process_logits(logits: Any, seen: Sequence[int], cfg: SamplingConfig) -> Any:
+    """Hugging Face's processor order: repetition penalty, then temperature, top-k, top-p (sampling only)."""
+    import torch
+
+    scores = logits.float().clone()
+    if cfg.repetition_penalty != 1.0 and seen:
+        idx = torch.tensor(sorted(set(seen)), dtype=torch.long, device=scores.device)
+        picked = scores[idx]
+        scores[idx] = torch.where(
+            picked < 0, picked * cfg.repetition_penalty, picked / cfg.repetition_penalty
+        )
+    if not cfg.do_sample:
+        return scores
+    if cfg.temperature != 1.0:
+        scores = scores / cfg.temperature
+    if cfg.top_k is not None:
+        k = min(cfg.top_k, scores.shape[-1])
+        threshold = torch.topk(scores, k).values[-1]
+        scores = scores.masked_fill(scores < threshold, float("-inf"))
+    if cfg.top_p is not None and cfg.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - cfg.top_p)
+        remove_sorted[-1] = False  # always keep the most likely token
+        remove = remove_sorted.scatter(0, order, remove_sorted)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores
+
+
+def choose_token(scores: Any, cfg: SamplingConfig, generator: Any) -> int:
+    import torch
+
+    if not cfg.do_sample:
+        return int(scores.argmax().item())
+    probs = scores.softmax(dim=-1).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters could still grow into a stop sequence (so are not printed yet)."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+def generate(
+    decoder: Callable[[Sequence[int]], Any],
+    tokenizer: Any,
+    prompt_tokens: Sequence[int],
+    cfg: SamplingConfig,
+    on_text: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Decode up to cfg.max_new_tokens tokens after the prompt; `on_text` receives text as it becomes final.
+
+    Text is released once it decodes to whole characters (a multi-byte character may span tokens) and
+    cannot be the start of a stop sequence; a stop sequence ends generation and is not part of the text.
+    """
+    import torch
+
+    cfg.check()
+    if not prompt_tokens:
+        raise UsageError("the prompt is empty (it encodes to zero tokens)")
+    generator = torch.Generator(device="cpu")
+    if cfg.seed is not None:
+        generator.manual_seed(int(cfg.seed))
+    else:
+        generator.seed()
+    emit = on_text or (lambda _s: None)
+    seen = list(prompt_tokens)
+    out: list[int] = []
+    emitted = 0
+    text = ""
+    reason = "length"
+    logits = decoder(list(prompt_tokens))
+    for step in range(cfg.max_new_tokens):
+        token = choose_token(process_logits(logits, seen, cfg), cfg, generator)
+        out.append(token)
+        seen.append(token)
+        if cfg.eos_id is not None and token == cfg.eos_id:
+            reason = "eos"
+            break
+        text = tokenizer.decode([t for t in out if t != cfg.eos_id])
+        cut = min((i for i in (text.find(s) for s in cfg.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+            reason = "stop"
+            break
+        if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence waits for its next token
+            safe = len(text) - _held_back(text, cfg.stop)
+            if safe > emitted:
+                emit(text[emitted:safe])
+                emitted = safe
+        if step + 1 < cfg.max_new_tokens:
+            logits = decoder([token])
+    if len(text) > emitted:
+        emit(text[emitted:])
+    return GenerationResult(list(prompt_tokens), out, text, reason)
+
+
+def stream_to(stream: Any = None) -> Callable[[str], None]:
+    """An `on_text` that writes to a text stream (stdout by default) and flushes, so tokens show as they come."""
+    out = stream or sys.stdout
+
+    def write(piece: str) -> None:
+        out.write(piece)
+        out.flush()
+
+    return write
+
+
+@dataclass
+class GenerateOptions:
+    checkpoint_path: str
+    prompt: str
+    tokenizer: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    ignore_eos: bool = False
+
+
+def generate_from_checkpoint(
+    opts: GenerateOptions,
+    on_text: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Load the checkpoint and its tokenizer, then decode after the prompt with the KV cache."""
+    from gptx_cli.eval.evaluate import (
+        checkpoint_model_config,
+        load_eval_model,
+        resolve_device,
+        resolve_dtype,
+        resolve_tokenizer,
+    )
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    cfg = opts.sampling
+    cfg.check()
+    checkpoint_model_config(opts.checkpoint_path)  # a clear error for a path that is not a checkpoint
+    tokenizer = resolve_tokenizer(opts.checkpoint_path, opts.tokenizer)
+    if not opts.ignore_eos and cfg.eos_id is None:
+        cfg.eos_id = tokenizer.eos_id
+    prompt_tokens = tokenizer.encode(opts.prompt)
+    if not prompt_tokens:
+        raise UsageError("the prompt is empty (it encodes to zero tokens)")
+    model = load_eval_model(opts.checkpoint_path, resolve_device(opts.device), resolve_dtype(opts.dtype))
+    context = int(model.cfg.max_position_embeddings)
+    notes = []
+    if len(prompt_tokens) >= context:
+        raise UsageError(f"the prompt has {len(prompt_tokens)} tokens; the model's context is {context}")
+    if len(prompt_tokens) + cfg.max_new_tokens > context:
+        cfg = dataclasses.replace(cfg, max_new_tokens=context - len(prompt_tokens))
+        notes.append(f"max_new_tokens lowered to {cfg.max_new_tokens} to fit the context of {context}")
+        log(f"note: {notes[-1]}")
+    decoder = CachedDecoder(model, len(prompt_tokens) + cfg.max_new_tokens)
+    result = generate(decoder, tokenizer, prompt_tokens, cfg, on_text)
+    result.notes.extend(notes)
+    return result
