@@ -27,7 +27,7 @@ from gptx_cli.config.spec import (
     RunSpec,
     SchedulerSpec,
 )
-from gptx_cli.errors import UsageError
+from gptx_cli.errors import ConfigError, UsageError
 
 __all__ = [
     "BackendSpec",
@@ -63,7 +63,10 @@ def load_run_spec(path: str | Path, overrides: Iterable[str] = (), trainer_index
     Raises ConfigError (`file:line:col: key.path: message`, exit 1) for an invalid config and
     UsageError (exit 2) for an unreadable file or a malformed override.
     """
-    from gptx_cli.config.build import build_run_spec
+    from gptx_cli.config.validate import validate_source
 
     source = load_config_source(path, overrides, trainer_index)
-    return build_run_spec(source)
+    result = validate_source(source)
+    if result.errors:
+        raise ConfigError(result.errors[0].format())
+    return result.specs[0]

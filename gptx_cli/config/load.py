@@ -52,6 +52,33 @@ for _first in "-+0123456789":
     _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, ("tag:yaml.org,2002:float", _EXP_FLOAT))
 
 
+class LocatedConfigError(ConfigError):
+    """A ConfigError that also carries its parts, so validate-config can report it as a problem."""
+
+    def __init__(
+        self,
+        file: str,
+        line: int | None,
+        col: int | None,
+        path: str | None,
+        message: str,
+        override: str | None = None,
+    ) -> None:
+        if line is None:
+            where = f"{file}: override '{override}'" if override else file
+        else:
+            where = f"{file}:{line}:{col}"
+        super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+        self.file, self.line, self.col, self.path, self.detail, self.override = (
+            file,
+            line,
+            col,
+            path,
+            message,
+            override,
+        )
+
+
 def format_path(path: Iterable[Any]) -> str:
     """`("trainer", "init", "schedulers", 0, "LinearLR")` -> `trainer.init.schedulers[0].LinearLR`."""
     out = ""
@@ -84,7 +111,7 @@ class YamlDoc:
         """A one-line ConfigError `file:line:col: key.path: message`."""
         path = tuple(path)
         line, col = self.where(path)
-        return ConfigError(f"{self.file}:{line}:{col}: {format_path(path)}: {message}")
+        return LocatedConfigError(self.file, line, col, format_path(path), message)
 
 
 def _mark(node: yaml.Node) -> Position:
@@ -100,9 +127,9 @@ class _Builder:
         self.positions: dict[KeyPath, Position] = {}
         self._active: set[int] = set()  # node ids on the current path (recursive aliases)
 
-    def fail(self, node: yaml.Node, message: str) -> ConfigError:
+    def fail(self, node: yaml.Node, message: str, path: str | None = None) -> ConfigError:
         line, col = _mark(node)
-        return ConfigError(f"{self.file}:{line}:{col}: {message}")
+        return LocatedConfigError(self.file, line, col, path, message)
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         if isinstance(node, yaml.ScalarNode):
@@ -177,7 +204,7 @@ def load_yaml_text(text: str, file: str = "<string>") -> YamlDoc:
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
-            where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             problem = err.problem or "invalid YAML"
             if (
                 err.context
@@ -189,9 +216,9 @@ def load_yaml_text(text: str, file: str = "<string>") -> YamlDoc:
                     else ""
                 )
                 problem = f"{err.context}{at}: {problem}"
-            raise ConfigError(f"{file}:{where}: invalid YAML: {problem}") from None
+            raise LocatedConfigError(file, line, col, None, f"invalid YAML: {problem}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{file}:1:1: invalid YAML: {err}") from None
+            raise LocatedConfigError(file, 1, 1, None, f"invalid YAML: {err}") from None
         if root is None:
             return YamlDoc(file, None, {(): (1, 1)})
         builder = _Builder(loader, file)
@@ -233,6 +260,7 @@ class ConfigSource:
     overrides: dict[KeyPath, str] = field(default_factory=dict)
     legacy: bool = False
     trainer_index: int | None = None  # set when the file holds a list of trainers
+    conversion_problems: list[tuple[KeyPath, str]] = field(default_factory=list)  # legacy paths
 
     def original_path(self, path: Iterable[Any]) -> KeyPath:
         """The path as written in the file (the longest mapped prefix is translated)."""
@@ -257,8 +285,8 @@ class ConfigSource:
     def error(self, path: Iterable[Any], message: str) -> ConfigError:
         shown, pos, override = self.locate(path)
         if pos is None:
-            return ConfigError(f"{self.file}: override '{override}': {shown}: {message}")
-        return ConfigError(f"{self.file}:{pos[0]}:{pos[1]}: {shown}: {message}")
+            return LocatedConfigError(self.file, None, None, shown, message, override)
+        return LocatedConfigError(self.file, pos[0], pos[1], shown, message)
 
 
 TRAINER_METHODS = ("init", "fit", "validate", "validate_all")
@@ -281,10 +309,12 @@ INIT_SECTIONS = (
 )
 
 
-def trainer_sources(doc: YamlDoc) -> list[ConfigSource]:
+def trainer_sources(doc: YamlDoc, strict: bool = True) -> list[ConfigSource]:
     """The trainers a config file describes, each in the trainer layout (legacy files are converted).
 
-    Raises ConfigError when the top level is not a mapping or the legacy conversion finds a problem.
+    Raises ConfigError when the top level is not a mapping or a trainer list item is malformed, and
+    (with `strict`) when the legacy conversion finds a problem; otherwise those problems are kept in
+    `source.conversion_problems` for validate-config to report together with the others.
     """
     from gptx_cli.config.legacy import convert_legacy, is_legacy
 
@@ -294,14 +324,16 @@ def trainer_sources(doc: YamlDoc) -> list[ConfigSource]:
         raise doc.error((), f"expected a mapping with a 'trainer' section (or a legacy config), got {kind}")
     if is_legacy(data):
         conv = convert_legacy(data)
-        if conv.problems:
+        if conv.problems and strict:
             path, message = conv.problems[0]
             raise doc.error(path, message)
-        return [ConfigSource(doc.file, conv.data, doc, conv.path_map, legacy=True)]
+        source = ConfigSource(doc.file, conv.data, doc, conv.path_map, legacy=True)
+        source.conversion_problems = conv.problems
+        return [source]
     trainer = data["trainer"]
     extra = [k for k in data if k != "trainer"]
     if extra:
-        raise doc.error((extra[0],), f"unexpected top-level key '{extra[0]}' next to 'trainer'")
+        raise doc.error((extra[0],), f"unknown top-level key '{extra[0]}' next to 'trainer'")
     if isinstance(trainer, list):
         # ModelZoo: `trainer: [{trainer: {...}}, {trainer: {...}}]` runs the trainers one after another.
         out = []
