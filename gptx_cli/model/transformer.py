@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from gptx_cli.config.spec import ModelConfig
 
@@ -280,6 +281,8 @@ class Transformer(nn.Module):
             else 0
         )
         self._rope: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        # Recompute each block in backward instead of storing its activations (optimize.py sets it).
+        self.activation_checkpointing = False
 
     # -- rotary tables -------------------------------------------------------------------------
 
@@ -319,7 +322,10 @@ class Transformer(nn.Module):
             sin = sin_all[start_pos : start_pos + t, None, None, :]
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.keys[i], kv_cache.values[i]) if kv_cache is not None else None
-            x = layer(x, cos, sin, cache, start_pos)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, cache, start_pos, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, start_pos)
         return self.ln_f(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
