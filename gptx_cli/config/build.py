@@ -4,7 +4,8 @@ The schema and the semantic rules (validate.py) run first, so the checks here ar
 that still reports `file:line:col: key.path: message` instead of a Python error. Torch-free.
 
 Mapping (trainer layout -> RunSpec):
-  init.model                        -> model (ModelConfig; `gpt-neox` gets NeoX defaults, see below)
+  init.model                        -> model (ModelConfig; keys left out take ModelZoo's defaults from
+                                       schemas/model.schema.json, `gpt-neox` NeoX's, see below)
   init.optimizer {adamw: {...}}     -> optimizer = OptimizerSpec("AdamW", {...})
   init.schedulers [{Name: {...}}]   -> schedulers (SchedulerSpec; SequentialLR / ChainedScheduler
                                        children from `schedulers`, ScalePerParamLR from `scheduler`;
@@ -21,6 +22,7 @@ Mapping (trainer layout -> RunSpec):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -147,11 +149,31 @@ def _mapping(src: ConfigSource, parent: dict[str, Any], key: str, path: KeyPath)
     return value
 
 
+def modelzoo_model_defaults() -> dict[str, Any]:
+    """ModelZoo's GPTJModelConfig defaults, read from the `default`s in schemas/model.schema.json."""
+    from gptx_cli.config.validate import load_schemas
+
+    props = load_schemas()["model.schema.json"]["properties"]
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return {k: copy.deepcopy(p["default"]) for k, p in props.items() if "default" in p and k in names}
+
+
 def build_model_config(src: ConfigSource, model: dict[str, Any], path: KeyPath) -> ModelConfig:
-    preset: dict[str, Any] = {}
+    """A key the YAML leaves out takes ModelZoo's default (as ModelZoo would run the same file),
+    or GPT-NeoX's for `name: gpt-neox`; `attention_dropout_rate: null` means residual_dropout_rate."""
+    preset = {k: v for k, v in modelzoo_model_defaults().items() if k not in model}
     if model.get("name") == "gpt-neox":
-        preset = {k: v for k, v in NEOX_MODEL_DEFAULTS.items() if k not in model}
-    return _fill(src, ModelConfig, model, path, **preset)
+        preset.update({k: v for k, v in NEOX_MODEL_DEFAULTS.items() if k not in model})
+    cfg = _fill(
+        src,
+        ModelConfig,
+        {k: v for k, v in model.items() if v is not None or k == "rotary_dim"},
+        path,
+        **preset,
+    )
+    if model.get("attention_dropout_rate") is None:
+        cfg.attention_dropout_rate = cfg.residual_dropout_rate
+    return cfg
 
 
 def build_optimizer(src: ConfigSource, optimizer: Any, path: KeyPath) -> OptimizerSpec:

@@ -566,9 +566,15 @@ def data_dir_problems(trainer: dict[str, Any], base: Path | None = None) -> list
                 entries.append((path + ("mixture", j, "data_dir"), cdd))
             elif isinstance(cdd, list):
                 entries += [(path + ("mixture", j, "data_dir", i), d) for i, d in enumerate(cdd)]
-        for p, d in entries:
-            if isinstance(d, str) and not (base / d).is_dir():
-                out.append((p, f"data directory {d} does not exist"))
+        missing = [(p, d) for p, d in entries if isinstance(d, str) and not (base / d).is_dir()]
+        if len(missing) == 1:
+            out.append((missing[0][0], f"data directory {missing[0][1]} does not exist"))
+        elif missing:
+            # One line per loader, at the first missing entry: ten shards of one dataset are one problem.
+            shown = ", ".join(d for _, d in missing[:2]) + (", ..." if len(missing) > 2 else "")
+            out.append(
+                (missing[0][0], f"{len(missing)} of {len(entries)} data directories do not exist ({shown})")
+            )
     return out
 
 
@@ -645,3 +651,137 @@ def validate_file(
             continue
         validate_source(source, check_paths=check_paths, strict_paths=strict_paths, result=result)
     return result
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+@dataclass
+class FileReport:
+    """One file's outcome for validate-config: a ValidationResult, or why the file could not be read."""
+
+    file: str
+    result: ValidationResult | None = None
+    unreadable: str | None = None  # the UsageError message (exit 2)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_config_paths(root: Path | None = None) -> list[Path]:
+    """Every `*.yaml` under ./configs (what `gptx validate-config` checks without arguments)."""
+    from gptx_cli.errors import UsageError
+
+    configs = root / "configs" if root is not None else Path("configs")
+    paths = sorted(configs.glob("*.yaml"))
+    if not paths:
+        raise UsageError(f"no config given and no *.yaml in {configs}")
+    return paths
+
+
+def validate_paths(
+    paths: Iterable[str | Path],
+    overrides: Iterable[str] = (),
+    *,
+    strict_paths: bool = False,
+    summary: bool = False,
+) -> list[FileReport]:
+    """validate-config's work: every file, with summaries (parameter counts etc.) on request."""
+    from gptx_cli.errors import UsageError
+
+    overrides = list(overrides)
+    reports = []
+    for path in paths:
+        report = FileReport(str(path))
+        try:
+            report.result = validate_file(path, overrides, strict_paths=strict_paths)
+        except UsageError as err:
+            report.unreadable = err.message
+        else:
+            if summary and report.result.valid:
+                from gptx_cli.model.counts import run_summary
+
+                report.summaries = [run_summary(spec) for spec in report.result.specs]
+        reports.append(report)
+    return reports
+
+
+def exit_code(reports: list[FileReport]) -> int:
+    """0 all valid, 1 any invalid, 2 any unreadable."""
+    if any(r.unreadable for r in reports):
+        return 2
+    return 0 if all(r.result is not None and r.result.valid for r in reports) else 1
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB"
+
+
+def render_text(reports: list[FileReport]) -> tuple[str, str]:
+    """(stdout, stderr) text: problems as `file:line:col: key.path: message`, then a summary line."""
+    out: list[str] = []
+    err: list[str] = []
+    n_err = n_warn = 0
+    for r in reports:
+        if r.unreadable:
+            err.append(f"error: {r.unreadable}")
+            continue
+        assert r.result is not None
+        for p in r.result.errors:
+            out.append(p.format())
+        for p in r.result.warnings:
+            text = p.format()
+            head, _, rest = text.partition(f": {p.path}: ") if p.path else (text, "", "")
+            out.append(f"{head}: warning: {p.path}: {rest}" if rest else f"warning: {text}")
+        for note in r.result.notes:
+            out.append(f"{r.file}: note: {note}")
+        n_err += len(r.result.errors)
+        n_warn += len(r.result.warnings)
+        status = "ok" if r.result.valid else f"invalid ({len(r.result.errors)} error(s))"
+        out.append(f"{r.file}: {status}")
+        for s in r.summaries:
+            mem = s["memory"]
+            b = mem["bytes"]
+            out.append(
+                f"  model {s['model']}: {s['parameters']:,} parameters; "
+                f"{s['flops_per_token']:,} training FLOPs/token at seq_len {s['seq_len']}"
+            )
+            out.append(
+                f"  memory per process (micro-batch {mem['micro_batch_size']}, {mem['precision']}, "
+                f"{mem['optimizer']}{', activation checkpointing' if mem['activation_checkpointing'] else ''}): "
+                f"weights {_gib(b['weights'])}, grads {_gib(b['grads'])}, "
+                f"optimizer state {_gib(b['optimizer_state'])}, activations {_gib(b['activations'])}, "
+                f"total {_gib(b['total'])}"
+            )
+    valid = sum(1 for r in reports if r.result is not None and r.result.valid)
+    invalid = sum(1 for r in reports if r.result is not None and not r.result.valid)
+    unreadable = sum(1 for r in reports if r.unreadable)
+    line = f"{len(reports)} config(s): {valid} valid, {invalid} invalid"
+    if unreadable:
+        line += f", {unreadable} unreadable"
+    line += f"; {n_err} error(s), {n_warn} warning(s)"
+    out.append(line)
+    return "\n".join(out) + "\n", ("\n".join(err) + "\n") if err else ""
+
+
+def render_json(reports: list[FileReport]) -> str:
+    """One JSON document for pipelines: per file valid, errors, warnings, notes (and summaries)."""
+    files = []
+    for r in reports:
+        if r.unreadable:
+            files.append(
+                {"file": r.file, "valid": False, "readable": False, "errors": [{"message": r.unreadable}]}
+            )
+            continue
+        assert r.result is not None
+        entry: dict[str, Any] = {
+            "file": r.file,
+            "valid": r.result.valid,
+            "readable": True,
+            "errors": [p.to_dict() for p in r.result.errors],
+            "warnings": [p.to_dict() for p in r.result.warnings],
+            "notes": list(r.result.notes),
+        }
+        if r.summaries:
+            entry["summary"] = r.summaries
+        files.append(entry)
+    doc = {"valid": exit_code(reports) == 0, "exit_code": exit_code(reports), "files": files}
+    return json.dumps(doc, indent=2) + "\n"
