@@ -14,7 +14,6 @@ have no proof of exactness, so forcing `tiktoken` on it is refused.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,18 +119,11 @@ def _gpt2_hf_tokenizer(encoder_json: Path, vocab_bpe: Path) -> Any:
     from tokenizers import decoders, pre_tokenizers
     from tokenizers.models import BPE
 
-    vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
-    merges = []
-    for line in vocab_bpe.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#version") or not line.strip():
-            continue
-        a, b = line.split(" ")
-        merges.append((a, b))
-    tok = HFTokenizer(BPE(vocab=vocab, merges=merges))
+    tok = HFTokenizer(BPE.from_file(str(encoder_json), str(vocab_bpe)))  # skips the "#version" line
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = [t for t in ("<|endoftext|>",) if t in vocab]
-    tok.add_special_tokens(specials)
+    if tok.token_to_id("<|endoftext|>") is not None:
+        tok.add_special_tokens(["<|endoftext|>"])
     return tok
 
 
@@ -139,7 +131,7 @@ def _tiktoken_from_hf_bytelevel(hf: Any, name: str) -> Any:
     """A tiktoken Encoding with the same ranks as a byte-level BPE whose token ids follow merge order."""
     import tiktoken
 
-    byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+    to_latin1 = str.maketrans({c: chr(b) for b, c in _bytes_to_unicode().items()})
     specials: dict[str, int] = {}
     ranks: dict[bytes, int] = {}
     added = {t.content for t in hf.get_added_tokens_decoder().values()}
@@ -147,7 +139,7 @@ def _tiktoken_from_hf_bytelevel(hf: Any, name: str) -> Any:
         if token in added:
             specials[token] = idx
             continue
-        ranks[bytes(byte_decoder[c] for c in token)] = idx
+        ranks[token.translate(to_latin1).encode("latin-1")] = idx
     return tiktoken.Encoding(
         name=f"gptx-{name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials
     )
@@ -155,17 +147,18 @@ def _tiktoken_from_hf_bytelevel(hf: Any, name: str) -> Any:
 
 def _is_gpt2_vocabulary(hf: Any) -> bool:
     """True for OpenAI's GPT-2 BPE: byte-level, no normaliser, 50257 ids, `<|endoftext|>` = 50256 only."""
-    raw = json.loads(hf.to_str())
-    pre = raw.get("pre_tokenizer") or {}
-    added = [t["content"] for t in raw.get("added_tokens", [])]
+    from tokenizers import pre_tokenizers
+    from tokenizers.models import BPE
+
+    pre = hf.pre_tokenizer
     return (
-        raw.get("normalizer") is None
-        and pre.get("type") == "ByteLevel"
-        and not pre.get("add_prefix_space", False)
-        and pre.get("use_regex", True)
-        and raw["model"].get("type") == "BPE"
+        hf.normalizer is None
+        and isinstance(pre, pre_tokenizers.ByteLevel)
+        and not pre.add_prefix_space
+        and pre.use_regex
+        and isinstance(hf.model, BPE)
         and hf.get_vocab_size(with_added_tokens=True) == 50257
-        and added == ["<|endoftext|>"]
+        and [t.content for t in hf.get_added_tokens_decoder().values()] == ["<|endoftext|>"]
         and hf.token_to_id("<|endoftext|>") == 50256
         and hf.token_to_id("Ġthe") == 262
     )
@@ -235,7 +228,6 @@ def load_tokenizer(
 ) -> Tokenizer:
     """Load a preset name (`gpt2`, `neox-20b`), a `tokenizer.json` file, or a directory holding one of the
     GPT-2 file sets or a tokenizer.json. `backend` picks the encoding engine (see module docstring)."""
-    from tokenizers import Tokenizer as HFTokenizer
 
     if backend not in BACKENDS:
         raise UsageError(f"unknown tokenizer backend '{backend}' (choose from {', '.join(BACKENDS)})")
@@ -264,17 +256,30 @@ def load_tokenizer(
         raise DataError(
             f"tokenizer '{spec}' is neither a preset ({', '.join(PRESETS)}) nor an existing file or directory"
         )
-    source = str(found[1].parent if found and found[0] == "gpt2" else found[1]) if found else spec
     if found is not None:
-        kind, first, second = found
-        try:
-            if kind == "gpt2":
-                assert second is not None
-                hf = _gpt2_hf_tokenizer(first, second)
-            else:
-                hf = HFTokenizer.from_file(str(first))
-        except Exception as err:  # tokenizers raises a plain Exception on bad JSON
-            raise DataError(f"cannot read tokenizer {first}: {type(err).__name__}: {err}") from None
+        return _load_files(name, *found, backend, found[1].stat().st_mtime_ns)
+    return _finish(name, hf, spec, backend)
+
+
+@lru_cache(maxsize=8)
+def _load_files(
+    name: str, kind: str, first: Path, second: Path | None, backend: str, _mtime: int
+) -> Tokenizer:
+    """Load (and cache per process: building GPT-2 takes ~0.3 s) a tokenizer from its files."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        if kind == "gpt2":
+            assert second is not None
+            hf = _gpt2_hf_tokenizer(first, second)
+        else:
+            hf = HFTokenizer.from_file(str(first))
+    except Exception as err:  # tokenizers raises a plain Exception on bad JSON
+        raise DataError(f"cannot read tokenizer {first}: {type(err).__name__}: {err}") from None
+    return _finish(name, hf, str(first.parent if kind == "gpt2" else first), backend)
+
+
+def _finish(name: str, hf: Any, source: str, backend: str) -> Tokenizer:
     eos, pad = _special_ids(hf)
     tok = Tokenizer(name=name, hf=hf, eos_id=eos, pad_id=pad, source=source)
     gpt2_like = _is_gpt2_vocabulary(hf)
