@@ -411,6 +411,8 @@ def _prepare_out_dir(
             f"{out} holds no gptx preprocess state to resume", hint="use --overwrite to start over"
         )
     state_dir.mkdir(exist_ok=True)
+    for part in range(job.parts if job.parts > 1 else 0):  # every part the configs list exists
+        (out / str(part)).mkdir(exist_ok=True)
     _atomic_json(state_dir / "args.json", fingerprint)
     # Files of incomplete units and temporary files of a killed run are redone from scratch.
     for u in range(len(job.units)):

@@ -19,4 +19,8 @@ def documents() -> list[str]:
 @pytest.fixture
 def tokenizer_env(gpt2_tokenizer_dir: Path) -> dict[str, str]:
     """Environment for CLI runs: presets from ../shared, hub offline."""
-    return {"GPTX_TOKENIZER_DIR": str(gpt2_tokenizer_dir.parent), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return {
+        "GPTX_TOKENIZER_DIR": str(gpt2_tokenizer_dir.parent),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }

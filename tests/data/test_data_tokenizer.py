@@ -43,7 +43,9 @@ def test_tiktoken_engine_reproduces_tokenizers_on_real_text_and_edge_cases(
     assert sum(len(t) for t in ref.encode_batch(real_text)) > 50_000  # a real amount of text was compared
 
 
-def test_auto_backend_picks_tiktoken_only_for_gpt2(gpt2_tokenizer_dir: Path, neox_tokenizer_json: Path) -> None:
+def test_auto_backend_picks_tiktoken_only_for_gpt2(
+    gpt2_tokenizer_dir: Path, neox_tokenizer_json: Path
+) -> None:
     assert load_tokenizer(gpt2_tokenizer_dir).backend == "tiktoken"
     assert load_tokenizer(neox_tokenizer_json).backend == "tokenizers"
     with pytest.raises(UsageError, match="tiktoken"):
@@ -65,7 +67,9 @@ def test_tokenizer_json_of_gpt2_also_gets_the_fast_engine(gpt2_tokenizer_dir: Pa
     assert tok.encode(EDGE_TEXTS[0]) == ref.encode(EDGE_TEXTS[0])
 
 
-def test_presets_resolve_from_env_var_or_flag(gpt2_tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_presets_resolve_from_env_var_or_flag(
+    gpt2_tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = gpt2_tokenizer_dir.parent
     assert load_tokenizer("neox-20b", tokenizer_dir=shared).eos_id == 0
     monkeypatch.setenv("GPTX_TOKENIZER_DIR", str(shared))
