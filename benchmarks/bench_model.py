@@ -1,0 +1,146 @@
+"""Training-step and forward tokens/s: gptx vs transformers on the same small GPT-J and GPT-NeoX.
+
+Both models hold the same weights (converted with gptx_cli.model.hf), see the same batches in the same
+dtype, in one process; runs alternate (gptx, HF, gptx, HF, ...) so machine noise hits both alike. A
+training step is forward + loss + backward + AdamW step. Prints a table with the gptx/HF ratio.
+
+    .venv/bin/python benchmarks/bench_model.py                       # defaults: small CPU sizes
+    .venv/bin/python benchmarks/bench_model.py --hidden 256 --layers 4 --seq 256 --batch 4 --repeats 5
+    .venv/bin/python benchmarks/bench_model.py --device cuda --dtype bfloat16 --hidden 1024 --seq 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.dtype):
+    import transformers
+
+    from gptx_cli.model.hf import model_config_from_hf, to_gptx
+    from gptx_cli.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    if family == "gptj":
+        hf_cfg = transformers.GPTJConfig(
+            vocab_size=args.vocab,
+            n_embd=args.hidden,
+            n_layer=args.layers,
+            n_head=args.heads,
+            rotary_dim=args.hidden // args.heads // 4,
+            n_positions=args.seq,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        hf = transformers.GPTJForCausalLM(hf_cfg)
+    else:
+        hf_cfg = transformers.GPTNeoXConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            intermediate_size=4 * args.hidden,
+            max_position_embeddings=args.seq,
+            rotary_pct=0.25,
+        )
+        hf = transformers.GPTNeoXForCausalLM(hf_cfg)
+    cfg = model_config_from_hf(hf.config.to_dict())
+    sd = hf.state_dict()
+    ours = Transformer(cfg)
+    ours.load_state_dict(dict(to_gptx(cfg, sd.keys(), sd.__getitem__)))
+    return ours.to(device, dtype), hf.to(device, dtype)
+
+
+def train_step_gptx(model, opt, inputs, labels, mask) -> None:
+    from gptx_cli.model.loss import lm_loss
+
+    out = lm_loss(model, inputs, labels, mask)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    opt.step()
+
+
+def train_step_hf(model, opt, inputs, labels) -> None:
+    # The same loss as lm_loss with a full mask: mean token cross-entropy in fp32.
+    logits = model(inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def forward(model, inputs) -> None:
+    with torch.no_grad():
+        model(inputs)
+
+
+def timed(fn: Callable[[], None], device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=["gptj", "gpt-neox", "both"], default="both")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per model and mode (after 1 warm-up)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    families = ["gptj", "gpt-neox"] if args.family == "both" else [args.family]
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=args.device)
+    inputs, labels = ids[:, :-1], ids[:, 1:]
+    mask = torch.ones_like(labels)
+    tokens = args.batch * args.seq
+    rows = []
+    for family in families:
+        ours, hf = build_pair(family, args, args.device, dtype)
+        opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+        opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+
+        step_ours = functools.partial(train_step_gptx, ours, opt_ours, inputs, labels, mask)
+        step_hf = functools.partial(train_step_hf, hf, opt_hf, inputs, labels)
+        fwd_ours = functools.partial(forward, ours, inputs)
+        fwd_hf = functools.partial(forward, hf, inputs)
+        for mode, fn_ours, fn_hf in (("train step", step_ours, step_hf), ("forward", fwd_ours, fwd_hf)):
+            ours.train(mode == "train step")
+            hf.train(mode == "train step")
+            fn_ours(), fn_hf()  # warm-up
+            t_ours, t_hf = [], []
+            for _ in range(args.repeats):  # alternate so load changes hit both
+                t_ours.append(timed(fn_ours, args.device))
+                t_hf.append(timed(fn_hf, args.device))
+            tps_ours, tps_hf = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
+            rows.append((family, mode, tps_ours, tps_hf, tps_ours / tps_hf))
+    print(
+        f"device={args.device} dtype={args.dtype} batch={args.batch} seq={args.seq} hidden={args.hidden} "
+        f"layers={args.layers} heads={args.heads} vocab={args.vocab} threads={torch.get_num_threads()} "
+        f"(median of {args.repeats})"
+    )
+    print("| model | mode | gptx tokens/s | HF tokens/s | gptx / HF |\n|---|---|---:|---:|---:|")
+    for family, mode, a, b, r in rows:
+        print(f"| {family} | {mode} | {a:,.0f} | {b:,.0f} | {r:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
