@@ -174,7 +174,8 @@ class _Builder:
                 first = _mark(seen[key])
                 raise self.fail(
                     key_node,
-                    f"{format_path(path + (key,))}: duplicate key '{key}' (first defined at line {first[0]})",
+                    f"duplicate key '{key}' (first defined at line {first[0]})",
+                    format_path(path + (key,)),
                 )
             seen[key] = key_node
             explicit.append((key_node, value_node))
