@@ -124,6 +124,14 @@ def wrap_model(model: Any, d: Dist, strategy: str, block_types: tuple[type, ...]
     raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})")
 
 
+def reshard(model: Any) -> None:
+    """Put FSDP2 parameters back to their shards (a forward without backward, as in eval, leaves the root
+    unsharded, and the optimizer and checkpointing expect the sharded parameters)."""
+    for module in model.modules():
+        if type(module).__name__.startswith("FSDP") and hasattr(module, "reshard"):
+            module.reshard()
+
+
 def unwrap(model: Any) -> Any:
     """The module under a DDP wrapper or torch.compile (FSDP2 keeps the module class and names)."""
     inner = getattr(model, "_orig_mod", model)

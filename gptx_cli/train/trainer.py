@@ -363,6 +363,7 @@ class _Run:
                 totals = [totals[0] + float(loss_sum), totals[1] + float(ntok), totals[2] + float(ncorrect)]
         finally:
             self.wrapped.train()
+            parallel.reshard(self.wrapped)
         loss_sum, ntok, ncorrect = parallel.all_reduce_sum(totals, d)
         if ntok == 0:
             return None
