@@ -741,7 +741,9 @@ def render_text(reports: list[FileReport]) -> tuple[str, str]:
             mem = s["memory"]
             b = mem["bytes"]
             out.append(
-                f"  model {s['model']}: {s['parameters']:,} parameters; "
+                f"  model {s['model']}"
+                + (f" ({s['architecture']} architecture)" if s["architecture"] != s["model"] else "")
+                + f": {s['parameters']:,} parameters; "
                 f"{s['flops_per_token']:,} training FLOPs/token at seq_len {s['seq_len']}"
             )
             out.append(

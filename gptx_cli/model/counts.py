@@ -133,6 +133,8 @@ def run_summary(spec: RunSpec) -> dict[str, Any]:
     )
     return {
         "model": cfg.name,
+        # ModelZoo spells NeoX `name: gptj` + untied LayerNorms: say which architecture it is.
+        "architecture": "gpt-neox" if cfg.use_untied_layer_norm else "gptj",
         "parameters": count_parameters(cfg),
         "parameter_parts": parameter_counts(cfg),
         "seq_len": seq_len,
