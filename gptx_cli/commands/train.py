@@ -36,9 +36,14 @@ def _run(config: Path, overrides: list[str], nproc: int | None, **kw) -> None:  
 
 def train_cmd(
     config: Path = _CONFIG,
-    model_dir: str | None = typer.Option(None, "--model-dir", "--model_dir", help="Overrides the config's model_dir."),
+    model_dir: str | None = typer.Option(
+        None, "--model-dir", "--model_dir", help="Overrides the config's model_dir."
+    ),
     checkpoint_path: str | None = typer.Option(
-        None, "--checkpoint-path", "--checkpoint_path", help="Checkpoint to start from (default: the latest in model_dir)."
+        None,
+        "--checkpoint-path",
+        "--checkpoint_path",
+        help="Checkpoint to start from (default: the latest in model_dir).",
     ),
     load_checkpoint_states: str | None = typer.Option(
         None,
@@ -47,7 +52,9 @@ def train_cmd(
         help="What to load from the checkpoint: all (default) or a comma list of "
         "model,optimizer,lr_scheduler,grad_scaler,rng,dataloader,global_step.",
     ),
-    max_steps: int | None = typer.Option(None, "--max-steps", "--max_steps", help="Train until this global step."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", "--max_steps", help="Train until this global step."
+    ),
     target_device: str | None = typer.Option(
         None, "--target-device", "--target_device", help="CPU or GPU (default: from backend_type)."
     ),
@@ -61,9 +68,14 @@ def train_cmd(
     nproc: int | None = typer.Option(
         None, "--nproc", "--nproc-per-node", "--nproc_per_node", help="Train on N local processes (torchrun)."
     ),
-    strategy: str | None = typer.Option(None, "--strategy", help="ddp or fsdp (FSDP2) with several processes."),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="ddp or fsdp (FSDP2) with several processes."
+    ),
     micro_batch_size: int | None = typer.Option(
-        None, "--micro-batch-size", "--micro_batch_size", help="Rows per forward pass; the rest is accumulated."
+        None,
+        "--micro-batch-size",
+        "--micro_batch_size",
+        help="Rows per forward pass; the rest is accumulated.",
     ),
 ) -> None:
     """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir)."""
@@ -91,15 +103,21 @@ def continue_pretrain_cmd(
         "--checkpoint_path",
         help="gptx checkpoint or Hugging Face GPT-J / GPT-NeoX directory whose weights to start from.",
     ),
-    model_dir: str | None = typer.Option(None, "--model-dir", "--model_dir", help="Overrides the config's model_dir."),
-    max_steps: int | None = typer.Option(None, "--max-steps", "--max_steps", help="Train until this global step."),
+    model_dir: str | None = typer.Option(
+        None, "--model-dir", "--model_dir", help="Overrides the config's model_dir."
+    ),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", "--max_steps", help="Train until this global step."
+    ),
     target_device: str | None = typer.Option(None, "--target-device", "--target_device", help="CPU or GPU."),
     overrides: list[str] = typer.Option([], "--set", "--override", help="Config override key.path=value."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     activation_checkpointing: bool = typer.Option(
         False, "--activation-checkpointing", "--activation_checkpointing", help="Recompute block activations."
     ),
-    nproc: int | None = typer.Option(None, "--nproc", "--nproc-per-node", "--nproc_per_node", help="Processes."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", "--nproc-per-node", "--nproc_per_node", help="Processes."
+    ),
     strategy: str | None = typer.Option(None, "--strategy", help="ddp or fsdp (FSDP2)."),
     micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", "--micro_batch_size"),
 ) -> None:

@@ -1,15 +1,103 @@
-"""Fail fast, before allocating, when the run cannot fit in the device's memory."""
+"""Fail fast, before allocating, when a run cannot fit in the device's memory.
+
+The estimate is `model.counts.memory_estimate` (fp32 weights and grads, optimizer state, activations of
+one micro-batch); under FSDP the weights, grads and optimizer state divide over the processes. The
+available memory is the free CUDA memory of this process's GPU, or the host's MemAvailable shared by
+the local processes. Exceeding it is an error (exit 1) that names the estimate and what would help.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import GptxError
 
+GIB = 2**30
+# Leave room for the allocator, the CUDA context / Python runtime and the data pipeline.
+HEADROOM = 0.9
 
-def check_memory(spec: RunSpec, dist: Any, micro_batch_size: int | None = None) -> None:
+
+def host_available_bytes() -> int | None:
     try:
-        from gptx_cli.model.counts import memory_estimate  # noqa: F401
-    except ImportError:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def device_available_bytes(device: str, local_processes: int) -> int | None:
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    host = host_available_bytes()
+    return None if host is None else host // max(1, local_processes)
+
+
+def estimate_bytes(
+    spec: RunSpec, micro_batch_size: int, world_size: int, sharded: bool, activation_checkpointing: bool
+) -> dict[str, int]:
+    from gptx_cli.model.counts import memory_estimate
+
+    msl = spec.model.max_position_embeddings
+    if spec.train_data is not None and spec.train_data.max_sequence_length:
+        msl = int(spec.train_data.max_sequence_length)
+    est = dict(
+        memory_estimate(
+            spec.model, micro_batch_size, msl, spec.precision, spec.optimizer.name, activation_checkpointing
+        )
+    )
+    if sharded and world_size > 1:
+        for key in ("weights", "grads", "optimizer_state"):
+            est[key] = -(-est[key] // world_size)
+        est["total"] = est["weights"] + est["grads"] + est["optimizer_state"] + est["activations"]
+    est["seq_len"] = msl
+    return est
+
+
+def check_memory(
+    spec: RunSpec,
+    dist: Any,
+    *,
+    micro_batch_size: int,
+    strategy: str,
+    activation_checkpointing: bool,
+) -> None:
+    """Raise GptxError (exit 1) if the estimate exceeds what this process's device has free."""
+    world = dist.world_size
+    sharded = strategy == "fsdp"
+    est = estimate_bytes(spec, micro_batch_size, world, sharded, activation_checkpointing)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    available = device_available_bytes(dist.device, local)
+    if available is None or est["total"] <= available * HEADROOM:
         return
+    where = "GPU" if dist.device.startswith("cuda") else "CPU RAM"
+    budget = int(available * HEADROOM)
+    smallest = estimate_bytes(spec, 1, world, sharded, True)
+    helps = []
+    if smallest["total"] <= budget:
+        helps.append(
+            f"--micro-batch-size 1 --activation-checkpointing (about {smallest['total'] / GIB:.1f} GiB)"
+        )
+    elif dist.device.startswith("cuda") and budget > smallest["activations"]:
+        unsharded = estimate_bytes(spec, 1, 1, False, True)
+        states = unsharded["weights"] + unsharded["grads"] + unsharded["optimizer_state"]
+        ranks = -(-states // (budget - smallest["activations"]))
+        helps.append(
+            f"--nproc {ranks} --strategy fsdp --micro-batch-size 1 --activation-checkpointing on devices "
+            f"of this size (FSDP shards weights, grads and optimizer state)"
+        )
+    helps.append("a device with more memory, or a smaller model")
+    raise GptxError(
+        f"this run needs about {est['total'] / GIB:.1f} GiB per process (weights {est['weights'] / GIB:.1f}, "
+        f"grads {est['grads'] / GIB:.1f}, optimizer {est['optimizer_state'] / GIB:.1f}, activations "
+        f"{est['activations'] / GIB:.1f} GiB for a micro-batch of {micro_batch_size} x {est['seq_len']}), "
+        f"but {where} has {available / GIB:.1f} GiB available",
+        hint="what would help: " + "; ".join(helps),
+    )

@@ -44,7 +44,9 @@ def sparkline(values: list[float], width: int = 40) -> str:
         finite = [sum(b) / len(b) for b in buckets]
     lo, hi = min(finite), max(finite)
     span = hi - lo or 1.0
-    return "".join(_SPARK[min(len(_SPARK) - 1, int((v - lo) / span * (len(_SPARK) - 1) + 0.5))] for v in finite)
+    return "".join(
+        _SPARK[min(len(_SPARK) - 1, int((v - lo) / span * (len(_SPARK) - 1) + 0.5))] for v in finite
+    )
 
 
 def truncate_metrics(model_dir: Path, after_step: int) -> None:
@@ -74,7 +76,13 @@ def _fmt(value: Any) -> str:
 
 class MetricsLogger:
     def __init__(
-        self, model_dir: Path, *, total_steps: int, start_step: int, console: str = "auto", tensorboard: bool = True
+        self,
+        model_dir: Path,
+        *,
+        total_steps: int,
+        start_step: int,
+        console: str = "auto",
+        tensorboard: bool = True,
     ) -> None:
         self.model_dir = model_dir
         model_dir.mkdir(parents=True, exist_ok=True)

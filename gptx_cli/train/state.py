@@ -79,7 +79,9 @@ def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     """The optimizer state keyed by parameter name (rank-count independent)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_optimizer_state(
@@ -101,7 +103,9 @@ def load_optimizer_state(
         return
     state = train_state.get("optimizer")
     if state is None:
-        raise CheckpointError(f"{ckpt_dir}: no optimizer state (neither {OPTIM_DIR}/ nor in {TRAIN_STATE_FILE})")
+        raise CheckpointError(
+            f"{ckpt_dir}: no optimizer state (neither {OPTIM_DIR}/ nor in {TRAIN_STATE_FILE})"
+        )
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 

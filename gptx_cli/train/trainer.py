@@ -74,11 +74,18 @@ class LossModule(torch.nn.Module):
         self.model = model
         self.loss_scaling, self.loss_weight = loss_scaling, loss_weight
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> tuple[Any, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor
+    ) -> tuple[Any, ...]:
         from gptx_cli.model.loss import lm_loss
 
         out = lm_loss(
-            self.model, input_ids, labels, loss_mask, loss_scaling=self.loss_scaling, loss_weight=self.loss_weight
+            self.model,
+            input_ids,
+            labels,
+            loss_mask,
+            loss_scaling=self.loss_scaling,
+            loss_weight=self.loss_weight,
         )
         return out.loss, out.loss_sum, out.num_tokens, out.num_correct
 
@@ -97,14 +104,11 @@ def checkpoint_dir_name(spec: RunSpec, step: int) -> str:
 
 
 def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
-    from gptx_cli.train.memory_guard import check_memory
-
     target = resolve_device(spec, options)
     if spec.train_data is None:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        check_memory(spec, dist, micro_batch_size=options.micro_batch_size)
         return _Run(spec, options, dist).run()
     finally:
         parallel.shutdown(dist)
@@ -134,7 +138,9 @@ class _Run:
         assert self.spec.train_data is not None
         global_batch, world = int(self.spec.train_data.batch_size), self.dist.world_size
         if global_batch % world:
-            raise UsageError(f"batch_size {global_batch} (the global batch) does not divide over {world} processes")
+            raise UsageError(
+                f"batch_size {global_batch} (the global batch) does not divide over {world} processes"
+            )
         per_rank = global_batch // world
         micro = self.options.micro_batch_size or self.spec.backend.micro_batch_size
         if micro:
@@ -146,7 +152,9 @@ class _Run:
             return global_batch, micro, per_rank // micro
         accum = max(1, int(self.spec.loop.grad_accum_steps or 1))
         if per_rank % accum:
-            raise ConfigError(f"loop.grad_accum_steps {accum} does not divide the per-process batch {per_rank}")
+            raise ConfigError(
+                f"loop.grad_accum_steps {accum} does not divide the per-process batch {per_rank}"
+            )
         return global_batch, per_rank // accum, accum
 
     def _resume_source(self) -> tuple[Path | None, set[str]]:
@@ -160,7 +168,9 @@ class _Run:
                 self.notes.append(f"resuming the continued pretraining from {latest}")
                 return latest, state.parse_load_states("all")
             if not explicit:
-                raise UsageError("continue-pretrain needs --checkpoint-path (a gptx checkpoint or a Hugging Face dir)")
+                raise UsageError(
+                    "continue-pretrain needs --checkpoint-path (a gptx checkpoint or a Hugging Face dir)"
+                )
             return Path(explicit), {"model"}
         if explicit:
             return Path(explicit), state.parse_load_states(self.options.load_checkpoint_states)
@@ -181,7 +191,9 @@ class _Run:
 
             weights = load_model(str(source), device="cpu").state_dict()
         else:
-            raise CheckpointError(f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)")
+            raise CheckpointError(
+                f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
+            )
         expected = model.state_dict()
         for name, tensor in expected.items():
             if name not in weights:
@@ -196,7 +208,9 @@ class _Run:
                 )
         extra = sorted(set(weights) - set(expected))
         if extra:
-            raise CheckpointError(f"{source}: weights the config's model does not have: {', '.join(extra[:5])}")
+            raise CheckpointError(
+                f"{source}: weights the config's model does not have: {', '.join(extra[:5])}"
+            )
         model.load_state_dict({k: v.to(self.device) for k, v in weights.items()}, strict=True)
 
     def _build(self) -> None:
@@ -313,7 +327,9 @@ class _Run:
     def _train_step(self, batch: dict[str, torch.Tensor], micro: int, n_micro: int) -> tuple[float, float]:
         """One optimizer step on this rank's share of the global batch; returns (global loss, grad norm)."""
         spec, d = self.spec, self.dist
-        ids, labels, mask = (batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask"))
+        ids, labels, mask = (
+            batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask")
+        )
         by_tokens = spec.model.loss_scaling == "num_tokens"
         slices = [slice(i * micro, (i + 1) * micro) for i in range(n_micro)]
         local = [float(mask[s].sum()) if by_tokens else float(micro) for s in slices]
@@ -337,7 +353,9 @@ class _Run:
         if not math.isfinite(step_loss):
             return math.nan
         self.scaler.unscale_([p.grad for p in params if p.grad is not None])
-        grad_norm = clip_gradients(params, self.spec.precision.max_gradient_norm, self.spec.precision.max_gradient_value)
+        grad_norm = clip_gradients(
+            params, self.spec.precision.max_gradient_norm, self.spec.precision.max_gradient_value
+        )
         if self.scaler.update(math.isfinite(grad_norm)):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -350,14 +368,18 @@ class _Run:
         spec, d = self.spec, self.dist
         if spec.val_data is None:
             return None
-        loader = build_dataloader(spec.val_data, rank=d.rank, world_size=d.world_size, seed=self.seed, infinite=False)
+        loader = build_dataloader(
+            spec.val_data, rank=d.rank, world_size=d.world_size, seed=self.seed, infinite=False
+        )
         full_batches = loader.samples_per_epoch // loader.global_batch_size
         n = min(spec.loop.eval_steps or full_batches, full_batches)
         totals = [0.0, 0.0, 0.0]
         self.wrapped.eval()
         try:
             for _, batch in zip(range(n), loader, strict=False):
-                ids, labels, mask = (batch[k].to(self.device) for k in ("input_ids", "labels", "attention_mask"))
+                ids, labels, mask = (
+                    batch[k].to(self.device) for k in ("input_ids", "labels", "attention_mask")
+                )
                 with autocast(spec.precision, self.device.type):
                     _, loss_sum, ntok, ncorrect = self.wrapped(ids, labels, mask)
                 totals = [totals[0] + float(loss_sum), totals[1] + float(ntok), totals[2] + float(ncorrect)]
@@ -376,7 +398,11 @@ class _Run:
         if self.options.max_steps is not None:
             return int(self.options.max_steps)
         if loop.num_steps:
-            return start + int(loop.num_steps) if loop.max_steps is None else min(start + int(loop.num_steps), int(loop.max_steps))
+            return (
+                start + int(loop.num_steps)
+                if loop.max_steps is None
+                else min(start + int(loop.num_steps), int(loop.max_steps))
+            )
         if loop.max_steps is None:
             raise ConfigError("loop: set max_steps or num_steps (or pass --max-steps)")
         return int(loop.max_steps)
@@ -404,6 +430,17 @@ class _Run:
         assert spec.train_data is not None
         self.best_eval: float | None = None
         global_batch, micro, n_micro = self._batch_layout()
+        from gptx_cli.train.memory_guard import check_memory
+
+        check_memory(
+            spec,
+            d,
+            micro_batch_size=micro,
+            strategy=self.strategy,
+            activation_checkpointing=bool(
+                self.options.activation_checkpointing or spec.backend.activation_checkpointing
+            ),
+        )
         self._build()
         start, samples_seen = self._restore()
         end = self._end_step(start)
@@ -419,7 +456,9 @@ class _Run:
         tokens_per_step = global_batch * msl
         if d.is_main:
             truncate_metrics(self.model_dir, start)
-            self.log = MetricsLogger(self.model_dir, total_steps=end, start_step=start, console=self.options.console)
+            self.log = MetricsLogger(
+                self.model_dir, total_steps=end, start_step=start, console=self.options.console
+            )
         for note in self.notes:
             self._say(f"note: {note}")
         self._say(
@@ -448,7 +487,9 @@ class _Run:
             if not math.isfinite(loss):
                 raise GptxError(
                     f"loss is {loss} at step {step + 1}; training stopped",
-                    hint=f"last checkpoint: {last_ckpt}" if last_ckpt else "lower the learning rate or enable clipping",
+                    hint=f"last checkpoint: {last_ckpt}"
+                    if last_ckpt
+                    else "lower the learning rate or enable clipping",
                 )
             step += 1
             samples_seen = loader.position
@@ -488,13 +529,19 @@ class _Run:
                 last_ckpt = self._save(step, samples_seen)
             if stop:
                 stopped_by = "signal"
-                self._say(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {step}; saved {last_ckpt}")
+                self._say(
+                    f"stopped by {self.stop_signal or 'a signal on another rank'} at step {step}; saved {last_ckpt}"
+                )
                 break
         seconds = time.perf_counter() - t_start
         tokens = (step - start) * tokens_per_step
         if self.log is not None:
             rows = [
-                ("steps", f"{start} -> {step}" + ("" if stopped_by == "completed" else f" (stopped by {self.stop_signal})")),
+                (
+                    "steps",
+                    f"{start} -> {step}"
+                    + ("" if stopped_by == "completed" else f" (stopped by {self.stop_signal})"),
+                ),
                 ("tokens", f"{tokens:,}"),
                 ("time", f"{seconds:.1f} s"),
                 ("final loss", f"{final_loss:.4f}" if final_loss is not None else "-"),
@@ -517,12 +564,10 @@ class _Run:
         )
 
 
-def _flops_per_token(spec: RunSpec, msl: int) -> float | None:
-    try:
-        from gptx_cli.model.counts import training_flops_per_token
-    except ImportError:
-        return None
-    return float(training_flops_per_token(spec.model, msl))
+def _flops_per_token(spec: RunSpec, msl: int) -> float:
+    from gptx_cli.model.counts import flops_per_token
+
+    return float(flops_per_token(spec.model, msl))
 
 
 def _memory_gib(device: torch.device) -> float | None:
