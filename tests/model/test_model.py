@@ -112,7 +112,10 @@ def train_losses(cfg: ModelConfig, steps: int = 3, checkpointing: bool = False) 
     if checkpointing:
         apply_activation_checkpointing(model)
     opt = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k not in ("names", "lr_scale")} for g in optimizer_param_groups(model, cfg)],
+        [
+            {k: v for k, v in g.items() if k not in ("names", "lr_scale")}
+            for g in optimizer_param_groups(model, cfg)
+        ],
         lr=1e-2,
         weight_decay=0.1,
     )
@@ -173,7 +176,9 @@ def test_initialisation_is_seeded_and_follows_modelzoo_roles() -> None:
     default = sa["embed.weight"]  # default: truncated_normal(0.02) within +-2 std
     assert default.abs().max().item() <= 0.04 and abs(default.std().item() - 0.0176) < 0.002
     assert torch.equal(sa["layers.0.mlp.fc_in.bias"], torch.zeros(256))
-    assert torch.equal(sa["layers.0.ln_1.weight"], torch.ones(64)) and torch.equal(sa["ln_f.bias"], torch.zeros(64))
+    assert torch.equal(sa["layers.0.ln_1.weight"], torch.ones(64)) and torch.equal(
+        sa["ln_f.bias"], torch.zeros(64)
+    )
 
 
 def test_mup_scales_init_logits_attention_and_learning_rates() -> None:
@@ -227,3 +232,12 @@ def test_tied_embeddings_have_no_separate_head_weight() -> None:
     tied = build_model(dataclasses.replace(TINY, share_embedding_weights=True), seed=0)
     assert "lm_head.weight" not in tied.state_dict() and "lm_head.bias" in tied.state_dict()
     assert tied.output_weight is tied.embed.weight
+
+
+def test_coordinate_check_is_flat_under_mup_and_grows_under_standard_parametrisation() -> None:
+    from gptx_cli.model.coord_check import coord_check
+
+    mup = coord_check((32, 128), mup=True, steps=3)
+    sp = coord_check((32, 128), mup=False, steps=3)
+    assert mup[1]["block1"] / mup[0]["block1"] < 1.3
+    assert sp[1]["block1"] / sp[0]["block1"] > 1.8

@@ -1,0 +1,115 @@
+"""muP coordinate check: activation sizes after a few AdamW steps, across widths, muP vs standard.
+
+Under muP (hidden_size / mup_base_hidden_size scaling of init, LR and output logits) the mean |x| of
+each activation stays roughly flat as the model widens; under the standard parametrisation (same
+initializer and LR at every width) the logits and block outputs grow with width.
+
+    python -m gptx_cli.model.coord_check [--widths 32 64 128 256] [--steps 4] [--lr 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import torch
+
+from gptx_cli.config.spec import ModelConfig
+
+BASE_WIDTH = 32
+
+
+def _config(width: int, mup: bool) -> ModelConfig:
+    init = {"name": "normal", "mean": 0.0, "std": 0.5 / BASE_WIDTH**0.5}
+    cfg = ModelConfig(
+        name="gptj",
+        vocab_size=256,
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_heads=4,
+        filter_size=4 * width,
+        max_position_embeddings=64,
+        rotary_dim=4,
+        use_ffn_bias=True,
+        share_embedding_weights=False,
+        embedding_initializer={"name": "normal", "mean": 0.0, "std": 1.0},
+        initializer=dict(init),
+        output_layer_initializer=dict(init),
+    )
+    if mup:
+        cfg = dataclasses.replace(
+            cfg, mup_base_hidden_size=BASE_WIDTH, mup_base_filter_size=4 * BASE_WIDTH, scale_qk_dot_by_d=True
+        )
+    return cfg
+
+
+def coord_check(
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    *,
+    mup: bool = True,
+    steps: int = 4,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One row per width: mean |activation| of the embedding, each block output and the logits."""
+    from gptx_cli.model.api import build_model
+    from gptx_cli.model.init import optimizer_param_groups
+    from gptx_cli.model.loss import lm_loss
+
+    data = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for width in widths:
+        cfg = _config(width, mup)
+        model = build_model(cfg, seed=seed)
+        groups = optimizer_param_groups(model, cfg)
+        opt = torch.optim.AdamW(
+            [{"params": g["params"], "lr": lr * g["lr_scale"], "weight_decay": 0.0} for g in groups], lr=lr
+        )
+        for _ in range(steps):
+            out = lm_loss(model, data[:, :-1], data[:, 1:], torch.ones_like(data[:, 1:]))
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+        sizes: dict[str, float] = {}
+        hooks = [
+            model.embed.register_forward_hook(
+                lambda m, i, o: sizes.__setitem__("embed", o.abs().mean().item())
+            )
+        ]
+        for idx, layer in enumerate(model.layers):
+            hooks.append(
+                layer.register_forward_hook(
+                    lambda m, i, o, idx=idx: sizes.__setitem__(f"block{idx}", o.abs().mean().item())
+                )
+            )
+        with torch.no_grad():
+            sizes["logits"] = model(data[:, :-1]).abs().mean().item()
+        for h in hooks:
+            h.remove()
+        rows.append({"width": width, **sizes})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], title: str) -> str:
+    keys = [k for k in rows[0] if k != "width"]
+    lines = [title, "| width | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+    for r in rows:
+        lines.append(f"| {r['width']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="muP coordinate check (mean |activation| vs width)")
+    ap.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    args = ap.parse_args(argv)
+    for mup in (True, False):
+        rows = coord_check(tuple(args.widths), mup=mup, steps=args.steps, lr=args.lr)
+        print(format_table(rows, "muP" if mup else "standard parametrisation"))
+        print()
+
+
+if __name__ == "__main__":
+    main()
