@@ -406,11 +406,11 @@ def _gptx_to_hf(
         drop_unmatched=drop_unmatched,
         what=f"{family} model of its config",
     )
+    out_dtype = dtype or _dominant_dtype(src, keys)
     get: Callable[[str], torch.Tensor] = src.get
     folded = needs_folding(cfg)
     if folded:
         cfg, keys, get = fold_mup(cfg, keys, get)
-    out_dtype = dtype or _dominant_dtype(src, keys)
     try:
         hf_config = hf_config_from_model_config(cfg, family, dtype=out_dtype)  # type: ignore[arg-type]
     except ConfigError as err:

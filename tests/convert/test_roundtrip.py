@@ -1,0 +1,69 @@
+"""HF -> gptx -> HF gives back bit-identical tensors and the identical config.json."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_gptx
+from convert_helpers import STORAGES, hf_dirs_fixture
+
+from gptx_cli.checkpoint import read_checkpoint_meta
+from gptx_cli.convert.checkpoint import convert_checkpoint
+from gptx_cli.weights import open_tensors
+
+hf_dirs = hf_dirs_fixture  # the session-scoped fixture: tiny HF models on disk
+
+
+def _tensors(path) -> dict[str, torch.Tensor]:
+    with open_tensors(path) as src:
+        return dict(src.items())
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("family", ["gptj", "gpt-neox"])
+def test_hf_gptx_hf_round_trip_is_bit_identical(hf_dirs, tmp_path, family, storage):
+    src = hf_dirs(family, storage)
+    gptx_dir = tmp_path / "gptx"
+    back = tmp_path / "back"
+    s1 = convert_checkpoint(src, output_dir=gptx_dir, progress=False)
+    assert (s1.src_fmt, s1.tgt_fmt, s1.family) == ("hf", "gptx", family)
+    assert read_checkpoint_meta(gptx_dir)["model"]["name"] == family
+    convert_checkpoint(gptx_dir, output_dir=back, shard_size="8KB", progress=False)
+
+    original, returned = _tensors(src), _tensors(back)
+    assert sorted(returned) == sorted(original)
+    for name, t in original.items():
+        assert returned[name].dtype == t.dtype and torch.equal(returned[name], t), name
+    assert (back / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    assert (back / "model.safetensors.index.json").is_file()  # 8KB shards: several files and an index
+
+
+def test_cli_round_trip_with_dtype_and_sharding(hf_dirs, tmp_path):
+    src = hf_dirs("gpt-neox", "safetensors-sharded")
+    res = run_gptx(
+        "convert", "checkpoint", str(src), "--output-dir", str(tmp_path / "g"), "--dtype", "bfloat16"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "converted" in res.stdout and "bfloat16" in res.stdout
+    res = run_gptx(
+        "convert",
+        "checkpoint",
+        str(tmp_path / "g"),
+        "--src-fmt",
+        "gptx",
+        "--tgt-fmt",
+        "hf",
+        "--output-dir",
+        str(tmp_path / "hf"),
+        "--shard-size",
+        "10KB",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "model.safetensors.index.json" in res.stdout
+    original, returned = _tensors(src), _tensors(tmp_path / "hf")
+    assert sorted(original) == sorted(returned)
+    for name, t in original.items():
+        assert returned[name].dtype == torch.bfloat16 and torch.equal(returned[name], t.to(torch.bfloat16)), (
+            name
+        )
+    assert '"dtype": "bfloat16"' in (tmp_path / "hf" / "config.json").read_text()
