@@ -83,3 +83,20 @@ def hf_continuation_ll(model, context: list[int], continuation: list[int]) -> tu
     picked = logp[-n:].gather(-1, target[:, None]).sum().item()
     greedy = bool((logp[-n:].argmax(-1) == target).all())
     return picked, greedy
+
+
+def run_gptx_with_stdin(stdin_text: str, *args: str):
+    """Like conftest.run_gptx, with text piped to stdin."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "gptx_cli.cli", *args],
+        input=stdin_text,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
