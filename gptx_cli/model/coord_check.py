@@ -44,6 +44,13 @@ def _config(width: int, mup: bool) -> ModelConfig:
     return cfg
 
 
+def _recorder(sizes: dict[str, float], key: str) -> Any:
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        sizes[key] = output.abs().mean().item()
+
+    return hook
+
+
 def coord_check(
     widths: tuple[int, ...] = (32, 64, 128, 256),
     *,
@@ -72,17 +79,10 @@ def coord_check(
             out.loss.backward()
             opt.step()
         sizes: dict[str, float] = {}
-        hooks = [
-            model.embed.register_forward_hook(
-                lambda m, i, o: sizes.__setitem__("embed", o.abs().mean().item())
-            )
+        hooks = [model.embed.register_forward_hook(_recorder(sizes, "embed"))]
+        hooks += [
+            layer.register_forward_hook(_recorder(sizes, f"block{k}")) for k, layer in enumerate(model.layers)
         ]
-        for idx, layer in enumerate(model.layers):
-            hooks.append(
-                layer.register_forward_hook(
-                    lambda m, i, o, idx=idx: sizes.__setitem__(f"block{idx}", o.abs().mean().item())
-                )
-            )
         with torch.no_grad():
             sizes["logits"] = model(data[:, :-1]).abs().mean().item()
         for h in hooks:

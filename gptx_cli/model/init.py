@@ -116,7 +116,7 @@ def apply_initializer(t: Tensor, init: Initializer, generator: torch.Generator |
             nn.init.uniform_(t, init.get("a", 0.0), init.get("b", 1.0), generator=g)
         elif name in ("constant", "zeros", "ones"):
             fixed = {"zeros": 0.0, "ones": 1.0}
-            t.fill_(fixed[name] if name in fixed else float(init.get("val", init.get("value", 0.0))))
+            t.fill_(fixed[name] if name in fixed else float(init.get("val", init.get("value")) or 0.0))
         elif name == "xavier_uniform":
             nn.init.xavier_uniform_(t, init.get("gain", 1.0), generator=g)
         elif name == "xavier_normal":

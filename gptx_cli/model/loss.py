@@ -48,7 +48,7 @@ def _chunk_stats(
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The Transformer inside torch.compile / DDP wrappers."""
     while hasattr(model, "_orig_mod") or hasattr(model, "module"):
-        model = getattr(model, "_orig_mod", None) or model.module
+        model = getattr(model, "_orig_mod", None) or model.module  # type: ignore[assignment]
     return model
 
 

@@ -14,13 +14,14 @@ from typing import Any
 from torch import nn
 
 from gptx_cli.model.init import optimizer_param_groups  # noqa: F401  (re-exported for the trainer)
+from gptx_cli.model.transformer import Transformer
 
 
-def _transformer(model: nn.Module) -> nn.Module:
+def _transformer(model: nn.Module) -> Transformer:
     from gptx_cli.model.loss import unwrap
 
     inner = unwrap(model)
-    if not hasattr(inner, "layers") or not hasattr(inner, "activation_checkpointing"):
+    if not isinstance(inner, Transformer):
         raise TypeError(f"expected a gptx Transformer, got {type(inner).__name__}")
     return inner
 
