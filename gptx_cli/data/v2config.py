@@ -21,7 +21,7 @@ SECTION_KEYS: dict[str, set[str]] = {
         "input_mask_dtype", "inverted_mask", "shuffle", "shuffle_seed", "fraction_of_RAM_alloted",
         "split_text_to_tokenize", "chunk_len_to_split", "remove_bos_in_chunks", "sep_token", "jsonl_key",
     },
-    "dataset": {"use_vsl", "seed", "text_key", "max_seq_length", "pack_sequences", "min_sequence_len"},
+    "dataset": {"use_vsl", "text_key"},
 }  # fmt: skip
 IGNORED = {
     "mode", "read_hook", "write_in_batch", "output_name", "short_seq_prob", "use_ftfy", "ftfy_normalizer",
@@ -75,17 +75,11 @@ def load_v2_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
     tok = proc.get("huggingface_tokenizer") or proc.get("custom_tokenizer") or proc.get("tokenizer")
     if tok:
         out["tokenizer"] = str(tok)
-    for src, dst in (
-        ("max_seq_length", "max_seq_length"),
-        ("min_sequence_len", "min_sequence_len"),
-        ("seed", "seed"),
-    ):
-        for sect in (proc, ds):
-            if src in sect:
-                out[dst] = int(sect[src])
-    for sect in (proc, ds):
-        if "pack_sequences" in sect:
-            out["pack_sequences"] = bool(sect["pack_sequences"])
+    for key in ("max_seq_length", "min_sequence_len", "seed"):
+        if key in proc:
+            out[key] = int(proc[key])
+    if "pack_sequences" in proc:
+        out["pack_sequences"] = bool(proc["pack_sequences"])
     if "files_per_record" in proc:
         out["samples_per_file"] = int(proc["files_per_record"])
     if proc.get("resume_from_checkpoint"):
