@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU speed benchmark: gptx vs Hugging Face on GPT-J-6B (and a GPT-NeoX-20B-width slice).
+#
+#   bash benchmarks/gpu/run.sh            # on a GPU machine: about 5 minutes, results in $OUT or ./gpu-bench-out
+#   bash benchmarks/gpu/run.sh --tiny     # toy sizes on the CPU, seconds
+#
+# Needs only torch (transformers optional: without it the Hugging Face rows are skipped). Installs
+# nothing; gptx is imported from this repository through PYTHONPATH. Arguments go to bench_gpu.py
+# (--help lists them). PYTHON picks the interpreter (default: python3, else python).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+python="${PYTHON:-$(command -v python3 || command -v python)}"
+
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+# Large models fragment the caching allocator; expandable segments let freed blocks be reused.
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
+
+echo "== $(date -u '+%Y-%m-%d %H:%M:%S') UTC  $(uname -srm)"
+"$python" - <<'EOF'
+import sys
+print(f"python {sys.version.split()[0]} at {sys.executable}")
+try:
+    import torch
+except ImportError:
+    sys.exit("error: torch is not installed for this python (set PYTHON=...)")
+cuda = torch.cuda.is_available()
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: {torch.cuda.get_device_name(0) if cuda else 'none'}")
+try:
+    import transformers
+    print(f"transformers {transformers.__version__}")
+except ImportError:
+    print("transformers: not installed (Hugging Face rows will be skipped)")
+EOF
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv || true
+fi
+
+exec "$python" "$here/bench_gpu.py" "$@"
