@@ -1,0 +1,170 @@
+"""Eval tokens/s: `gptx eval`'s code paths vs transformers, on the same model and the same batches.
+
+One random Hugging Face model (GPT-J or GPT-NeoX) is saved to a temporary directory and loaded by gptx
+through `gptx_cli.load_model`, exactly as `gptx eval --checkpoint-path HF_DIR` does. Two workloads:
+
+- loss eval: gptx `loss_metrics` (lm_loss: loss, perplexity, accuracy) vs transformers forward +
+  masked cross-entropy + argmax accuracy, over the same batches;
+- task scoring: gptx `LoglikelihoodScorer` with the gptx model vs the same scorer with transformers
+  logits (so the difference is the model, not the bookkeeping), over the same multiple-choice requests.
+
+Runs alternate (gptx, HF, gptx, HF, ...) so machine noise hits both alike; the loss difference between
+the two is printed as a correctness check.
+
+    .venv/bin/python benchmarks/bench_eval.py                                   # small CPU sizes
+    .venv/bin/python benchmarks/bench_eval.py --family gptj --hidden 256 --layers 4 --seq 256 --repeats 5
+    .venv/bin/python benchmarks/bench_eval.py --device cuda --dtype bfloat16 --hidden 1024 --seq 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_hf(family: str, args: argparse.Namespace):
+    import transformers
+
+    torch.manual_seed(0)
+    if family == "gptj":
+        cfg = transformers.GPTJConfig(
+            vocab_size=args.vocab,
+            n_embd=args.hidden,
+            n_layer=args.layers,
+            n_head=args.heads,
+            rotary_dim=args.hidden // args.heads // 4,
+            n_positions=args.seq,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        return transformers.GPTJForCausalLM(cfg).eval()
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=args.seq,
+        rotary_pct=0.25,
+    )
+    return transformers.GPTNeoXForCausalLM(cfg).eval()
+
+
+def hf_loss_metrics(model, batches, device) -> dict[str, float]:
+    """The reference: transformers logits, ModelZoo's metrics computed by hand."""
+    losses, ce_total, tokens, correct = [], 0.0, 0, 0
+    with torch.inference_mode():
+        for b in batches:
+            inputs, labels, mask = (
+                b["input_ids"].to(device),
+                b["labels"].to(device),
+                b["attention_mask"].to(device),
+            )
+            logits = model(inputs).logits.float()
+            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+            ce = (ce * mask.flatten()).sum()
+            losses.append(ce.item() / mask.sum().item())
+            ce_total += ce.item()
+            tokens += int(mask.sum())
+            correct += int(((logits.argmax(-1) == labels) & mask.bool()).sum())
+    return {"loss": sum(losses) / len(losses), "accuracy": correct / tokens}
+
+
+def timed(fn, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=["gpt-neox", "gptj"], default="gpt-neox")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4, help="eval batches per run")
+    p.add_argument("--choices", type=int, default=32, help="multiple-choice requests per task run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = p.parse_args()
+
+    from gptx_cli import load_model
+    from gptx_cli.eval.evaluate import loss_metrics
+    from gptx_cli.eval.tasks import LoglikelihoodScorer
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    hf = build_hf(args.family, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(Path(tmp) / "hf")
+        ours = load_model(str(Path(tmp) / "hf"), device=str(device), dtype=dtype)
+    hf = hf.to(device, dtype)
+
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(args.steps):
+        ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g)
+        mask = (torch.rand(args.batch, args.seq, generator=g) > 0.1).long()
+        batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:], "attention_mask": mask})
+    eval_tokens = args.steps * args.batch * args.seq
+    requests = []
+    for _ in range(args.choices):
+        n_ctx = int(torch.randint(args.seq // 4, args.seq // 2, (1,), generator=g))
+        n_cont = int(torch.randint(1, args.seq // 4, (1,), generator=g))
+        ids = torch.randint(0, args.vocab, (n_ctx + n_cont,), generator=g).tolist()
+        requests.append((ids[:n_ctx], ids[n_ctx:]))
+    task_tokens = sum(len(c) + len(x) - 1 for c, x in requests)
+
+    def hf_logits(x):
+        return hf(x).logits
+
+    runs = {
+        "loss eval": (
+            lambda: loss_metrics(ours, batches, device=device),
+            lambda: hf_loss_metrics(hf, batches, device),
+            eval_tokens,
+        ),
+        "task scoring": (
+            lambda: LoglikelihoodScorer(ours, args.seq, args.batch, device).loglikelihood_tokens(requests),
+            lambda: LoglikelihoodScorer(hf_logits, args.seq, args.batch, device).loglikelihood_tokens(
+                requests
+            ),
+            task_tokens,
+        ),
+    }
+    ours_metrics = loss_metrics(ours, batches, device=device)
+    ref_metrics = hf_loss_metrics(hf, batches, device)
+    print(
+        f"{args.family} hidden={args.hidden} layers={args.layers} vocab={args.vocab} seq={args.seq} "
+        f"batch={args.batch} steps={args.steps} device={device} dtype={args.dtype} threads={torch.get_num_threads()}"
+    )
+    print(
+        f"loss gptx {ours_metrics.loss:.6f} vs transformers {ref_metrics['loss']:.6f} "
+        f"(|diff| {abs(ours_metrics.loss - ref_metrics['loss']):.2e}); accuracy {ours_metrics.accuracy:.4f} "
+        f"vs {ref_metrics['accuracy']:.4f}"
+    )
+    print(f"{'workload':<14} {'gptx tok/s':>12} {'HF tok/s':>12} {'gptx/HF':>8}")
+    for name, (ours_fn, hf_fn, tokens) in runs.items():
+        ours_fn(), hf_fn()  # warm-up
+        t_ours, t_hf = [], []
+        for _ in range(args.repeats):
+            t_ours.append(timed(ours_fn, sync))
+            t_hf.append(timed(hf_fn, sync))
+        a, b = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
+        print(f"{name:<14} {a:>12.0f} {b:>12.0f} {a / b:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
