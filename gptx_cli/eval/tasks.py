@@ -108,7 +108,8 @@ def rolling_token_windows(
 
 
 class LoglikelihoodScorer:
-    """Scores (context tokens, continuation tokens) requests with one batched logits function.
+    """Scores (context tokens, continuation tokens) requests with one batched logits function
+    (or a gptx Transformer, whose LM head then runs on the scored positions only).
 
     Requests are sorted longest first (as the harness does) so that a batch pads little; rows are
     right-padded, which a causal model cannot see. Only the continuation positions go through
@@ -123,6 +124,19 @@ class LoglikelihoodScorer:
         self.batch_size = batch_size
         self.device = device
         self.tokens_scored = 0  # model input tokens, for throughput reports
+
+    def _forward(self, batch: Any) -> Callable[[int, int, int], Any]:
+        """Run the batch; returns rows(row, start, end) -> logits [end - start, V].
+
+        A gptx Transformer (it has `hidden_states` and `logits`) projects only the scored positions
+        through the LM head, so [B, T, vocab] logits never exist; any other callable returns them all.
+        """
+        model = self.logits_fn
+        if hasattr(model, "hidden_states") and hasattr(model, "logits"):
+            hidden = model.hidden_states(batch)
+            return lambda row, start, end: model.logits(hidden[row, start:end])
+        logits = model(batch)
+        return lambda row, start, end: logits[row, start:end]
 
     def loglikelihood_tokens(
         self, requests: Sequence[tuple[list[int], list[int]]]
@@ -148,11 +162,11 @@ class LoglikelihoodScorer:
                 for row, i in enumerate(idx):
                     inp = prepared[i][0]
                     batch[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-                logits = self.logits_fn(batch.to(self.device))
+                rows = self._forward(batch.to(self.device))
                 self.tokens_scored += sum(len(prepared[i][0]) for i in idx)
                 for row, i in enumerate(idx):
                     inp, cont = prepared[i]
-                    span = logits[row, len(inp) - len(cont) : len(inp)].float().log_softmax(dim=-1)
+                    span = rows(row, len(inp) - len(cont), len(inp)).float().log_softmax(dim=-1)
                     target = torch.tensor(cont, dtype=torch.long, device=span.device)
                     ll = span.gather(-1, target[:, None]).sum().item()
                     greedy = bool((span.argmax(dim=-1) == target).all().item())
