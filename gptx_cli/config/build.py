@@ -43,25 +43,6 @@ from gptx_cli.config.spec import (
     SchedulerSpec,
 )
 
-# Lower-case spellings -> canonical optimizer names (ModelZoo's YAML uses `adamw:`, `AdamW:`, `sgd:`...).
-OPTIMIZER_NAMES = (
-    "AdamW",
-    "Adam",
-    "SGD",
-    "Lion",
-    "Adafactor",
-    "Adagrad",
-    "Adadelta",
-    "Adamax",
-    "ASGD",
-    "NAdam",
-    "RAdam",
-    "RMSprop",
-    "Rprop",
-    "Lamb",
-)
-_OPTIMIZER_LOOKUP = {n.lower(): n for n in OPTIMIZER_NAMES}
-
 # GPT-NeoX's architecture where the YAML does not say otherwise (HF GPTNeoXConfig: two LayerNorms,
 # biases everywhere except the LM head, untied embeddings). `name: gptj` keeps ModelZoo's GPT-J defaults.
 NEOX_MODEL_DEFAULTS: dict[str, Any] = {
@@ -76,7 +57,10 @@ CBFLOAT16_NOTE = "fp16_type cbfloat16 is Cerebras-only: gptx runs it as bfloat16
 
 
 def canonical_optimizer_name(name: str) -> str | None:
-    return _OPTIMIZER_LOOKUP.get(str(name).lower())
+    """`adamw` / `AdamW` -> `AdamW` (any case); None when not in schemas/optimizer.schema.json."""
+    from gptx_cli.config.validate import optimizer_names
+
+    return {n.lower(): n for n in optimizer_names()}.get(str(name).lower())
 
 
 def _type_name(hint: Any) -> str:
@@ -182,10 +166,10 @@ def build_optimizer(src: ConfigSource, optimizer: Any, path: KeyPath) -> Optimiz
     ((raw_name, params),) = optimizer.items()
     name = canonical_optimizer_name(raw_name)
     if name is None:
-        from gptx_cli.config.validate import did_you_mean
+        from gptx_cli.config.validate import did_you_mean, optimizer_names
 
         raise src.error(
-            path + (raw_name,), f"unknown optimizer '{raw_name}'{did_you_mean(raw_name, OPTIMIZER_NAMES)}"
+            path + (raw_name,), f"unknown optimizer '{raw_name}'{did_you_mean(raw_name, optimizer_names())}"
         )
     if params is None:
         params = {}
@@ -200,11 +184,10 @@ def build_scheduler(src: ConfigSource, entry: Any, path: KeyPath) -> SchedulerSp
     ((raw_name, params),) = entry.items()
     name = canonical_scheduler_name(raw_name)
     if name is None:
-        from gptx_cli.config.legacy import SCHEDULER_NAMES
-        from gptx_cli.config.validate import did_you_mean
+        from gptx_cli.config.validate import did_you_mean, scheduler_names
 
         raise src.error(
-            path + (raw_name,), f"unknown scheduler '{raw_name}'{did_you_mean(raw_name, SCHEDULER_NAMES)}"
+            path + (raw_name,), f"unknown scheduler '{raw_name}'{did_you_mean(raw_name, scheduler_names())}"
         )
     params = {} if params is None else params
     if not isinstance(params, dict):

@@ -128,36 +128,15 @@ IGNORED_RUNCONFIG_KEYS = frozenset(
 )
 RUNCONFIG_KEYS = frozenset(_RUNCONFIG_MAP) | IGNORED_RUNCONFIG_KEYS | {"checkpoint_path"}
 
-# Legacy scheduler spellings -> canonical class names (ModelZoo tries `name` and `name + "lr"`).
-SCHEDULER_NAMES = (
-    "ConstantLR",
-    "LinearLR",
-    "CosineDecayLR",
-    "CosineAnnealingLR",
-    "CosineAnnealingWarmRestarts",
-    "ExponentialLR",
-    "InverseExponentialTimeDecayLR",
-    "InverseSquareRootDecayLR",
-    "PiecewiseConstantLR",
-    "PolynomialLR",
-    "MultiStepLR",
-    "StepLR",
-    "LambdaLR",
-    "MultiplicativeLR",
-    "CyclicLR",
-    "OneCycleLR",
-    "WarmupLR",
-    "SequentialLR",
-    "ChainedScheduler",
-    "ScalePerParamLR",
-)
-_SCHEDULER_LOOKUP = {n.lower(): n for n in SCHEDULER_NAMES}
-
 
 def canonical_scheduler_name(name: str) -> str | None:
-    """`Linear`/`linear`/`LinearLR` -> `LinearLR`; None when unknown."""
+    """`Linear`/`linear`/`LinearLR` -> `LinearLR` (ModelZoo tries `name` and `name + "lr"`); None when
+    unknown. The names are the schedulers in schemas/schedulers.schema.json."""
+    from gptx_cli.config.validate import scheduler_names
+
+    lookup = {n.lower(): n for n in scheduler_names()}
     low = str(name).lower()
-    return _SCHEDULER_LOOKUP.get(low) or _SCHEDULER_LOOKUP.get(low + "lr")
+    return lookup.get(low) or lookup.get(low + "lr")
 
 
 def is_legacy(params: Any) -> bool:
@@ -349,6 +328,6 @@ def _convert_schedulers(
 
 
 def _suggest(name: str) -> str:
-    from gptx_cli.config.validate import did_you_mean
+    from gptx_cli.config.validate import did_you_mean, scheduler_names
 
-    return did_you_mean(str(name), SCHEDULER_NAMES)
+    return did_you_mean(str(name), scheduler_names())
