@@ -85,7 +85,9 @@ def save_checkpoint_dir(
             meta.setdefault(key, value)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if config_yaml_dict is None:
-            config_yaml_dict = {"trainer": {"init": {"model": _model_section(model_cfg)}}}
+            from gptx_cli.convert.config import trainer_config_for_model
+
+            config_yaml_dict = trainer_config_for_model(model_cfg)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_yaml_dict, sort_keys=False))
         if write_extra_files is not None:
             write_extra_files(tmp)
@@ -100,11 +102,6 @@ def save_checkpoint_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _model_section(cfg: ModelConfig) -> dict[str, Any]:
-    """The ModelZoo `model` section for a ModelConfig (None values are ModelZoo's defaults: left out)."""
-    return {k: v for k, v in cfg.to_dict().items() if v is not None}
 
 
 def is_gptx_checkpoint(path: str | Path) -> bool:

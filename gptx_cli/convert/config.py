@@ -26,9 +26,21 @@ if TYPE_CHECKING:
 CONFIG_FORMATS = ("hf", "legacy", "trainer")
 
 
+_MUP_KEYS = ("embeddings_scale", "scale_qk_dot_by_d", "scale_output_logits_by_d", "attention_logits_alpha")
+
+
 def model_section(cfg: ModelConfig) -> dict[str, Any]:
-    """The ModelZoo `model` section for a ModelConfig (None values mean ModelZoo's default: left out)."""
-    return {k: v for k, v in cfg.to_dict().items() if v is not None}
+    """The ModelZoo `model` section for a ModelConfig: None values (ModelZoo's default) are left out, and
+    so are muP multipliers at their neutral defaults in a model that does not use muP."""
+    from gptx_cli.config.spec import ModelConfig
+
+    defaults = ModelConfig()
+    section = {k: v for k, v in cfg.to_dict().items() if v is not None}
+    if not cfg.uses_mup:
+        for key in _MUP_KEYS:
+            if section.get(key) == getattr(defaults, key):
+                section.pop(key)
+    return section
 
 
 def trainer_config_for_model(cfg: ModelConfig) -> dict[str, Any]:
@@ -99,7 +111,8 @@ def trainer_to_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     trainer.pop("validate_all", None)  # derived from eval_input by convert_legacy
     if "train_dataloader" in fit:
         legacy["train_input"] = fit.pop("train_dataloader")
-    eval_input = fit.pop("val_dataloader", None) or validate.pop("val_dataloader", None)
+    fit_val, validate_val = fit.pop("val_dataloader", None), validate.pop("val_dataloader", None)
+    eval_input = fit_val if fit_val is not None else validate_val
     if eval_input is not None:
         legacy["eval_input"] = (
             eval_input[0] if isinstance(eval_input, list) and len(eval_input) == 1 else eval_input
@@ -155,7 +168,8 @@ def trainer_to_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if found:
             runconfig[legacy_key] = value
             _pop_path(init, path)
-    ckpt_path = fit.pop("ckpt_path", None) or validate.pop("ckpt_path", None)
+    fit_ckpt, validate_ckpt = fit.pop("ckpt_path", None), validate.pop("ckpt_path", None)
+    ckpt_path = fit_ckpt if fit_ckpt is not None else validate_ckpt
     if ckpt_path is not None:
         runconfig["checkpoint_path"] = ckpt_path
     if runconfig:
@@ -214,7 +228,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _dump_yaml(data: dict[str, Any], header: str) -> str:
     import yaml
 
-    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def convert_config(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -88,15 +87,29 @@ def test_exported_checkpoint_gives_same_logits_in_transformers(tmp_path, name):
     assert (got - expected).abs().max().item() <= 1e-5
 
 
+MUP_OVERRIDES = (
+    "model.mup_base_hidden_size=32",
+    "model.mup_base_filter_size=128",
+    "model.embeddings_scale=10.0",
+    "model.output_logits_alpha=2.0",
+    "model.scale_qk_dot_by_d=true",
+    "model.attention_logits_alpha=2.0",
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["tiny_gptj.yaml", "tiny_neox.yaml"])
-def test_model_trained_with_gptx_train_exports_to_same_logits(tmp_path, config, gpt2_tokenizer_dir):
-    """End to end: preprocess a few documents, `gptx train` a few steps, export the checkpoint, compare."""
+@pytest.mark.parametrize(
+    "config, extra",
+    [("tiny_gptj.yaml", ()), ("tiny_neox.yaml", ()), ("tiny_gptj.yaml", MUP_OVERRIDES)],
+    ids=["gptj", "gpt-neox", "mup"],
+)
+def test_model_trained_with_gptx_train_exports_to_same_logits(tmp_path, config, extra, gpt2_tokenizer_dir):
+    """End to end: preprocess a few documents, `gptx train` 3 steps, export the checkpoint, compare logits."""
     docs = tmp_path / "docs.jsonl"
     docs.write_text(
         "".join(
-            json.dumps({"text": f"document {i} " + "lorem ipsum dolor sit amet " * 20}) + "\n"
-            for i in range(64)
+            json.dumps({"text": f"document {i} " + "lorem ipsum dolor sit amet " * 8}) + "\n"
+            for i in range(48)
         )
     )
     data = tmp_path / "data"
@@ -108,32 +121,33 @@ def test_model_trained_with_gptx_train_exports_to_same_logits(tmp_path, config, 
         str(data),
         "--tokenizer",
         str(gpt2_tokenizer_dir),
-        "--max-sequence-length",
-        "33",
+        "--max-seq-length",
+        "32",
     )
     assert res.returncode == 0, res.stderr
     model_dir = tmp_path / "model_dir"
     overrides = [
         f"train_dataloader.data_dir={data}",
+        f"val_dataloader.data_dir={data}",
         "train_dataloader.batch_size=4",
+        "val_dataloader.batch_size=4",
         "loop.max_steps=3",
+        "loop.eval_frequency=3",
+        "loop.eval_steps=1",
         "checkpoint.steps=3",
-        f"model_dir={model_dir}",
-        "model.max_position_embeddings=64",
-        "loop.eval_frequency=null",
+        *extra,
     ]
-    res = run_gptx(
-        "train", str(REPO / "configs" / config), *[a for o in overrides for a in ("--override", o)]
-    )
+    args = [a for o in overrides for a in ("--override", o)]
+    res = run_gptx("train", str(REPO / "configs" / config), "--model-dir", str(model_dir), *args)
     assert res.returncode == 0, res.stderr
     ckpt = latest_checkpoint(model_dir)
     assert ckpt is not None
-    convert_checkpoint(ckpt, output_dir=tmp_path / "hf", progress=False)
+    summary = convert_checkpoint(ckpt, output_dir=tmp_path / "hf", progress=False)
+    assert summary.mup_folded == bool(extra)
     from gptx_cli import load_model
 
     model = load_model(str(ckpt), dtype=torch.float32)
-    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(ids)
     assert (_hf_logits(tmp_path / "hf", ids) - expected).abs().max().item() <= 1e-5
-    shutil.rmtree(tmp_path / "data")
