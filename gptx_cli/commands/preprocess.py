@@ -78,7 +78,7 @@ def preprocess_cmd(
         "hdf5", "--output-format", "--output_format", help="hdf5 | corpus | mmidx."
     ),
     samples_per_file: int = typer.Option(
-        None, "--samples-per-file", "--files_per_record", help="Samples per HDF5 file (50000)."
+        None, "--samples-per-file", "--files_per_record", help="Samples per HDF5 file (5000)."
     ),
     processes: int = typer.Option(None, "--processes", "--num_processes", "-p", help="Worker processes (1)."),
     seed: int = typer.Option(None, "--seed", help="Seed of the Pile train shuffle (0)."),

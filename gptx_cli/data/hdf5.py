@@ -2,7 +2,7 @@
 
 Sample file: dataset `data`, int32, shape `[n, 3, msl]` with rows `input_ids`, `attention_mask` (the loss
 mask), `labels`; attribute `n_examples`. Chunked one sample per chunk (random access reads one chunk)
-and gzip-compressed. Corpus file: dataset `data`, int32, shape `[n_tokens]` (documents concatenated,
+and compressed (HDF5 byte-shuffle + gzip level 1, filters every HDF5 reader has). Corpus file: dataset `data`, int32, shape `[n_tokens]` (documents concatenated,
 each ending in EOS); attributes `n_tokens`, `n_documents`.
 
 Files are written under a temporary name in the same directory and renamed when complete; timestamps
@@ -20,7 +20,7 @@ from gptx_cli.errors import DataError
 
 SAMPLE_FEATURES = ("input_ids", "attention_mask", "labels")
 COMPRESSION = "gzip"
-COMPRESSION_LEVEL = 4
+COMPRESSION_LEVEL = 1  # with the byte-shuffle filter: as small as gzip-4 at twice the speed
 
 
 def _tmp_name(path: Path) -> Path:
@@ -44,6 +44,7 @@ def write_sample_file(path: str | os.PathLike[str], samples: np.ndarray) -> None
             chunks=(1, 3, msl) if len(samples) else None,
             compression=COMPRESSION if len(samples) else None,
             compression_opts=COMPRESSION_LEVEL if len(samples) else None,
+            shuffle=bool(len(samples)),
             track_times=False,
         )
         f.attrs["n_examples"] = len(samples)
@@ -65,6 +66,7 @@ def write_corpus_file(path: str | os.PathLike[str], tokens: np.ndarray, n_docume
             chunks=(chunk,) if len(tokens) else None,
             compression=COMPRESSION if len(tokens) else None,
             compression_opts=COMPRESSION_LEVEL if len(tokens) else None,
+            shuffle=bool(len(tokens)),
             track_times=False,
         )
         f.attrs["n_tokens"] = len(tokens)

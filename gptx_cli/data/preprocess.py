@@ -59,7 +59,7 @@ class PreprocessOptions:
     pack_sequences: bool = True
     min_sequence_len: int = 10
     output_format: str = "hdf5"
-    samples_per_file: int = 50000
+    samples_per_file: int = 5000  # ~120 MB per file before compression at msl 2048
     processes: int = 1
     seed: int = 0
     shard_mb: float = 256.0

@@ -92,10 +92,9 @@ class Tokenizer:
         if self.tiktoken_encoding is not None:
             enc = self.tiktoken_encoding
             return [enc.encode_to_numpy(t, allowed_special="all").astype(np.int32) for t in texts]
-        return [
-            np.asarray(e.ids, dtype=np.int32)
-            for e in self.hf.encode_batch(list(texts), add_special_tokens=False)
-        ]
+        # encode_batch_fast skips character offsets, which nothing here needs
+        encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
