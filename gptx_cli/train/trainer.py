@@ -407,13 +407,17 @@ class _Run:
             raise ConfigError("loop: set max_steps or num_steps (or pass --max-steps)")
         return int(loop.max_steps)
 
-    def _eval_every(self, start: int, end: int) -> int | None:
+    def _is_eval_step(self, step: int, start: int, end: int) -> bool:
+        """ModelZoo's eval_frequency: an int is every N global steps, a float in (0, 1] a fraction of
+        this run's steps; evaluation also runs at the end of training when either is set."""
         freq = self.spec.loop.eval_frequency
         if not freq or self.spec.val_data is None:
-            return None
+            return False
+        if step == end:
+            return True
         if isinstance(freq, float) and freq <= 1.0:
-            return max(1, math.ceil(freq * max(1, end - start)))
-        return int(freq)
+            return (step - start) % max(1, math.ceil(freq * max(1, end - start))) == 0
+        return step % int(freq) == 0
 
     def _install_signal_handlers(self) -> None:
         def request_stop(signum: int, _frame: Any) -> None:
@@ -441,12 +445,12 @@ class _Run:
                 self.options.activation_checkpointing or spec.backend.activation_checkpointing
             ),
         )
+        # the loader first: a missing data_dir should fail before any model is built
+        loader = build_dataloader(spec.train_data, rank=d.rank, world_size=d.world_size, seed=self.seed)
         self._build()
         start, samples_seen = self._restore()
+        loader.load_state_dict({"position": samples_seen})
         end = self._end_step(start)
-        loader = build_dataloader(
-            spec.train_data, rank=d.rank, world_size=d.world_size, start_sample=samples_seen, seed=self.seed
-        )
         msl = loader.max_sequence_length
         if msl > spec.model.max_position_embeddings:
             raise DataError(
@@ -472,7 +476,6 @@ class _Run:
         last_ckpt: Path | None = None
         if spec.checkpoint.save_initial_checkpoint and start == 0:
             last_ckpt = self._save(0, samples_seen)
-        eval_every = self._eval_every(start, end)
         ckpt_every = spec.checkpoint.steps
         log_every = max(1, int(spec.logging.log_steps or 1))
         step, stopped_by, final_loss = start, "completed", None
@@ -482,6 +485,8 @@ class _Run:
         it = iter(loader)
         while step < end:
             batch = next(it)
+            if step == start:
+                _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)
             lr = self.schedule.lr
             loss, grad_norm = self._train_step(batch, micro, n_micro)
             if not math.isfinite(loss):
@@ -517,7 +522,7 @@ class _Run:
                         }
                     )
                 t_window, window_steps = now, 0
-            if eval_every and ((step - start) % eval_every == 0 or step == end):
+            if self._is_eval_step(step, start, end):
                 result = self._evaluate()
                 if result is not None:
                     if self.best_eval is None or result["loss"] < self.best_eval:
@@ -561,6 +566,15 @@ class _Run:
             stopped_by=stopped_by,
             last_checkpoint=str(last_ckpt) if last_ckpt else None,
             train_losses=losses,
+        )
+
+
+def _check_token_ids(batch: dict[str, torch.Tensor], vocab_size: int, data_dirs: list[str]) -> None:
+    top = int(torch.maximum(batch["input_ids"].max(), batch["labels"].max()))
+    if top >= vocab_size:
+        raise DataError(
+            f"{', '.join(data_dirs)}: token id {top} does not fit model.vocab_size {vocab_size}",
+            hint="the data was tokenized with a larger vocabulary than the config's model",
         )
 
 

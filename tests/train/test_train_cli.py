@@ -1,0 +1,146 @@
+"""End-to-end `gptx train` runs on CPU with the tiny config and a tiny HDF5 set from `gptx preprocess`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from train_helpers import REPO, read_metrics, run_gptx, tiny_args
+
+pytestmark = pytest.mark.slow
+
+
+def test_loss_falls_over_50_steps(reference_run):
+    losses = read_metrics(reference_run)
+    assert sorted(losses) == list(range(1, 51))
+    first = sum(losses[s]["loss"] for s in (1, 2, 3)) / 3
+    last = sum(losses[s]["loss"] for s in (48, 49, 50)) / 3
+    assert last < 0.8 * first, (first, last)
+    evals = read_metrics(reference_run, "eval")
+    assert sorted(evals) == [25, 50] and evals[50]["loss"] < evals[25]["loss"]
+
+
+def test_metrics_lines_carry_loss_lr_grad_norm_throughput(reference_run):
+    record = read_metrics(reference_run)[10]
+    assert {"step", "split", "loss", "lr", "grad_norm", "tokens_per_s", "tflops", "memory_gib"} <= set(record)
+    # the tiny config's warm-up: LinearLR 0 -> 1e-3 over 5 steps, then cosine; step 10 used lr_at(9)
+    assert read_metrics(reference_run)[1]["lr"] == 0.0
+    assert read_metrics(reference_run)[6]["lr"] == pytest.approx(1e-3)
+    assert any((reference_run / "train").glob("events.out.tfevents.*"))
+    assert any((reference_run / "eval").glob("events.out.tfevents.*"))
+
+
+def test_checkpoints_appear_at_the_configured_steps(reference_run):
+    from gptx_cli.checkpoint import list_checkpoints
+
+    assert [step for step, _ in list_checkpoints(reference_run)] == [25, 50]
+    ckpt = reference_run / "checkpoint_25"
+    assert {p.name for p in ckpt.iterdir()} >= {
+        "gptx.json",
+        "config.yaml",
+        "model.safetensors",
+        "train_state.pt",
+    }
+    assert json.loads((ckpt / "gptx.json").read_text())["step"] == 25
+    assert "train_dataloader" in (ckpt / "config.yaml").read_text()
+
+
+def test_resume_continues_with_bit_identical_losses(tiny_data, reference_run, tmp_path):
+    model_dir = tmp_path / "resumed"
+    first = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "20"))
+    assert first.returncode == 0, first.stderr
+    second = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "40"))
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stdout
+    reference, resumed = read_metrics(reference_run), read_metrics(model_dir)
+    assert sorted(resumed) == list(range(1, 41))
+    assert [resumed[s]["loss"] for s in range(1, 41)] == [reference[s]["loss"] for s in range(1, 41)]
+    assert read_metrics(model_dir, "eval")[25]["loss"] == read_metrics(reference_run, "eval")[25]["loss"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tiny_data, tmp_path):
+    model_dir = tmp_path / "sigterm"
+    args = tiny_args(
+        tiny_data, model_dir, "--set", "loop.max_steps=100000", "--set", "checkpoint.steps=100000"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptx_cli.cli", "train", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    metrics = model_dir / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by SIGTERM" in out
+    from gptx_cli.checkpoint import latest_checkpoint, read_checkpoint_meta
+
+    latest = latest_checkpoint(model_dir)
+    assert latest is not None
+    assert read_checkpoint_meta(latest)["step"] == max(read_metrics(model_dir))
+
+
+def test_kill_9_during_checkpoint_write_leaves_previous_checkpoint_loadable(tiny_data, tmp_path):
+    from gptx_cli.checkpoint import latest_checkpoint, read_checkpoint_meta
+
+    # wider model so each checkpoint takes a few milliseconds to write; one checkpoint per step
+    base = [
+        "--set", "model.hidden_size=256", "--set", "model.filter_size=1024",
+        "--set", "checkpoint.steps=1", "--set", "loop.eval_frequency=100000",
+    ]  # fmt: skip
+    for attempt in range(3):
+        model_dir = tmp_path / f"killed{attempt}"
+        model_dir.mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gptx_cli.cli", "train", *tiny_args(tiny_data, model_dir, *base, "--max-steps", "100000")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+        )  # fmt: skip
+        deadline, killed = time.time() + 60, False
+        while time.time() < deadline and proc.poll() is None:
+            if latest_checkpoint(model_dir) is not None and any(
+                ".tmp-" in p.name for p in model_dir.iterdir()
+            ):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.001)
+        _, err = proc.communicate(timeout=30)
+        assert killed, err
+        if any(".tmp-" in p.name for p in model_dir.iterdir()):
+            break  # killed while a checkpoint was half written
+    else:
+        pytest.fail("never caught a checkpoint mid-write")
+    latest = latest_checkpoint(model_dir)
+    step = read_checkpoint_meta(latest)["step"]
+    from gptx_cli import load_model
+
+    assert load_model(str(latest)) is not None
+    resumed = run_gptx("train", *tiny_args(tiny_data, model_dir, *base, "--max-steps", str(step + 1)))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {latest}" in resumed.stdout
+
+
+def test_missing_data_dir_names_the_preprocess_command(tiny_data, tmp_path):
+    r = run_gptx(
+        "train",
+        *tiny_args(tiny_data, tmp_path / "md", "--set", f"train_dataloader.data_dir={tmp_path / 'nope'}"),
+    )
+    assert r.returncode == 1
+    assert "gptx preprocess" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("config", ["params_gptj_6B.yaml", "params_gpt_neox_20B.yaml"])
+def test_memory_guard_stops_published_configs_within_seconds(config):
+    started = time.perf_counter()
+    r = run_gptx("train", str(REPO / "configs" / config), "--target-device", "CPU")
+    elapsed = time.perf_counter() - started
+    assert r.returncode == 1, r.stderr
+    assert "needs about" in r.stderr and "GiB" in r.stderr and "what would help" in r.stderr
+    assert elapsed < 10, elapsed

@@ -1,0 +1,59 @@
+"""Helpers for the training tests: tiny-config CLI arguments, metrics reading, test data text."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+
+def _root_conftest():
+    # tests/train has its own conftest.py, so `from conftest import ...` would be ambiguous here
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("gptx_tests_root_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_root = _root_conftest()
+REPO: Path = _root.REPO
+run_gptx = _root.run_gptx
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def write_text(path: Path, lines: int, seed: int) -> None:
+    # Cyclic word sequences: easy to learn, so the loss falls visibly within 50 steps.
+    rnd = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(lines):
+            k = rnd.randrange(len(WORDS))
+            f.write(" ".join(WORDS[(k + j) % len(WORDS)] for j in range(20)) + "\n")
+
+
+def tiny_args(
+    data: dict[str, Path], model_dir: Path, *extra: str, config: str = "tiny_gptj.yaml"
+) -> list[str]:
+    """`configs/tiny_gptj.yaml` shrunk further (hidden 32, the tiny tokenizer's vocabulary, msl 32) on the tiny data."""
+    sets = [
+        f"model.vocab_size={data['vocab_size']}",
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.filter_size=64",
+        f"train_dataloader.data_dir={data['train']}",
+        f"val_dataloader.data_dir={data['val']}",
+        "logging.log_steps=1",
+        "loop.eval_steps=2",
+    ]
+    args = [str(REPO / "configs" / config), "--model-dir", str(model_dir)]
+    for s in sets:
+        args += ["--set", s]
+    return [*args, *extra]
+
+
+def read_metrics(model_dir: Path, split: str = "train") -> dict[int, dict]:
+    lines = (model_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r for r in map(json.loads, lines) if r["split"] == split}
