@@ -371,7 +371,8 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     The key is a dotted path in the trainer layout. Shorthands: a leading `trainer.` may be left
     out (`init.loop.max_steps=5`), and so may `trainer.init.` before an init section
     (`loop.max_steps=5`, `model.hidden_size=64`) and `trainer.fit.` before `train_dataloader` /
-    `val_dataloader` / `ckpt_path`. Integer parts index lists (`init.schedulers.0.LinearLR.total_iters=9`).
+    `val_dataloader` / `ckpt_path` (`val_dataloader.x` goes to `trainer.validate.val_dataloader` when
+    the config has that one and no `fit.val_dataloader`; see `apply_overrides`). Integer parts index lists (`init.schedulers.0.LinearLR.total_iters=9`).
     The value is parsed as YAML (`5` is an int, `[1, 2]` a list, `null` None, `1e-4` a float).
     """
     from gptx_cli.errors import UsageError
@@ -405,6 +406,13 @@ def apply_overrides(source: ConfigSource, overrides: Iterable[str]) -> None:
 
     for text in overrides:
         path, value = parse_override(text)
+        if text.lstrip().startswith("val_dataloader") and isinstance(source.data.get("trainer"), dict):
+            # The shorthand means the config's own validation loader: fit's, else validate's.
+            trainer = source.data["trainer"]
+            fit, validate = trainer.get("fit"), trainer.get("validate")
+            has_fit = isinstance(fit, dict) and "val_dataloader" in fit
+            if not has_fit and isinstance(validate, dict) and "val_dataloader" in validate:
+                path = ("trainer", "validate") + path[2:]
         node: Any = source.data
         for i, part in enumerate(path[:-1]):
             nxt = path[i + 1]

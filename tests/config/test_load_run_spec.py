@@ -190,3 +190,18 @@ def test_list_of_trainers_selects_by_index(tmp_path):
     assert load_run_spec(cfg, trainer_index=1).loop.max_steps == 9
     with pytest.raises(UsageError, match="trainer index 2"):
         load_run_spec(cfg, trainer_index=2)
+
+
+def test_val_dataloader_shorthand_targets_the_loader_the_config_has(tmp_path):
+    text = TINY_GPTJ.read_text()
+    fit_val = text[text.index("    val_dataloader: &tiny_val") : text.index("  validate:")]
+    cfg = tmp_path / "eval_only.yaml"
+    cfg.write_text(
+        text.replace(fit_val, "").replace("    val_dataloader: *tiny_val", fit_val.replace(" &tiny_val", ""))
+    )
+    spec = load_run_spec(cfg, overrides=["val_dataloader.batch_size=4"])
+    assert spec.val_data is not None and spec.val_data.batch_size == 4
+    assert "val_dataloader" not in spec.raw["trainer"]["fit"]
+    both = load_run_spec(TINY_GPTJ, overrides=["val_dataloader.batch_size=4"])
+    assert both.val_data is not None and both.val_data.batch_size == 4
+    assert both.raw["trainer"]["fit"]["val_dataloader"]["batch_size"] == 4
