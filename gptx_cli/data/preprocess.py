@@ -247,6 +247,7 @@ class _Progress:
         self.tokens = 0
         self.bar: Any = None
         if self.live:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
@@ -256,6 +257,7 @@ class _Progress:
                 TextColumn("{task.fields[rates]}"),
                 TimeRemainingColumn(),
                 transient=False,
+                console=Console(stderr=True),
             )
             self.task = self.bar.add_task("preprocess", total=max(total_bytes, 1), rates="")
             self.bar.start()

@@ -85,7 +85,7 @@ def load_v2_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
     if proc.get("resume_from_checkpoint"):
         out["resume"] = True
     if "display_pbar" in proc:
-        out["progress"] = bool(proc["display_pbar"]) or None
+        out["progress"] = bool(proc["display_pbar"])
     hook = proc.get("read_hook_kwargs") or {}
     text_key = (
         ds.get("text_key")
