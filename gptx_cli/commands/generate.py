@@ -10,6 +10,7 @@ import typer
 
 
 def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
+    """--prompt verbatim; a file or stdin loses one trailing newline (the one `echo` and editors add)."""
     from gptx_cli.errors import UsageError
 
     if prompt is not None and prompt_file is not None:
@@ -18,15 +19,19 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         return prompt
     if prompt_file is not None:
         if prompt_file == "-":
-            return sys.stdin.read()
+            return _strip_newline(sys.stdin.read())
         try:
             with open(prompt_file, encoding="utf-8") as f:
-                return f.read()
+                return _strip_newline(f.read())
         except (OSError, UnicodeDecodeError) as err:
             raise UsageError(f"cannot read --prompt-file {prompt_file}: {err}") from err
     if sys.stdin.isatty():
         raise UsageError("no prompt: pass --prompt TEXT, --prompt-file PATH, or pipe text on stdin")
-    return sys.stdin.read()
+    return _strip_newline(sys.stdin.read())
+
+
+def _strip_newline(text: str) -> str:
+    return text[:-1] if text.endswith("\n") else text
 
 
 def generate_cmd(

@@ -364,6 +364,7 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
             )
             for w in report.warnings:
                 log(f"warning: {w}")
+        tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer) if tasks else None
         model = load_eval_model(checkpoint, device, dtype)
         if spec is not None and spec.val_data is not None:
             from gptx_cli.data.loader import build_dataloader
@@ -381,7 +382,6 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
             )
             report.metrics = metrics.to_dict()
         if tasks:
-            tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer)
             scorer = LoglikelihoodScorer(
                 model, max_length=model.cfg.max_position_embeddings, batch_size=opts.batch_size, device=device
             )
