@@ -79,7 +79,7 @@ def resolved_initializers(cfg: ModelConfig) -> dict[str, Initializer]:
         "ffn_output": _as_initializer(cfg.ffn_output_initializer, output),
         "lm_head": {"name": "normal", "mean": 0.0, "std": cfg.initializer_range},
     }
-    depth = (2 * cfg.num_hidden_layers) ** -0.5
+    depth = (2 * cfg.num_hidden_layers) ** -0.5 if cfg.num_hidden_layers else 1.0
     if cfg.mup_base_hidden_size:
         width_mult = cfg.hidden_size / cfg.mup_base_hidden_size
         _scale(inits["attention"], width_mult**-0.5)

@@ -41,7 +41,10 @@ def _chunk_stats(
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
     ce_sum = (ce * mask.flatten().to(ce.dtype)).sum()
     with torch.no_grad():
-        correct = ((logits.argmax(-1) == labels) & mask.bool()).sum()
+        # "label is the argmax" as "label's logit equals the max": amax is ~10x cheaper than argmax on
+        # CPU; the two differ only on exact ties, where argmax picks the lowest id.
+        label_logit = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        correct = ((label_logit >= logits.amax(-1)) & mask.bool()).sum()
     return ce_sum, correct
 
 

@@ -114,18 +114,23 @@ def rotary_inv_freq(rotary_dim: int, theta: float) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, rotary_dim: int, interleaved: bool) -> Tensor:
-    """Rotate the first `rotary_dim` features of the last axis. cos/sin: [T, rotary_dim/2] broadcastable."""
+    """Rotate the first `rotary_dim` features of the last axis. cos/sin: [T, rotary_dim/2] broadcastable.
+
+    Pieces are taken with split/chunk rather than slicing: their backward is one concatenation, where
+    a slice's backward zero-fills a full-size gradient and adds into it (measurably slower on CPU).
+    """
     head_dim = x.shape[-1]
-    x_rot = x[..., :rotary_dim] if rotary_dim < head_dim else x
+    if rotary_dim < head_dim:
+        x_rot, x_pass = x.split((rotary_dim, head_dim - rotary_dim), dim=-1)
+    else:
+        x_rot, x_pass = x, None
     if interleaved:
-        x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+        x1, x2 = x_rot.unflatten(-1, (-1, 2)).unbind(-1)
         rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
     else:
         x1, x2 = x_rot.chunk(2, dim=-1)
         rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    if rotary_dim < head_dim:
-        return torch.cat((rotated, x[..., rotary_dim:]), dim=-1)
-    return rotated
+    return rotated if x_pass is None else torch.cat((rotated, x_pass), dim=-1)
 
 
 @dataclass
@@ -167,13 +172,12 @@ class Attention(nn.Module):
     ) -> Tensor:
         b, t, h = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim)
+        qk, v = qkv.split((2, 1), dim=2)
         if self.rotary_dim and cos is not None and sin is not None:
             # q and k rotate together: one set of kernels for both.
-            qk = apply_rotary(qkv[:, :, :2], cos, sin, self.rotary_dim, self.interleaved)
-            q, k = qk.unbind(2)
-        else:
-            q, k = qkv[:, :, 0], qkv[:, :, 1]
-        v = qkv[:, :, 2]
+            qk = apply_rotary(qk, cos, sin, self.rotary_dim, self.interleaved)
+        q, k = qk.unbind(2)
+        v = v.squeeze(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, head_dim]
         mask = None
         is_causal = t > 1

@@ -241,3 +241,26 @@ def test_coordinate_check_is_flat_under_mup_and_grows_under_standard_parametrisa
     sp = coord_check((32, 128), mup=False, steps=3)
     assert mup[1]["block1"] / mup[0]["block1"] < 1.3
     assert sp[1]["block1"] / sp[0]["block1"] > 1.8
+
+
+def test_load_model_reads_a_gptx_checkpoint_and_the_latest_in_a_model_dir(tmp_path) -> None:
+    from gptx_cli.checkpoint import save_checkpoint_dir
+    from gptx_cli.errors import CheckpointError
+    from gptx_cli.model.api import load_model
+
+    early, late = build_model(NEOX_TINY, seed=1), build_model(NEOX_TINY, seed=2)
+    save_checkpoint_dir(
+        tmp_path / "checkpoint_10", early.state_dict(), NEOX_TINY, step=10, config_yaml_dict={}
+    )
+    save_checkpoint_dir(
+        tmp_path / "checkpoint_20", late.state_dict(), NEOX_TINY, step=20, config_yaml_dict={}
+    )
+    ids = batch(NEOX_TINY)
+    direct = load_model(tmp_path / "checkpoint_10", dtype="bfloat16")
+    assert direct.embed.weight.dtype == torch.bfloat16 and not direct.training
+    latest = load_model(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(latest(ids), late.eval()(ids))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a model directory"):
+        load_model(tmp_path / "empty")
