@@ -123,6 +123,8 @@ def _files_of(data_dir: str) -> list[tuple[Path, str]]:
 def _open_sources(data_dirs: Sequence[str], msl: int | None) -> tuple[list[Any], int]:
     from gptx_cli.data.hdf5 import h5_layout
 
+    if isinstance(data_dirs, (str, os.PathLike)):
+        data_dirs = [str(data_dirs)]  # a single directory written without a list
     if not data_dirs:
         raise DataError("no data_dir given", hint="set data_dir in the dataloader section")
     entries: list[tuple[Path, str, int, int | None]] = []
