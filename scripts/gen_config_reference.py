@@ -64,13 +64,23 @@ def type_of(schemas: dict[str, Any], file: str, s: dict[str, Any]) -> str:
     for ty in types:
         if ty == "array" and "items" in s:
             parts.append(f"list of {type_of(schemas, file, s['items'])}")
-        elif ty == "object" and s.get("additionalProperties") is False and "properties" in s and "$ref" not in s:
+        elif (
+            ty == "object"
+            and s.get("additionalProperties") is False
+            and "properties" in s
+            and "$ref" not in s
+        ):
             parts.append("mapping")
         else:
             parts.append(ty)
     text = " or ".join(parts)
     bounds = []
-    for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+    for key, sym in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+    ):
         if key in s:
             bounds.append(f"{sym} {s[key]}")
     if bounds:
@@ -84,7 +94,9 @@ def default_of(s: dict[str, Any]) -> str:
     return f"`{json.dumps(s['default'])}`"
 
 
-def table(schemas: dict[str, Any], file: str, props: dict[str, Any], required: list[str] = ()) -> list[str]:
+def table(
+    schemas: dict[str, Any], file: str, props: dict[str, Any], required: list[str] | tuple[str, ...] = ()
+) -> list[str]:
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
     for key, s in props.items():
         desc = s.get("description", "")
@@ -148,9 +160,15 @@ def render() -> str:
         out += table(schemas, "optimizer.schema.json", o["properties"])
         out.append("")
     sch = schemas["schedulers.schema.json"]
-    out += ["## schedulers", "", sch["description"], "",
-            "Each item is a single-key mapping `{Name: {...}}`; legacy spellings (`Linear`, `linear`) are",
-            "accepted by the legacy layout only.", ""]
+    out += [
+        "## schedulers",
+        "",
+        sch["description"],
+        "",
+        "Each item is a single-key mapping `{Name: {...}}`; legacy spellings (`Linear`, `linear`) are",
+        "accepted by the legacy layout only.",
+        "",
+    ]
     for sname, sdef in sch["$defs"].items():
         if sname == "scheduler":
             continue
@@ -167,26 +185,39 @@ def render() -> str:
     out += ["", "### data_processor", "", data["$defs"]["data_processor"]["description"], ""]
     out += [f"- `{p}`" for p in data["$defs"]["data_processor"]["enum"]]
     leg = schemas["legacy.schema.json"]
-    out += ["", "## Legacy layout", "", leg["description"], "",
-            "Top-level sections: " + ", ".join(f"`{k}`" for k in leg["properties"]) + ".", "",
-            "| legacy key | trainer key |", "|---|---|",
-            "| `model.*` | `trainer.init.model.*` |",
-            "| `model.mixed_precision` | `trainer.init.precision.enabled` |",
-            "| `model.fp16_type` | `trainer.init.precision.fp16_type` |",
-            "| `optimizer.optimizer_type: X` + other keys | `trainer.init.optimizer: {X: {...}}` |",
-            "| `optimizer.learning_rate` (list) | `trainer.init.schedulers: [{SequentialLR: {schedulers: [...]}}]` |",
-            "| `optimizer.learning_rate` (number) | kept, plus `trainer.init.schedulers: [{ConstantLR: ...}]` |",
-            "| `optimizer.grad_accum_steps` | `trainer.init.loop.grad_accum_steps` |"]
-    for k, v in _OPTIMIZER_TO_PRECISION.items():
-        out.append(f"| `optimizer.{k}` | `trainer.init.precision.{v}` |")
-    for k, v in _RUNCONFIG_MAP.items():
-        out.append(f"| `runconfig.{k}` | `trainer.init.{'.'.join(v)}` |")
-    out += ["| `runconfig.checkpoint_path` | `trainer.fit.ckpt_path`, `trainer.validate.ckpt_path` |",
-            "| `train_input` | `trainer.fit.train_dataloader` |",
-            "| `eval_input` | `trainer.fit.val_dataloader`, `trainer.validate.val_dataloader`, `trainer.validate_all.val_dataloaders` |",
-            "| `sparsity` | `trainer.init.sparsity` |", "",
-            "Accepted and ignored (Cerebras-only) runconfig keys: "
-            + ", ".join(f"`{k}`" for k in sorted(IGNORED_RUNCONFIG_KEYS)) + ".", ""]
+    out += [
+        "",
+        "## Legacy layout",
+        "",
+        leg["description"],
+        "",
+        "Top-level sections: " + ", ".join(f"`{k}`" for k in leg["properties"]) + ".",
+        "",
+        "| legacy key | trainer key |",
+        "|---|---|",
+        "| `model.*` | `trainer.init.model.*` |",
+        "| `model.mixed_precision` | `trainer.init.precision.enabled` |",
+        "| `model.fp16_type` | `trainer.init.precision.fp16_type` |",
+        "| `optimizer.optimizer_type: X` + other keys | `trainer.init.optimizer: {X: {...}}` |",
+        "| `optimizer.learning_rate` (list) | `trainer.init.schedulers: [{SequentialLR: {schedulers: [...]}}]` |",
+        "| `optimizer.learning_rate` (number) | kept, plus `trainer.init.schedulers: [{ConstantLR: ...}]` |",
+        "| `optimizer.grad_accum_steps` | `trainer.init.loop.grad_accum_steps` |",
+    ]
+    for key, target in _OPTIMIZER_TO_PRECISION.items():
+        out.append(f"| `optimizer.{key}` | `trainer.init.precision.{target}` |")
+    for key, parts in _RUNCONFIG_MAP.items():
+        out.append(f"| `runconfig.{key}` | `trainer.init.{'.'.join(parts)}` |")
+    out += [
+        "| `runconfig.checkpoint_path` | `trainer.fit.ckpt_path`, `trainer.validate.ckpt_path` |",
+        "| `train_input` | `trainer.fit.train_dataloader` |",
+        "| `eval_input` | `trainer.fit.val_dataloader`, `trainer.validate.val_dataloader`, `trainer.validate_all.val_dataloaders` |",
+        "| `sparsity` | `trainer.init.sparsity` |",
+        "",
+        "Accepted and ignored (Cerebras-only) runconfig keys: "
+        + ", ".join(f"`{k}`" for k in sorted(IGNORED_RUNCONFIG_KEYS))
+        + ".",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -197,7 +228,10 @@ def main() -> int:
     text = render()
     if args.check:
         if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT.relative_to(REPO)} is stale: run python scripts/gen_config_reference.py", file=sys.stderr)
+            print(
+                f"{OUTPUT.relative_to(REPO)} is stale: run python scripts/gen_config_reference.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     fd, tmp = tempfile.mkstemp(dir=OUTPUT.parent, prefix=".config-reference.", suffix=".tmp")

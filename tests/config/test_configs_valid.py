@@ -88,7 +88,7 @@ def test_unreadable_file_is_a_usage_error_with_exit_2(tmp_path):
 
 def test_no_configs_dir_is_a_usage_error(tmp_path):
     res = run_gptx("validate-config", cwd=tmp_path)
-    assert res.returncode == 2 and "no *.yaml" in res.stderr
+    assert res.returncode == 2 and "no *.yaml" in res.stderr, (res.returncode, res.stdout, res.stderr)
 
 
 def test_override_problem_names_the_override(tmp_path):
