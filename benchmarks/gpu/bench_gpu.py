@@ -33,6 +33,8 @@ import contextlib
 import dataclasses
 import datetime
 import gc
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -235,12 +237,12 @@ def inspect_environment(settings: Settings) -> dict[str, Any]:
             env["peak_source"] = (
                 "datasheet table by device name" if env["bf16_peak_tflops"] else "unknown card"
             )
-    try:
-        import transformers
-
-        env["transformers"] = transformers.__version__
-    except ImportError:
-        env["transformers"] = None
+    # Version without importing (transformers takes seconds to import; only the HF rows need it).
+    if importlib.util.find_spec("transformers") is not None:
+        try:
+            env["transformers"] = importlib.metadata.version("transformers")
+        except importlib.metadata.PackageNotFoundError:  # importable without package metadata
+            env["transformers"] = "present (version unknown)"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         rev = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -586,14 +588,14 @@ def fit_training_layers(
 
     state_bytes = 16 * count_parameters(cfg_full)  # fp32 weights + grads + AdamW exp_avg, exp_avg_sq
     if state_bytes < 0.5 * budget:
-        return full, []  # half the card is left for activations: no need to probe (H200)
-    probe_case = Case("memory-probe", "gptj", "gptx", "train", batch=4 if not settings.tiny else 2, seq=2048)
+        return full, []  # half the card is left for activations (toy sizes, or a future card): no probe
+    train_case = next(c for c in all_cases(settings.tiny) if c.key == "gptj-train-gptx")
     probe_settings = dataclasses.replace(settings, warmup=1, steps=1)
     probes = []
     peaks: dict[int, float] = {}
     for n in (2, 4):
         row = run_case(
-            dataclasses.replace(probe_case, key=f"memory-probe-{n}-layers"), n, probe_settings, peak_tflops
+            dataclasses.replace(train_case, key=f"memory-probe-{n}-layers"), n, probe_settings, peak_tflops
         )
         probes.append(row)
         if row["status"] != "ok":
@@ -604,17 +606,21 @@ def fit_training_layers(
         peaks[n] = row["peak_mem_gib"] * GIB
     per_layer = (peaks[4] - peaks[2]) / 2
     fixed = peaks[2] - 2 * per_layer
+    if per_layer <= 0:
+        notes.append(f"memory probe found no growth per layer; training rows use all {full} layers")
+        return full, probes
     fit = max(1, min(full, int((budget - fixed) // per_layer)))
     notes.append(
         f"memory probe: {per_layer / GIB:.2f} GiB per layer + {fixed / GIB:.2f} GiB fixed at batch "
-        f"{probe_case.batch} x {probe_case.seq}; {settings.memory_fraction:.0%} of {total / GIB:.1f} GiB "
+        f"{train_case.batch} x {train_case.seq}; {settings.memory_fraction:.0%} of {total / GIB:.1f} GiB "
         f"holds {fit} layers"
     )
     if fit < full:
         notes.append(
-            f"this card cannot train the full {full}-layer GPT-J-6B with fp32 weights, grads and AdamW states "
-            f"({state_bytes / GIB:.0f} GiB of state alone) plus activations: GPT-J training rows (gptx and "
-            f"Hugging Face alike) use {fit} of {full} layers; eval rows use all {full}"
+            f"the probe predicts this card cannot train the full {full}-layer GPT-J-6B with fp32 weights, "
+            f"grads and AdamW states ({state_bytes / GIB:.0f} GiB of state alone) plus activations: GPT-J "
+            f"training rows (gptx and Hugging Face alike) use {fit} of {full} layers (--layers {full} "
+            f"forces full depth); eval rows use all {full}"
         )
     return fit, probes
 
@@ -768,7 +774,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per case (default 5, --tiny 2)")
     p.add_argument("--layers", type=int, default=None, help="GPT-J layers in training rows (default: fit)")
     p.add_argument("--neox-layers", type=int, default=4, help="layers of the NeoX-20B-width model")
-    p.add_argument("--memory-fraction", type=float, default=0.9, help="share of GPU memory the fit may plan")
+    p.add_argument("--memory-fraction", type=float, default=0.93, help="share of GPU memory the fit may plan")
     p.add_argument(
         "--time-budget", type=float, default=420.0, help="skip cases that would start after this (s)"
     )

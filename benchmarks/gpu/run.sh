@@ -19,20 +19,26 @@ export PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S') UTC  $(uname -srm)"
+# Versions from package metadata: importing torch and transformers here would cost seconds.
 "$python" - <<'EOF'
+import importlib.metadata as md
+import importlib.util
 import sys
+
+
+def version(name):
+    if importlib.util.find_spec(name) is None:
+        return "not installed"
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:  # importable without package metadata (a source build)
+        return "present (version unknown)"
+
+
 print(f"python {sys.version.split()[0]} at {sys.executable}")
-try:
-    import torch
-except ImportError:
+print(f"torch {version('torch')}, transformers {version('transformers')}")
+if version("torch") == "not installed":
     sys.exit("error: torch is not installed for this python (set PYTHON=...)")
-cuda = torch.cuda.is_available()
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: {torch.cuda.get_device_name(0) if cuda else 'none'}")
-try:
-    import transformers
-    print(f"transformers {transformers.__version__}")
-except ImportError:
-    print("transformers: not installed (Hugging Face rows will be skipped)")
 EOF
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv || true
