@@ -14,7 +14,7 @@ One short run (a few minutes on one H100/H200) that prints a table and writes `g
 Every case builds a fresh model, runs warm-up steps (compilation happens there), then timed steps
 with `torch.cuda.synchronize()` around each; an out-of-memory error or any other failure is recorded
 in that case's row and the run goes on. When the card cannot hold the full model with fp32 weights,
-gradients and AdamW states plus activations (96 GiB of state alone for 6B parameters), a short memory
+gradients and AdamW states plus activations (90 GiB of state alone for 6.05B parameters), a short memory
 probe (2 and 4 layers) measures bytes per layer and the training rows run the largest layer count
 that fits; the table says so. MFU uses `gptx_cli.model.counts.flops_per_token` (6N + 12·L·H·Q·T per
 trained token; a third of it for forward-only eval) against the card's dense bf16 peak.
