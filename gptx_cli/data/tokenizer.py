@@ -7,14 +7,19 @@ EOS and PAD follow ModelZoo: GPT-2 eos = pad = `<|endoftext|>` (50256); GPT-NeoX
 Encoding engines. `tokenizers` (Hugging Face) is the reference for every tokenizer. For the GPT-2
 vocabulary, `tiktoken` built from the same local ranks gives identical ids several times faster
 (tests/data/test_tokenizer.py compares both on real text and edge cases), so `backend="auto"` picks it
-there. GPT-NeoX is kept on `tokenizers`: its NFC normaliser and its 24 added whitespace-run tokens
-(matched before BPE, normalised) are not something tiktoken's regex + ranks model reproduces, and we
-have no proof of exactness, so forcing `tiktoken` on it is refused.
+there. GPT-NeoX stays on `tokenizers` under `auto`: its NFC normaliser and its 23 added whitespace-run
+tokens (matched leftmost-longest on the normalised text, before BPE) are reproduced here around tiktoken
+(NFC in Python, then a longest-first regex split), and the tests find identical ids on real text and
+edge cases, but that is evidence, not a proof, so it is only used when asked for (`backend="tiktoken"`).
+Other tokenizers (a normaliser other than NFC, prefix spaces, stripping added tokens, ids out of merge
+order) are refused by the tiktoken engine.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,7 +72,7 @@ class Tokenizer:
     eos_id: int
     pad_id: int
     backend: str = "tokenizers"
-    tiktoken_encoding: Any = None
+    tiktoken_engine: _TiktokenEngine | None = None
     source: str | None = None  # the file or directory it was loaded from
 
     @property
@@ -75,23 +80,21 @@ class Tokenizer:
         return int(self.hf.get_vocab_size(with_added_tokens=True))
 
     def encode(self, text: str) -> list[int]:
-        if self.tiktoken_encoding is not None:
-            return self.tiktoken_encoding.encode(text, allowed_special="all")
+        if self.tiktoken_engine is not None:
+            return self.tiktoken_engine.encode(text)
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        if self.tiktoken_encoding is not None:
-            enc = self.tiktoken_encoding
-            return [enc.encode(t, allowed_special="all") for t in texts]
+        if self.tiktoken_engine is not None:
+            return [self.tiktoken_engine.encode(t) for t in texts]
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_batch_arrays(self, texts: Sequence[str]) -> list[Any]:
         """Like encode_batch, as int32 numpy arrays (the preprocessor's fast path)."""
         import numpy as np
 
-        if self.tiktoken_encoding is not None:
-            enc = self.tiktoken_encoding
-            return [enc.encode_to_numpy(t, allowed_special="all").astype(np.int32) for t in texts]
+        if self.tiktoken_engine is not None:
+            return [self.tiktoken_engine.encode_array(t) for t in texts]
         # encode_batch_fast skips character offsets, which nothing here needs
         encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)
         return [np.asarray(e.ids, dtype=np.int32) for e in encode(list(texts), add_special_tokens=False)]
@@ -126,22 +129,109 @@ def _gpt2_hf_tokenizer(encoder_json: Path, vocab_bpe: Path) -> Any:
     return tok
 
 
-def _tiktoken_from_hf_bytelevel(hf: Any, name: str) -> Any:
-    """A tiktoken Encoding with the same ranks as a byte-level BPE whose token ids follow merge order."""
-    import tiktoken
+@dataclass
+class _TiktokenEngine:
+    """tiktoken with a byte-level BPE's ranks, plus what `tokenizers` does around BPE for NeoX-like files."""
 
+    enc: Any  # tiktoken.Encoding
+    nfc: bool = False  # apply the NFC normaliser first
+    added_re: re.Pattern[str] | None = None  # added tokens, longest first: split out before BPE
+    added_ids: dict[str, int] | None = None
+
+    def _pieces(self, text: str) -> list[str | int]:
+        assert self.added_re is not None and self.added_ids is not None
+        if self.nfc:
+            text = unicodedata.normalize("NFC", text)
+        pieces: list[str | int] = []
+        pos = 0
+        for m in self.added_re.finditer(text):
+            if m.start() > pos:
+                pieces.append(text[pos : m.start()])
+            pieces.append(self.added_ids[m.group()])
+            pos = m.end()
+        if pos < len(text):
+            pieces.append(text[pos:])
+        return pieces
+
+    def encode(self, text: str) -> list[int]:
+        if self.added_re is None:  # GPT-2: its one special token is tiktoken's own special
+            return self.enc.encode(text, allowed_special="all")
+        out: list[int] = []
+        for p in self._pieces(text):
+            if isinstance(p, int):
+                out.append(p)
+            else:
+                out += self.enc.encode_ordinary(p)
+        return out
+
+    def encode_array(self, text: str) -> Any:
+        import numpy as np
+
+        if self.added_re is None:
+            return self.enc.encode_to_numpy(text, allowed_special="all").astype(np.int32)
+        parts = [
+            np.array([p], dtype=np.int32)
+            if isinstance(p, int)
+            else self.enc.encode_to_numpy(p, disallowed_special=())
+            for p in self._pieces(text)
+        ]
+        return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _tiktoken_engine(hf: Any, name: str, gpt2_like: bool) -> _TiktokenEngine | None:
+    """The tiktoken engine for `hf`, or None when its pipeline is not one tiktoken can reproduce."""
+    import json
+
+    import tiktoken
+    from tokenizers import normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    pre = hf.pre_tokenizer
+    if not (
+        isinstance(hf.model, BPE)
+        and isinstance(pre, pre_tokenizers.ByteLevel)
+        and not pre.add_prefix_space
+        and pre.use_regex
+        and (hf.normalizer is None or isinstance(hf.normalizer, normalizers.NFC))
+    ):
+        return None
+    added_tokens = list(hf.get_added_tokens_decoder().values())
+    if any(t.lstrip or t.rstrip or t.single_word for t in added_tokens):
+        return None
+    # Specials matched on the raw text must survive NFC unchanged for one split after NFC to be the same.
+    if any(not t.normalized and not t.content.isascii() for t in added_tokens):
+        return None
+    if not gpt2_like:
+        # tiktoken merges by the rank of the merged token: that is the merge order only if ids follow it.
+        model = json.loads(hf.to_str())["model"]
+        vocab, merges = model["vocab"], model["merges"]
+        ids = [vocab.get(m.replace(" ", "", 1) if isinstance(m, str) else "".join(m)) for m in merges]
+        if any(i is None for i in ids) or any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+            return None
     to_latin1 = str.maketrans({c: chr(b) for b, c in _bytes_to_unicode().items()})
-    specials: dict[str, int] = {}
+    added = {t.content for t in added_tokens}
+    added_ids = {t: int(hf.token_to_id(t)) for t in added}
     ranks: dict[bytes, int] = {}
-    added = {t.content for t in hf.get_added_tokens_decoder().values()}
-    for token, idx in hf.get_vocab(with_added_tokens=True).items():
+    for token, idx in hf.get_vocab(with_added_tokens=False).items():
         if token in added:
-            specials[token] = idx
             continue
-        ranks[token.translate(to_latin1).encode("latin-1")] = idx
-    return tiktoken.Encoding(
-        name=f"gptx-{name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+        raw = token.translate(to_latin1)
+        if any(ord(c) > 255 for c in raw):
+            return None  # not a byte-level vocabulary
+        ranks[raw.encode("latin-1")] = idx
+    if gpt2_like:
+        enc = tiktoken.Encoding(
+            f"gptx-{name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=added_ids
+        )
+        return _TiktokenEngine(enc)
+    enc = tiktoken.Encoding(f"gptx-{name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    pattern = (
+        re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))) if added else None
     )
+    nfc = isinstance(hf.normalizer, normalizers.NFC)
+    if pattern is None:
+        pattern = re.compile(r"(?!x)x")  # matches nothing; keeps the NFC path
+    return _TiktokenEngine(enc, nfc=nfc, added_re=pattern, added_ids=added_ids)
 
 
 def _is_gpt2_vocabulary(hf: Any) -> bool:
@@ -282,12 +372,13 @@ def _finish(name: str, hf: Any, source: str, backend: str) -> Tokenizer:
     eos, pad = _special_ids(hf)
     tok = Tokenizer(name=name, hf=hf, eos_id=eos, pad_id=pad, source=source)
     gpt2_like = _is_gpt2_vocabulary(hf)
-    if backend == "tiktoken" and not gpt2_like:
-        raise UsageError(
-            f"--tokenizer-backend tiktoken reproduces only the GPT-2 vocabulary exactly; '{name}' "
-            "(normaliser, added tokens or vocabulary differ) must use --tokenizer-backend tokenizers"
-        )
-    if backend in ("auto", "tiktoken") and gpt2_like:
-        tok.tiktoken_encoding = _tiktoken_from_hf_bytelevel(hf, name)
+    # auto: tiktoken for GPT-2 only (see the module docstring); tiktoken: wherever it can be reproduced.
+    if backend == "tiktoken" or (backend == "auto" and gpt2_like):
+        tok.tiktoken_engine = _tiktoken_engine(hf, name, gpt2_like)
+        if tok.tiktoken_engine is None:
+            raise UsageError(
+                f"--tokenizer-backend tiktoken cannot reproduce '{name}' (its normaliser, pre-tokenizer, "
+                "added tokens or id order differ from byte-level BPE); use --tokenizer-backend tokenizers"
+            )
         tok.backend = "tiktoken"
     return tok

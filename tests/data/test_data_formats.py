@@ -161,3 +161,16 @@ def test_mmidx_uses_int32_when_the_vocab_does_not_fit_uint16(tmp_path):
     head = (tmp_path / "big.idx").read_bytes()[:34]
     assert head[:9] == b"MMIDIDX\x00\x00" and head[17] == 4  # int32
     assert MMIDIDXReader(tmp_path / "big.idx").document(0).tolist() == [70000, 1, 2]
+
+
+def test_both_engines_write_identical_files_for_both_tokenizers(
+    tmp_path, docs, gpt2_tokenizer_dir, neox_tokenizer_json
+):
+    (tmp_path / "in.jsonl").write_bytes(jsonl_bytes(docs))
+    for tok in (gpt2_tokenizer_dir, neox_tokenizer_json):
+        outs = {}
+        for backend in ("tokenizers", "tiktoken"):
+            out = tmp_path / f"{tok.stem}-{backend}"
+            preprocess([tmp_path / "in.jsonl"], out, tok, tokenizer_backend=backend)
+            outs[backend] = [f.read_bytes() for f in sorted(out.glob("*.h5"))]
+        assert outs["tokenizers"] == outs["tiktoken"] and outs["tiktoken"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,8 +49,34 @@ def test_auto_backend_picks_tiktoken_only_for_gpt2(
 ) -> None:
     assert load_tokenizer(gpt2_tokenizer_dir).backend == "tiktoken"
     assert load_tokenizer(neox_tokenizer_json).backend == "tokenizers"
-    with pytest.raises(UsageError, match="tiktoken"):
-        load_tokenizer(neox_tokenizer_json, backend="tiktoken")
+
+
+NFC_AND_WHITESPACE = [
+    "e\u0301 + \u212b + A\u030a + \u1e9b\u0323: NFC composes some, leaves others",
+    "  two   three    four" + " " * 24 + "twenty-four" + " " * 30 + "thirty\t\t  \n\n    x",
+    "<|endoftext|>\u0301 a<|padding|>b <|endoftext|>",
+]
+
+
+def test_tiktoken_engine_reproduces_neox_with_nfc_and_added_whitespace_tokens(
+    neox_tokenizer_json: Path, real_text: list[str]
+) -> None:
+    fast = load_tokenizer(neox_tokenizer_json, backend="tiktoken")
+    ref = load_tokenizer(neox_tokenizer_json, backend="tokenizers")
+    texts = real_text + EDGE_TEXTS + NFC_AND_WHITESPACE + [" " * n + "x" for n in range(1, 40)] + [""]
+    expected = ref.encode_batch(texts)
+    assert fast.encode_batch(texts) == expected
+    assert [a.tolist() for a in fast.encode_batch_arrays(texts)] == expected
+    assert any(50254 <= t <= 50276 for ids in expected for t in ids)  # added whitespace tokens were exercised
+
+
+def test_tiktoken_refuses_a_tokenizer_it_cannot_reproduce(neox_tokenizer_json: Path, tmp_path: Path) -> None:
+    raw = json.loads(neox_tokenizer_json.read_text(encoding="utf-8"))
+    raw["normalizer"] = {"type": "NFKC"}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(UsageError, match="cannot reproduce"):
+        load_tokenizer(tmp_path / "tokenizer.json", backend="tiktoken")
+    assert load_tokenizer(tmp_path / "tokenizer.json").backend == "tokenizers"
 
 
 def test_huggingface_file_names_load_the_same_vocabulary(gpt2_tokenizer_dir: Path, tmp_path: Path) -> None:
