@@ -388,9 +388,7 @@ def _prepare_out_dir(
     keep = {"tokenizer.json"} if opts.train_tokenizer else set()
     exists = out.is_dir() and any(p.name not in keep for p in out.iterdir())
     if exists and opts.overwrite:
-        for p in out.iterdir():
-            if p.name not in keep:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _remove_outputs(out)
     elif exists and not opts.resume:
         raise DataError(
             f"output directory {out} already exists and is not empty",
@@ -424,6 +422,34 @@ def _prepare_out_dir(
     for f in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
         f.unlink()
     return done
+
+
+def _is_output_file(p: Path) -> bool:
+    return (
+        p.name == "data_params.json"
+        or (p.name.startswith("data-") and p.suffix in (".h5", ".bin", ".idx"))
+        or (p.name.startswith(".") and ".tmp-" in p.name)
+    )
+
+
+def _remove_outputs(out: Path) -> None:
+    """--overwrite: delete what gptx preprocess writes there (never anything else a user keeps there)."""
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    for p in list(out.iterdir()):
+        if p.is_dir() and p.name.isdigit():  # a Pile part directory
+            for f in p.iterdir():
+                if _is_output_file(f):
+                    f.unlink()
+            if not any(p.iterdir()):
+                p.rmdir()
+        elif p.is_file() and _is_output_file(p):
+            p.unlink()
+    left = sorted(p.name for p in out.iterdir() if p.name != "tokenizer.json")
+    if left:
+        print(
+            f"note: --overwrite left {len(left)} file(s) it did not write in {out}: {', '.join(left[:5])}",
+            file=sys.stderr,
+        )
 
 
 def _atomic_json(path: Path, data: Any) -> None:

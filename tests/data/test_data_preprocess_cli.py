@@ -87,7 +87,11 @@ def test_existing_output_refused_unless_overwrite_and_hub_offline_fails(
     assert "out already exists" in _one_line_error(res) and "--overwrite" in res.stderr
     assert (tmp_path / "out/keep.txt").exists()
     res = gptx("preprocess", "-i", "in.jsonl", "-o", "out", "--overwrite", cwd=tmp_path, env=tokenizer_env)
-    assert res.returncode == 0 and not (tmp_path / "out/keep.txt").exists()
+    assert res.returncode == 0 and (tmp_path / "out/keep.txt").read_text() == "mine"  # only its own files go
+    first = sorted((tmp_path / "out").glob("*.h5"))
+    (tmp_path / "in.jsonl").write_bytes(jsonl_bytes(documents[:1]))
+    res = gptx("preprocess", "-i", "in.jsonl", "-o", "out", "--overwrite", cwd=tmp_path, env=tokenizer_env)
+    assert res.returncode == 0 and sorted((tmp_path / "out").glob("*.h5")) == first[:1]
     res = gptx("preprocess", "-i", "someorg/some_dataset", "-o", "hub", cwd=tmp_path, env=tokenizer_env)
     assert "hub is offline" in _one_line_error(res)
 
