@@ -7,9 +7,8 @@ Mapping (trainer layout -> RunSpec):
   init.model                        -> model (ModelConfig; keys left out take ModelZoo's defaults from
                                        schemas/model.schema.json, `gpt-neox` NeoX's, see below)
   init.optimizer {adamw: {...}}     -> optimizer = OptimizerSpec("AdamW", {...})
-  init.schedulers [{Name: {...}}]   -> schedulers (SchedulerSpec; SequentialLR / ChainedScheduler
-                                       children from `schedulers`, ScalePerParamLR from `scheduler`;
-                                       SequentialLR milestones filled from the children's total_iters)
+  init.schedulers [{Name: {...}}]   -> schedulers (SchedulerSpec; SequentialLR children from `schedulers`,
+                                       its milestones filled from the children's total_iters when absent)
   init.precision                    -> precision (else model.mixed_precision / model.fp16_type)
   init.loop / checkpoint / logging  -> loop / checkpoint / logging
   init.backend (+ init.device)      -> backend (gptx extensions strategy, activation_checkpointing,
@@ -195,7 +194,7 @@ def build_scheduler(src: ConfigSource, entry: Any, path: KeyPath) -> SchedulerSp
     params = dict(params)
     here = path + (raw_name,)
     children: list[SchedulerSpec] = []
-    if name in ("SequentialLR", "ChainedScheduler"):
+    if name == "SequentialLR":
         subs = params.pop("schedulers", None)
         if not isinstance(subs, list) or not subs:
             raise src.error(here + ("schedulers",), f"{name} needs a non-empty list of schedulers")
@@ -213,11 +212,6 @@ def build_scheduler(src: ConfigSource, entry: Any, path: KeyPath) -> SchedulerSp
                 milestones.append(total)
             if milestones or len(children) == 1:
                 params["milestones"] = milestones
-    elif name == "ScalePerParamLR":
-        sub = params.pop("scheduler", None)
-        if sub is None:
-            raise src.error(here + ("scheduler",), "ScalePerParamLR needs a 'scheduler'")
-        children = [build_scheduler(src, sub, here + ("scheduler",))]
     return SchedulerSpec(name=name, params=params, children=children)
 
 

@@ -132,9 +132,10 @@ RUNCONFIG_KEYS = frozenset(_RUNCONFIG_MAP) | IGNORED_RUNCONFIG_KEYS | {"checkpoi
 def canonical_scheduler_name(name: str) -> str | None:
     """`Linear`/`linear`/`LinearLR` -> `LinearLR` (ModelZoo tries `name` and `name + "lr"`); None when
     unknown. The names are the schedulers in schemas/schedulers.schema.json."""
-    from gptx_cli.config.validate import scheduler_names
+    from gptx_cli.config.validate import MODELZOO_ONLY_SCHEDULERS, scheduler_names
 
-    lookup = {n.lower(): n for n in scheduler_names()}
+    # ModelZoo-only names convert too, so the trainer schema can say "not supported" about them.
+    lookup = {n.lower(): n for n in (*scheduler_names(), *MODELZOO_ONLY_SCHEDULERS)}
     low = str(name).lower()
     return lookup.get(low) or lookup.get(low + "lr")
 

@@ -31,6 +31,29 @@ from gptx_cli.errors import ConfigError
 SCHEMA_DIR = Path(os.environ.get("GPTX_SCHEMAS") or Path(__file__).resolve().parents[2] / "schemas")
 SCHEMA_BASE = "https://gptx.invalid/schemas/"
 SUPPORTED_MODELS = ("gptj", "gpt-neox")
+# ModelZoo names gptx knows but cannot run: reported as "not supported" rather than "unknown".
+MODELZOO_ONLY_OPTIMIZERS = (
+    "Adafactor",
+    "Adagrad",
+    "Adadelta",
+    "Adamax",
+    "ASGD",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "Lamb",
+)
+MODELZOO_ONLY_SCHEDULERS = (
+    "ChainedScheduler",
+    "ScalePerParamLR",
+    "CosineAnnealingWarmRestarts",
+    "PiecewiseConstantLR",
+    "LambdaLR",
+    "MultiplicativeLR",
+    "CyclicLR",
+    "OneCycleLR",
+)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
@@ -196,7 +219,12 @@ def _schema_messages(error: Any) -> Iterator[tuple[KeyPath, str]]:
         for key in extras:
             if single:
                 what = "optimizer" if path and path[-1] == "optimizer" else "scheduler"
-                yield path + (key,), f"unknown {what} '{key}'{did_you_mean(key, allowed)}"
+                known = MODELZOO_ONLY_OPTIMIZERS if what == "optimizer" else MODELZOO_ONLY_SCHEDULERS
+                if str(key).lower() in {k.lower() for k in known}:
+                    supported = ", ".join(k for k in allowed if k != k.lower() or k.isupper())
+                    yield path + (key,), f"{what} '{key}' is not supported by gptx (supported: {supported})"
+                else:
+                    yield path + (key,), f"unknown {what} '{key}'{did_you_mean(key, allowed)}"
             else:
                 yield path + (key,), f"unknown key '{key}'{did_you_mean(key, allowed)}"
         return
@@ -428,13 +456,10 @@ def _scheduler_rules(entry: Any, path: KeyPath) -> list[tuple[KeyPath, str, str]
         return out
     here = path + (name,)
     children = params.get("schedulers")
-    if name in ("SequentialLR", "ChainedScheduler") and isinstance(children, list):
-        for i, c in enumerate(children):
-            out += _scheduler_rules(c, here + ("schedulers", i))
-    if name == "ScalePerParamLR":
-        out += _scheduler_rules(params.get("scheduler"), here + ("scheduler",))
     if name != "SequentialLR" or not isinstance(children, list):
         return out
+    for i, c in enumerate(children):
+        out += _scheduler_rules(c, here + ("schedulers", i))
     lengths = [
         _get(next(iter(c.values())), "total_iters") if isinstance(c, dict) and len(c) == 1 else None
         for c in children

@@ -113,6 +113,22 @@ VARIANTS = [
         "unknown optimizer 'AdamX'",
     ),
     Broken(
+        "unsupported-modelzoo-optimizer",
+        "AdamW:",
+        "Adafactor:",
+        "trainer.init.optimizer.Adafactor",
+        "Adafactor:",
+        "optimizer 'Adafactor' is not supported by gptx (supported: AdamW, Adam, SGD, Lion)",
+    ),
+    Broken(
+        "unsupported-modelzoo-scheduler",
+        "- CosineDecayLR:",
+        "- CyclicLR:",
+        "trainer.init.schedulers[0].SequentialLR.schedulers[1].CyclicLR",
+        "CyclicLR",
+        "scheduler 'CyclicLR' is not supported by gptx",
+    ),
+    Broken(
         "unknown-optimizer-key",
         "correct_bias: true",
         "corect_bias: true",
