@@ -341,6 +341,20 @@ def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]
     if isinstance(scheds, list):
         for i, s in enumerate(scheds):
             out += _scheduler_rules(s, I + ("schedulers", i))
+    loop = init.get("loop") if isinstance(init, dict) else None
+    loop = loop if isinstance(loop, dict) else {}
+    for key in ("num_epochs", "steps_per_epoch"):
+        if loop.get(key) is not None:
+            out.append(
+                (
+                    I + ("loop", key),
+                    f"{key} is not supported by gptx: give loop.max_steps or num_steps",
+                    "error",
+                )
+            )
+    fit = _get(trainer, "trainer", "fit")
+    if isinstance(fit, dict) and loop.get("max_steps") is None and loop.get("num_steps") is None:
+        out.append((T + ("fit",), "training needs loop.max_steps or loop.num_steps", "error"))
     sparsity = init.get("sparsity") if isinstance(init, dict) else None
     if sparsity:
         out.append((I + ("sparsity",), "sparsity is not supported by gptx", "error"))
@@ -545,6 +559,8 @@ def _data_rules(trainer: dict[str, Any], model: dict[str, Any]) -> list[tuple[Ke
                     "error",
                 )
             )
+        if loader.get("dataset_map_fn") is not None:
+            out.append((path + ("dataset_map_fn",), "dataset_map_fn is not supported by gptx", "error"))
         if loader.get("use_vsl"):
             out.append(
                 (path + ("use_vsl",), "variable sequence length (use_vsl) is not supported by gptx", "error")

@@ -266,6 +266,22 @@ VARIANTS = [
         "expected a number or one of dynamic",
     ),
     Broken(
+        "training-without-a-length",
+        "    loop:\n      max_steps: 50\n",
+        "    loop:\n",
+        "trainer.fit",
+        "  fit:",
+        "training needs loop.max_steps or loop.num_steps",
+    ),
+    Broken(
+        "epochs-not-supported",
+        "max_steps: 50",
+        "max_steps: 50\n      num_epochs: 2",
+        "trainer.init.loop.num_epochs",
+        "num_epochs: 2",
+        "num_epochs is not supported by gptx",
+    ),
+    Broken(
         "zero-checkpoint-steps",
         "steps: 25",
         "steps: 0",
