@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptx_cli.config.spec import (
     BackendSpec,
@@ -28,6 +29,9 @@ from gptx_cli.config.spec import (
     SchedulerSpec,
 )
 from gptx_cli.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from gptx_cli.config.load import ConfigSource
 
 __all__ = [
     "BackendSpec",
@@ -45,7 +49,9 @@ __all__ = [
 ]
 
 
-def load_config_source(path: str | Path, overrides: Iterable[str] = (), trainer_index: int = 0):
+def load_config_source(
+    path: str | Path, overrides: Iterable[str] = (), trainer_index: int = 0
+) -> ConfigSource:
     """The chosen trainer of a config file, in the trainer layout, with overrides applied (no checks)."""
     from gptx_cli.config.load import apply_overrides, load_yaml, trainer_sources
 
@@ -68,5 +74,7 @@ def load_run_spec(path: str | Path, overrides: Iterable[str] = (), trainer_index
     source = load_config_source(path, overrides, trainer_index)
     result = validate_source(source)
     if result.errors:
-        raise ConfigError(result.errors[0].format())
+        more = len(result.errors) - 1
+        hint = f"{more} more problem(s): run gptx validate-config {path}" if more else None
+        raise ConfigError(result.errors[0].format(), hint=hint)
     return result.specs[0]
