@@ -264,3 +264,17 @@ def test_load_model_reads_a_gptx_checkpoint_and_the_latest_in_a_model_dir(tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a model directory"):
         load_model(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rotary_hand_written_backward_matches_autograd(interleaved: bool) -> None:
+    from gptx_cli.model.transformer import _Rotary, _rotate, rotary_inv_freq
+
+    angles = torch.arange(5, dtype=torch.float64)[:, None] * rotary_inv_freq(4, 10000.0).double()
+    cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]
+    x = torch.randn(2, 5, 3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _Rotary.apply(t, cos, sin, 4, interleaved), (x,))
+    g = torch.randn(2, 5, 3, 6, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(_Rotary.apply(x, cos, sin, 4, interleaved), x, g)
+    (ref,) = torch.autograd.grad(_rotate(x, cos, sin, 4, interleaved), x, g)
+    assert torch.allclose(ours, ref, atol=1e-12)
