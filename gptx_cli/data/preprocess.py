@@ -266,7 +266,7 @@ class _Progress:
         dt = max(time.monotonic() - self.t0, 1e-6)
         return (
             f"{self.docs / dt:,.0f} docs/s  {self.tokens / dt / 1e6:,.2f}M tok/s  "
-            f"{self.done_bytes / dt / 1e6:,.1f} MB/s"
+            f"{self.done_bytes / dt / 1e6:,.1f} MB/s read"
         )
 
     def update(self, name: str, done_bytes: int, docs: int, tokens: int) -> None:
