@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from train_helpers import REPO, read_metrics, run_gptx, tiny_args
+from train_helpers import REPO, popen_env, read_metrics, run_gptx, tiny_args
 
 pytestmark = pytest.mark.slow
 
@@ -52,14 +52,14 @@ def test_checkpoints_appear_at_the_configured_steps(reference_run):
 
 def test_resume_continues_with_bit_identical_losses(tiny_data, reference_run, tmp_path):
     model_dir = tmp_path / "resumed"
-    first = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "20"))
+    first = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "15"))
     assert first.returncode == 0, first.stderr
-    second = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "40"))
+    second = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "30"))
     assert second.returncode == 0, second.stderr
     assert "resuming from" in second.stdout
     reference, resumed = read_metrics(reference_run), read_metrics(model_dir)
-    assert sorted(resumed) == list(range(1, 41))
-    assert [resumed[s]["loss"] for s in range(1, 41)] == [reference[s]["loss"] for s in range(1, 41)]
+    assert sorted(resumed) == list(range(1, 31))
+    assert [resumed[s]["loss"] for s in range(1, 31)] == [reference[s]["loss"] for s in range(1, 31)]
     assert read_metrics(model_dir, "eval")[25]["loss"] == read_metrics(reference_run, "eval")[25]["loss"]
 
 
@@ -70,7 +70,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tiny_data, tmp_path):
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptx_cli.cli", "train", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=popen_env(),
     )  # fmt: skip
     metrics = model_dir / "metrics.jsonl"
     deadline = time.time() + 60
@@ -100,7 +100,7 @@ def test_kill_9_during_checkpoint_write_leaves_previous_checkpoint_loadable(tiny
         model_dir.mkdir()
         proc = subprocess.Popen(
             [sys.executable, "-m", "gptx_cli.cli", "train", *tiny_args(tiny_data, model_dir, *base, "--max-steps", "100000")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO, env=popen_env(),
         )  # fmt: skip
         deadline, killed = time.time() + 60, False
         while time.time() < deadline and proc.poll() is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
 from pathlib import Path
 
@@ -20,7 +21,18 @@ def _root_conftest():
 
 _root = _root_conftest()
 REPO: Path = _root.REPO
-run_gptx = _root.run_gptx
+# Tiny models run fastest on one thread; OpenMP threads only contend on a shared 2-core machine.
+TEST_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def run_gptx(*args: str, timeout: float = 300):
+    """The real `gptx` CLI in a subprocess (tests/conftest.py's run_gptx) with TEST_ENV."""
+    return _root.run_gptx(*args, env=TEST_ENV, timeout=timeout)
+
+
+def popen_env() -> dict[str, str]:
+    return {**os.environ, **TEST_ENV}
+
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
