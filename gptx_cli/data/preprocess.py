@@ -82,24 +82,30 @@ class Job:
 @dataclass
 class JobStats:
     samples: SampleStats = field(default_factory=SampleStats)
-    documents: int = 0
+    documents: int = 0  # documents tokenised
     documents_skipped: int = 0  # malformed records
     documents_filtered: int = 0  # not in the chosen Pile subsets
     documents_empty: int = 0
     raw_bytes_count: int = 0
     raw_chars_count: int = 0
-    processed_files: int = 0
+    input_files: int = 0
 
     def add(self, other: JobStats) -> None:
         self.samples.add(other.samples)
-        for k in ("documents", "documents_skipped", "documents_filtered", "documents_empty"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        for k in ("raw_bytes_count", "raw_chars_count", "processed_files"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
+        for k in self.__dataclass_fields__:
+            if k != "samples":
+                setattr(self, k, getattr(self, k) + getattr(other, k))
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "samples"}
-        return {**asdict(self.samples), **d}
+        # ModelZoo's names, where its "files" are documents; no position is masked besides padding here.
+        modelzoo = {
+            "processed_files": self.documents + self.documents_skipped + self.documents_empty,
+            "successful_files": self.documents,
+            "discarded_files": self.documents_skipped + self.documents_empty,
+            "num_masked_tokens": 0,
+        }
+        return {**asdict(self.samples), **d, **modelzoo}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobStats:
@@ -533,7 +539,7 @@ def _run_unit(
             consumed = batch.consumed or consumed
             progress.update(unit.location, done_before + consumed, len(res.lengths), len(res.tokens))
         done_before += unit.size
-        stats.processed_files += 1
+        stats.input_files += 1
     if shown > MAX_PROBLEMS_SHOWN:
         print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
     if opts.output_format == "hdf5":

@@ -89,7 +89,8 @@ def test_pile_recipe_end_to_end(
     assert pp["n_examples"] == len(val_samples)
     assert pp["num_tokens"] == len(val_samples) * MSL == pp["non_pad_tokens"] + pp["num_pad_tokens"]
     assert pp["loss_valid_tokens"] == int(val_samples[:, 1].sum()) == pp["non_pad_tokens"]
-    assert pp["documents"] == len(val) and pp["documents_skipped"] == 0
+    assert pp["documents"] == pp["successful_files"] == pp["processed_files"] == len(val)
+    assert pp["documents_skipped"] == pp["discarded_files"] == 0 and pp["input_files"] == 1
     assert pp["document_tokens"] == len(reference_stream(gpt2_tokenizer_dir, val))
     assert pp["raw_bytes_count"] > sum(len(d) for d in val)  # JSON lines hold more than the texts
     assert params["processing"]["eos_id"] == 50256 and params["processing"]["max_seq_length"] == MSL
