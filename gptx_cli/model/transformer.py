@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gptx_cli.config.spec import ModelConfig
+from gptx_cli.errors import ConfigError
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -85,8 +86,8 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
     try:
         return ACTIVATIONS[name.lower()]
     except KeyError:
-        raise ValueError(
-            f"unsupported nonlinearity {name!r}; expected one of {sorted(ACTIVATIONS)}"
+        raise ConfigError(
+            f"model.nonlinearity: {name!r} is not supported", hint=f"one of {', '.join(sorted(ACTIVATIONS))}"
         ) from None
 
 
@@ -95,7 +96,10 @@ def attention_scale(cfg: ModelConfig) -> float:
     if cfg.attention_type == "dot_product":
         return 1.0
     if cfg.attention_type != "scaled_dot_product":
-        raise ValueError(f"unsupported attention_type {cfg.attention_type!r}")
+        raise ConfigError(
+            f"model.attention_type: {cfg.attention_type!r} is not supported",
+            hint="scaled_dot_product or dot_product",
+        )
     depth = cfg.head_dim if cfg.scale_qk_dot_by_d else math.sqrt(cfg.head_dim)
     return cfg.attention_logits_alpha / depth
 
@@ -172,12 +176,16 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.hidden_size % cfg.num_heads:
-            raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+            raise ConfigError(
+                f"model.num_heads: hidden_size {cfg.hidden_size} is not divisible by {cfg.num_heads}"
+            )
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         self.rotary_dim = cfg.resolved_rotary_dim if cfg.position_embedding_type == "rotary" else 0
         if self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
-            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and <= head_dim {self.head_dim}")
+            raise ConfigError(
+                f"model.rotary_dim: {self.rotary_dim} must be even and <= head_dim {self.head_dim}"
+            )
         self.interleaved = cfg.rotary_interleaved
         self.scale = attention_scale(cfg)
         self.dropout = cfg.attention_dropout_rate
@@ -292,8 +300,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.position_embedding_type not in ("rotary", None, "none"):
-            raise ValueError(
-                f"unsupported position_embedding_type {cfg.position_embedding_type!r} (rotary only)"
+            raise ConfigError(
+                f"model.position_embedding_type: {cfg.position_embedding_type!r} is not supported (rotary only)"
             )
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
