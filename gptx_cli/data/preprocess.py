@@ -195,6 +195,7 @@ class _SampleWriter:
         write_sample_file(d / f"data-{self.unit:05d}-{self.files_written[part]:04d}.h5", rows)
         self.files_written[part] += 1
         self.buffers[part], self.counts[part] = ([rest] if len(rest) else []), len(rest)
+        _kill_hook(self.unit)
 
     def close(self) -> None:
         for p in range(self.job.parts):
@@ -549,11 +550,11 @@ def _run_unit(
     return stats
 
 
-def _kill_hook(completed_units: int) -> None:
-    """Fault injection for the resume test: GPTX_PREPROCESS_KILL_AFTER_UNITS=k SIGKILLs this process once
-    k units are complete and the next one has started writing."""
+def _kill_hook(unit: int) -> None:
+    """Fault injection for the resume test: with GPTX_PREPROCESS_KILL_AFTER_UNITS=k the process SIGKILLs
+    itself right after unit k wrote its first file, leaving k complete units and a partial one."""
     k = os.environ.get("GPTX_PREPROCESS_KILL_AFTER_UNITS")
-    if k is not None and completed_units >= int(k):
+    if k is not None and unit == int(k):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -563,18 +564,14 @@ def _run_job(
     fingerprint = _args_fingerprint(opts, tok, job)
     done = _prepare_out_dir(job, opts, fingerprint)
     total = JobStats()
-    completed = 0
     for u, units in enumerate(job.units):
         if u in done:
             total.add(JobStats.from_dict(done[u]["stats"]))
             base_bytes += sum(x.size for x in units)
             continue
-        if completed >= 1 and os.environ.get("GPTX_PREPROCESS_KILL_AFTER_UNITS"):
-            _kill_hook(completed)
         stats = _run_unit(job, u, units, opts, tok, pool, progress, base_bytes)
         base_bytes += sum(x.size for x in units)
         _atomic_json(job.out_dir / STATE_DIR / f"unit-{u:05d}.json", {"unit": u, "stats": stats.to_dict()})
-        completed += 1
         total.add(stats)
     if total.documents == 0:
         inputs = ", ".join(u.location for g in job.units for u in g)

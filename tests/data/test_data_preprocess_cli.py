@@ -113,7 +113,7 @@ def test_output_is_byte_identical_whatever_the_number_of_processes(tmp_path, doc
 def test_killed_run_resumes_to_the_same_output(tmp_path, documents, gptx, tokenizer_env):
     for i in range(4):
         write_zst(tmp_path / f"in/{i}.jsonl.zst", jsonl_bytes(documents[i * 10 : (i + 1) * 10]))
-    common = ["-i", "in", "--max-seq-length", "48", "--shard-mb", "0.000001"]
+    common = ["-i", "in", "--max-seq-length", "48", "--shard-mb", "0.000001", "--samples-per-file", "5"]
     assert gptx("preprocess", *common, "-o", "ref", cwd=tmp_path, env=tokenizer_env).returncode == 0
     killed = gptx(
         "preprocess",
@@ -125,7 +125,11 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, documents, gptx, tokeni
     )
     assert killed.returncode == -9  # SIGKILL, mid-run
     assert not (tmp_path / "out/data_params.json").exists()
-    (tmp_path / "out/data-00003-0000.h5").write_bytes(b"half-written junk of a unit that never finished")
+    assert (tmp_path / "out/data-00002-0000.h5").exists()  # unit 2 had started writing when killed
+    assert len(list((tmp_path / "out").glob("data-00002-*"))) < len(
+        list((tmp_path / "ref").glob("data-00002-*"))
+    )
+    (tmp_path / "out/.data-00002-0001.h5.tmp-1234").write_bytes(b"half-written by the killed process")
     res = gptx("preprocess", *common, "-o", "out", cwd=tmp_path, env=tokenizer_env)
     assert "--resume" in _one_line_error(res)
     res = gptx("preprocess", *common, "-o", "out", "--resume", cwd=tmp_path, env=tokenizer_env)
