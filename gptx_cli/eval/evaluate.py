@@ -170,22 +170,58 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     return [f"{w} (using the checkpoint's)" for w in warnings]
 
 
-def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None) -> Any:
-    """--tokenizer, else the one a gptx checkpoint records, else the checkpoint directory's own files."""
-    from gptx_cli.checkpoint import is_gptx_checkpoint, read_checkpoint_meta
+def _tokenizer_of_data(data_dirs: Iterable[str]) -> str | None:
+    """The tokenizer `gptx preprocess` recorded in a data dir's data_params.json (processing.tokenizer)."""
+    for d in data_dirs:
+        params = Path(d) / "data_params.json"
+        try:
+            recorded = json.loads(params.read_text()).get("processing", {}).get("tokenizer")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded:
+            return str(recorded)
+    return None
+
+
+def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None, data_dirs: Iterable[str] = ()) -> Any:
+    """The tokenizer for a checkpoint, first found of:
+
+    --tokenizer; the one a gptx checkpoint records in gptx.json; the checkpoint directory's own
+    tokenizer files (Hugging Face dirs); the one `gptx preprocess` recorded in data_params.json of the
+    data the checkpoint was trained on (its config.yaml) or of `data_dirs` (the eval config's data).
+    """
+    from gptx_cli.checkpoint import CONFIG_FILE, is_gptx_checkpoint, latest_checkpoint, read_checkpoint_meta
     from gptx_cli.data.tokenizer import load_tokenizer
 
     if tokenizer:
         return load_tokenizer(tokenizer)
     p = Path(checkpoint)
+    if not is_gptx_checkpoint(p) and not is_hf_dir(p):
+        p = latest_checkpoint(p) or p
+    dirs = list(data_dirs)
     if is_gptx_checkpoint(p):
         recorded = read_checkpoint_meta(p).get("tokenizer")
         if recorded:
             return load_tokenizer(recorded)
+        if (p / CONFIG_FILE).is_file():
+            from gptx_cli.config import load_run_spec
+            from gptx_cli.errors import GptxError
+
+            try:
+                trained = load_run_spec(p / CONFIG_FILE)
+            except GptxError:
+                trained = None
+            if trained is not None:
+                dirs = [
+                    d for spec in (trained.train_data, trained.val_data) if spec for d in spec.data_dir
+                ] + dirs
     if any(
         (p / name).is_file() for name in ("tokenizer.json", "vocab.json", "encoder.json", "gpt2-encoder.json")
     ):
         return load_tokenizer(p)
+    from_data = _tokenizer_of_data(dirs)
+    if from_data:
+        return load_tokenizer(from_data)
     raise UsageError(
         f"checkpoint {p} records no tokenizer",
         hint="pass --tokenizer (a preset such as gpt2, a file or a dir)",
@@ -364,7 +400,8 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
             )
             for w in report.warnings:
                 log(f"warning: {w}")
-        tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer) if tasks else None
+        data_dirs = spec.val_data.data_dir if spec is not None and spec.val_data is not None else []
+        tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer, data_dirs) if tasks else None
         model = load_eval_model(checkpoint, device, dtype)
         if spec is not None and spec.val_data is not None:
             from gptx_cli.data.loader import build_dataloader
@@ -381,7 +418,7 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
                 source=", ".join(spec.val_data.data_dir) or str(opts.config),
             )
             report.metrics = metrics.to_dict()
-        if tasks:
+        if tokenizer is not None:
             scorer = LoglikelihoodScorer(
                 model, max_length=model.cfg.max_position_embeddings, batch_size=opts.batch_size, device=device
             )

@@ -89,3 +89,36 @@ def test_lm_eval_registration_needs_lm_eval():
     else:
         cls = register()
         assert hasattr(cls, "loglikelihood_rolling") and hasattr(cls, "generate_until")
+
+
+def test_tokenizer_falls_back_to_what_preprocess_recorded_for_the_training_data(checkpoint, tmp_path):
+    from gptx_cli import load_model
+    from gptx_cli.checkpoint import save_checkpoint_dir
+    from gptx_cli.errors import UsageError
+    from gptx_cli.eval.evaluate import resolve_tokenizer
+
+    _, ckpt, tok_dir = checkpoint
+    model = load_model(str(ckpt))
+    data_dir = tmp_path / "train_data"
+    data_dir.mkdir()
+    config = {
+        "trainer": {
+            "init": {
+                "model_dir": str(tmp_path / "md"),
+                "model": model.cfg.to_dict(),
+                "loop": {"max_steps": 1},
+            },
+            "fit": {
+                "train_dataloader": {"data_processor": "GptHDF5MapDataProcessor", "data_dir": str(data_dir)}
+            },
+        }
+    }
+    bare = save_checkpoint_dir(
+        tmp_path / "md" / "checkpoint_1", model.state_dict(), model.cfg, step=1, config_yaml_dict=config
+    )
+    with pytest.raises(UsageError, match="records no tokenizer"):
+        resolve_tokenizer(bare, None)
+    (data_dir / "data_params.json").write_text(json.dumps({"processing": {"tokenizer": str(tok_dir)}}))
+    # The model_dir stands for its latest checkpoint, as everywhere else.
+    tok = resolve_tokenizer(tmp_path / "md", None)
+    assert tok.eos_id == 50256 and tok.encode("Hello world") == [15496, 995]
