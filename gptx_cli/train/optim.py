@@ -53,9 +53,9 @@ class AdamW(torch.optim.Optimizer):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            grads = [p.grad for p in params]
+            grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
             if group["l2_regularization_rate"] > 0.0:
-                grads = torch._foreach_add(grads, params, alpha=group["l2_regularization_rate"])
+                grads = list(torch._foreach_add(grads, params, alpha=group["l2_regularization_rate"]))
             exp_avgs, exp_avg_sqs = [], []
             for p in params:
                 state = self.state[p]

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptx_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -102,7 +105,7 @@ def shutdown(d: Dist) -> None:
             dist.destroy_process_group()
 
 
-def wrap_model(model: Any, d: Dist, strategy: str, block_types: tuple[type, ...] = ()) -> Any:
+def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tuple[type, ...] = ()) -> Any:
     """DDP, or FSDP2 with one shard group per transformer block plus the root (torchtitan's recipe)."""
     if not d.enabled:
         return model

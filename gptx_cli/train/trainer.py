@@ -123,6 +123,7 @@ class _Run:
         self.strategy = (options.strategy or spec.backend.strategy or "ddp").lower()
         self.stop_signal: str | None = None
         self.log: MetricsLogger | None = None
+        self.best_eval: float | None = None
         self.notes: list[str] = list(spec.notes) + precision_notes(spec.precision)
 
     # ------------------------------------------------------------------------------------ setup
@@ -232,8 +233,8 @@ class _Run:
         if self.options.compile or spec.backend.compile:
             from gptx_cli.model.optimize import compile_model
 
-            model = compile_model(model)
-        self.model = model
+            compile_model(model)  # compiles the blocks in place
+        self.model: torch.nn.Module = model
         loss_module = LossModule(model, spec.model.loss_scaling, spec.model.loss_weight)
         self.wrapped = parallel.wrap_model(loss_module, self.dist, self.strategy, block_types=(Block,))
         inner = parallel.unwrap(self.model)
@@ -307,7 +308,7 @@ class _Run:
             }
             save_checkpoint_dir(
                 path,
-                weights,
+                weights,  # type: ignore[arg-type]
                 self.spec.model,
                 step=step,
                 config_yaml_dict=self.spec.raw or None,
@@ -432,7 +433,6 @@ class _Run:
 
         spec, d = self.spec, self.dist
         assert spec.train_data is not None
-        self.best_eval: float | None = None
         global_batch, micro, n_micro = self._batch_layout()
         from gptx_cli.train.memory_guard import check_memory
 

@@ -63,6 +63,34 @@ def test_resume_continues_with_bit_identical_losses(tiny_data, reference_run, tm
     assert read_metrics(model_dir, "eval")[25]["loss"] == read_metrics(reference_run, "eval")[25]["loss"]
 
 
+def test_micro_batches_accumulate_to_the_same_global_batch_losses(tiny_data, reference_run, tmp_path):
+    model_dir = tmp_path / "micro"
+    r = run_gptx("train", *tiny_args(tiny_data, model_dir, "--micro-batch-size", "2", "--max-steps", "3"))
+    assert r.returncode == 0, r.stderr
+    assert "4 micro-batch(es) of 2" in r.stdout
+    reference = read_metrics(reference_run)
+    for step, record in read_metrics(model_dir).items():
+        assert record["loss"] == pytest.approx(reference[step]["loss"], abs=1e-5)
+
+
+def test_cbfloat16_runs_as_bfloat16_autocast_with_a_note(tiny_data, reference_run, tmp_path):
+    model_dir = tmp_path / "bf16"
+    precision = [
+        "precision.enabled=true",
+        "precision.fp16_type=cbfloat16",
+        "precision.loss_scaling_factor=dynamic",
+    ]
+    r = run_gptx(
+        "train",
+        *tiny_args(tiny_data, model_dir, *[a for p in precision for a in ("--set", p)], "--max-steps", "3"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "cbfloat16 is a Cerebras format; running as bfloat16" in r.stdout
+    losses, reference = read_metrics(model_dir), read_metrics(reference_run)
+    assert losses[1]["loss"] != reference[1]["loss"]  # the matmuls really ran in bfloat16
+    assert losses[1]["loss"] == pytest.approx(reference[1]["loss"], abs=0.05)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tiny_data, tmp_path):
     model_dir = tmp_path / "sigterm"
     args = tiny_args(
