@@ -144,10 +144,14 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     """
     from gptx_cli.model.transformer import parameter_shapes
 
+    def effective(cfg: Any, name: str) -> Any:
+        # rotary_dim None means "25% of head_dim": compare what the model will use.
+        return cfg.resolved_rotary_dim if name == "rotary_dim" else getattr(cfg, name)
+
     differing = [
         f.name
         for f in dataclasses.fields(yaml_cfg)
-        if f.name not in _TRAINING_ONLY_FIELDS and getattr(yaml_cfg, f.name) != getattr(ckpt_cfg, f.name)
+        if f.name not in _TRAINING_ONLY_FIELDS and effective(yaml_cfg, f.name) != effective(ckpt_cfg, f.name)
     ]
     if not differing:
         return []

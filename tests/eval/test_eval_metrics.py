@@ -171,3 +171,22 @@ def test_all_evaluates_every_checkpoint_in_step_order(setup):
         assert Path(r.output or "") == model_dir / "eval" / f"checkpoint_{r.step}.json"
     with pytest.raises(CheckpointError, match="no checkpoints"):
         run_eval(EvalOptions(config=str(cfg), all_checkpoints=True, model_dir=str(root / "nowhere")))
+
+
+def test_config_comparison_separates_shape_fields_from_the_rest():
+    import dataclasses
+
+    from gptx_cli.config.spec import ModelConfig
+    from gptx_cli.eval.evaluate import compare_model_configs
+
+    yaml_cfg = ModelConfig(hidden_size=32, num_heads=4, num_hidden_layers=1, filter_size=64, vocab_size=100)
+    same = dataclasses.replace(yaml_cfg, rotary_dim=2, embedding_dropout_rate=0.1)  # 2 == 25% of head_dim 8
+    assert compare_model_configs(yaml_cfg, same, config_name="c.yaml", checkpoint="ck") == []
+    other = dataclasses.replace(yaml_cfg, rotary_dim=4, nonlinearity="relu")
+    warnings = compare_model_configs(yaml_cfg, other, config_name="c.yaml", checkpoint="ck")
+    assert [w.split(":")[0] for w in warnings] == ["model.rotary_dim", "model.nonlinearity"]
+    biased = dataclasses.replace(yaml_cfg, use_ffn_bias=True, vocab_size=128)
+    with pytest.raises(
+        CheckpointError, match=r"model\.vocab_size: 100 in c\.yaml, 128 .*; model\.use_ffn_bias"
+    ):
+        compare_model_configs(yaml_cfg, biased, config_name="c.yaml", checkpoint="ck")
