@@ -186,11 +186,16 @@ class _Run:
         if not source.exists():
             raise CheckpointError(f"{source}: checkpoint not found")
         if is_gptx_checkpoint(source):
+            from gptx_cli.checkpoint import read_model_config
+
             weights = load_checkpoint_state_dict(source)
+            self._note_config_differences(read_model_config(source), source)
         elif (source / "config.json").is_file():  # a Hugging Face model directory, converted on the fly
             from gptx_cli.model.api import load_model
 
-            weights = load_model(str(source), device="cpu").state_dict()
+            loaded = load_model(str(source), device="cpu")
+            weights = loaded.state_dict()
+            self._note_config_differences(loaded.cfg, source)
         else:
             raise CheckpointError(
                 f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
@@ -213,6 +218,21 @@ class _Run:
                 f"{source}: weights the config's model does not have: {', '.join(extra[:5])}"
             )
         model.load_state_dict({k: v.to(self.device) for k, v in weights.items()}, strict=True)
+
+    # Settings that change what the same weights compute; shapes are checked tensor by tensor.
+    _FUNCTIONAL_FIELDS = (
+        "position_embedding_type", "resolved_rotary_dim", "rotary_interleaved", "rope_theta",
+        "use_untied_layer_norm", "use_parallel_residual", "nonlinearity", "layer_norm_epsilon",
+        "attention_type", "embeddings_scale", "output_logits_alpha", "scale_qk_dot_by_d",
+    )  # fmt: skip
+
+    def _note_config_differences(self, ckpt_cfg: Any, source: Path) -> None:
+        for name in self._FUNCTIONAL_FIELDS:
+            theirs, ours = getattr(ckpt_cfg, name, None), getattr(self.spec.model, name, None)
+            if theirs != ours:
+                self._say(
+                    f"note: {source} was made with model.{name}={theirs!r}; training uses the config's {ours!r}"
+                )
 
     def _build(self) -> None:
         from gptx_cli.model.api import build_model

@@ -68,3 +68,5 @@ def test_continue_pretrain_rejects_a_vocabulary_mismatch(tiny_data, hf_gptj_dir,
     assert r.returncode == 1
     assert "vocab_size" in r.stderr and "Traceback" not in r.stderr
     assert "\n" not in r.stderr.strip()
+    # the config keeps ModelZoo's exact gelu while the HF model used the tanh approximation: said, not hidden
+    assert "model.nonlinearity='gelu_new'; training uses the config's 'gelu'" in r.stdout
