@@ -351,7 +351,12 @@ class Transformer(nn.Module):
             x = F.dropout(x, self.cfg.embedding_dropout_rate, training=True)
         cos = sin = None
         if self.rotary_dim:
-            cos_all, sin_all = self.rotary_tables(start_pos + t, x.device, x.dtype)
+            # Under autocast q/k come out of the matmul in the autocast dtype: match it, or the rotation
+            # would promote them (and the whole attention) back to fp32.
+            dtype = x.dtype
+            if torch.is_autocast_enabled(x.device.type):
+                dtype = torch.get_autocast_dtype(x.device.type)
+            cos_all, sin_all = self.rotary_tables(start_pos + t, x.device, dtype)
             # [T, 1, 1, rot/2]: broadcasts over the stacked (q, k) axis and heads of [B, T, 2, H, D].
             cos = cos_all[start_pos : start_pos + t, None, None, :]
             sin = sin_all[start_pos : start_pos + t, None, None, :]

@@ -278,3 +278,17 @@ def test_rotary_hand_written_backward_matches_autograd(interleaved: bool) -> Non
     (ours,) = torch.autograd.grad(_Rotary.apply(x, cos, sin, 4, interleaved), x, g)
     (ref,) = torch.autograd.grad(_rotate(x, cos, sin, 4, interleaved), x, g)
     assert torch.allclose(ours, ref, atol=1e-12)
+
+
+def test_bfloat16_autocast_keeps_attention_in_bfloat16_and_close_to_fp32() -> None:
+    model = build_model(NEOX_TINY, seed=0).eval()
+    ids = batch(NEOX_TINY)
+    seen = []
+    hook = model.layers[0].attn.out.register_forward_hook(lambda m, i, o: seen.append(i[0].dtype))
+    with torch.no_grad():
+        ref = model(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(ids)
+    hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]  # attention output: no promotion back to fp32
+    assert (low.float() - ref).abs().max().item() < 0.1
