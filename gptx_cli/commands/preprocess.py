@@ -19,7 +19,10 @@ def preprocess_cmd(
         None, "--output-dir", "--output_dir", "-o", help="Where to write the files."
     ),
     dataset: str = typer.Option(
-        None, "--dataset", help="A recipe: 'pile' (knows the Pile's layout and paths)."
+        None,
+        "--dataset",
+        help="A recipe: 'pile' (knows the Pile's layout and paths) or 'python-docs' (the built-in corpus: "
+        "the Python standard library's documentation, split into train/ and val/).",
     ),
     input_dir: str = typer.Option(
         None, "--input-dir", "--input_dir", help="The Pile's directory (--dataset pile)."

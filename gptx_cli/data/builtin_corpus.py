@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,17 +52,36 @@ def iter_stdlib_documents() -> Iterator[dict[str, str]]:
         yield {"text": topics[name].strip(), "source": f"pydoc_data/topics/{name}"}
 
 
-def write_stdlib_corpus(out_path: str | os.PathLike[str]) -> dict[str, int]:
-    """Write the corpus as JSON lines (temp name, then rename); returns document and byte counts."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    n_docs = n_bytes = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for doc in iter_stdlib_documents():
-            line = json.dumps(doc, ensure_ascii=False)
-            f.write(line + "\n")
-            n_docs += 1
-            n_bytes += len(doc["text"].encode("utf-8"))
-    os.replace(tmp, out)
-    return {"documents": n_docs, "text_bytes": n_bytes}
+VAL_EVERY = 20  # every 20th document goes to the validation split
+
+
+def write_stdlib_corpus(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write `train.jsonl` and `val.jsonl` (every VAL_EVERY-th document) into out_dir; returns the paths.
+
+    Files are written under temporary names and renamed; existing complete files are reused, since the
+    same Python gives the same corpus.
+    """
+    out = Path(out_dir)
+    paths = {"train": out / "train.jsonl", "val": out / "val.jsonl"}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    out.mkdir(parents=True, exist_ok=True)
+    tmps = {k: p.with_name(p.name + f".tmp-{os.getpid()}") for k, p in paths.items()}
+    files = {k: open(t, "w", encoding="utf-8") for k, t in tmps.items()}
+    try:
+        for i, doc in enumerate(iter_stdlib_documents()):
+            split = "val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"
+            files[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
+    finally:
+        for f in files.values():
+            f.close()
+    for k in paths:
+        os.replace(tmps[k], paths[k])
+    return paths
+
+
+def default_cache_dir() -> Path:
+    """Where the built corpus is kept: $XDG_CACHE_HOME/gptx/python-docs-<python version>."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    ver = ".".join(map(str, sys.version_info[:3]))
+    return base / "gptx" / f"python-docs-{ver}"

@@ -39,13 +39,23 @@ STATE_DIR = ".gptx-preprocess"
 PILE_PARTS = 10
 OUTPUT_FORMATS = ("hdf5", "corpus", "mmidx")
 MAX_PROBLEMS_SHOWN = 20
+# The built-in corpus (gptx_cli.data.builtin_corpus): real text on every machine, for the demo.
+PYTHON_DOCS = "python-docs"
+DEFAULT_PYTHON_DOCS_DIR = "./language/datasets/python_docs/hdf5_dataset"
+
+
+def python_docs_sources() -> dict[str, Path]:
+    """train/val JSON-lines files of the Python standard library's documentation (built once, cached)."""
+    from gptx_cli.data.builtin_corpus import default_cache_dir, write_stdlib_corpus
+
+    return write_stdlib_corpus(default_cache_dir())
 
 
 @dataclass
 class PreprocessOptions:
     inputs: list[str] = field(default_factory=list)
     output_dir: str | None = None
-    dataset: str | None = None  # "pile" or None (generic)
+    dataset: str | None = None  # "pile", "python-docs" or None (generic)
     input_dir: str | None = None
     pile_splits: list[str] = field(default_factory=lambda: ["train", "val"])
     pile_subsets: list[str] | None = None
@@ -360,8 +370,17 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
             groups = [[u] for u in pile_units(opts.input_dir, split)]
             jobs.append(Job(split, groups, dirs[split], parts))
         return jobs
+    if opts.dataset == PYTHON_DOCS:
+        base = Path(opts.output_dir or DEFAULT_PYTHON_DOCS_DIR)
+        sources = python_docs_sources()
+        return [
+            Job(split, _group_units(expand_inputs([str(sources[split])]), opts.shard_mb), base / split)
+            for split in ("train", "val")
+        ]
     if opts.dataset is not None:
-        raise UsageError(f"unknown --dataset '{opts.dataset}' (known: pile; use --input for other corpora)")
+        raise UsageError(
+            f"unknown --dataset '{opts.dataset}' (known: pile, {PYTHON_DOCS}; use --input for other corpora)"
+        )
     if not opts.output_dir:
         raise UsageError(
             "--output-dir is required (except with --dataset pile, which knows the published paths)"
@@ -591,6 +610,8 @@ def _train_tokenizer(opts: PreprocessOptions, out_root: Path) -> str:
     if opts.dataset == "pile":
         assert opts.input_dir is not None
         units = pile_units(opts.input_dir, "train")
+    elif opts.dataset == PYTHON_DOCS:
+        units = expand_inputs([str(python_docs_sources()["train"])])
     else:
         units = expand_inputs(opts.inputs, split=opts.split)
     subsets = frozenset(opts.pile_subsets) if opts.pile_subsets else None
@@ -632,7 +653,12 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         raise UsageError("--overwrite and --resume exclude each other")
     tokenizer_spec = opts.tokenizer
     if opts.train_tokenizer:
-        root = Path(opts.output_dir) if opts.output_dir else default_pile_base(neox=False)
+        if opts.output_dir:
+            root = Path(opts.output_dir)
+        elif opts.dataset == PYTHON_DOCS:
+            root = Path(DEFAULT_PYTHON_DOCS_DIR)
+        else:
+            root = default_pile_base(neox=False)
         if (root / "tokenizer.json").is_file() and opts.resume:
             tokenizer_spec = str(root / "tokenizer.json")
         else:
