@@ -16,6 +16,7 @@ import functools
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -27,8 +28,9 @@ def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.
     from gptx_cli.model.transformer import Transformer
 
     torch.manual_seed(0)
+    hf: Any
     if family == "gptj":
-        hf_cfg = transformers.GPTJConfig(
+        gptj_kwargs: dict[str, Any] = dict(
             vocab_size=args.vocab,
             n_embd=args.hidden,
             n_layer=args.layers,
@@ -38,9 +40,9 @@ def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.
             bos_token_id=0,
             eos_token_id=0,
         )
-        hf = transformers.GPTJForCausalLM(hf_cfg)
+        hf = transformers.GPTJForCausalLM(transformers.GPTJConfig(**gptj_kwargs))
     else:
-        hf_cfg = transformers.GPTNeoXConfig(
+        neox_kwargs: dict[str, Any] = dict(
             vocab_size=args.vocab,
             hidden_size=args.hidden,
             num_hidden_layers=args.layers,
@@ -49,7 +51,7 @@ def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.
             max_position_embeddings=args.seq,
             rotary_pct=0.25,
         )
-        hf = transformers.GPTNeoXForCausalLM(hf_cfg)
+        hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**neox_kwargs))
     cfg = model_config_from_hf(hf.config.to_dict())
     sd = hf.state_dict()
     ours = Transformer(cfg)
