@@ -246,9 +246,12 @@ def convert_checkpoint(
     progress: bool = True,
 ) -> ConversionSummary:
     """Convert `src` (HF model dir or gptx checkpoint) into `output_dir`; see the module docstring."""
+    from gptx_cli.checkpoint import META_FILE, latest_checkpoint
     from gptx_cli.weights import parse_size
 
     source = Path(src)
+    if source.is_dir() and not (source / META_FILE).is_file() and not (source / "config.json").is_file():
+        source = latest_checkpoint(source) or source  # a model_dir: its latest complete checkpoint
     src_fmt = src_fmt or detect_format(source)
     if src_fmt not in FORMATS:
         raise UsageError(f"--src-fmt {src_fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -314,7 +317,7 @@ def _hf_to_gptx(
     # transformers >= 5 may call the NeoX head lm_head.weight; published checkpoints say embed_out.weight.
     expected = expected_hf_shapes(cfg, family)
     allowed: set[str] = set()
-    if family == "gpt-neox" and "lm_head.weight" in shapes and "embed_out.weight" not in shapes:
+    if "embed_out.weight" in expected and "lm_head.weight" in shapes and "embed_out.weight" not in shapes:
         expected["lm_head.weight"] = expected.pop("embed_out.weight")
     if cfg.share_embedding_weights:  # HF may still list the tied head
         allowed |= {"lm_head.weight", "embed_out.weight"}
@@ -395,7 +398,7 @@ def _gptx_to_hf(
     cfg, meta = _gptx_model_config(source, config)
     if cfg.name not in FAMILIES:
         raise CheckpointError(f"{source}: model name {cfg.name!r} is neither gptj nor gpt-neox")
-    family = _check_family(model, cfg.name, source / "gptx.json")
+    family = _check_family(model, cfg.name, Path(config) if config is not None else source / "gptx.json")
     src = open_tensors(source)
     shapes = _source_shapes(src)
     keys, dropped = match_keys(

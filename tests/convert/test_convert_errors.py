@@ -47,11 +47,9 @@ def test_unmatched_hf_key_is_named_with_its_file_and_nothing_is_written(hf_dirs,
 def test_drop_unmatched_keys_skips_them_and_reports_them(hf_dirs, tmp_path):
     src = _copy(hf_dirs("gptj"), tmp_path / "src")
     _edit_single_file(src, lambda sd: sd.__setitem__("transformer.h.0.attn.rogue.weight", torch.zeros(2)))
-    res = run_gptx(
-        "convert", "checkpoint", str(src), "--output-dir", str(tmp_path / "out"), "--drop-unmatched-keys"
-    )
-    assert res.returncode == 0, res.stderr
-    assert "dropped 1 unmatched source tensor(s): transformer.h.0.attn.rogue.weight" in res.stdout
+    summary = _convert(src, tmp_path / "out", drop_unmatched_keys=True)
+    assert summary.dropped == ["transformer.h.0.attn.rogue.weight"]
+    assert "  dropped 1 unmatched source tensor(s): transformer.h.0.attn.rogue.weight" in summary.lines()
 
 
 def test_hf_non_persistent_buffers_are_not_unmatched(hf_dirs, tmp_path):

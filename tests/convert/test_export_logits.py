@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_gptx
+from conftest import REPO, run_gptx, shared_path
 
 from gptx_cli import build_model
 from gptx_cli.checkpoint import latest_checkpoint, save_checkpoint_dir
@@ -76,8 +76,11 @@ def test_exported_checkpoint_gives_same_logits_in_transformers(tmp_path, name):
             if p.dim() == 1:
                 p.normal_(0, 0.3 if pname.endswith("bias") else 1.0)
     ckpt = save_checkpoint_dir(tmp_path / "checkpoint_5", model.state_dict(), cfg, step=5)
-    summary = convert_checkpoint(ckpt, output_dir=tmp_path / "hf", progress=False)
-    assert summary.mup_folded == (name == "mup")
+    assert ckpt == tmp_path / "checkpoint_5"
+    summary = convert_checkpoint(
+        tmp_path, output_dir=tmp_path / "hf", progress=False
+    )  # a model_dir: its latest
+    assert summary.source == ckpt and summary.mup_folded == (name == "mup")
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_config["architectures"] == ["GPTJForCausalLM" if cfg.name == "gptj" else "GPTNeoXForCausalLM"]
     ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -97,43 +100,48 @@ MUP_OVERRIDES = (
 )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "config, extra",
-    [("tiny_gptj.yaml", ()), ("tiny_neox.yaml", ()), ("tiny_gptj.yaml", MUP_OVERRIDES)],
-    ids=["gptj", "gpt-neox", "mup"],
-)
-def test_model_trained_with_gptx_train_exports_to_same_logits(tmp_path, config, extra, gpt2_tokenizer_dir):
-    """End to end: preprocess a few documents, `gptx train` 3 steps, export the checkpoint, compare logits."""
-    docs = tmp_path / "docs.jsonl"
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A few documents preprocessed into HDF5 (msl 32) once for the three training runs."""
+    gpt2_tokenizer_dir = shared_path("assets", "tokenizers", "gpt2")
+    root = tmp_path_factory.mktemp("corpus")
+    docs = root / "docs.jsonl"
     docs.write_text(
         "".join(
             json.dumps({"text": f"document {i} " + "lorem ipsum dolor sit amet " * 8}) + "\n"
             for i in range(48)
         )
     )
-    data = tmp_path / "data"
     res = run_gptx(
         "preprocess",
         "--input",
         str(docs),
         "--output-dir",
-        str(data),
+        str(root / "data"),
         "--tokenizer",
         str(gpt2_tokenizer_dir),
         "--max-seq-length",
         "32",
     )
     assert res.returncode == 0, res.stderr
+    return root / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, extra",
+    [("tiny_gptj.yaml", ()), ("tiny_neox.yaml", ()), ("tiny_gptj.yaml", MUP_OVERRIDES)],
+    ids=["gptj", "gpt-neox", "mup"],
+)
+def test_model_trained_with_gptx_train_exports_to_same_logits(tmp_path, config, extra, tiny_corpus):
+    """End to end: `gptx train` 3 steps on a tiny corpus, export the checkpoint, compare logits."""
+    data = tiny_corpus
     model_dir = tmp_path / "model_dir"
     overrides = [
         f"train_dataloader.data_dir={data}",
-        f"val_dataloader.data_dir={data}",
         "train_dataloader.batch_size=4",
-        "val_dataloader.batch_size=4",
         "loop.max_steps=3",
-        "loop.eval_frequency=3",
-        "loop.eval_steps=1",
+        "loop.eval_frequency=null",  # no validation set needed
         "checkpoint.steps=3",
         *extra,
     ]
@@ -141,7 +149,7 @@ def test_model_trained_with_gptx_train_exports_to_same_logits(tmp_path, config, 
     res = run_gptx("train", str(REPO / "configs" / config), "--model-dir", str(model_dir), *args)
     assert res.returncode == 0, res.stderr
     ckpt = latest_checkpoint(model_dir)
-    assert ckpt is not None
+    assert ckpt is not None and ckpt.name == "checkpoint_3"
     summary = convert_checkpoint(ckpt, output_dir=tmp_path / "hf", progress=False)
     assert summary.mup_folded == bool(extra)
     from gptx_cli import load_model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from conftest import run_gptx
@@ -38,28 +40,31 @@ def test_hf_gptx_hf_round_trip_is_bit_identical(hf_dirs, tmp_path, family, stora
     assert (back / "model.safetensors.index.json").is_file()  # 8KB shards: several files and an index
 
 
-def test_cli_round_trip_with_dtype_and_sharding(hf_dirs, tmp_path):
+def test_cli_conversion_with_dtype_then_back_with_sharding(hf_dirs, tmp_path):
     src = hf_dirs("gpt-neox", "safetensors-sharded")
-    res = run_gptx(
-        "convert", "checkpoint", str(src), "--output-dir", str(tmp_path / "g"), "--dtype", "bfloat16"
-    )
-    assert res.returncode == 0, res.stderr
-    assert "converted" in res.stdout and "bfloat16" in res.stdout
     res = run_gptx(
         "convert",
         "checkpoint",
-        str(tmp_path / "g"),
+        str(src),
         "--src-fmt",
-        "gptx",
-        "--tgt-fmt",
         "hf",
+        "--tgt-fmt",
+        "gptx",
         "--output-dir",
-        str(tmp_path / "hf"),
+        str(tmp_path / "g"),
+        "--dtype",
+        "bfloat16",
         "--shard-size",
         "10KB",
     )
     assert res.returncode == 0, res.stderr
-    assert "model.safetensors.index.json" in res.stdout
+    assert "converted" in res.stdout and "bfloat16" in res.stdout
+    assert (tmp_path / "g" / "model.safetensors.index.json").is_file()
+    summary = convert_checkpoint(
+        tmp_path / "g", output_dir=tmp_path / "hf", shard_size="10KB", progress=False
+    )
+    assert (summary.src_fmt, summary.tgt_fmt, summary.dtype) == ("gptx", "hf", "bfloat16")
+    assert "model.safetensors.index.json" in summary.files
     original, returned = _tensors(src), _tensors(tmp_path / "hf")
     assert sorted(original) == sorted(returned)
     for name, t in original.items():
@@ -67,3 +72,17 @@ def test_cli_round_trip_with_dtype_and_sharding(hf_dirs, tmp_path):
             name
         )
     assert '"dtype": "bfloat16"' in (tmp_path / "hf" / "config.json").read_text()
+
+
+def test_neox_head_named_lm_head_is_accepted(hf_dirs, tmp_path):
+    """transformers >= 5 modules call the NeoX head lm_head; published files say embed_out."""
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(hf_dirs("gpt-neox"), src)
+    sd = load_file(src / "model.safetensors")
+    sd["lm_head.weight"] = sd.pop("embed_out.weight")
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    convert_checkpoint(src, output_dir=tmp_path / "g", progress=False)
+    convert_checkpoint(tmp_path / "g", output_dir=tmp_path / "back", progress=False)
+    assert torch.equal(_tensors(tmp_path / "back")["embed_out.weight"], sd["lm_head.weight"])
