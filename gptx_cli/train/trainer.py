@@ -512,9 +512,9 @@ class _Run:
             if not math.isfinite(loss):
                 raise GptxError(
                     f"loss is {loss} at step {step + 1}; training stopped",
-                    hint=f"last checkpoint: {last_ckpt}"
+                    hint=f"resume from {last_ckpt}"
                     if last_ckpt
-                    else "lower the learning rate or enable clipping",
+                    else "check the learning rate, initializers and data",
                 )
             step += 1
             samples_seen = loader.position

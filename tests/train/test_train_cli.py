@@ -155,6 +155,13 @@ def test_kill_9_during_checkpoint_write_leaves_previous_checkpoint_loadable(tiny
     assert f"resuming from {latest}" in resumed.stdout
 
 
+def test_non_finite_loss_stops_the_run_naming_the_step(tiny_data, tmp_path):
+    blow_up = "model.embedding_initializer={name: normal, mean: 0.0, std: 1.0e+38}"
+    r = run_gptx("train", *tiny_args(tiny_data, tmp_path / "nan", "--set", blow_up, "--max-steps", "3"))
+    assert r.returncode == 1
+    assert "loss is nan at step 1" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_missing_data_dir_names_the_preprocess_command(tiny_data, tmp_path):
     r = run_gptx(
         "train",
