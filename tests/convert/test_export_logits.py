@@ -159,3 +159,26 @@ def test_model_trained_with_gptx_train_exports_to_same_logits(tmp_path, config, 
     with torch.no_grad():
         expected = model(ids)
     assert (_hf_logits(tmp_path / "hf", ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_bare_gptx_weights_export_with_a_yaml_config(tmp_path):
+    """--config: a weights directory without gptx.json, described by a ModelZoo YAML's model section."""
+    import yaml
+
+    from gptx_cli.convert.config import trainer_config_for_model
+    from gptx_cli.weights import save_tensors
+
+    cfg = CONFIGS["gpt-neox"]
+    model = build_model(cfg, seed=1).eval()
+    save_tensors(tmp_path / "weights", model.state_dict().items())
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(trainer_config_for_model(cfg)))
+    convert_checkpoint(
+        tmp_path / "weights",
+        src_fmt="gptx",
+        config=tmp_path / "model.yaml",
+        output_dir=tmp_path / "hf",
+        progress=False,
+    )
+    ids = torch.arange(10).reshape(1, 10)
+    with torch.no_grad():
+        assert (_hf_logits(tmp_path / "hf", ids) - model(ids)).abs().max().item() <= 1e-5
