@@ -139,7 +139,16 @@ class MetricsLogger:
         text = "  ".join(f"{k} {_fmt(record[k])}" for k in shown if k in record)
         if self._progress is not None:
             if split == "train":
-                self._progress.update(self._task, completed=step, status=text)
+                compact = "  ".join(
+                    part
+                    for part in (
+                        f"loss {record['loss']:.4f}" if "loss" in record else "",
+                        f"lr {record['lr']:.2e}" if "lr" in record else "",
+                        f"{record['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in record else "",
+                    )
+                    if part
+                )
+                self._progress.update(self._task, completed=step, status=compact)
             else:
                 self._progress.console.print(f"eval step {step}: {text}")
         else:
