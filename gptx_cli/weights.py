@@ -103,6 +103,9 @@ class _SafetensorsFile:
         data_len = size - self.data_start
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for name, info in header.items():
+            code = info.get("dtype") if isinstance(info, dict) else None
+            if isinstance(code, str) and code not in _ST_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype {code}, which gptx does not read")
             try:
                 dtype = _ST_DTYPES[info["dtype"]]
                 shape = tuple(int(d) for d in info["shape"])
@@ -365,6 +368,8 @@ class ShardedSafetensorsWriter:
         self._seen.add(name)
         t = tensor.detach().to("cpu").contiguous()
         nbytes = t.numel() * t.element_size()
+        if t.untyped_storage().nbytes() > 2 * nbytes:
+            t = t.clone()  # a small view must not keep a large base tensor alive while the shard fills
         if self._shard and self._shard_bytes + nbytes > self.shard_size:
             self._flush()
         self._shard.append((name, t))

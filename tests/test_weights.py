@@ -148,3 +148,21 @@ def test_parse_size():
     assert parse_size("123") == 123
     with pytest.raises(CheckpointError, match="invalid size 'lots'"):
         parse_size("lots")
+
+
+def test_unsupported_dtype_is_named(tmp_path):
+    header = b'{"w":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}}'
+    header += b" " * (-len(header) % 8)
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: tensor 'w' has dtype C64, which gptx does not read"
+    ):
+        open_tensors(tmp_path)
+
+
+def test_writer_does_not_keep_the_base_of_a_small_view(tmp_path):
+    base = torch.arange(1000, dtype=torch.float32)
+    with ShardedSafetensorsWriter(tmp_path, 10**6) as w:
+        w.add("head", base[:10])
+        assert w._shard[0][1].untyped_storage().nbytes() == 40
+    assert torch.equal(open_tensors(tmp_path).get("head"), base[:10])
