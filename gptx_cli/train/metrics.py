@@ -135,7 +135,7 @@ class MetricsLogger:
             for key, value in record.items():
                 if key not in ("step", "split") and isinstance(value, (int, float)):
                     writer.add_scalar(key, value, step)
-        shown = ("loss", "lr", "grad_norm", "tokens_per_s", "tflops", "mfu", "perplexity", "accuracy")
+        shown = ("loss", "lr", "grad_norm", "tokens_per_s", "tflops", "mfu", "lm_perplexity", "accuracy")
         text = "  ".join(f"{k} {_fmt(record[k])}" for k in shown if k in record)
         if self._progress is not None:
             if split == "train":

@@ -384,6 +384,10 @@ class _Run:
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float] | None:
+        """Validation metrics with `gptx eval`'s definitions (eval.evaluate.loss_metrics): `loss` is the
+        mean of the step losses (each the global batch's, in the model's loss_scaling), `lm_perplexity`
+        exp(token cross-entropy sum / loss tokens), `accuracy` over loss tokens. It runs through the
+        wrapped model so that FSDP2 gathers its shards."""
         from gptx_cli.data.loader import build_dataloader
 
         spec, d = self.spec, self.dist
@@ -392,9 +396,11 @@ class _Run:
         loader = build_dataloader(
             spec.val_data, rank=d.rank, world_size=d.world_size, seed=self.seed, infinite=False
         )
+        # every rank must run the same number of forwards (FSDP2 all-gathers in each): full batches only
         full_batches = loader.samples_per_epoch // loader.global_batch_size
         n = min(spec.loop.eval_steps or full_batches, full_batches)
-        totals = [0.0, 0.0, 0.0]
+        per_step: list[float] = []  # (ce sum, loss tokens, rows) per step, then the correct count
+        correct = 0.0
         self.wrapped.eval()
         try:
             for _, batch in zip(range(n), loader, strict=False):
@@ -403,15 +409,28 @@ class _Run:
                 )
                 with autocast(spec.precision, self.device.type):
                     _, loss_sum, ntok, ncorrect = self.wrapped(ids, labels, mask)
-                totals = [totals[0] + float(loss_sum), totals[1] + float(ntok), totals[2] + float(ncorrect)]
+                per_step += [float(loss_sum), float(ntok), float(ids.shape[0])]
+                correct += float(ncorrect)
         finally:
             self.wrapped.train()
             parallel.reshard(self.wrapped)
-        loss_sum, ntok, ncorrect = parallel.all_reduce_sum(totals, d)
-        if ntok == 0:
+        totals = parallel.all_reduce_sum([*per_step, correct], d)
+        steps = [totals[i : i + 3] for i in range(0, len(totals) - 1, 3)]
+        tokens = sum(t for _, t, _ in steps)
+        if not steps or tokens == 0:
             return None
-        loss = loss_sum / ntok
-        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": ncorrect / ntok}
+        if spec.model.loss_scaling == "num_tokens":
+            step_losses = [ce / max(t, 1.0) for ce, t, _ in steps]
+        else:
+            step_losses = [ce / rows * spec.model.loss_weight for ce, _, rows in steps]
+        mean_ce = sum(ce for ce, _, _ in steps) / tokens
+        return {
+            "loss": sum(step_losses) / len(step_losses),
+            "lm_perplexity": math.exp(mean_ce) if mean_ce < 700 else math.inf,
+            "accuracy": totals[-1] / tokens,
+            "num_tokens": int(tokens),
+            "eval_steps": len(steps),
+        }
 
     # ------------------------------------------------------------------------------------ loop
     def _end_step(self, start: int) -> int:
