@@ -5,7 +5,8 @@ process. The gptx side is the real trainer (`gptx_cli.train.trainer.train`: data
 loss weighting, ModelZoo AdamW, schedule, clipping, metrics.jsonl); its tokens/s are the median of the
 logged windows after the first. The plain side is the usual Hugging Face loop (forward with the
 same masked cross-entropy, backward, clip_grad_norm_, torch.optim.AdamW) timed over the same windows.
-Prints one table with the gptx / plain ratio (> 1: gptx is faster).
+Runs alternate (gptx, plain, gptx, ...) so machine noise hits both alike. Prints one table with the
+gptx / plain ratio (> 1: gptx is faster).
 
     .venv/bin/python benchmarks/bench_train.py                      # defaults: tiny, about a minute
     .venv/bin/python benchmarks/bench_train.py --hidden 256 --layers 4 --seq 256 --steps 60 --threads 2
@@ -115,6 +116,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--window", type=int, default=10, help="Steps per timing window.")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both loops.")
+    p.add_argument("--repeats", type=int, default=2, help="Alternating runs of each loop (median reported).")
     args = p.parse_args()
     if args.steps < 2 * args.window:
         p.error("--steps must cover at least two windows (the first is warm-up)")
@@ -122,8 +124,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         write_data(data_dir, args.steps * args.batch, args.seq, args.vocab)
-        gptx = run_gptx(args, data_dir, Path(tmp) / "model_dir")
-        plain = run_plain(args, data_dir)
+        gptx_rates, plain_rates = [], []
+        for i in range(args.repeats):  # alternate so machine noise hits both loops alike
+            gptx_rates.append(run_gptx(args, data_dir, Path(tmp) / f"model_dir_{i}"))
+            plain_rates.append(run_plain(args, data_dir))
+        gptx, plain = statistics.median(gptx_rates), statistics.median(plain_rates)
     shape = f"GPT-J hidden {args.hidden} x {args.layers} layers, batch {args.batch} x {args.seq}, vocab {args.vocab}"
     print(
         f"\ntraining loop tokens/s on CPU ({shape}, {args.threads} thread(s), median of {args.window}-step windows)"
