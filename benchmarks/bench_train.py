@@ -131,7 +131,7 @@ def main() -> None:
         gptx, plain = statistics.median(gptx_rates), statistics.median(plain_rates)
     shape = f"GPT-J hidden {args.hidden} x {args.layers} layers, batch {args.batch} x {args.seq}, vocab {args.vocab}"
     print(
-        f"\ntraining loop tokens/s on CPU ({shape}, {args.threads} thread(s), median of {args.window}-step windows)"
+        f"\ntraining loop tokens/s on CPU ({shape}, {args.threads} thread(s), median of {args.window}-step windows, {args.repeats} alternating runs each)"
     )
     print(
         f"| loop | tokens/s |\n|---|---|\n| gptx train | {gptx:,.0f} |\n| transformers + torch AdamW | {plain:,.0f} |"
