@@ -193,6 +193,8 @@ class MetricsLogger:
 
     def close(self) -> None:
         self.close_progress()
-        self._file.close()
+        if not self._file.closed:
+            self._file.close()
         for writer in self._writers.values():
             writer.close()
+        self._writers.clear()

@@ -7,7 +7,6 @@ One process needs none of this: `Dist.single()` describes it and every helper is
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +189,3 @@ def set_grad_sync(model: Any, enabled: bool) -> Any:
     if hasattr(model, "set_requires_gradient_sync"):
         model.set_requires_gradient_sync(enabled)
     return contextlib.nullcontext()
-
-
-def program_argv() -> list[str]:
-    return sys.argv[1:]

@@ -18,8 +18,8 @@ order a function of the position, so N steps + resume + N steps is bit-identical
 from __future__ import annotations
 
 import math
-import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,9 +160,11 @@ class _Run:
 
     def _resume_source(self) -> tuple[Path | None, set[str]]:
         """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
-        from gptx_cli.checkpoint import latest_checkpoint
+        from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint
 
         explicit = self.options.checkpoint_path or self.spec.ckpt_path
+        if explicit and not is_gptx_checkpoint(explicit) and latest_checkpoint(explicit) is not None:
+            explicit = str(latest_checkpoint(explicit))  # a model_dir stands for its latest checkpoint
         latest = latest_checkpoint(self.model_dir) if self.spec.checkpoint.autoload_last_checkpoint else None
         if self.options.continue_pretrain:
             if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
@@ -459,13 +461,24 @@ class _Run:
             return (step - start) % max(1, math.ceil(freq * max(1, end - start))) == 0
         return step % int(freq) == 0
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM ask for a checkpoint at the next step boundary; returns the previous handlers."""
+
         def request_stop(signum: int, _frame: Any) -> None:
             self.stop_signal = signal.Signals(signum).name
             signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
 
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signals reach only the main thread (library use from a thread)
+        previous: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, request_stop)
+            previous[sig] = signal.signal(sig, request_stop)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     def run(self) -> TrainResult:
         from gptx_cli.data.loader import build_dataloader
@@ -511,101 +524,106 @@ class _Run:
         )
         flops_per_token = _flops_per_token(spec, msl)
         peak = peak_tflops(d.device)
-        self._install_signal_handlers()
-        last_ckpt: Path | None = None
-        if spec.checkpoint.save_initial_checkpoint and start == 0:
-            last_ckpt = self._save(0, samples_seen)
-        ckpt_every = spec.checkpoint.steps
-        log_every = max(1, int(spec.logging.log_steps or 1))
-        step, stopped_by, final_loss = start, "completed", None
-        losses: list[float] = []
-        t_start = t_window = time.perf_counter()
-        window_steps = 0
-        it = iter(loader)
-        while step < end:
-            batch = next(it)
-            if step == start:
-                _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)
-            lr = self.schedule.lr
-            loss, grad_norm = self._train_step(batch, micro, n_micro)
-            if not math.isfinite(loss):
-                raise GptxError(
-                    f"loss is {loss} at step {step + 1}; training stopped",
-                    hint=f"resume from {last_ckpt}"
-                    if last_ckpt
-                    else "check the learning rate, initializers and data",
-                )
-            step += 1
-            samples_seen = loader.position
-            self.schedule.step()
-            window_steps += 1
-            final_loss = loss
-            losses.append(loss)
-            if step % log_every == 0 or step == end:
-                now = time.perf_counter()
-                tokens_per_s = tokens_per_step * window_steps / max(now - t_window, 1e-9)
-                tflops = tokens_per_s * flops_per_token / 1e12 if flops_per_token else None
-                if self.log is not None:
-                    self.log.log(
-                        {
-                            "step": step,
-                            "split": "train",
-                            "loss": loss,
-                            "lr": lr,
-                            "grad_norm": grad_norm,
-                            "tokens_per_s": tokens_per_s,
-                            "tflops": tflops,
-                            "mfu": tflops / (peak * d.world_size) if tflops and peak else None,
-                            "loss_scale": self.scaler.scale if self.scaler.dynamic else None,
-                            "memory_gib": _memory_gib(self.device),
-                        }
+        previous_handlers = self._install_signal_handlers()
+        try:
+            last_ckpt: Path | None = None
+            if spec.checkpoint.save_initial_checkpoint and start == 0:
+                last_ckpt = self._save(0, samples_seen)
+            ckpt_every = spec.checkpoint.steps
+            log_every = max(1, int(spec.logging.log_steps or 1))
+            step, stopped_by, final_loss = start, "completed", None
+            losses: list[float] = []
+            t_start = t_window = time.perf_counter()
+            window_steps = 0
+            it = iter(loader)
+            while step < end:
+                batch = next(it)
+                if step == start:
+                    _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)
+                lr = self.schedule.lr
+                loss, grad_norm = self._train_step(batch, micro, n_micro)
+                if not math.isfinite(loss):
+                    raise GptxError(
+                        f"loss is {loss} at step {step + 1}; training stopped",
+                        hint=f"resume from {last_ckpt}"
+                        if last_ckpt
+                        else "check the learning rate, initializers and data",
                     )
-                t_window, window_steps = now, 0
-            if self._is_eval_step(step, start, end):
-                result = self._evaluate()
-                if result is not None:
-                    if self.best_eval is None or result["loss"] < self.best_eval:
-                        self.best_eval = result["loss"]
+                step += 1
+                samples_seen = loader.position
+                self.schedule.step()
+                window_steps += 1
+                final_loss = loss
+                losses.append(loss)
+                if step % log_every == 0 or step == end:
+                    now = time.perf_counter()
+                    tokens_per_s = tokens_per_step * window_steps / max(now - t_window, 1e-9)
+                    tflops = tokens_per_s * flops_per_token / 1e12 if flops_per_token else None
                     if self.log is not None:
-                        self.log.log({"step": step, "split": "eval", **result})
-            (stop,) = parallel.all_reduce_sum([1.0 if self.stop_signal else 0.0], d)
-            if (ckpt_every and step % ckpt_every == 0) or step == end or stop:
-                last_ckpt = self._save(step, samples_seen)
-            if stop:
-                stopped_by = "signal"
-                self._say(
-                    f"stopped by {self.stop_signal or 'a signal on another rank'} at step {step}; saved {last_ckpt}"
-                )
-                break
-        seconds = time.perf_counter() - t_start
-        tokens = (step - start) * tokens_per_step
-        if self.log is not None:
-            rows = [
-                (
-                    "steps",
-                    f"{start} -> {step}"
-                    + ("" if stopped_by == "completed" else f" (stopped by {self.stop_signal})"),
-                ),
-                ("tokens", f"{tokens:,}"),
-                ("time", f"{seconds:.1f} s"),
-                ("final loss", f"{final_loss:.4f}" if final_loss is not None else "-"),
-                ("best eval loss", f"{self.best_eval:.4f}" if self.best_eval is not None else "-"),
-                ("throughput", f"{tokens / max(seconds, 1e-9):,.0f} tokens/s"),
-                ("last checkpoint", str(last_ckpt) if last_ckpt else "-"),
-            ]
-            self.log.summary(rows, losses)
-            self.log.close()
-        return TrainResult(
-            start_step=start,
-            end_step=step,
-            final_loss=final_loss,
-            best_eval_loss=self.best_eval,
-            tokens=tokens,
-            seconds=seconds,
-            stopped_by=stopped_by,
-            last_checkpoint=str(last_ckpt) if last_ckpt else None,
-            train_losses=losses,
-        )
+                        self.log.log(
+                            {
+                                "step": step,
+                                "split": "train",
+                                "loss": loss,
+                                "lr": lr,
+                                "grad_norm": grad_norm,
+                                "tokens_per_s": tokens_per_s,
+                                "tflops": tflops,
+                                "mfu": tflops / (peak * d.world_size) if tflops and peak else None,
+                                "loss_scale": self.scaler.scale if self.scaler.dynamic else None,
+                                "memory_gib": _memory_gib(self.device),
+                            }
+                        )
+                    t_window, window_steps = now, 0
+                if self._is_eval_step(step, start, end):
+                    result = self._evaluate()
+                    if result is not None:
+                        if self.best_eval is None or result["loss"] < self.best_eval:
+                            self.best_eval = result["loss"]
+                        if self.log is not None:
+                            self.log.log({"step": step, "split": "eval", **result})
+                (stop,) = parallel.all_reduce_sum([1.0 if self.stop_signal else 0.0], d)
+                if (ckpt_every and step % ckpt_every == 0) or step == end or stop:
+                    last_ckpt = self._save(step, samples_seen)
+                if stop:
+                    stopped_by = "signal"
+                    self._say(
+                        f"stopped by {self.stop_signal or 'a signal on another rank'} at step {step}; saved {last_ckpt}"
+                    )
+                    break
+            seconds = time.perf_counter() - t_start
+            tokens = (step - start) * tokens_per_step
+            if self.log is not None:
+                rows = [
+                    (
+                        "steps",
+                        f"{start} -> {step}"
+                        + ("" if stopped_by == "completed" else f" (stopped by {self.stop_signal})"),
+                    ),
+                    ("tokens", f"{tokens:,}"),
+                    ("time", f"{seconds:.1f} s"),
+                    ("final loss", f"{final_loss:.4f}" if final_loss is not None else "-"),
+                    ("best eval loss", f"{self.best_eval:.4f}" if self.best_eval is not None else "-"),
+                    ("throughput", f"{tokens / max(seconds, 1e-9):,.0f} tokens/s"),
+                    ("last checkpoint", str(last_ckpt) if last_ckpt else "-"),
+                ]
+                self.log.summary(rows, losses)
+                self.log.close()
+            return TrainResult(
+                start_step=start,
+                end_step=step,
+                final_loss=final_loss,
+                best_eval_loss=self.best_eval,
+                tokens=tokens,
+                seconds=seconds,
+                stopped_by=stopped_by,
+                last_checkpoint=str(last_ckpt) if last_ckpt else None,
+                train_losses=losses,
+            )
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+            if self.log is not None:
+                self.log.close()  # also on errors: the progress bar gives the terminal back
 
 
 def _check_token_ids(batch: dict[str, torch.Tensor], vocab_size: int, data_dirs: list[str]) -> None:
@@ -632,7 +650,3 @@ def _memory_gib(device: torch.device) -> float | None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     except (ImportError, OSError):
         return None
-
-
-def environment_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
