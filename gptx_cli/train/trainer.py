@@ -369,20 +369,25 @@ class _Run:
                 self.scaler.scale_loss(weighted).backward()
             loss_acc += weighted.detach().double() / d.world_size
         (step_loss,) = parallel.all_reduce_sum([float(loss_acc)], d)
-        return step_loss, self._optimizer_step(step_loss)
+        grad_norm, stepped = self._optimizer_step(step_loss)
+        if stepped:  # ModelZoo holds the schedule back on steps that dynamic loss scaling skips
+            self.schedule.step()
+        return step_loss, grad_norm
 
-    def _optimizer_step(self, step_loss: float) -> float:
+    def _optimizer_step(self, step_loss: float) -> tuple[float, bool]:
+        """Unscale, clip and step; returns (grad norm, whether the optimizer stepped)."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if not math.isfinite(step_loss):
-            return math.nan
+            return math.nan, False
         self.scaler.unscale_([p.grad for p in params if p.grad is not None])
         grad_norm = clip_gradients(
             params, self.spec.precision.max_gradient_norm, self.spec.precision.max_gradient_value
         )
-        if self.scaler.update(math.isfinite(grad_norm)):
+        stepped = self.scaler.update(math.isfinite(grad_norm))
+        if stepped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, stepped
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float] | None:
@@ -551,7 +556,6 @@ class _Run:
                     )
                 step += 1
                 samples_seen = loader.position
-                self.schedule.step()
                 window_steps += 1
                 final_loss = loss
                 losses.append(loss)

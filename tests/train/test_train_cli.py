@@ -91,6 +91,23 @@ def test_cbfloat16_runs_as_bfloat16_autocast_with_a_note(tiny_data, reference_ru
     assert losses[1]["loss"] == pytest.approx(reference[1]["loss"], abs=0.05)
 
 
+def test_fp16_dynamic_loss_scaling_skips_overflowing_steps_and_holds_the_schedule(tiny_data, tmp_path):
+    model_dir = tmp_path / "fp16"
+    precision = [
+        "precision.enabled=true", "precision.fp16_type=float16", "precision.loss_scaling_factor=dynamic",
+        "precision.initial_loss_scale=1.0e+30", "precision.max_loss_scale=1.0e+30",
+    ]  # fmt: skip
+    r = run_gptx(
+        "train",
+        *tiny_args(tiny_data, model_dir, *[a for p in precision for a in ("--set", p)], "--max-steps", "4"),
+    )
+    assert r.returncode == 0, r.stderr
+    records = read_metrics(model_dir)
+    # every scaled gradient overflows fp16: the step is skipped, the scale halves, the warm-up waits
+    assert [records[s]["loss_scale"] for s in (1, 2, 3, 4)] == [1e30 / 2, 1e30 / 4, 1e30 / 8, 1e30 / 16]
+    assert [records[s]["lr"] for s in (1, 2, 3, 4)] == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tiny_data, tmp_path):
     model_dir = tmp_path / "sigterm"
     args = tiny_args(
