@@ -579,6 +579,7 @@ class _Run:
                             }
                         )
                     t_window, window_steps = now, 0
+                paused = time.perf_counter()  # eval and checkpoint time stays out of tokens/s
                 if self._is_eval_step(step, start, end):
                     result = self._evaluate()
                     if result is not None:
@@ -589,6 +590,7 @@ class _Run:
                 (stop,) = parallel.all_reduce_sum([1.0 if self.stop_signal else 0.0], d)
                 if (ckpt_every and step % ckpt_every == 0) or step == end or stop:
                     last_ckpt = self._save(step, samples_seen)
+                t_window += time.perf_counter() - paused
                 if stop:
                     stopped_by = "signal"
                     self._say(
