@@ -47,6 +47,8 @@ def launch(nproc: int, argv: list[str]) -> int:
 
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
+    # share the cores between the processes (torchrun would otherwise pin each to 1 thread, with a warning)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = torchrun.parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--module", "gptx_cli.cli", *argv]
     )
