@@ -23,21 +23,25 @@ def test_ddp_two_processes_match_one_process(tiny_data, reference_run, tmp_path)
     assert_same_losses(read_metrics(model_dir), read_metrics(reference_run), range(1, 5))
 
 
-def test_fsdp_resumes_across_rank_counts_with_the_same_losses(tiny_data, reference_run, tmp_path):
+def test_fsdp_matches_one_process_and_resumes_across_rank_counts(tiny_data, reference_run, tmp_path):
     model_dir = tmp_path / "fsdp"
-    # a checkpoint written by 1 process, continued by 2 FSDP2 ranks
-    r = run_gptx(
-        "train",
-        *tiny_args(tiny_data, model_dir, "--nproc", "2", "--strategy", "fsdp", "--max-steps", "28"),
-        "--checkpoint-path", str(reference_run / "checkpoint_25"),
-    )  # fmt: skip
+    fsdp = ("--nproc", "2", "--strategy", "fsdp")
+    reference = read_metrics(reference_run)
+    # steps 1-2 on 2 FSDP2 ranks from scratch
+    r = run_gptx("train", *tiny_args(tiny_data, model_dir, *fsdp, "--max-steps", "2"))
     assert r.returncode == 0, r.stderr
     assert "on 2 x cpu (fsdp)" in r.stdout
-    assert (model_dir / "checkpoint_28" / "optim").is_dir()  # sharded optimizer state (DCP)
-    reference = read_metrics(reference_run)
-    assert_same_losses(read_metrics(model_dir), reference, range(26, 29))
-    # ... and the 2-rank FSDP checkpoint continued by 1 process
-    r = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "30"))
+    assert (model_dir / "checkpoint_2" / "optim").is_dir()  # sharded optimizer state (DCP)
+    assert_same_losses(read_metrics(model_dir), reference, range(1, 3))
+    # steps 3-4 on 1 process from the 2-rank checkpoint
+    r = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "4"))
     assert r.returncode == 0, r.stderr
-    assert "checkpoint_28" in r.stdout
-    assert_same_losses(read_metrics(model_dir), reference, range(29, 31))
+    assert "resuming from" in r.stdout and "checkpoint_2" in r.stdout
+    assert_same_losses(read_metrics(model_dir), reference, range(3, 5))
+    # steps 5-6 on 2 FSDP2 ranks from the 1-process checkpoint (full optimizer state, sharded on load)
+    r = run_gptx(
+        "train", *tiny_args(tiny_data, model_dir, *fsdp, "--max-steps", "6"),
+        "--checkpoint-path", str(model_dir / "checkpoint_4"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert_same_losses(read_metrics(model_dir), reference, range(5, 7))
