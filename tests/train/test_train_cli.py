@@ -138,7 +138,7 @@ def test_kill_9_during_checkpoint_write_leaves_previous_checkpoint_loadable(tiny
     # wider model so each checkpoint takes a few milliseconds to write; one checkpoint per step
     base = [
         "--set", "model.hidden_size=256", "--set", "model.filter_size=1024",
-        "--set", "checkpoint.steps=1", "--set", "loop.eval_frequency=100000",
+        "--set", "checkpoint.steps=1", "--set", "checkpoint.keep_last_n=2", "--set", "loop.eval_frequency=100000",
     ]  # fmt: skip
     for attempt in range(3):
         model_dir = tmp_path / f"killed{attempt}"
@@ -170,6 +170,9 @@ def test_kill_9_during_checkpoint_write_leaves_previous_checkpoint_loadable(tiny
     resumed = run_gptx("train", *tiny_args(tiny_data, model_dir, *base, "--max-steps", str(step + 1)))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {latest}" in resumed.stdout
+    from gptx_cli.checkpoint import list_checkpoints
+
+    assert [s for s, _ in list_checkpoints(model_dir)] == [step, step + 1]  # keep_last_n: 2
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(tiny_data, tmp_path):
