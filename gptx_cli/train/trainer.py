@@ -109,7 +109,12 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        return _Run(spec, options, dist).run()
+        run = _Run(spec, options, dist)
+        if target == "CSX":
+            run.notes.append(
+                f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
+            )
+        return run.run()
     finally:
         parallel.shutdown(dist)
 
