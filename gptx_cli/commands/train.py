@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 _CONFIG = typer.Argument(..., help="ModelZoo YAML config (trainer or legacy layout).", show_default=False)
 
 
-def _options(**kw):  # noqa: ANN003, ANN202 - thin glue
-    from gptx_cli.train.trainer import TrainOptions
-
-    return TrainOptions(**kw)
-
-
-def _run(config: Path, overrides: list[str], nproc: int | None, **kw) -> None:  # noqa: ANN003
+def _run(config: Path, overrides: list[str], nproc: int | None, **options: Any) -> None:
+    """Load the config (errors surface once, before any launch), then train here or on `nproc` processes."""
     from gptx_cli.config import load_run_spec
     from gptx_cli.train import parallel
 
@@ -27,9 +23,9 @@ def _run(config: Path, overrides: list[str], nproc: int | None, **kw) -> None:  
     if nproc is not None and nproc > 1 and not parallel.under_torchrun():
         code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
         raise typer.Exit(code)
-    from gptx_cli.train.trainer import train
+    from gptx_cli.train.trainer import TrainOptions, train
 
-    result = train(spec, _options(**kw))
+    result = train(spec, TrainOptions(**options))
     if result.stopped_by != "completed":
         typer.echo(f"stopped at step {result.end_step}; resume with the same command", err=True)
 
