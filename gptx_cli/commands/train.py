@@ -21,6 +21,9 @@ def _run(config: Path, overrides: list[str], nproc: int | None, **options: Any) 
 
     spec = load_run_spec(config, overrides=overrides)
     if nproc is not None and nproc > 1 and not parallel.under_torchrun():
+        from gptx_cli.train.trainer import TrainOptions, preflight
+
+        preflight(spec, TrainOptions(**options), nproc)
         code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
         raise typer.Exit(code)
     from gptx_cli.train.trainer import TrainOptions, train

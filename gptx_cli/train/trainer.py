@@ -103,6 +103,14 @@ def checkpoint_dir_name(spec: RunSpec, step: int) -> str:
     return name[: -len(".mdl")] if name.endswith(".mdl") else name
 
 
+def preflight(spec: RunSpec, options: TrainOptions, nproc: int) -> None:
+    """What `--nproc` checks once, before launching: the memory guard, then the data dirs (the same
+    checks every process makes before it builds anything)."""
+    target = resolve_device(spec, options)
+    gpu = target == "GPU" or (target == "CSX" and torch.cuda.is_available())
+    _Run(spec, options, parallel.Dist(world_size=nproc, device="cuda:0" if gpu else "cpu")).check_fits()
+
+
 def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
     target = resolve_device(spec, options)
     if spec.train_data is None:
@@ -471,6 +479,29 @@ class _Run:
             return (step - start) % max(1, math.ceil(freq * max(1, end - start))) == 0
         return step % int(freq) == 0
 
+    def check_fits(self) -> tuple[int, int, int]:
+        """Before anything is allocated: the batch layout, the memory guard, then the data (a missing
+        data_dir names the `gptx preprocess` command). Returns the batch layout."""
+        from gptx_cli.data.loader import build_dataloader
+        from gptx_cli.train.memory_guard import check_memory
+
+        spec = self.spec
+        assert spec.train_data is not None
+        layout = self._batch_layout()
+        check_memory(
+            spec,
+            self.dist,
+            micro_batch_size=layout[1],
+            strategy=self.strategy,
+            activation_checkpointing=bool(
+                self.options.activation_checkpointing or spec.backend.activation_checkpointing
+            ),
+        )
+        build_dataloader(spec.train_data, world_size=self.dist.world_size)
+        if spec.val_data is not None and spec.loop.eval_frequency:
+            build_dataloader(spec.val_data, world_size=self.dist.world_size, infinite=False)
+        return layout
+
     def _install_signal_handlers(self) -> dict[int, Any]:
         """SIGINT/SIGTERM ask for a checkpoint at the next step boundary; returns the previous handlers."""
 
@@ -495,19 +526,7 @@ class _Run:
 
         spec, d = self.spec, self.dist
         assert spec.train_data is not None
-        global_batch, micro, n_micro = self._batch_layout()
-        from gptx_cli.train.memory_guard import check_memory
-
-        check_memory(
-            spec,
-            d,
-            micro_batch_size=micro,
-            strategy=self.strategy,
-            activation_checkpointing=bool(
-                self.options.activation_checkpointing or spec.backend.activation_checkpointing
-            ),
-        )
-        # the loader first: a missing data_dir should fail before any model is built
+        global_batch, micro, n_micro = self.check_fits()
         loader = build_dataloader(spec.train_data, rank=d.rank, world_size=d.world_size, seed=self.seed)
         self._build()
         start, samples_seen = self._restore()
