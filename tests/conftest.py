@@ -1,32 +1,20 @@
-"""Shared test fixtures.
-
-Reference data lives in ../shared (read-only), found through one env var, GPTX_SHARED, with that
-default. In CI (GPTX_REQUIRE_SHARED=1, set by .ci/run) a missing asset fails the test instead of
-skipping it.
-"""
+"""Shared fixtures; the helpers they use live in gptx_testing.py (conftest is not importable by name:
+tests/data and tests/train have conftest.py files of their own)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GPTX_SHARED", str(REPO.parent / "shared"))).resolve()
+# pytest runs 2 workers on 2 cores: one thread per process (and per CLI subprocess) avoids
+# oversubscription, which made tiny-model runs many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared; skips locally (fails in CI) when it is missing."""
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        msg = f"reference asset missing: {p} (set GPTX_SHARED)"
-        if os.environ.get("GPTX_REQUIRE_SHARED") or os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
+from gptx_testing import run_gptx, shared_path  # noqa: E402
 
 
 @pytest.fixture
@@ -42,22 +30,6 @@ def neox_tokenizer_json() -> Path:
 @pytest.fixture
 def modelzoo_configs_dir() -> Path:
     return shared_path("reference", "modelzoo-configs")
-
-
-def run_gptx(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300):
-    """Run the real `gptx` CLI in a subprocess; returns CompletedProcess with text stdout/stderr."""
-    full_env = dict(os.environ)
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    if env:
-        full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "gptx_cli.cli", *args],
-        cwd=str(cwd) if cwd else None,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from conftest import run_gptx
+from gptx_testing import run_gptx
 
 
 def test_version_prints_package_version():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_gptx
+from gptx_testing import run_gptx
 
 
 def _write_metrics(model_dir, n=20):

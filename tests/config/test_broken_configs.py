@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_gptx, shared_path
+from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.config.validate import exit_code, validate_paths
 

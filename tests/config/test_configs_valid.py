@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import run_gptx, shared_path
+from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.config.load import load_yaml
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_path
+from gptx_testing import shared_path
 from transformers import GPTJConfig, GPTJForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from gptx_cli.config import load_run_spec

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import run_gptx, shared_path
+from gptx_testing import run_gptx, shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

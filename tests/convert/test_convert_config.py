@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import run_gptx, shared_path
+from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.config import load_run_spec
 from gptx_cli.config.legacy import convert_legacy

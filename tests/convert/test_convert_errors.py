@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_gptx
 from convert_helpers import hf_dirs_fixture
+from gptx_testing import run_gptx
 from safetensors.torch import load_file, save_file
 
 from gptx_cli.checkpoint import save_checkpoint_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_gptx, shared_path
+from gptx_testing import REPO, run_gptx, shared_path
 
 from gptx_cli import build_model
 from gptx_cli.checkpoint import latest_checkpoint, save_checkpoint_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import run_gptx
+from gptx_testing import run_gptx
 
 from gptx_cli.checkpoint import save_checkpoint_dir
 from gptx_cli.config.spec import ModelConfig

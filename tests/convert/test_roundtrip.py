@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_gptx
 from convert_helpers import STORAGES, hf_dirs_fixture
+from gptx_testing import run_gptx
 
 from gptx_cli.checkpoint import read_checkpoint_meta
 from gptx_cli.convert.checkpoint import convert_checkpoint

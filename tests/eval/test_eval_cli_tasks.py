@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_gptx, shared_path
 from eval_helpers import hf_logits_fn, tiny_neox
+from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.eval.tasks import LoglikelihoodScorer, evaluate_task, load_task
 

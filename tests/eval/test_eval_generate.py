@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import run_gptx, shared_path
 from eval_helpers import run_gptx_with_stdin, tiny_gptj
+from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.eval.generate import (
     CachedDecoder,

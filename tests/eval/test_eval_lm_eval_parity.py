@@ -5,8 +5,8 @@ optional `lm_eval` package is importable (it is not a gptx dependency)."""
 from __future__ import annotations
 
 import pytest
-from conftest import shared_path
 from eval_helpers import tiny_gptj
+from gptx_testing import shared_path
 
 pytest.importorskip("lm_eval.models.huggingface", reason="lm-eval (optional) is not installed")
 

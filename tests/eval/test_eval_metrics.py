@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_gptx
 from eval_helpers import tiny_neox
+from gptx_testing import run_gptx
 
 from gptx_cli.errors import CheckpointError, DataError
 from gptx_cli.eval.evaluate import EvalOptions, run_eval

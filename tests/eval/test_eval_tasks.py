@@ -112,7 +112,7 @@ def test_rolling_perplexity_metrics_on_a_hand_built_model():
 
 @pytest.fixture(scope="module")
 def neox_and_tok():
-    from conftest import shared_path
+    from gptx_testing import shared_path
 
     return tiny_neox(max_positions=64), BpeTokenizer(shared_path("assets", "tokenizers", "gpt2"))
 

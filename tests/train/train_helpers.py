@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
 from pathlib import Path
 
+import gptx_testing
 
-def _root_conftest():
-    # tests/train has its own conftest.py, so `from conftest import ...` would be ambiguous here
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("gptx_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-REPO: Path = _root.REPO
+REPO: Path = gptx_testing.REPO
 # Tiny models run fastest on one thread; OpenMP threads only contend on a shared 2-core machine.
 TEST_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def run_gptx(*args: str, timeout: float = 300):
     """The real `gptx` CLI in a subprocess (tests/conftest.py's run_gptx) with TEST_ENV."""
-    return _root.run_gptx(*args, env=TEST_ENV, timeout=timeout)
+    return gptx_testing.run_gptx(*args, env=TEST_ENV, timeout=timeout)
 
 
 def popen_env() -> dict[str, str]:
