@@ -33,6 +33,7 @@ VERSION = 1
 META_FILE = "gptx.json"
 CONFIG_FILE = "config.yaml"
 DEFAULT_SHARD_SIZE = 5 * 10**9
+TOKENIZER_FILE = "tokenizer.json"
 _STEP_RE = re.compile(r"checkpoint_(\d+)")
 
 
@@ -72,6 +73,10 @@ def save_checkpoint_dir(
             for name, tensor in items:
                 dtypes.add(dtype_name(tensor.dtype))
                 writer.add(name, tensor)
+        if tokenizer and tokenizer.endswith(".json") and Path(tokenizer).is_file():
+            # Copy a trained tokenizer.json in, so the checkpoint is self-contained.
+            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+            tokenizer = TOKENIZER_FILE
         meta: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,

@@ -57,6 +57,7 @@ def eval_cmd(
     ),
     override: Optional[list[str]] = typer.Option(
         None,
+        "--set",
         "--override",
         "-o",
         help="Config override key=value (repeatable), e.g. -o val_dataloader.batch_size=4.",

@@ -174,19 +174,6 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     return [f"{w} (using the checkpoint's)" for w in warnings]
 
 
-def _tokenizer_of_data(data_dirs: Iterable[str]) -> str | None:
-    """The tokenizer `gptx preprocess` recorded in a data dir's data_params.json (processing.tokenizer)."""
-    for d in data_dirs:
-        params = Path(d) / "data_params.json"
-        try:
-            recorded = json.loads(params.read_text()).get("processing", {}).get("tokenizer")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if recorded:
-            return str(recorded)
-    return None
-
-
 def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None, data_dirs: Iterable[str] = ()) -> Any:
     """The tokenizer for a checkpoint, first found of:
 
@@ -195,7 +182,7 @@ def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None, data_dirs: 
     data the checkpoint was trained on (its config.yaml) or of `data_dirs` (the eval config's data).
     """
     from gptx_cli.checkpoint import CONFIG_FILE, is_gptx_checkpoint, latest_checkpoint, read_checkpoint_meta
-    from gptx_cli.data.tokenizer import load_tokenizer
+    from gptx_cli.data.tokenizer import load_tokenizer, recorded_tokenizer
 
     if tokenizer:
         return load_tokenizer(tokenizer)
@@ -206,7 +193,8 @@ def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None, data_dirs: 
     if is_gptx_checkpoint(p):
         recorded = read_checkpoint_meta(p).get("tokenizer")
         if recorded:
-            return load_tokenizer(recorded)
+            # A copied tokenizer is recorded relative to the checkpoint dir; presets and paths as they are.
+            return load_tokenizer(str(p / recorded) if (p / recorded).is_file() else recorded)
         if (p / CONFIG_FILE).is_file():
             from gptx_cli.config import load_run_spec
             from gptx_cli.errors import GptxError
@@ -223,7 +211,7 @@ def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None, data_dirs: 
         (p / name).is_file() for name in ("tokenizer.json", "vocab.json", "encoder.json", "gpt2-encoder.json")
     ):
         return load_tokenizer(p)
-    from_data = _tokenizer_of_data(dirs)
+    from_data = recorded_tokenizer(dirs)
     if from_data:
         return load_tokenizer(from_data)
     raise UsageError(

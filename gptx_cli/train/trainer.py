@@ -311,6 +311,7 @@ class _Run:
     # ------------------------------------------------------------------------------------ checkpoints
     def _save(self, step: int, samples_seen: int) -> Path:
         from gptx_cli.checkpoint import list_checkpoints, save_checkpoint_dir
+        from gptx_cli.data.tokenizer import recorded_tokenizer
 
         d = self.dist
         path = self.model_dir / checkpoint_dir_name(self.spec, step)
@@ -347,6 +348,7 @@ class _Run:
                 self.spec.model,
                 step=step,
                 config_yaml_dict=self.spec.raw or None,
+                tokenizer=recorded_tokenizer(self.spec.train_data.data_dir) if self.spec.train_data else None,
                 extra={"trained_by": "gptx train", "world_size": d.world_size},
                 write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
             )
