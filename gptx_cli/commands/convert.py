@@ -44,7 +44,10 @@ def convert_checkpoint_cmd(
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Convert a checkpoint between Hugging Face (GPT-J / GPT-NeoX) and gptx, one tensor at a time."""
+    """Convert a checkpoint between Hugging Face (GPT-J / GPT-NeoX) and gptx, one tensor at a time.
+
+    Example: gptx convert checkpoint ./gpt-j-6b --output-dir model_dir/checkpoint_0
+    """
     if info:
         from gptx_cli.convert.info import checkpoint_info, format_info
 
@@ -78,7 +81,10 @@ def convert_config_cmd(
         None, "--model", help="HF target family: gptj | gpt-neox (default: model.name)."
     ),
 ) -> None:
-    """Convert a config: HF config.json <-> ModelZoo model section, legacy <-> trainer layout."""
+    """Convert a config: HF config.json <-> ModelZoo model section, legacy <-> trainer layout.
+
+    Example: gptx convert config params_gptj_6B_r2.3.1.yaml --src-fmt legacy --tgt-fmt trainer
+    """
     from gptx_cli.convert.config import convert_config
 
     if output is not None and output_dir is not None:

@@ -68,7 +68,10 @@ def eval_cmd(
     output_format: str = typer.Option("table", "--format", help="table, or json (to stdout, for pipelines)."),
 ) -> None:
     """Evaluate a checkpoint: eval loss, lm_perplexity and accuracy on the config's validation data, and
-    zero-shot tasks scored as lm-evaluation-harness does."""
+    zero-shot tasks scored as lm-evaluation-harness does.
+
+    Example: gptx eval configs/demo_neox.yaml --checkpoint-path model_dir/demo_neox
+    """
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.evaluate import EvalOptions, format_table, run_eval
 

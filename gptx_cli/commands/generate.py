@@ -79,7 +79,10 @@ def generate_cmd(
         "text", "--format", help="text (streamed), or json (prompt and generated token ids and text)."
     ),
 ) -> None:
-    """Generate text after a prompt: greedy, or sampled with temperature / top-k / top-p, using the KV cache."""
+    """Generate text after a prompt: greedy, or sampled with temperature / top-k / top-p, using the KV cache.
+
+    Example: gptx generate --checkpoint-path model_dir/demo_neox --prompt "Return a new list of" --top-k 40
+    """
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
 

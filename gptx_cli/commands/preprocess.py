@@ -97,7 +97,10 @@ def preprocess_cmd(
         None, "--progress/--no-progress", help="Live progress bar (default: on a terminal)."
     ),
 ) -> None:
-    """Tokenize and pack corpora into ModelZoo HDF5 (or corpus files, or Megatron .bin/.idx)."""
+    """Tokenize and pack corpora into ModelZoo HDF5 (or corpus files, or Megatron .bin/.idx).
+
+    Example: gptx preprocess --dataset pile --input-dir /data/pile --tokenizer gpt2 --processes 16
+    """
     from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
 
     values: dict[str, Any] = {}

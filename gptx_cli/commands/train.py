@@ -77,7 +77,10 @@ def train_cmd(
         help="Rows per forward pass; the rest is accumulated.",
     ),
 ) -> None:
-    """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir)."""
+    """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir).
+
+    Example: gptx train configs/tiny_neox.yaml --max-steps 20 --set train_dataloader.batch_size=4
+    """
     _run(
         config,
         overrides,
@@ -120,7 +123,10 @@ def continue_pretrain_cmd(
     strategy: str | None = typer.Option(None, "--strategy", help="ddp or fsdp (FSDP2)."),
     micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", "--micro_batch_size"),
 ) -> None:
-    """Continue pretraining from a checkpoint's weights: step 0, fresh optimizer and schedule."""
+    """Continue pretraining from a checkpoint's weights: step 0, fresh optimizer and schedule.
+
+    Example: gptx continue-pretrain configs/params_gptj_6B_TRC2.yaml --checkpoint-path ./gpt-j-6b
+    """
     _run(
         config,
         overrides,

@@ -29,7 +29,10 @@ def validate_config_cmd(
         help="Config override key.path=value (repeatable), e.g. model.hidden_size=64.",
     ),
 ) -> None:
-    """Validate ModelZoo YAML configs (trainer or legacy layout): exit 0 all valid, 1 invalid, 2 usage error."""
+    """Validate ModelZoo YAML configs (trainer or legacy layout): exit 0 all valid, 1 invalid, 2 usage error.
+
+    Example: gptx validate-config configs/params_gptj_6B.yaml --summary
+    """
     from gptx_cli.config import validate
     from gptx_cli.errors import UsageError
 

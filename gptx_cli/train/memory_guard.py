@@ -17,6 +17,7 @@ from gptx_cli.errors import GptxError
 GIB = 2**30
 # Leave room for the allocator, the CUDA context / Python runtime and the data pipeline.
 HEADROOM = 0.9
+GPU_GIB_FOR_HINT = 80  # an H100: the size suggested when the run is on a CPU host
 
 
 def host_available_bytes() -> int | None:
@@ -85,14 +86,17 @@ def check_memory(
         helps.append(
             f"--micro-batch-size 1 --activation-checkpointing (about {smallest['total'] / GIB:.1f} GiB)"
         )
-    elif dist.device.startswith("cuda") and budget > smallest["activations"]:
-        unsharded = estimate_bytes(spec, 1, 1, False, True)
-        states = unsharded["weights"] + unsharded["grads"] + unsharded["optimizer_state"]
-        ranks = -(-states // (budget - smallest["activations"]))
-        helps.append(
-            f"--nproc {ranks} --strategy fsdp --micro-batch-size 1 --activation-checkpointing on devices "
-            f"of this size (FSDP shards weights, grads and optimizer state)"
-        )
+    else:
+        # FSDP shards weights, grads and optimizer state over GPUs of this size (or, on a CPU host, of 80 GiB).
+        gpu_budget = budget if dist.device.startswith("cuda") else int(GPU_GIB_FOR_HINT * GIB * HEADROOM)
+        if gpu_budget > smallest["activations"]:
+            unsharded = estimate_bytes(spec, 1, 1, False, True)
+            states = unsharded["weights"] + unsharded["grads"] + unsharded["optimizer_state"]
+            ranks = -(-states // (gpu_budget - smallest["activations"]))
+            on = "devices of this size" if dist.device.startswith("cuda") else f"{GPU_GIB_FOR_HINT} GiB GPUs"
+            helps.append(
+                f"--nproc {ranks} --strategy fsdp --micro-batch-size 1 --activation-checkpointing on {on}"
+            )
     helps.append("a device with more memory, or a smaller model")
     raise GptxError(
         f"this run needs about {est['total'] / GIB:.1f} GiB per process (weights {est['weights'] / GIB:.1f}, "

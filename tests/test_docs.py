@@ -1,0 +1,150 @@
+"""The docs cannot rot: every subcommand has a page and --help with an example, every `gptx ...` line
+in the docs uses real subcommands and flags, and ```console blocks run with the output they show."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+from gptx_testing import REPO, SHARED
+
+DOCS = REPO / "docs"
+COMMANDS = [
+    "validate-config",
+    "preprocess",
+    "train",
+    "continue-pretrain",
+    "eval",
+    "generate",
+    "convert checkpoint",
+    "convert config",
+    "report",
+]
+FIRST_WORDS = {cmd.split()[0] for cmd in COMMANDS}
+PAGES = {cmd: DOCS / f"{cmd.split()[0]}.md" for cmd in COMMANDS}
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def _help(cmd: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "gptx_cli.cli", *cmd.split(), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "TERM": "dumb"},
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@cache
+def _flags(cmd: str) -> frozenset[str]:
+    return frozenset(re.findall(r"(--[a-z][a-z0-9_-]*)", _help(cmd))) | {"--help"}
+
+
+def _doc_command_lines() -> list[tuple[str, str]]:
+    """(page:line, command) for each `gptx ...` line in a code block, continuation lines joined."""
+    found = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            if m.group(1) in ("python", "json", "yaml"):
+                continue
+            first_line = text[: m.start(2)].count("\n") + 1
+            lines = m.group(2).split("\n")
+            i = 0
+            while i < len(lines):
+                line = lines[i].strip()
+                lineno = first_line + i
+                while line.endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    line = line[:-1] + " " + lines[i].strip()
+                prompt = line.startswith("$ ")
+                line = line.removeprefix("$ ")
+                words = line.split()
+                # Prompted lines are commands; unprompted ones only when they name a subcommand
+                # (others are program output that happens to start with "gptx").
+                if words[:1] == ["gptx"] and (prompt or (len(words) > 1 and words[1] in FIRST_WORDS)):
+                    found.append((f"{page.name}:{lineno}", line.split("#")[0]))
+                i += 1
+    return found
+
+
+def _subcommand(words: list[str]) -> str | None:
+    if len(words) > 2 and words[1] == "convert":
+        return f"convert {words[2]}"
+    return words[1] if len(words) > 1 else None
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_subcommand_has_a_docs_page_and_an_example_in_its_help(cmd: str) -> None:
+    assert PAGES[cmd].is_file(), f"missing {PAGES[cmd]}"
+    assert f"gptx {cmd}" in PAGES[cmd].read_text()
+    assert re.search(r"Example: gptx " + re.escape(cmd), _help(cmd)), f"`gptx {cmd} --help` shows no example"
+
+
+def test_docs_use_only_real_subcommands_and_flags() -> None:
+    lines = _doc_command_lines()
+    assert len(lines) > 30
+    problems = []
+    for where, line in lines:
+        words = line.split()
+        sub = _subcommand(words)
+        if sub not in COMMANDS:
+            problems.append(f"{where}: unknown subcommand in `{line}`")
+            continue
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", line):
+            if flag not in _flags(sub):
+                problems.append(f"{where}: `gptx {sub}` has no flag {flag}")
+    assert not problems, "\n".join(problems)
+
+
+def _console_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            if m.group(1) == "console":
+                blocks.append((f"{page.name}:{text[: m.start()].count(chr(10)) + 1}", m.group(2)))
+    return blocks
+
+
+def _matches(expected: str, actual: str) -> bool:
+    """Line-by-line match where `...` stands for any text (doctest's ELLIPSIS), trailing spaces ignored."""
+    pattern = "\n".join(
+        ".*".join(re.escape(part) for part in line.rstrip().split("..."))
+        for line in expected.strip().split("\n")
+    )
+    return (
+        re.fullmatch(pattern, "\n".join(ln.rstrip() for ln in actual.strip().split("\n")), re.S) is not None
+    )
+
+
+@pytest.mark.parametrize("where,block", _console_blocks(), ids=[w for w, _ in _console_blocks()])
+def test_console_examples_print_what_the_docs_show(where: str, block: str, tmp_path: Path) -> None:
+    """Each `$ command` runs in a scratch dir (with configs/ and the reference configs at hand)."""
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    (tmp_path / "reference").symlink_to(SHARED / "reference" / "modelzoo-configs")
+    env = {**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.rstrip("\n").split("\n"):
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif steps:
+            steps[-1][1].append(line)
+    assert steps, f"{where}: a console block without a `$ ` command"
+    for command, expected in steps:
+        res = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        out = res.stdout + res.stderr
+        assert _matches("\n".join(expected), out), (
+            f"{where}: `{command}` printed\n{out}\nbut the docs show\n" + "\n".join(expected)
+        )
+        assert shlex.split(command)
