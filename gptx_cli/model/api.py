@@ -38,9 +38,10 @@ def _model_config(config: Any) -> tuple[ModelConfig, int | None]:
 def build_model(config: Any, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
     """A freshly initialised model (train mode). `seed` defaults to the config's seed, then 0."""
     cfg, config_seed = _model_config(config)
-    model = Transformer(cfg)
+    with torch.device(device):  # built where it runs: no host copy of a large model
+        model = Transformer(cfg)
     initialize_parameters(model, cfg, seed=seed if seed is not None else config_seed)
-    return model.to(device)
+    return model
 
 
 def _resolve_dtype(dtype: Any) -> torch.dtype | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from typing import Any
 
 import torch
@@ -178,10 +179,12 @@ def _role(name: str) -> str | None:
 def initialize_parameters(model: nn.Module, cfg: ModelConfig, seed: int | None = None) -> None:
     """Initialise every parameter of a Transformer in place, reproducibly for a given seed.
 
-    Draws come from one generator in parameter order, on the CPU, then are copied to the parameter's
-    device, so a seed gives the same weights on any device.
+    Each parameter draws from its own generator on its own device, seeded from (seed, parameter name):
+    a GPU initialises a 6B model in seconds instead of drawing 6B numbers serially on the host, and the
+    weights of one parameter do not depend on the others. The same seed gives the same weights on the
+    same kind of device (CPU and CUDA generators differ).
     """
-    g = torch.Generator().manual_seed(0 if seed is None else seed)
+    base = 0 if seed is None else int(seed)
     inits = resolved_initializers(cfg)
     for name, p in model.named_parameters():
         if p.device.type == "meta":
@@ -191,14 +194,18 @@ def initialize_parameters(model: nn.Module, cfg: ModelConfig, seed: int | None =
             if role is None:  # biases and LayerNorms
                 p.fill_(1.0 if name.endswith("weight") and name.split(".")[-2].startswith("ln_") else 0.0)
                 continue
-            cpu = torch.empty(p.shape, dtype=torch.float32)
+            g = torch.Generator(device=p.device).manual_seed(zlib.crc32(f"{base}:{name}".encode()) + base)
+            target = (
+                p if p.dtype == torch.float32 else torch.empty(p.shape, dtype=torch.float32, device=p.device)
+            )
             if role == "attention":
                 # q, k and v are separate [hidden, hidden] matrices for fans and draws, as in ModelZoo.
-                for part in cpu.view(3, -1, cpu.shape[1]):
+                for part in target.view(3, -1, target.shape[1]):
                     apply_initializer(part, inits[role], g)
             else:
-                apply_initializer(cpu, inits[role], g)
-            p.copy_(cpu)
+                apply_initializer(target, inits[role], g)
+            if target is not p:
+                p.copy_(target)
 
 
 def optimizer_param_groups(model: nn.Module, cfg: ModelConfig) -> list[dict[str, Any]]:

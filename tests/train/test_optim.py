@@ -72,3 +72,26 @@ def test_unknown_optimizer_and_argument_are_config_errors():
         build_optimizer(OptimizerSpec("Adafactor", {}), params)
     with pytest.raises(ConfigError, match="AdamW"):
         build_optimizer(OptimizerSpec("AdamW", {"momentum": 0.9}), params)
+
+
+def test_adamw_chunked_update_is_bit_identical_to_one_chunk(monkeypatch):
+    """Chunking the foreach update (to bound its temporaries) must not change a single number."""
+    import torch
+
+    from gptx_cli.train import optim
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n)) for n in (5, 17, 3, 40, 8)]
+        opt = optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        return [p.detach().clone() for p in params]
+
+    whole = run()
+    monkeypatch.setattr(optim, "_CHUNK_ELEMENTS", 20)
+    assert len(optim._chunks([torch.empty(n) for n in (5, 17, 3, 40, 8)])) == 3
+    for a, b in zip(whole, run(), strict=True):
+        assert torch.equal(a, b)
