@@ -105,6 +105,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time a train step of gptx with compiled blocks (gptx --compile)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,6 +139,23 @@ def main() -> None:
                 t_hf.append(timed(fn_hf, args.device))
             tps_ours, tps_hf = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
             rows.append((family, mode, tps_ours, tps_hf, tps_ours / tps_hf))
+        if args.compile:
+            from gptx_cli.model.optimize import compile_model
+
+            ours.train()
+            hf.train()
+            compile_model(ours)  # the blocks, in place: what `gptx train --compile` does
+            for _ in range(3):  # compilation happens here, untimed
+                step_ours()
+            step_hf()
+            t_ours, t_hf = [], []
+            for _ in range(args.repeats):
+                t_ours.append(timed(step_ours, args.device))
+                t_hf.append(timed(step_hf, args.device))
+            tps_ours, tps_hf = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
+            rows.append(
+                (family, "train step, gptx compiled vs HF eager", tps_ours, tps_hf, tps_ours / tps_hf)
+            )
     print(
         f"device={args.device} dtype={args.dtype} batch={args.batch} seq={args.seq} hidden={args.hidden} "
         f"layers={args.layers} heads={args.heads} vocab={args.vocab} threads={torch.get_num_threads()} "
