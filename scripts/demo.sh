@@ -9,11 +9,14 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "${DEMO_DIR:-$repo}"
+# Configs as a user would type them: relative when the demo runs in the repo.
+configs="$repo/configs"
+[ "$(pwd)" = "$repo" ] && configs=configs
 
 arch="${1:-${ARCH:-neox}}"
 case "$arch" in
-  neox|gpt-neox) config="$repo/configs/demo_neox.yaml"; model_dir=model_dir/demo_neox ;;
-  gptj|gpt-j) config="$repo/configs/demo_gptj.yaml"; model_dir=model_dir/demo_gptj ;;
+  neox|gpt-neox) config="$configs/demo_neox.yaml"; model_dir=model_dir/demo_neox ;;
+  gptj|gpt-j) config="$configs/demo_gptj.yaml"; model_dir=model_dir/demo_gptj ;;
   *) echo "demo: unknown ARCH '$arch' (neox or gptj)" >&2; exit 2 ;;
 esac
 data=./language/datasets/python_docs/hdf5_dataset
@@ -22,7 +25,11 @@ vocab="${DEMO_VOCAB:-4096}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
 run() {
-  printf '\n\033[1m$ %s\033[0m\n' "$*"
+  local shown="" arg
+  for arg in "$@"; do
+    case "$arg" in *" "*) shown+=" \"$arg\"" ;; *) shown+=" $arg" ;; esac
+  done
+  printf '\n\033[1m$%s\033[0m\n' "$shown"
   "$@"
 }
 

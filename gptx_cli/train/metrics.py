@@ -68,7 +68,9 @@ def truncate_metrics(model_dir: Path, after_step: int) -> None:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        if value == 0.0 or 1e-3 <= abs(value) < 1e5:
+        if abs(value) >= 1000:  # throughputs: 12,345
+            return f"{value:,.0f}"
+        if value == 0.0 or 1e-3 <= abs(value) < 1000:
             return f"{value:.4f}"
         return f"{value:.3e}"
     return str(value)

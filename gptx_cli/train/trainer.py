@@ -365,12 +365,14 @@ class _Run:
     def _train_step(self, batch: dict[str, torch.Tensor], micro: int, n_micro: int) -> tuple[float, float]:
         """One optimizer step on this rank's share of the global batch; returns (global loss, grad norm)."""
         spec, d = self.spec, self.dist
+        by_tokens = spec.model.loss_scaling == "num_tokens"
+        slices = [slice(i * micro, (i + 1) * micro) for i in range(n_micro)]
+        # Token counts from the host copy of the batch: no device sync before the forward pass.
+        host_mask = batch["attention_mask"]
+        local = [float(host_mask[s].sum()) if by_tokens else float(micro) for s in slices]
         ids, labels, mask = (
             batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask")
         )
-        by_tokens = spec.model.loss_scaling == "num_tokens"
-        slices = [slice(i * micro, (i + 1) * micro) for i in range(n_micro)]
-        local = [float(mask[s].sum()) if by_tokens else float(micro) for s in slices]
         (global_denom,) = parallel.all_reduce_sum([sum(local)], d)
         global_denom = max(global_denom, 1.0)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
