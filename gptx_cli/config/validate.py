@@ -28,7 +28,8 @@ from gptx_cli.config.load import ConfigSource, KeyPath, LocatedConfigError, form
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import ConfigError
 
-SCHEMA_DIR = Path(os.environ.get("GPTX_SCHEMAS") or Path(__file__).resolve().parents[2] / "schemas")
+# gptx_cli/schemas links to the repo's top-level schemas/ (a wheel holds a copy): one source of truth.
+SCHEMA_DIR = Path(os.environ.get("GPTX_SCHEMAS") or Path(__file__).resolve().parents[1] / "schemas")
 SCHEMA_BASE = "https://gptx.invalid/schemas/"
 SUPPORTED_MODELS = ("gptj", "gpt-neox")
 # ModelZoo names gptx knows but cannot run: reported as "not supported" rather than "unknown".
