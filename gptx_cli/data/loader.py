@@ -309,8 +309,10 @@ class GptxDataLoader:
         start_sample: int,
         seed: int,
         infinite: bool,
+        pin_memory: bool = False,
     ) -> None:
         self.spec, self.rank, self.world_size, self.infinite = spec, rank, world_size, infinite
+        self.pin_memory = pin_memory
         self.global_batch_size = int(spec.batch_size)
         self.per_rank_batch_size = self.global_batch_size // world_size
         self.max_sequence_length = stores[0].msl
@@ -395,6 +397,7 @@ class GptxDataLoader:
             batch_sampler=sampler,
             num_workers=workers,
             collate_fn=_collate,
+            pin_memory=self.pin_memory,
             **kwargs,
         )
         for batch in loader:
@@ -422,10 +425,12 @@ def build_dataloader(
     start_sample: int = 0,
     seed: int | None = None,
     infinite: bool = True,
+    pin_memory: bool = False,
 ) -> GptxDataLoader:
     """The loader for one dataloader section; see the module docstring for order, sharding and resume.
 
-    `seed` is used when the section has no `shuffle_seed`. `infinite=False` gives one pass (eval)."""
+    `seed` is used when the section has no `shuffle_seed`. `infinite=False` gives one pass (eval).
+    `pin_memory=True` (for a CUDA device) lets host-to-device copies of batches run asynchronously."""
     if spec.batch_size <= 0 or spec.batch_size % world_size:
         raise DataError(
             f"batch_size {spec.batch_size} is the global batch and must divide evenly over {world_size} ranks"
@@ -457,4 +462,5 @@ def build_dataloader(
         start_sample=start_sample,
         seed=shuffle_seed,
         infinite=infinite,
+        pin_memory=pin_memory,
     )
