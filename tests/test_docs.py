@@ -50,7 +50,7 @@ def _flags(cmd: str) -> frozenset[str]:
 def _doc_command_lines() -> list[tuple[str, str]]:
     """(page:line, command) for each `gptx ...` line in a code block, continuation lines joined."""
     found = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
         text = page.read_text()
         for m in FENCE.finditer(text):
             if m.group(1) in ("python", "json", "yaml"):
