@@ -9,6 +9,8 @@ model = gptx_cli.build_model("configs/tiny_gptj.yaml", seed=1)
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,29 +77,17 @@ def _materialise(cfg: ModelConfig, tensors: Any, origin: Path) -> Transformer:
     return model
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: Any = None) -> Transformer:
-    """Load a gptx checkpoint dir, a model_dir of checkpoint_<step>/ dirs (the latest), or an HF GPT-J /
-    GPT-NeoX dir (config.json + safetensors / .bin, single or sharded). Returns the model in eval mode,
-    in `dtype` (default: the stored dtype) on `device`."""
-    from gptx_cli.checkpoint import (
-        is_gptx_checkpoint,
-        latest_checkpoint,
-        open_checkpoint_weights,
-        read_model_config,
-    )
+@contextmanager
+def open_weights(path: str | Path) -> Iterator[tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]]]]:
+    """A gptx checkpoint dir or an HF GPT-J / GPT-NeoX dir as (its model config, a lazy stream of
+    (gptx name, tensor) read one tensor at a time), so that no caller has to hold the whole model."""
+    from gptx_cli.checkpoint import is_gptx_checkpoint, open_checkpoint_weights, read_model_config
     from gptx_cli.weights import open_tensors
 
     root = Path(path)
-    if not root.exists():
-        raise CheckpointError(f"{root}: no such file or directory")
-    if not is_gptx_checkpoint(root) and not (root / "config.json").is_file():
-        latest = latest_checkpoint(root)
-        if latest is not None:
-            root = latest
     if is_gptx_checkpoint(root):
-        cfg = read_model_config(root)
         with open_checkpoint_weights(root) as src:
-            model = _materialise(cfg, src.items(), root)
+            yield read_model_config(root), src.items()
     elif (root / "config.json").is_file():
         from gptx_cli.model.hf import model_config_from_hf, to_gptx
 
@@ -107,12 +97,29 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: Any 
             raise CheckpointError(f"{root / 'config.json'}: cannot parse ({err})") from err
         cfg = model_config_from_hf(config_json)
         with open_tensors(root) as src:
-            model = _materialise(cfg, to_gptx(cfg, src.keys(), src.get), root)
+            yield cfg, to_gptx(cfg, src.keys(), src.get)
     else:
         raise CheckpointError(
             f"{root}: not a model directory",
             hint="expected a gptx checkpoint (gptx.json), a model_dir with checkpoint_<step>/, or an HF dir with config.json",
         )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: Any = None) -> Transformer:
+    """Load a gptx checkpoint dir, a model_dir of checkpoint_<step>/ dirs (the latest), or an HF GPT-J /
+    GPT-NeoX dir (config.json + safetensors / .bin, single or sharded). Returns the model in eval mode,
+    in `dtype` (default: the stored dtype) on `device`."""
+    from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint
+
+    root = Path(path)
+    if not root.exists():
+        raise CheckpointError(f"{root}: no such file or directory")
+    if not is_gptx_checkpoint(root) and not (root / "config.json").is_file():
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            root = latest
+    with open_weights(root) as (cfg, tensors):
+        model = _materialise(cfg, tensors, root)
     target = _resolve_dtype(dtype)
     if target is not None:
         model = model.to(dtype=target)

@@ -179,33 +179,38 @@ def _role(name: str) -> str | None:
 def initialize_parameters(model: nn.Module, cfg: ModelConfig, seed: int | None = None) -> None:
     """Initialise every parameter of a Transformer in place, reproducibly for a given seed.
 
-    Each parameter draws from its own generator on its own device, seeded from (seed, parameter name):
-    a GPU initialises a 6B model in seconds instead of drawing 6B numbers serially on the host, and the
-    weights of one parameter do not depend on the others. The same seed gives the same weights on the
-    same kind of device (CPU and CUDA generators differ).
+    Each parameter draws from its own generator on its own device, seeded from (seed, parameter name)
+    (`initialize_tensor`): a GPU initialises a 6B model in seconds instead of drawing 6B numbers
+    serially on the host, and the weights of one parameter do not depend on the others. The same seed
+    gives the same weights on the same kind of device (CPU and CUDA generators differ). Parameters on
+    the meta device are skipped (FSDP2 materialises them shard by shard with `initialize_tensor`).
     """
-    base = 0 if seed is None else int(seed)
     inits = resolved_initializers(cfg)
     for name, p in model.named_parameters():
-        if p.device.type == "meta":
-            continue
-        role = _role(name)
-        with torch.no_grad():
-            if role is None:  # biases and LayerNorms
-                p.fill_(1.0 if name.endswith("weight") and name.split(".")[-2].startswith("ln_") else 0.0)
-                continue
-            g = torch.Generator(device=p.device).manual_seed(zlib.crc32(f"{base}:{name}".encode()) + base)
-            target = (
-                p if p.dtype == torch.float32 else torch.empty(p.shape, dtype=torch.float32, device=p.device)
-            )
-            if role == "attention":
-                # q, k and v are separate [hidden, hidden] matrices for fans and draws, as in ModelZoo.
-                for part in target.view(3, -1, target.shape[1]):
-                    apply_initializer(part, inits[role], g)
-            else:
-                apply_initializer(target, inits[role], g)
-            if target is not p:
-                p.copy_(target)
+        if p.device.type != "meta":
+            initialize_tensor(p, name, inits, seed)
+
+
+def initialize_tensor(t: Tensor, name: str, inits: dict[str, Initializer], seed: int | None = None) -> None:
+    """Fill `t`, the full value of parameter `name`, in place: the initializer of its role (`inits` from
+    `resolved_initializers`) drawn from a generator on `t`'s device seeded from (seed, name), so that
+    the same parameter gets the same numbers however and wherever the model is built."""
+    base = 0 if seed is None else int(seed)
+    role = _role(name)
+    with torch.no_grad():
+        if role is None:  # biases and LayerNorms
+            t.fill_(1.0 if name.endswith("weight") and name.split(".")[-2].startswith("ln_") else 0.0)
+            return
+        g = torch.Generator(device=t.device).manual_seed(zlib.crc32(f"{base}:{name}".encode()) + base)
+        target = t if t.dtype == torch.float32 else torch.empty(t.shape, dtype=torch.float32, device=t.device)
+        if role == "attention":
+            # q, k and v are separate [hidden, hidden] matrices for fans and draws, as in ModelZoo.
+            for part in target.view(3, -1, target.shape[1]):
+                apply_initializer(part, inits[role], g)
+        else:
+            apply_initializer(target, inits[role], g)
+        if target is not t:
+            t.copy_(target)
 
 
 def optimizer_param_groups(model: nn.Module, cfg: ModelConfig) -> list[dict[str, Any]]:

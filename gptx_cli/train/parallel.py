@@ -128,6 +128,27 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tupl
     raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})")
 
 
+def is_sharded(d: Dist, strategy: str) -> bool:
+    """Whether the model is sharded over the processes (FSDP2): then it is built on the meta device and
+    each process materialises only its shards (see `copy_full_into`)."""
+    return d.enabled and strategy == "fsdp"
+
+
+def copy_full_into(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Set a parameter from its full value: a plain tensor takes all of it, an FSDP2 parameter (a DTensor)
+    only this process's shard of it. Every process passes the same `full`, so the shard is cut locally
+    (`src_data_rank=None`) and nothing is communicated."""
+    import torch
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(shard.to_local())
+        else:
+            param.copy_(full)
+
+
 def reshard(model: Any) -> None:
     """Put FSDP2 parameters back to their shards (a forward without backward, as in eval, leaves the root
     unsharded, and the optimizer and checkpointing expect the sharded parameters)."""

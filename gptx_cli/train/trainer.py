@@ -196,43 +196,57 @@ class _Run:
         return None, set()
 
     def _load_weights(self, model: torch.nn.Module, source: Path) -> None:
-        from gptx_cli.checkpoint import is_gptx_checkpoint, load_checkpoint_state_dict
+        """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
+        tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
+        process's shard of it is kept), so neither the host nor the device holds a second model."""
+        from gptx_cli.checkpoint import is_gptx_checkpoint
+        from gptx_cli.model.api import open_weights
 
         if not source.exists():
             raise CheckpointError(f"{source}: checkpoint not found")
-        if is_gptx_checkpoint(source):
-            from gptx_cli.checkpoint import read_model_config
-
-            weights = load_checkpoint_state_dict(source)
-            self._note_config_differences(read_model_config(source), source)
-        elif (source / "config.json").is_file():  # a Hugging Face model directory, converted on the fly
-            from gptx_cli.model.api import load_model
-
-            loaded = load_model(str(source), device="cpu")
-            weights = loaded.state_dict()
-            self._note_config_differences(loaded.cfg, source)
-        else:
+        if not is_gptx_checkpoint(source) and not (source / "config.json").is_file():
             raise CheckpointError(
                 f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
             )
-        expected = model.state_dict()
-        for name, tensor in expected.items():
-            if name not in weights:
-                raise CheckpointError(f"{source}: weight {name} missing (the config's model has it)")
-            if tuple(weights[name].shape) != tuple(tensor.shape):
-                hint = ""
-                if name in ("embed.weight", "lm_head.weight", "lm_head.bias"):
-                    hint = f" (vocab_size: checkpoint {weights[name].shape[0]}, config {tensor.shape[0]})"
-                raise CheckpointError(
-                    f"{source}: {name} has shape {tuple(weights[name].shape)}, the config's model "
-                    f"{tuple(tensor.shape)}{hint}"
-                )
-        extra = sorted(set(weights) - set(expected))
+        params = dict(model.named_parameters())  # the Transformer has no buffers
+        loaded: set[str] = set()
+        extra: list[str] = []
+        with open_weights(source) as (ckpt_cfg, tensors):
+            self._note_config_differences(ckpt_cfg, source)
+            for name, tensor in tensors:
+                param = params.get(name)
+                if param is None:
+                    extra.append(name)
+                    continue
+                if tuple(tensor.shape) != tuple(param.shape):
+                    hint = ""
+                    if name in ("embed.weight", "lm_head.weight", "lm_head.bias"):
+                        hint = f" (vocab_size: checkpoint {tensor.shape[0]}, config {param.shape[0]})"
+                    raise CheckpointError(
+                        f"{source}: {name} has shape {tuple(tensor.shape)}, the config's model "
+                        f"{tuple(param.shape)}{hint}"
+                    )
+                parallel.copy_full_into(param, tensor.to(self.device, param.dtype))
+                loaded.add(name)
+        missing = [name for name in params if name not in loaded]
+        if missing:
+            raise CheckpointError(f"{source}: weight {missing[0]} missing (the config's model has it)")
         if extra:
             raise CheckpointError(
-                f"{source}: weights the config's model does not have: {', '.join(extra[:5])}"
+                f"{source}: weights the config's model does not have: {', '.join(sorted(extra)[:5])}"
             )
-        model.load_state_dict({k: v.to(self.device) for k, v in weights.items()}, strict=True)
+
+    def _initialize_shards(self, model: torch.nn.Module) -> None:
+        """FSDP2: each parameter's full initial value is drawn on the device exactly as a single process
+        draws it (`initialize_tensor`), and only this process's shard of it is kept."""
+        from gptx_cli.model.init import initialize_tensor, resolved_initializers
+
+        inits = resolved_initializers(self.spec.model)
+        for name, param in model.named_parameters():
+            full = torch.empty(param.shape, dtype=param.dtype, device=self.device)
+            initialize_tensor(full, name, inits, self.seed)
+            parallel.copy_full_into(param, full)
+            del full
 
     # Settings that change what the same weights compute; shapes are checked tensor by tensor.
     _FUNCTIONAL_FIELDS = (
@@ -256,10 +270,14 @@ class _Run:
 
         spec = self.spec
         state.seed_everything(self.seed)
-        model = build_model(spec.model, device=str(self.device), seed=self.seed)
+        # FSDP2 builds on the meta device and materialises only each process's shards after wrapping
+        # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
+        sharded = parallel.is_sharded(self.dist, self.strategy)
+        model = build_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
         self.ckpt_source, self.load_states = self._resume_source()
-        if self.ckpt_source is not None and "model" in self.load_states:
-            self._load_weights(model, self.ckpt_source)
+        load_weights = self.ckpt_source is not None and "model" in self.load_states
+        if load_weights and not sharded:
+            self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
         model.train()
         if self.options.activation_checkpointing or spec.backend.activation_checkpointing:
             from gptx_cli.model.optimize import apply_activation_checkpointing
@@ -272,6 +290,13 @@ class _Run:
         self.model: torch.nn.Module = model
         loss_module = LossModule(model, spec.model.loss_scaling, spec.model.loss_weight)
         self.wrapped = parallel.wrap_model(loss_module, self.dist, self.strategy, block_types=(Block,))
+        if sharded:
+            # Rotary tables are no buffers: the Transformer computes and caches them on the first forward.
+            loss_module.to_empty(device=self.device)
+            if load_weights:
+                self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
+            else:
+                self._initialize_shards(model)
         inner = parallel.unwrap(self.model)
         groups = optimizer_param_groups(inner, spec.model)
         self.optimizer = build_optimizer(spec.optimizer, groups)

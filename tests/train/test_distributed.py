@@ -1,10 +1,16 @@
-"""`--nproc 2` on CPU (gloo): DDP and FSDP2 reproduce one process's losses for the same global batch, and
-checkpoints move between rank counts (1 -> 2 FSDP ranks -> 1)."""
+"""`--nproc 2` on CPU (gloo): DDP and FSDP2 reproduce one process's losses for the same global batch,
+checkpoints move between rank counts (1 -> 2 FSDP ranks -> 1), and FSDP2, which builds the model on the
+meta device and materialises only each process's shards, starts from exactly a single process's weights
+(fresh or loaded from a Hugging Face dir)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from train_helpers import read_metrics, run_gptx, tiny_args
+
+from gptx_cli.model.api import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +51,61 @@ def test_fsdp_matches_one_process_and_resumes_across_rank_counts(tiny_data, refe
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert_same_losses(read_metrics(model_dir), reference, range(5, 7))
+
+
+def initial_weights(model_dir) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "checkpoint_0" / "model.safetensors")
+
+
+def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_fsdp_initial_weights_equal_one_process(tiny_data, tmp_path):
+    # an odd vocabulary (the data's + 7): the embedding and head split unevenly over the 2 ranks
+    args = ("--set", f"model.vocab_size={tiny_data['vocab_size'] + 7}",
+            "--set", "checkpoint.save_initial_checkpoint=true", "--max-steps", "0")  # fmt: skip
+    r = run_gptx("train", *tiny_args(tiny_data, tmp_path / "one", *args))
+    assert r.returncode == 0, r.stderr
+    r = run_gptx(
+        "train", *tiny_args(tiny_data, tmp_path / "fsdp", *args, "--nproc", "2", "--strategy", "fsdp")
+    )
+    assert r.returncode == 0, r.stderr
+    assert "on 2 x cpu (fsdp)" in r.stdout
+    one = initial_weights(tmp_path / "one")
+    assert one["embed.weight"].std() > 0  # initialised, not empty memory
+    assert_same_weights(initial_weights(tmp_path / "fsdp"), one)
+
+
+@pytest.fixture
+def hf_neox_dir(tiny_data, tmp_path):
+    """A tiny random GPT-NeoX saved by transformers, with the tiny data's vocabulary."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(
+        vocab_size=tiny_data["vocab_size"], max_position_embeddings=128, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, rotary_pct=0.25, hidden_act="gelu",
+        use_parallel_residual=True, tie_word_embeddings=False, hidden_dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    path = tmp_path / "hf_neox"
+    GPTNeoXForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_fsdp_continue_pretrain_from_hf_matches_one_process(tiny_data, hf_neox_dir, tmp_path):
+    neox = ("--set", "checkpoint.save_initial_checkpoint=true", "--max-steps", "1", "--checkpoint-path",
+            str(hf_neox_dir))  # fmt: skip
+    runs = {"one": (), "fsdp": ("--nproc", "2", "--strategy", "fsdp")}
+    for name, extra in runs.items():
+        r = run_gptx(
+            "continue-pretrain",
+            *tiny_args(tiny_data, tmp_path / name, *neox, *extra, config="tiny_neox.yaml"),
+        )
+        assert r.returncode == 0, r.stderr
+    converted = load_model(hf_neox_dir).state_dict()
+    assert_same_weights(initial_weights(tmp_path / "one"), converted)
+    assert_same_weights(initial_weights(tmp_path / "fsdp"), converted)
+    assert_same_losses(read_metrics(tmp_path / "fsdp"), read_metrics(tmp_path / "one"), range(1, 2))
