@@ -556,7 +556,13 @@ class _Run:
         spec, d = self.spec, self.dist
         assert spec.train_data is not None
         global_batch, micro, n_micro = self.check_fits()
-        loader = build_dataloader(spec.train_data, rank=d.rank, world_size=d.world_size, seed=self.seed)
+        loader = build_dataloader(
+            spec.train_data,
+            rank=d.rank,
+            world_size=d.world_size,
+            seed=self.seed,
+            pin_memory=self.device.type == "cuda",  # batches copy to the GPU asynchronously
+        )
         self._build()
         start, samples_seen = self._restore()
         loader.load_state_dict({"position": samples_seen})
