@@ -25,11 +25,16 @@ ALL_CASES = [
     "gptj-eval-gptx",
     "gptj-eval-hf",
     "gptj-eval-gptx-compile",
+    "gptj-train-gptx-compile-full",
+    "gptj-train-gptx-ckpt-full",
+    "gptj-train-hf-ckpt-full",
     "neox-train-gptx",
     "neox-train-gptx-compile",
     "neox-train-hf",
     "gptj-train-gptx-mzadamw",
 ]
+# Run only when the memory fit cut the GPT-J training rows short of all layers.
+FULL_DEPTH = [c for c in ALL_CASES if c.endswith("-full")]
 
 
 def _env(out: Path) -> dict[str, str]:
@@ -62,6 +67,9 @@ def test_tiny_run_prints_the_table_and_writes_json_for_every_case(tmp_path: Path
 
     rows = {r["case"]: r for r in report["cases"]}
     assert list(rows) == ALL_CASES
+    for key in FULL_DEPTH:  # the toy model fits: nothing to run at full depth separately
+        row = rows.pop(key)
+        assert row["status"] == "skipped" and "already run at full depth" in row["detail"]
     for key, row in rows.items():
         assert row["status"] == "ok", (key, row.get("detail"), row.get("traceback"))
         assert key in table and row["model"] in table
@@ -120,4 +128,41 @@ def test_cases_past_the_time_budget_are_skipped_not_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "gpu_bench.json").read_text())["cases"]
     assert [r["case"] for r in rows] == ALL_CASES
-    assert all(r["status"] == "skipped" and r["detail"].startswith("time budget") for r in rows)
+    assert all(r["status"] == "skipped" for r in rows)
+    assert all(r["detail"].startswith("time budget") for r in rows if r["case"] not in FULL_DEPTH)
+
+
+def test_full_depth_rows_run_when_the_training_rows_are_cut_short(tmp_path: Path) -> None:
+    # --layers 1 stands in for a card that holds only part of the model (the memory fit's answer).
+    cases = ["gptj-train-gptx", "gptj-train-hf-ckpt", *FULL_DEPTH]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--tiny",
+            "--out",
+            str(tmp_path),
+            "--layers",
+            "1",
+            "--cases",
+            ",".join(cases),
+        ],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_bench.json").read_text())
+    rows = {r["case"]: r for r in report["cases"]}
+    assert list(rows) == cases
+    assert all(r["status"] == "ok" for r in rows.values()), [r.get("detail") for r in rows.values()]
+    assert rows["gptj-train-gptx"]["layers"] == 1
+    assert all(rows[key]["layers"] == 2 for key in FULL_DEPTH)
+    assert rows["gptj-train-gptx-ckpt-full"]["activation_checkpointing"] is True
+    # The summary compares like with like: the deepest layer count where both gptx and HF ran.
+    summary = report["summary"]
+    assert summary["gptj_train_layers"] == 2
+    best = rows[summary["gptj_train_best_gptx"]]
+    assert best["layers"] == 2 and best["impl"] == "gptx"
+    assert summary["gptj_train_hf_tokens_per_s"] == rows["gptj-train-hf-ckpt-full"]["tokens_per_s"]

@@ -146,6 +146,9 @@ class Case:
     compiled: bool = False
     checkpointing: bool = False  # activation (gradient) checkpointing
     optimizer: str = "torch-fused"  # "torch-fused" (torch.optim.AdamW(fused=True)) | "modelzoo" (gptx AdamW)
+    # Only when the memory fit cut the GPT-J training rows short: the same case at all layers (it may
+    # run out of memory; activation checkpointing or compilation may make it fit).
+    full_depth: bool = False
 
 
 @dataclasses.dataclass
@@ -637,6 +640,36 @@ def all_cases(tiny: bool) -> list[Case]:
         Case("gptj-eval-gptx", "gptj", "gptx", "eval", eval_b, seq),
         Case("gptj-eval-hf", "gptj", "hf", "eval", eval_b, seq),
         Case("gptj-eval-gptx-compile", "gptj", "gptx", "eval", eval_b, seq, compiled=True),
+        Case(
+            "gptj-train-gptx-compile-full",
+            "gptj",
+            "gptx",
+            "train",
+            train_b,
+            seq,
+            compiled=True,
+            full_depth=True,
+        ),
+        Case(
+            "gptj-train-gptx-ckpt-full",
+            "gptj",
+            "gptx",
+            "train",
+            train_b,
+            seq,
+            checkpointing=True,
+            full_depth=True,
+        ),
+        Case(
+            "gptj-train-hf-ckpt-full",
+            "gptj",
+            "hf",
+            "train",
+            train_b,
+            seq,
+            checkpointing=True,
+            full_depth=True,
+        ),
         Case("neox-train-gptx", "gpt-neox", "gptx", "train", train_b, seq),
         Case("neox-train-gptx-compile", "gpt-neox", "gptx", "train", train_b, seq, compiled=True),
         Case("neox-train-hf", "gpt-neox", "hf", "train", train_b, seq),
@@ -647,6 +680,8 @@ def all_cases(tiny: bool) -> list[Case]:
 def case_layers(case: Case, gptj_train_layers: int, settings: Settings) -> int:
     if case.family == "gpt-neox":
         return settings.neox_layers
+    if case.full_depth:
+        return full_layers("gptj", settings.tiny)
     return gptj_train_layers if case.mode == "train" else full_layers("gptj", settings.tiny)
 
 
@@ -656,12 +691,21 @@ def fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """gptx's fastest GPT-J rows against Hugging Face's, and the issue's targets (None: not measured)."""
+    """gptx's fastest GPT-J rows against Hugging Face's at the same depth (the deepest where both ran),
+    and the issue's targets (None: not measured)."""
     summary: dict[str, Any] = {}
     for mode in ("train", "eval"):
-        gptj = [r for r in rows if r["model"].endswith("GPT-J-6B") and r["mode"] == mode]
-        g = fastest([r for r in gptj if r["impl"] == "gptx" and r["optimizer"] != "modelzoo"])
-        h = fastest([r for r in gptj if r["impl"] == "hf"])
+        gptj = [
+            r for r in rows if r["model"].endswith("GPT-J-6B") and r["mode"] == mode and r["status"] == "ok"
+        ]
+        g = h = None
+        for layers in sorted({r["layers"] for r in gptj}, reverse=True):
+            at = [r for r in gptj if r["layers"] == layers]
+            g = fastest([r for r in at if r["impl"] == "gptx" and r["optimizer"] != "modelzoo"])
+            h = fastest([r for r in at if r["impl"] == "hf"])
+            if g and h:
+                break
+        summary[f"gptj_{mode}_layers"] = g["layers"] if g else None
         summary[f"gptj_{mode}_best_gptx"] = g["case"] if g else None
         summary[f"gptj_{mode}_gptx_tokens_per_s"] = g["tokens_per_s"] if g else None
         summary[f"gptj_{mode}_hf_tokens_per_s"] = h["tokens_per_s"] if h else None
@@ -750,7 +794,9 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for mode in ("train", "eval"):
         sp = s[f"gptj_{mode}_speedup_vs_hf"]
-        head.append(f"GPT-J {mode}: best gptx vs Hugging Face = {f'{sp:.2f}x' if sp else '-'}")
+        layers = s[f"gptj_{mode}_layers"]
+        at = f" at {layers} layers" if layers else ""
+        head.append(f"GPT-J {mode}: best gptx vs Hugging Face{at} = {f'{sp:.2f}x' if sp else '-'}")
     head.append(f"targets: {json.dumps(s['targets'])}")
     head += [f"note: {n}" for n in report["notes"]]
     return "\n".join(head) + "\n"
@@ -839,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - started
         if case.impl == "hf" and env["transformers"] is None:
             reason = "transformers not installed"
+        elif case.full_depth and train_layers == full_layers("gptj", settings.tiny):
+            reason = "the fitted GPT-J training rows already run at full depth"
         elif elapsed > settings.time_budget_s:
             reason = f"time budget: {elapsed:.0f} s > {settings.time_budget_s:.0f} s"
         else:
