@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import datetime
 import gc
@@ -325,10 +326,15 @@ def build_hf(config_json: dict[str, Any], device: torch.device, seed: int = 0) -
     torch.manual_seed(seed)
     with torch.device(device):
         try:
-            # SDPA where this transformers version supports it for the model (older GPT-J has only eager).
-            model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa")
+            # SDPA where this transformers version supports it for the model (GPT-J has only eager).
+            model = transformers.AutoModelForCausalLM.from_config(
+                copy.deepcopy(hf_cfg), attn_implementation="sdpa"
+            )
         except (ValueError, ImportError, TypeError):
-            model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+            # A fresh copy: the failed attempt may have written "sdpa" into the config it was given.
+            model = transformers.AutoModelForCausalLM.from_config(
+                copy.deepcopy(hf_cfg), attn_implementation="eager"
+            )
     model = model.to(device=device, dtype=torch.float32)
     attn = getattr(model.config, "_attn_implementation", None) or "default"
     return model, str(attn)

@@ -5,24 +5,28 @@ position `t`), and `loss_mask` selects the tokens that count. With `loss_scaling
 is the masked cross-entropy sum over the number of masked tokens (ModelZoo requires loss_weight == 1
 there); with `batch_size` it is the sum over the batch size times `loss_weight`.
 
-The LM head and the cross-entropy run in sequence chunks when the fp32 logits would be large, each
-chunk under activation checkpointing, so [B, T, vocab] fp32 logits never exist at once (they would be
-0.8 GB for a batch of 8 x 2048 GPT-J tokens). Small batches take the single-pass path.
+The LM head and the cross-entropy run fused, in chunks of rows, so [B, T, vocab] fp32 logits never
+exist at once (they would be 1.6 GB for a batch of 4 x 2048 GPT-J tokens). With gradients on, each
+chunk's gradient (softmax - one-hot) is turned into the hidden-state and head-weight gradients right
+away, in the forward pass, and the chunk's logits are dropped: the head costs the same three matmuls as
+the unchunked version (no recomputation) and backward only scales the stored gradients by the
+incoming one. Values are those of `F.cross_entropy` on the full logits: the same log-softmax per row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from gptx_cli.errors import ConfigError
 
-# Above this many logits per step (fp32: 4 bytes each) the head runs in checkpointed chunks.
-CHUNK_LOGITS = 1 << 24
+# At most this many logits per chunk (fp32: 4 bytes each; a chunk also holds their log-softmax and
+# gradient). Large enough that each chunk's matmuls fill a GPU, small next to the model's own memory.
+CHUNK_LOGITS = 1 << 26
 
 
 @dataclass
@@ -33,19 +37,114 @@ class LossOutput:
     num_correct: Tensor  # masked tokens whose argmax equals the label (int64)
 
 
-def _chunk_stats(
-    model: torch.nn.Module, hidden: Tensor, labels: Tensor, mask: Tensor
-) -> tuple[Tensor, Tensor]:
-    """(masked CE sum fp32, number of correct argmax predictions) for one chunk of positions."""
-    logits = model.logits(hidden).float()  # type: ignore[operator]
-    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-    ce_sum = (ce * mask.flatten().to(ce.dtype)).sum()
-    with torch.no_grad():
+def _compute_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype the head's matmuls run in: autocast's when it is on (as F.linear would), else hidden's."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        return torch.get_autocast_dtype(hidden.device.type)
+    return hidden.dtype
+
+
+def _head_chunks(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    labels: Tensor,
+    mask: Tensor,
+    scale: float | None,
+    chunk_rows: int,
+    with_grad: bool,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor | None] | None]:
+    """Masked CE sum (fp32), correct-prediction count and, with_grad, the gradients of the CE sum
+    with respect to (hidden, weight fp32, bias fp32). hidden [N, H] and weight [V, H] are already in the
+    compute dtype; labels [N] int64; mask [N] fp32."""
+    ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
+    grads = None
+    if with_grad:
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        grads = (grad_hidden, grad_weight, grad_bias)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        h, y, m = hidden[rows], labels[rows], mask[rows]
+        logits = F.linear(h, weight, bias)
+        if scale is not None:
+            logits = logits * scale
+        logits = logits.float()
         # "label is the argmax" as "label's logit equals the max": amax is ~10x cheaper than argmax on
         # CPU; the two differ only on exact ties, where argmax picks the lowest id.
-        label_logit = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        correct = ((label_logit >= logits.amax(-1)) & mask.bool()).sum()
-    return ce_sum, correct
+        label_logit = logits.gather(1, y[:, None]).squeeze(1)
+        correct += ((label_logit >= logits.amax(1)) & (m > 0)).sum()
+        log_probs = logits.log_softmax(1)  # what F.cross_entropy computes, so the values are its own
+        del logits
+        ce_sum += (-log_probs.gather(1, y[:, None]).squeeze(1) * m).sum()
+        if grads is None:
+            continue
+        # d(sum m * CE)/d logits = m * (softmax - one_hot), times the muP scale for the pre-scale logits.
+        grad_logits = log_probs.exp_()
+        grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+        grad_logits *= m[:, None] if scale is None else m[:, None] * scale
+        if grads[2] is not None:
+            grads[2].add_(grad_logits.sum(0))
+        grad_logits = grad_logits.to(weight.dtype)
+        torch.mm(grad_logits, weight, out=grads[0][rows])
+        if weight.dtype == torch.float32:
+            grads[1].addmm_(grad_logits.t(), h)
+        else:
+            grads[1].add_(grad_logits.t() @ h)
+        del log_probs, grad_logits
+    return ce_sum, correct, grads
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """LM head + masked CE sum whose backward only scales the gradients computed in forward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        labels: Tensor,
+        mask: Tensor,
+        scale: float | None,
+        chunk_rows: int,
+        compute_dtype: torch.dtype,
+    ) -> tuple[Tensor, Tensor]:
+        with torch.autocast(hidden.device.type, enabled=False):
+            ce_sum, correct, grads = _head_chunks(
+                hidden.to(compute_dtype),
+                weight.to(compute_dtype),
+                None if bias is None else bias.to(compute_dtype),
+                labels,
+                mask,
+                scale,
+                chunk_rows,
+                with_grad=True,
+            )
+        assert grads is not None
+        grad_hidden, grad_weight, grad_bias = grads
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.mark_non_differentiable(correct)
+        return ce_sum, correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_ce: Tensor, _grad_correct: Tensor | None) -> tuple[Tensor | None, ...]:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        g = grad_ce.float()
+        return (
+            (grad_hidden * g).to(hidden_dtype) if ctx.needs_input_grad[0] else None,
+            (grad_weight * g).to(weight_dtype) if ctx.needs_input_grad[1] else None,
+            (grad_bias * g).to(bias_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,25 +173,32 @@ def lm_loss(
         )
     hidden = model(input_ids, hidden_only=True)
     inner = unwrap(model)
-    b, t, _ = hidden.shape
-    vocab = int(inner.cfg.vocab_size)  # type: ignore[union-attr,arg-type]
-    if b * t * vocab <= chunk_logits:
-        ce_sum, correct = _chunk_stats(inner, hidden, labels, loss_mask)
+    b, t, h = hidden.shape
+    weight = inner.output_weight  # type: ignore[union-attr]
+    bias = inner.lm_head.bias  # type: ignore[union-attr]
+    scale = inner.logits_scale  # type: ignore[union-attr]
+    chunk_rows = max(1, chunk_logits // weight.shape[0])
+    flat = (hidden.reshape(b * t, h), labels.reshape(-1), loss_mask.reshape(-1).to(torch.float32))
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    if needs_grad:
+        ce_sum, correct = _FusedLinearCrossEntropy.apply(
+            flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, _compute_dtype(hidden)
+        )
     else:
-        step = max(1, chunk_logits // (b * vocab))
-        ce_sum = hidden.new_zeros((), dtype=torch.float32)
-        correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
-        for s in range(0, t, step):
-            part_sum, part_correct = checkpoint(
-                _chunk_stats,
-                inner,
-                hidden[:, s : s + step],
-                labels[:, s : s + step],
-                loss_mask[:, s : s + step],
-                use_reentrant=False,
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            ce_sum, correct, _ = _head_chunks(
+                flat[0].to(dtype),
+                weight.to(dtype),
+                None if bias is None else bias.to(dtype),
+                flat[1],
+                flat[2],
+                scale,
+                chunk_rows,
+                with_grad=False,
             )
-            ce_sum = ce_sum + part_sum
-            correct = correct + part_correct
     num_tokens = loss_mask.sum().to(torch.int64)
     if loss_scaling == "num_tokens":
         loss = ce_sum / loss_mask.sum().to(ce_sum.dtype)
