@@ -31,7 +31,7 @@ ALL_CASES = [
     "neox-train-gptx",
     "neox-train-gptx-compile",
     "neox-train-hf",
-    "gptj-train-gptx-mzadamw",
+    "gptj-train-gptx-torchadamw",
 ]
 # Run only when the memory fit cut the GPT-J training rows short of all layers.
 FULL_DEPTH = [c for c in ALL_CASES if c.endswith("-full")]

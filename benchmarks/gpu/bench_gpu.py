@@ -3,13 +3,14 @@
 One short run (a few minutes on one H100/H200) that prints a table and writes `gpu_bench.json` and
 `gpu_bench.txt` into `$OUT` (or `--out`, default `./gpu-bench-out`):
 
-- gptx training steps of GPT-J-6B at batch 4 x 2048: bf16 autocast, fp32 master weights, fused
-  `torch.optim.AdamW` (fp32 states), gradient clipping at 1.0; eager and `torch.compile`d;
+- gptx training steps of GPT-J-6B at batch 4 x 2048: bf16 autocast, fp32 master weights, gradient
+  clipping at 1.0 and gptx's own optimizer step (ModelZoo AdamW on torch's fused kernel, fp32 states,
+  the clip multiplier folded in: what `gptx train` runs); eager and `torch.compile`d;
 - the Hugging Face `GPTJForCausalLM` baseline in the same run, with gradient checkpointing (it runs out
-  of memory without), same batch, bf16 autocast, `torch.optim.AdamW(fused=True)`;
+  of memory without), same batch, bf16 autocast, `clip_grad_norm_` + `torch.optim.AdamW(fused=True)`;
 - forward-only eval (forward + loss, no grad) of both at batch 8 x 2048 with bf16 weights;
 - a GPT-NeoX-20B-width model (hidden 6144, 64 heads, untied LayerNorms) with a few layers;
-- gptx with its own ModelZoo AdamW (`gptx_cli.train.optim`, what `gptx train` uses), last.
+- the gptx model with Hugging Face's optimizer step (torch AdamW), last: the model alone compared.
 
 Every case builds a fresh model, runs warm-up steps (compilation happens there), then timed steps
 with `torch.cuda.synchronize()` around each; an out-of-memory error or any other failure is recorded
@@ -146,7 +147,9 @@ class Case:
     seq: int
     compiled: bool = False
     checkpointing: bool = False  # activation (gradient) checkpointing
-    optimizer: str = "torch-fused"  # "torch-fused" (torch.optim.AdamW(fused=True)) | "modelzoo" (gptx AdamW)
+    # "gptx": what `gptx train` runs (ModelZoo AdamW on torch's fused kernel, the clip multiplier folded
+    # into it); "torch-fused": torch.optim.AdamW(fused=True) after torch's clip_grad_norm_.
+    optimizer: str = "gptx"
     # Only when the memory fit cut the GPT-J training rows short: the same case at all layers (it may
     # run out of memory; activation checkpointing or compilation may make it fit).
     full_depth: bool = False
@@ -384,7 +387,7 @@ def gptx_optimizer(model: torch.nn.Module, cfg: ModelConfig, which: str) -> torc
     from gptx_cli.model.init import optimizer_param_groups
 
     groups = optimizer_param_groups(model, cfg)
-    if which == "modelzoo":
+    if which == "gptx":
         from gptx_cli.config.spec import OptimizerSpec
         from gptx_cli.train.optim import build_optimizer
 
@@ -476,8 +479,14 @@ def prepare_case(
             with autocast():
                 loss = forward_loss()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-            optimizer.step()
+            if case.optimizer == "gptx":  # the trainer's own clipping and step
+                from gptx_cli.train.precision import clip_gradients
+
+                _, multiplier = clip_gradients(params, 1.0, None, scale_grads=False)
+                optimizer.step(grad_multiplier=multiplier)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss.detach()
 
@@ -642,7 +651,16 @@ def all_cases(tiny: bool) -> list[Case]:
     return [
         Case("gptj-train-gptx", "gptj", "gptx", "train", train_b, seq),
         Case("gptj-train-gptx-compile", "gptj", "gptx", "train", train_b, seq, compiled=True),
-        Case("gptj-train-hf-ckpt", "gptj", "hf", "train", train_b, seq, checkpointing=True),
+        Case(
+            "gptj-train-hf-ckpt",
+            "gptj",
+            "hf",
+            "train",
+            train_b,
+            seq,
+            checkpointing=True,
+            optimizer="torch-fused",
+        ),
         Case("gptj-eval-gptx", "gptj", "gptx", "eval", eval_b, seq),
         Case("gptj-eval-hf", "gptj", "hf", "eval", eval_b, seq),
         Case("gptj-eval-gptx-compile", "gptj", "gptx", "eval", eval_b, seq, compiled=True),
@@ -674,12 +692,13 @@ def all_cases(tiny: bool) -> list[Case]:
             train_b,
             seq,
             checkpointing=True,
+            optimizer="torch-fused",
             full_depth=True,
         ),
         Case("neox-train-gptx", "gpt-neox", "gptx", "train", train_b, seq),
         Case("neox-train-gptx-compile", "gpt-neox", "gptx", "train", train_b, seq, compiled=True),
-        Case("neox-train-hf", "gpt-neox", "hf", "train", train_b, seq),
-        Case("gptj-train-gptx-mzadamw", "gptj", "gptx", "train", train_b, seq, optimizer="modelzoo"),
+        Case("neox-train-hf", "gpt-neox", "hf", "train", train_b, seq, optimizer="torch-fused"),
+        Case("gptj-train-gptx-torchadamw", "gptj", "gptx", "train", train_b, seq, optimizer="torch-fused"),
     ]
 
 
@@ -707,7 +726,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         g = h = None
         for layers in sorted({r["layers"] for r in gptj}, reverse=True):
             at = [r for r in gptj if r["layers"] == layers]
-            g = fastest([r for r in at if r["impl"] == "gptx" and r["optimizer"] != "modelzoo"])
+            g = fastest([r for r in at if r["impl"] == "gptx"])
             h = fastest([r for r in at if r["impl"] == "hf"])
             if g and h:
                 break
@@ -749,7 +768,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         setup = []
         if r["mode"] == "train":
             setup.append("train fp32+bf16ac")
-            setup.append("mz-adamw" if r["optimizer"] == "modelzoo" else "fused-adamw")
+            setup.append("gptx-adamw" if r["optimizer"] == "gptx" else "torch-adamw")
         else:
             setup.append("eval bf16")
         if r["compile"]:

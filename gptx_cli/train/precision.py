@@ -90,13 +90,32 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def clip_gradients(
-    params: Iterable[torch.nn.Parameter], max_norm: float | None, max_value: float | None
-) -> float:
-    """Clip by value, then by global norm (ModelZoo order); returns the global grad norm before norm clipping."""
+    params: Iterable[torch.nn.Parameter],
+    max_norm: float | None,
+    max_value: float | None,
+    *,
+    scale_grads: bool = True,
+) -> tuple[float, float]:
+    """Clip by value, then by global norm (ModelZoo order, torch's `clip_grad_norm_` coefficient).
+
+    Returns (global grad norm before norm clipping, the norm-clipping multiplier). With
+    `scale_grads=False` the gradients are left unscaled and the caller folds the multiplier into its
+    optimizer step (gptx's AdamW does it inside its fused kernel, saving a pass over the gradients).
+    """
     params = [p for p in params if p.grad is not None]
     if max_value is not None:
         torch.nn.utils.clip_grad_value_(params, max_value)
-    norm = torch.nn.utils.clip_grad_norm_(
-        params, max_norm if max_norm is not None else math.inf, foreach=True
-    )
-    return float(_local(norm))
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0, 1.0
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is None:  # older torch: clip_grad_norm_ with no limit only measures
+        norm = float(_local(torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)))
+    else:
+        norm = float(_local(get_total_norm(grads, 2.0, foreach=True)))
+    multiplier = 1.0
+    if max_norm is not None and math.isfinite(norm):
+        multiplier = min(1.0, max_norm / (norm + 1e-6))
+    if scale_grads and multiplier < 1.0:
+        torch._foreach_mul_(grads, multiplier)
+    return norm, multiplier

@@ -31,7 +31,7 @@ from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
 from gptx_cli.train import parallel, state
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
-from gptx_cli.train.optim import build_optimizer, optimizer_learning_rate
+from gptx_cli.train.optim import AdamW, build_optimizer, optimizer_learning_rate
 from gptx_cli.train.precision import LossScaler, autocast, clip_gradients, precision_notes
 from gptx_cli.train.schedulers import LRSchedule, build_schedule
 
@@ -422,12 +422,21 @@ class _Run:
         if not math.isfinite(step_loss):
             return math.nan, False
         self.scaler.unscale_([p.grad for p in params if p.grad is not None])
-        grad_norm = clip_gradients(
-            params, self.spec.precision.max_gradient_norm, self.spec.precision.max_gradient_value
+        # gptx's AdamW folds the clipping multiplier into its fused update; other optimizers get
+        # clipped gradients.
+        folds = isinstance(self.optimizer, AdamW)
+        grad_norm, multiplier = clip_gradients(
+            params,
+            self.spec.precision.max_gradient_norm,
+            self.spec.precision.max_gradient_value,
+            scale_grads=not folds,
         )
         stepped = self.scaler.update(math.isfinite(grad_norm))
         if stepped:
-            self.optimizer.step()
+            if folds:
+                self.optimizer.step(grad_multiplier=multiplier)
+            else:
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, stepped
 

@@ -83,7 +83,8 @@ def test_adamw_chunked_update_is_bit_identical_to_one_chunk(monkeypatch):
     def run() -> list[torch.Tensor]:
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(n)) for n in (5, 17, 3, 40, 8)]
-        opt = optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        # correct_bias=False keeps it on the chunked foreach path (the fused kernel needs bias correction)
+        opt = optim.AdamW(params, lr=1e-2, weight_decay=0.1, correct_bias=False)
         for _ in range(3):
             for p in params:
                 p.grad = torch.randn_like(p)
@@ -95,3 +96,31 @@ def test_adamw_chunked_update_is_bit_identical_to_one_chunk(monkeypatch):
     assert len(optim._chunks([torch.empty(n) for n in (5, 17, 3, 40, 8)])) == 3
     for a, b in zip(whole, run(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adam"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_kernel_path_equals_the_term_by_term_rule(name, dtype):
+    """With bias correction, ModelZoo's rule runs as torch's fused kernel with eps / sqrt(1 - b2^t):
+    the same numbers as the foreach path to float rounding, over steps, decay and a clip multiplier."""
+
+    def run(fused: bool) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n, generator=gen, dtype=dtype)) for n in (7, 64, 3)]
+        opt = build_optimizer(
+            OptimizerSpec(name, {"weight_decay": 0.1, "betas": [0.9, 0.95]}),
+            [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}],
+        )
+        opt.fused = fused
+        for group in opt.param_groups:
+            group["lr"] = 1e-2
+        for step in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+            opt.step(grad_multiplier=0.5 if step == 2 else 1.0)
+        return [p.detach().clone() for p in params]
+
+    fused, reference = run(True), run(False)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    for a, b in zip(fused, reference, strict=True):
+        assert torch.allclose(a, b, rtol=tol, atol=tol)

@@ -58,10 +58,20 @@ def test_scaled_gradients_unscale_back_to_the_true_gradient():
 def test_clipping_by_value_then_norm_returns_the_norm_before_clipping():
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
     a.grad, b.grad = torch.tensor([3.0, -10.0]), torch.tensor([4.0])
-    norm = clip_gradients([a, b], max_norm=1.0, max_value=4.0)  # values -> [3, -4], [4]
+    norm, multiplier = clip_gradients([a, b], max_norm=1.0, max_value=4.0)  # values -> [3, -4], [4]
     assert norm == pytest.approx(math.sqrt(9 + 16 + 16))
+    assert multiplier == pytest.approx(1.0 / math.sqrt(41), rel=1e-5)
     total = math.sqrt(float((a.grad**2).sum() + (b.grad**2).sum()))
     assert total == pytest.approx(1.0, rel=1e-5)
+
+
+def test_clipping_can_leave_the_gradients_for_the_optimizer_to_scale():
+    a = torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.tensor([3.0, 4.0])
+    norm, multiplier = clip_gradients([a], max_norm=1.0, max_value=None, scale_grads=False)
+    assert (norm, multiplier) == (pytest.approx(5.0), pytest.approx(0.2, rel=1e-5))
+    assert torch.equal(a.grad, torch.tensor([3.0, 4.0]))
+    assert clip_gradients([a], max_norm=10.0, max_value=None)[1] == 1.0  # under the limit: untouched
 
 
 def test_load_checkpoint_states_accepts_all_or_a_subset_and_names_unknown_ones():
