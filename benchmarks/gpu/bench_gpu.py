@@ -167,8 +167,8 @@ class Settings:
     time_budget_s: float
     peak_tflops: float | None
     compile_backend: str
-    # lm_loss's chunk size (logits per chunk); --tiny lowers it so toy batches take the chunked,
-    # checkpointed LM-head path that full-size batches take.
+    # lm_loss's chunk size (logits per chunk); --tiny lowers it so toy batches run several chunks of
+    # the fused LM-head path, as full-size batches do.
     chunk_logits: int | None = None
 
 
@@ -259,6 +259,8 @@ def inspect_environment(settings: Settings) -> dict[str, Any]:
         )
         if rev.returncode == 0:
             env["gptx_commit"] = rev.stdout.strip()
+    # A copied working tree can carry a stale .git (seen on the lent GPU machines): the caller may say.
+    env["gptx_commit"] = os.environ.get("GPTX_COMMIT") or env["gptx_commit"]
     return env
 
 

@@ -4,8 +4,8 @@
     PYTHONPATH=. python3 benchmarks/gpu/profile_gpu.py --eager --layers 8
     PYTHONPATH=. python3 benchmarks/gpu/profile_gpu.py --tiny          # toy size on the CPU
 
-Builds the same case as bench_gpu.py's `gptj-train-gptx[-compile]` (bf16 autocast, fp32 weights, fused
-torch AdamW, clipping), runs warm-up steps, then profiles a few steps with torch.profiler and prints
+Builds the same case as bench_gpu.py's `gptj-train-gptx[-compile]` (bf16 autocast, fp32 weights, clipping
+and gptx's AdamW step on torch's fused kernel), runs warm-up steps, then profiles a few steps with torch.profiler and prints
 a table: GEMMs, attention, optimizer, elementwise/fused (Triton), reductions, copies, with each
 category's share of kernel time and the wall time per step. Writes `gpu_profile.txt` to $OUT when set.
 """

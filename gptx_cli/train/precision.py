@@ -100,7 +100,7 @@ def clip_gradients(
 
     Returns (global grad norm before norm clipping, the norm-clipping multiplier). With
     `scale_grads=False` the gradients are left unscaled and the caller folds the multiplier into its
-    optimizer step (gptx's AdamW does it inside its fused kernel, saving a pass over the gradients).
+    optimizer step (gptx's AdamW applies it inside its fused kernel instead of a separate pass).
     """
     params = [p for p in params if p.grad is not None]
     if max_value is not None:
