@@ -61,11 +61,13 @@ def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.
 
 def train_step_gptx(model, opt, inputs, labels, mask) -> None:
     from gptx_cli.model.loss import lm_loss
+    from gptx_cli.train.precision import clip_gradients
 
     out = lm_loss(model, inputs, labels, mask)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
-    opt.step()
+    _, multiplier = clip_gradients(list(model.parameters()), 1.0, None, scale_grads=False)
+    opt.step(grad_multiplier=multiplier)
 
 
 def train_step_hf(model, opt, inputs, labels) -> None:
@@ -74,7 +76,19 @@ def train_step_hf(model, opt, inputs, labels) -> None:
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+
+
+def gptx_optimizer(model):
+    from gptx_cli.config.spec import OptimizerSpec
+    from gptx_cli.model.init import optimizer_param_groups
+    from gptx_cli.train.optim import build_optimizer
+
+    opt = build_optimizer(OptimizerSpec("AdamW", {}), optimizer_param_groups(model, model.cfg))
+    for group in opt.param_groups:  # the trainer's schedule sets it
+        group["lr"] = 1e-4
+    return opt
 
 
 def forward(model, inputs) -> None:
@@ -122,8 +136,8 @@ def main() -> None:
     rows = []
     for family in families:
         ours, hf = build_pair(family, args, args.device, dtype)
-        opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-        opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+        opt_ours = gptx_optimizer(ours)
+        opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
 
         step_ours = functools.partial(train_step_gptx, ours, opt_ours, inputs, labels, mask)
         step_hf = functools.partial(train_step_hf, hf, opt_hf, inputs, labels)
