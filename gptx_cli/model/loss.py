@@ -16,13 +16,16 @@ incoming one. Values are those of `F.cross_entropy` on the full logits: the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gptx_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gptx_cli.model.transformer import Transformer
 
 # At most this many logits per chunk (fp32: 4 bytes each; a chunk also holds their log-softmax and
 # gradient). Large enough that each chunk's matmuls fill a GPU, small next to the model's own memory.
@@ -52,11 +55,35 @@ def _head_chunks(
     mask: Tensor,
     scale: float | None,
     chunk_rows: int,
+    dtype: torch.dtype,
     with_grad: bool,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor | None] | None]:
-    """Masked CE sum (fp32), correct-prediction count and, with_grad, the gradients of the CE sum
-    with respect to (hidden, weight fp32, bias fp32). hidden [N, H] and weight [V, H] are already in the
-    compute dtype; labels [N] int64; mask [N] fp32."""
+    """Masked CE sum (fp32), correct-prediction count and, with_grad, the CE sum's gradients with
+    respect to (hidden [in `dtype`], weight [fp32], bias [fp32]). hidden [N, H]; weight [V, H];
+    labels [N] int64; mask [N] fp32. The matmuls run in `dtype` with autocast off."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _head_chunks_in(
+            hidden.to(dtype),
+            weight.to(dtype),
+            None if bias is None else bias.to(dtype),
+            labels,
+            mask,
+            scale,
+            chunk_rows,
+            with_grad,
+        )
+
+
+def _head_chunks_in(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    labels: Tensor,
+    mask: Tensor,
+    scale: float | None,
+    chunk_rows: int,
+    with_grad: bool,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor | None] | None]:
     ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
     grads = None
@@ -112,17 +139,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         chunk_rows: int,
         compute_dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
-        with torch.autocast(hidden.device.type, enabled=False):
-            ce_sum, correct, grads = _head_chunks(
-                hidden.to(compute_dtype),
-                weight.to(compute_dtype),
-                None if bias is None else bias.to(compute_dtype),
-                labels,
-                mask,
-                scale,
-                chunk_rows,
-                with_grad=True,
-            )
+        ce_sum, correct, grads = _head_chunks(
+            hidden, weight, bias, labels, mask, scale, chunk_rows, compute_dtype, with_grad=True
+        )
         assert grads is not None
         grad_hidden, grad_weight, grad_bias = grads
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -172,33 +191,23 @@ def lm_loss(
             "model.loss_weight: loss_scaling 'num_tokens' requires loss_weight 1.0 (as in ModelZoo)"
         )
     hidden = model(input_ids, hidden_only=True)
-    inner = unwrap(model)
+    inner = cast("Transformer", unwrap(model))
     b, t, h = hidden.shape
-    weight = inner.output_weight  # type: ignore[union-attr]
-    bias = inner.lm_head.bias  # type: ignore[union-attr]
-    scale = inner.logits_scale  # type: ignore[union-attr]
+    weight, bias, scale = inner.output_weight, inner.lm_head.bias, inner.logits_scale
     chunk_rows = max(1, chunk_logits // weight.shape[0])
     flat = (hidden.reshape(b * t, h), labels.reshape(-1), loss_mask.reshape(-1).to(torch.float32))
+    dtype = _compute_dtype(hidden)
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
     if needs_grad:
         ce_sum, correct = _FusedLinearCrossEntropy.apply(
-            flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, _compute_dtype(hidden)
+            flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, dtype
         )
     else:
-        dtype = _compute_dtype(hidden)
-        with torch.autocast(hidden.device.type, enabled=False):
-            ce_sum, correct, _ = _head_chunks(
-                flat[0].to(dtype),
-                weight.to(dtype),
-                None if bias is None else bias.to(dtype),
-                flat[1],
-                flat[2],
-                scale,
-                chunk_rows,
-                with_grad=False,
-            )
+        ce_sum, correct, _ = _head_chunks(
+            flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, dtype, with_grad=False
+        )
     num_tokens = loss_mask.sum().to(torch.int64)
     if loss_scaling == "num_tokens":
         loss = ce_sum / loss_mask.sum().to(ce_sum.dtype)

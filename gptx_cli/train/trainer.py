@@ -433,7 +433,7 @@ class _Run:
         )
         stepped = self.scaler.update(math.isfinite(grad_norm))
         if stepped:
-            if folds:
+            if isinstance(self.optimizer, AdamW):
                 self.optimizer.step(grad_multiplier=multiplier)
             else:
                 self.optimizer.step()
