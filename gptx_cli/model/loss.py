@@ -62,66 +62,48 @@ def _head_chunks(
     respect to (hidden [in `dtype`], weight [fp32], bias [fp32]). hidden [N, H]; weight [V, H];
     labels [N] int64; mask [N] fp32. The matmuls run in `dtype` with autocast off."""
     with torch.autocast(hidden.device.type, enabled=False):
-        return _head_chunks_in(
-            hidden.to(dtype),
-            weight.to(dtype),
-            None if bias is None else bias.to(dtype),
-            labels,
-            mask,
-            scale,
-            chunk_rows,
-            with_grad,
-        )
-
-
-def _head_chunks_in(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    labels: Tensor,
-    mask: Tensor,
-    scale: float | None,
-    chunk_rows: int,
-    with_grad: bool,
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor | None] | None]:
-    ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
-    grads = None
-    if with_grad:
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
-        grads = (grad_hidden, grad_weight, grad_bias)
-    for start in range(0, hidden.shape[0], chunk_rows):
-        rows = slice(start, start + chunk_rows)
-        h, y, m = hidden[rows], labels[rows], mask[rows]
-        logits = F.linear(h, weight, bias)
-        if scale is not None:
-            logits = logits * scale
-        logits = logits.float()
-        # "label is the argmax" as "label's logit equals the max": amax is ~10x cheaper than argmax on
-        # CPU; the two differ only on exact ties, where argmax picks the lowest id.
-        label_logit = logits.gather(1, y[:, None]).squeeze(1)
-        correct += ((label_logit >= logits.amax(1)) & (m > 0)).sum()
-        log_probs = logits.log_softmax(1)  # what F.cross_entropy computes, so the values are its own
-        del logits
-        ce_sum += (-log_probs.gather(1, y[:, None]).squeeze(1) * m).sum()
-        if grads is None:
-            continue
-        # d(sum m * CE)/d logits = m * (softmax - one_hot), times the muP scale for the pre-scale logits.
-        grad_logits = log_probs.exp_()
-        grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
-        grad_logits *= m[:, None] if scale is None else m[:, None] * scale
-        if grads[2] is not None:
-            grads[2].add_(grad_logits.sum(0))
-        grad_logits = grad_logits.to(weight.dtype)
-        torch.mm(grad_logits, weight, out=grads[0][rows])
-        if weight.dtype == torch.float32:
-            grads[1].addmm_(grad_logits.t(), h)
-        else:
-            grads[1].add_(grad_logits.t() @ h)
-        del log_probs, grad_logits
-    return ce_sum, correct, grads
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
+        grads = None
+        if with_grad:
+            grad_hidden = torch.empty_like(hidden)
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_bias = (
+                None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+            )
+            grads = (grad_hidden, grad_weight, grad_bias)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            h, y, m = hidden[rows], labels[rows], mask[rows]
+            logits = F.linear(h, weight, bias)
+            if scale is not None:
+                logits = logits * scale
+            logits = logits.float()
+            # "label is the argmax" as "label's logit equals the max": amax is ~10x cheaper than argmax on
+            # CPU; the two differ only on exact ties, where argmax picks the lowest id.
+            label_logit = logits.gather(1, y[:, None]).squeeze(1)
+            correct += ((label_logit >= logits.amax(1)) & (m > 0)).sum()
+            log_probs = logits.log_softmax(1)  # what F.cross_entropy computes, so the values are its own
+            del logits
+            ce_sum += (-log_probs.gather(1, y[:, None]).squeeze(1) * m).sum()
+            if grads is None:
+                continue
+            # d(sum m * CE)/d logits = m * (softmax - one_hot), times the muP scale for the pre-scale logits.
+            grad_logits = log_probs.exp_()
+            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+            grad_logits *= m[:, None] if scale is None else m[:, None] * scale
+            if grads[2] is not None:
+                grads[2].add_(grad_logits.sum(0))
+            grad_logits = grad_logits.to(weight.dtype)
+            torch.mm(grad_logits, weight, out=grads[0][rows])
+            if weight.dtype == torch.float32:
+                grads[1].addmm_(grad_logits.t(), h)
+            else:
+                grads[1].add_(grad_logits.t() @ h)
+            del log_probs, grad_logits
+        return ce_sum, correct, grads
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
