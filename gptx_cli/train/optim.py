@@ -85,15 +85,11 @@ class AdamW(torch.optim.Optimizer):
 
 def _fusable(group: dict[str, Any], params: list[torch.Tensor]) -> bool:
     """Whether torch's fused kernel computes this group's rule: bias correction on, one kind of weight
-    decay, plain (not DTensor) CPU/CUDA floating tensors."""
+    decay, CPU/CUDA floating tensors (FSDP2's DTensor shards too: the kernel is elementwise)."""
     return (
         group["correct_bias"]
         and not (group["weight_decay"] and group["l2_regularization_rate"])
         and hasattr(torch, "_fused_adamw_")
-        and all(
-            type(p) is torch.nn.Parameter or type(p) is torch.Tensor  # noqa: E721 - DTensor is a subclass
-            for p in params
-        )
         and all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in params)
     )
 
@@ -152,7 +148,7 @@ def _foreach_step(
     exp_avg_sqs: list[torch.Tensor],
     step: float,
 ) -> None:
-    """ModelZoo's rule term by term with foreach ops (no bias correction, DTensors, other devices)."""
+    """ModelZoo's rule term by term with foreach ops (no bias correction, mixed decay, other devices)."""
     beta1, beta2 = group["betas"]
     if group["l2_regularization_rate"] > 0.0:
         grads = list(torch._foreach_add(grads, params, alpha=group["l2_regularization_rate"]))
