@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,22 @@ def read_train_state(ckpt_dir: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
         raise CheckpointError(f"{path}: unreadable training state ({type(err).__name__}: {err})") from err
+
+
+def gathered_weights(model: torch.nn.Module, keep: bool) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """(name, full CPU tensor) per entry of an FSDP2 model's state dict, gathered one at a time.
+
+    Every rank must consume the whole stream in the same order (each step is a collective); ranks
+    with `keep=False` get None instead of the tensor.
+    """
+    for name, tensor in model.state_dict().items():
+        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        yield name, full.detach().to("cpu") if keep else None
+        del full
+
+
+def drain(items: Any) -> None:
+    """Consume what is left of a weight stream (a dict or list needs nothing)."""
+    if isinstance(items, Iterator):
+        for _ in items:
+            pass

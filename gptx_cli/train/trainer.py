@@ -343,15 +343,13 @@ class _Run:
         rngs = parallel.all_gather_object(state.capture_rng(), d)
         staged: Path | None = None
         optim_state: dict[str, Any] | None = None
+        weights: Any
         if d.enabled and self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
             staged = self.model_dir / f".optim-{step}.tmp"
             state.save_sharded_optimizer(self.wrapped, self.optimizer, staged)
-            weights = get_model_state_dict(
-                self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-            )
-            weights = {k[len("model.") :]: v for k, v in weights.items()}
+            # Gathered one tensor at a time on every rank (the same order everywhere) and streamed to
+            # rank 0's shard writer: rank 0 never holds more than a shard of the full model.
+            weights = state.gathered_weights(parallel.unwrap(self.model), d.is_main)
         else:
             optim_state = state.optimizer_state(self.wrapped, self.optimizer)
             weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(self.model).state_dict().items()}
@@ -367,22 +365,29 @@ class _Run:
                 "rng": rngs,
                 "progress": {"best_eval_loss": self.best_eval},
             }
-            save_checkpoint_dir(
-                path,
-                weights,  # type: ignore[arg-type]
-                self.spec.model,
-                step=step,
-                config_yaml_dict=self.spec.raw or None,
-                tokenizer=recorded_tokenizer(self.spec.train_data.data_dir) if self.spec.train_data else None,
-                extra={"trained_by": "gptx train", "world_size": d.world_size},
-                write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
-            )
+            try:
+                save_checkpoint_dir(
+                    path,
+                    weights,
+                    self.spec.model,
+                    step=step,
+                    config_yaml_dict=self.spec.raw or None,
+                    tokenizer=recorded_tokenizer(self.spec.train_data.data_dir)
+                    if self.spec.train_data
+                    else None,
+                    extra={"trained_by": "gptx train", "world_size": d.world_size},
+                    write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
+                )
+            finally:  # a failed write still takes part in the other ranks' gathers, then raises
+                state.drain(weights)
             keep = self.spec.checkpoint.keep_last_n
             if keep:
                 import shutil
 
                 for _, old in list_checkpoints(self.model_dir)[:-keep]:
                     shutil.rmtree(old, ignore_errors=True)
+        else:
+            state.drain(weights)  # the gathers rank 0's writer pulls
         parallel.barrier(d)
         return path
 
