@@ -4,7 +4,8 @@ Both train the same GPT-J shape on the same batches (one HDF5 file written here)
 process. The gptx side is the real trainer (`gptx_cli.train.trainer.train`: data loader, global-batch
 loss weighting, ModelZoo AdamW, schedule, clipping, metrics.jsonl); its tokens/s are the median of the
 logged windows after the first. The plain side is the usual Hugging Face loop (forward with the
-same masked cross-entropy, backward, clip_grad_norm_, torch.optim.AdamW) timed over the same windows.
+same masked cross-entropy, backward, clip_grad_norm_, torch.optim.AdamW(fused=True), the Trainer's
+default) timed over the same windows.
 Runs alternate (gptx, plain, gptx, ...) so machine noise hits both alike. Prints one table with the
 gptx / plain ratio (> 1: gptx is faster).
 
@@ -84,7 +85,8 @@ def run_plain(args: argparse.Namespace, data_dir: Path) -> float:
         tie_word_embeddings=False,
     )
     model = transformers.GPTJForCausalLM(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.1)
+    # fused=True: the Hugging Face Trainer's default optimizer on torch >= 2.8 (adamw_torch_fused)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.1, fused=True)
     with h5py.File(data_dir / "data-0.h5", "r") as f:
         data = torch.from_numpy(f["data"][:].astype(np.int64))
     rates, t0 = [], time.perf_counter()
