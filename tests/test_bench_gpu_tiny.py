@@ -45,6 +45,19 @@ def _env(out: Path) -> dict[str, str]:
     return env
 
 
+def run_bench(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """bench_gpu.py --tiny --out OUT ARGS..., checked to exit 0."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--tiny", "--out", str(out), *args],
+        env=_env(out),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_tiny_run_prints_the_table_and_writes_json_for_every_case(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -91,24 +104,9 @@ def test_tiny_run_prints_the_table_and_writes_json_for_every_case(tmp_path: Path
 
 def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     # A compile backend torch does not know makes the compiled case fail for real; the other case runs.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--tiny",
-            "--out",
-            str(tmp_path),
-            "--cases",
-            "gptj-eval-gptx-compile,gptj-eval-gptx",
-            "--compile-backend",
-            "no_such_backend",
-        ],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_bench(
+        tmp_path, "--cases", "gptj-eval-gptx-compile,gptj-eval-gptx", "--compile-backend", "no_such_backend"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["case"]: r for r in json.loads((tmp_path / "gpu_bench.json").read_text())["cases"]}
     assert list(rows) == ["gptj-eval-gptx", "gptj-eval-gptx-compile"]  # the run's priority order
     failed, ok = rows["gptj-eval-gptx-compile"], rows["gptj-eval-gptx"]
@@ -118,14 +116,7 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 def test_cases_past_the_time_budget_are_skipped_not_run(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--tiny", "--out", str(tmp_path), "--time-budget", "0"],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(tmp_path, "--time-budget", "0")
     rows = json.loads((tmp_path / "gpu_bench.json").read_text())["cases"]
     assert [r["case"] for r in rows] == ALL_CASES
     assert all(r["status"] == "skipped" for r in rows)
@@ -135,24 +126,7 @@ def test_cases_past_the_time_budget_are_skipped_not_run(tmp_path: Path) -> None:
 def test_full_depth_rows_run_when_the_training_rows_are_cut_short(tmp_path: Path) -> None:
     # --layers 1 stands in for a card that holds only part of the model (the memory fit's answer).
     cases = ["gptj-train-gptx", "gptj-train-hf-ckpt", *FULL_DEPTH]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--tiny",
-            "--out",
-            str(tmp_path),
-            "--layers",
-            "1",
-            "--cases",
-            ",".join(cases),
-        ],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(tmp_path, "--layers", "1", "--cases", ",".join(cases))
     report = json.loads((tmp_path / "gpu_bench.json").read_text())
     rows = {r["case"]: r for r in report["cases"]}
     assert list(rows) == cases

@@ -650,57 +650,28 @@ def fit_training_layers(
 
 def all_cases(tiny: bool) -> list[Case]:
     train_b, eval_b, seq = (2, 4, 64) if tiny else (4, 8, 2048)
+    gptx_train = Case("gptj-train-gptx", "gptj", "gptx", "train", train_b, seq)
+    gptx_compiled = dataclasses.replace(gptx_train, key="gptj-train-gptx-compile", compiled=True)
+    hf_ckpt = Case("gptj-train-hf-ckpt", "gptj", "hf", "train", train_b, seq, checkpointing=True)
+    hf_ckpt = dataclasses.replace(hf_ckpt, optimizer="torch-fused")
+    gptx_ckpt = dataclasses.replace(gptx_train, key="gptj-train-gptx-ckpt", checkpointing=True)
+    neox = Case("neox-train-gptx", "gpt-neox", "gptx", "train", train_b, seq)
     return [
-        Case("gptj-train-gptx", "gptj", "gptx", "train", train_b, seq),
-        Case("gptj-train-gptx-compile", "gptj", "gptx", "train", train_b, seq, compiled=True),
-        Case(
-            "gptj-train-hf-ckpt",
-            "gptj",
-            "hf",
-            "train",
-            train_b,
-            seq,
-            checkpointing=True,
-            optimizer="torch-fused",
-        ),
+        gptx_train,
+        gptx_compiled,
+        hf_ckpt,
         Case("gptj-eval-gptx", "gptj", "gptx", "eval", eval_b, seq),
         Case("gptj-eval-hf", "gptj", "hf", "eval", eval_b, seq),
         Case("gptj-eval-gptx-compile", "gptj", "gptx", "eval", eval_b, seq, compiled=True),
-        Case(
-            "gptj-train-gptx-compile-full",
-            "gptj",
-            "gptx",
-            "train",
-            train_b,
-            seq,
-            compiled=True,
-            full_depth=True,
+        # Only when the memory fit cut the GPT-J training rows short: the same at all layers.
+        *(
+            dataclasses.replace(c, key=f"{c.key}-full", full_depth=True)
+            for c in (gptx_compiled, gptx_ckpt, hf_ckpt)
         ),
-        Case(
-            "gptj-train-gptx-ckpt-full",
-            "gptj",
-            "gptx",
-            "train",
-            train_b,
-            seq,
-            checkpointing=True,
-            full_depth=True,
-        ),
-        Case(
-            "gptj-train-hf-ckpt-full",
-            "gptj",
-            "hf",
-            "train",
-            train_b,
-            seq,
-            checkpointing=True,
-            optimizer="torch-fused",
-            full_depth=True,
-        ),
-        Case("neox-train-gptx", "gpt-neox", "gptx", "train", train_b, seq),
-        Case("neox-train-gptx-compile", "gpt-neox", "gptx", "train", train_b, seq, compiled=True),
-        Case("neox-train-hf", "gpt-neox", "hf", "train", train_b, seq, optimizer="torch-fused"),
-        Case("gptj-train-gptx-torchadamw", "gptj", "gptx", "train", train_b, seq, optimizer="torch-fused"),
+        neox,
+        dataclasses.replace(neox, key="neox-train-gptx-compile", compiled=True),
+        dataclasses.replace(neox, key="neox-train-hf", impl="hf", optimizer="torch-fused"),
+        dataclasses.replace(gptx_train, key="gptj-train-gptx-torchadamw", optimizer="torch-fused"),
     ]
 
 
