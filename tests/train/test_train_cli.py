@@ -199,3 +199,26 @@ def test_memory_guard_stops_published_configs_within_seconds(config):
     assert r.returncode == 1, r.stderr
     assert "needs about" in r.stderr and "GiB" in r.stderr and "what would help" in r.stderr
     assert elapsed < 10, elapsed
+
+
+def test_in_process_training_leaves_the_garbage_collector_as_it_found_it(tiny_data, tmp_path):
+    """The trainer freezes the objects alive after its first step (so full collections stop walking the
+    model and compiled code mid-run) and must unfreeze them when it returns or fails, or a process that
+    trains twice (a notebook, a test) would never collect the first run's model."""
+    import gc
+
+    from gptx_cli.config import load_run_spec
+    from gptx_cli.train.trainer import TrainOptions, train
+
+    args = tiny_args(tiny_data, tmp_path / "run")
+    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"] + ["loop.max_steps=3"]
+    spec = load_run_spec(args[0], overrides=overrides)
+    frozen_during: list[int] = []
+    gc.callbacks.append(probe := lambda phase, info: frozen_during.append(gc.get_freeze_count()))
+    try:
+        result = train(spec, TrainOptions(model_dir=str(tmp_path / "run"), console="plain"))
+    finally:
+        gc.callbacks.remove(probe)
+    assert result.final_loss is not None
+    assert max(frozen_during, default=0) > 1000  # the model, optimizer and code were frozen mid-run
+    assert gc.get_freeze_count() == 0
