@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `gptx train` itself (data loader, trainer, metrics, checkpoint) on configs/params_gptj_6B.yaml cut to
 # LAYERS layers, next to bench_gpu.py's training step for the same shape: does the real trainer reach
-# the benchmark's tokens/s?   bash benchmarks/gpu/trainer_slice.sh   (GPU machine, ~2-3 min)
+# the benchmark's tokens/s? Then profile_trainer.py on the same slice.
+#   bash benchmarks/gpu/trainer_slice.sh   (GPU machine, ~3 min)
 #
 # Data: the built-in python-docs corpus at 2048 tokens per sample (250 samples). The full 28-layer
 # model's final checkpoint (24 GB weights + 48 GB optimizer state) would not fit a 64 GB disk; LAYERS=4
@@ -34,3 +35,5 @@ gptx train "$repo/configs/params_gptj_6B.yaml" --model-dir run --max-steps "$ste
     --set val_dataloader.batch_size=4 --set val_dataloader.num_workers=2 --set logging.log_steps=10
 echo "gptx train wall: $(( $(date +%s) - start )) s"
 du -sh run/checkpoint_* || true
+# Where the trainer's step differs from the benchmark's: both profiled on the same model and batch.
+"$python" "$repo/benchmarks/gpu/profile_trainer.py" --data "$d" --layers "$layers"
