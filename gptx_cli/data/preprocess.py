@@ -205,7 +205,6 @@ class _SampleWriter:
         write_sample_file(d / f"data-{self.unit:05d}-{self.files_written[part]:04d}.h5", rows)
         self.files_written[part] += 1
         self.buffers[part], self.counts[part] = ([rest] if len(rest) else []), len(rest)
-        _kill_hook(self.unit)
 
     def close(self) -> None:
         for p in range(self.job.parts):
@@ -567,14 +566,6 @@ def _run_unit(
     writer.close()
     stats.samples = packer.stats
     return stats
-
-
-def _kill_hook(unit: int) -> None:
-    """Fault injection for the resume test: with GPTX_PREPROCESS_KILL_AFTER_UNITS=k the process SIGKILLs
-    itself right after unit k wrote its first file, leaving k complete units and a partial one."""
-    k = os.environ.get("GPTX_PREPROCESS_KILL_AFTER_UNITS")
-    if k is not None and unit == int(k):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _run_job(

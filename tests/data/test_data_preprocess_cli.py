@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,20 +113,44 @@ def test_output_is_byte_identical_whatever_the_number_of_processes(tmp_path, doc
     assert one == two
 
 
+KILL_MID_UNIT = """
+import os, signal, sys
+
+import gptx_cli.data.hdf5 as hdf5
+from gptx_cli.cli import main
+
+write = hdf5.write_sample_file
+
+
+def write_then_die(path, samples):
+    write(path, samples)
+    if os.path.basename(path) == "data-00002-0000.h5":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+hdf5.write_sample_file = write_then_die
+sys.argv[0] = "gptx"
+main()
+"""
+
+
 def test_killed_run_resumes_to_the_same_output(tmp_path, documents, gptx, tokenizer_env):
     for i in range(4):
         write_zst(tmp_path / f"in/{i}.jsonl.zst", jsonl_bytes(documents[i * 10 : (i + 1) * 10]))
     common = ["-i", "in", "--max-seq-length", "48", "--shard-mb", "0.000001", "--samples-per-file", "5"]
     assert gptx("preprocess", *common, "-o", "ref", cwd=tmp_path, env=tokenizer_env).returncode == 0
-    killed = gptx(
-        "preprocess",
-        *common,
-        "-o",
-        "out",
+    # The real CLI, launched so that it SIGKILLs itself right after unit 2 wrote its first file:
+    # 2 complete units and a partial one, at a point a timed external kill could not hit reliably.
+    (tmp_path / "kill_mid_unit.py").write_text(KILL_MID_UNIT)
+    killed = subprocess.run(
+        [sys.executable, str(tmp_path / "kill_mid_unit.py"), "preprocess", *common, "-o", "out"],
         cwd=tmp_path,
-        env={**tokenizer_env, "GPTX_PREPROCESS_KILL_AFTER_UNITS": "2"},
+        env={**os.environ, **tokenizer_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert killed.returncode == -9  # SIGKILL, mid-run
+    assert killed.returncode == -9, killed.stderr  # SIGKILL, mid-run
     assert not (tmp_path / "out/data_params.json").exists()
     assert (tmp_path / "out/data-00002-0000.h5").exists()  # unit 2 had started writing when killed
     assert len(list((tmp_path / "out").glob("data-00002-*"))) < len(
