@@ -248,28 +248,28 @@ def loss_metrics(
     from gptx_cli.model.loss import lm_loss
 
     vocab = model.cfg.vocab_size
-    loss_total = 0.0
-    ce_sum = 0.0
-    tokens = correct = samples = steps = seen_tokens = 0
+    # Sums stay on the device and are read once at the end: no host sync per batch.
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, CE sum, loss tokens, correct
+    samples = steps = seen_tokens = 0
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in batches:
             if eval_steps is not None and steps >= eval_steps:
                 break
-            input_ids = batch["input_ids"].to(device)
-            labels = batch["labels"].to(device)
-            mask = batch["attention_mask"].to(device)
-            top = int(max(input_ids.max().item(), labels.max().item()))
+            # The range check reads the loader's host copy, before the batch moves to the device.
+            top = int(max(batch["input_ids"].max(), batch["labels"].max()))
             if top >= vocab:
                 raise DataError(f"{source}: token id {top} is outside the model's vocabulary of {vocab}")
+            input_ids = batch["input_ids"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            mask = batch["attention_mask"].to(device, non_blocking=True)
             out = lm_loss(model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight)
-            loss_total += float(out.loss.item())
-            ce_sum += float(out.loss_sum.item())
-            tokens += int(out.num_tokens.item())
-            correct += int(out.num_correct.item())
+            sums += torch.stack([out.loss, out.loss_sum, out.num_tokens, out.num_correct]).to(sums.dtype)
             samples += int(input_ids.shape[0])
             seen_tokens += int(input_ids.numel())
             steps += 1
+    loss_total, ce_sum, tokens_f, correct_f = sums.tolist()
+    tokens, correct = int(tokens_f), int(correct_f)
     elapsed = time.perf_counter() - start
     if steps == 0:
         raise DataError(f"{source}: the eval set is empty (no batches)")
