@@ -152,6 +152,12 @@ def gathered_weights(model: torch.nn.Module, keep: bool) -> Iterator[tuple[str, 
     """
     for name, tensor in model.state_dict().items():
         full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        # The gather may come back as an AsyncCollectiveTensor: wait for it on every rank, also where
+        # the value is dropped (as torch's own state-dict gather does), so no collective is left
+        # in flight when the rank moves on.
+        wait = getattr(full, "wait", None)
+        if callable(wait):
+            full = wait()
         yield name, full.detach().to("cpu") if keep else None
         del full
 
