@@ -28,31 +28,9 @@ import torch
 
 
 def build_hf(family: str, args: argparse.Namespace):
-    import transformers
+    from bench_model import build_hf as build  # the same small config as the model benchmark
 
-    torch.manual_seed(0)
-    if family == "gptj":
-        cfg = transformers.GPTJConfig(
-            vocab_size=args.vocab,
-            n_embd=args.hidden,
-            n_layer=args.layers,
-            n_head=args.heads,
-            rotary_dim=args.hidden // args.heads // 4,
-            n_positions=args.seq,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return transformers.GPTJForCausalLM(cfg).eval()
-    cfg = transformers.GPTNeoXConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden,
-        max_position_embeddings=args.seq,
-        rotary_pct=0.25,
-    )
-    return transformers.GPTNeoXForCausalLM(cfg).eval()
+    return build(family, args).eval()
 
 
 def hf_loss_metrics(model, batches, device) -> dict[str, float]:

@@ -21,14 +21,11 @@ from typing import Any
 import torch
 
 
-def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.dtype):
+def build_hf(family: str, args: argparse.Namespace) -> Any:
+    """The transformers model (fresh weights, seed 0) for the benchmark's small config; also bench_eval's."""
     import transformers
 
-    from gptx_cli.model.hf import model_config_from_hf, to_gptx
-    from gptx_cli.model.transformer import Transformer
-
     torch.manual_seed(0)
-    hf: Any
     if family == "gptj":
         gptj_kwargs: dict[str, Any] = dict(
             vocab_size=args.vocab,
@@ -40,18 +37,24 @@ def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.
             bos_token_id=0,
             eos_token_id=0,
         )
-        hf = transformers.GPTJForCausalLM(transformers.GPTJConfig(**gptj_kwargs))
-    else:
-        neox_kwargs: dict[str, Any] = dict(
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            num_hidden_layers=args.layers,
-            num_attention_heads=args.heads,
-            intermediate_size=4 * args.hidden,
-            max_position_embeddings=args.seq,
-            rotary_pct=0.25,
-        )
-        hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**neox_kwargs))
+        return transformers.GPTJForCausalLM(transformers.GPTJConfig(**gptj_kwargs))
+    neox_kwargs: dict[str, Any] = dict(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=args.seq,
+        rotary_pct=0.25,
+    )
+    return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**neox_kwargs))
+
+
+def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.dtype):
+    from gptx_cli.model.hf import model_config_from_hf, to_gptx
+    from gptx_cli.model.transformer import Transformer
+
+    hf = build_hf(family, args)
     cfg = model_config_from_hf(hf.config.to_dict())
     sd = hf.state_dict()
     ours = Transformer(cfg)
