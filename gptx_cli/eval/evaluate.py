@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gptx_cli.errors import CheckpointError, DataError, UsageError
+from gptx_cli.fsutil import write_json
 
 # Fields that only matter for training: a difference here is neither an error nor worth a warning.
 _TRAINING_ONLY_FIELDS = {
@@ -370,13 +370,6 @@ def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
     return None  # a bare Hugging Face directory: print only, write nothing into it
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
     """Contiguous document range of one rank (joined in rank order, the shards give back the documents in order)."""
     per, extra = divmod(n, world)
@@ -427,12 +420,9 @@ def _run_tasks(
 
 
 def _write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for sample in samples:
-            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    from gptx_cli.fsutil import write_text
+
+    write_text(path, "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
 
 
 def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
@@ -517,7 +507,7 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
                     log(f"wrote {path}")
         if out_dir is not None and dist.is_main:
             path = out_dir / f"{name}.json"
-            _write_json(path, report.to_dict())
+            write_json(path, report.to_dict())
             report.output = str(path)
         reports.append(report)
         del model
