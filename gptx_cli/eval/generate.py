@@ -408,3 +408,72 @@ class BatchGenerator:
                         text = text.split(term)[0]
                 out[i] = text
         return out
+
+
+def read_prompts_file(path: str) -> list[str]:
+    """Prompts, one per line: a .jsonl file holds {"prompt": ...} objects, any other file plain text lines
+    (blank lines skipped)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read --prompts-file {path}: {err}") from err
+    prompts = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise UsageError(f"{path}:{lineno}: expected an object with a string 'prompt'")
+            prompts.append(record["prompt"])
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise UsageError(f"--prompts-file {path} holds no prompts")
+    return prompts
+
+
+def generate_many_from_checkpoint(
+    opts: GenerateOptions, prompts: Sequence[str], batch_size: int = 8
+) -> list[GenerationResult]:
+    """`gptx generate --prompts-file`: every prompt, `batch_size` at a time, left-padded (generate_batch)."""
+    from gptx_cli.eval.evaluate import (
+        checkpoint_model_config,
+        load_eval_model,
+        resolve_device,
+        resolve_dtype,
+        resolve_tokenizer,
+    )
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    cfg = opts.sampling
+    cfg.check()
+    checkpoint_model_config(opts.checkpoint_path)
+    tokenizer = resolve_tokenizer(opts.checkpoint_path, opts.tokenizer)
+    if not opts.ignore_eos and cfg.eos_id is None:
+        cfg.eos_id = tokenizer.eos_id
+    encoded = [tokenizer.encode(p) for p in prompts]
+    for i, tokens in enumerate(encoded):
+        if not tokens:
+            raise UsageError(f"prompt {i + 1} is empty (it encodes to zero tokens)")
+    model = load_eval_model(opts.checkpoint_path, resolve_device(opts.device), resolve_dtype(opts.dtype))
+    context = int(model.cfg.max_position_embeddings)
+    longest = max(len(t) for t in encoded)
+    if longest + cfg.max_new_tokens > context:
+        raise UsageError(
+            f"the longest prompt ({longest} tokens) plus --max-new-tokens {cfg.max_new_tokens} exceeds the "
+            f"model's context of {context}"
+        )
+    results: list[GenerationResult] = []
+    for start in range(0, len(encoded), batch_size):
+        results += generate_batch(
+            model, encoded[start : start + batch_size], cfg, tokenizer, tokenizer.eos_id
+        )
+    return results
