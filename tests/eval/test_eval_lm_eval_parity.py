@@ -395,3 +395,19 @@ def test_prefix_token_follows_the_hf_models_choice(setup, tmp_path):
     got = gptx_lm.loglikelihood_rolling(reqs("loglikelihood_rolling", docs))
     ref = reference.loglikelihood_rolling(reqs("loglikelihood_rolling", docs))
     assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_gptx_lm_eval_without_the_package_is_one_line(setup, tmp_path):
+    """Where lm-eval is not installed (here: shadowed by a package that fails to import, first on the
+    path), `gptx lm-eval` says so in one line, before loading anything."""
+    shadow = tmp_path / "shadow" / "lm_eval"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named lm_eval')\n")
+    path = os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")])
+    res = run_gptx(
+        "lm-eval", "--checkpoint-path", str(setup["hf"]), "--tasks", "lw", env={"PYTHONPATH": path}
+    )
+    assert res.returncode != 0
+    assert (
+        res.stderr.startswith("error: lm-eval is not installed") and len(res.stderr.strip().splitlines()) <= 2
+    )
