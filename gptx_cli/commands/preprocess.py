@@ -80,6 +80,13 @@ def preprocess_cmd(
     output_format: str = typer.Option(
         "hdf5", "--output-format", "--output_format", help="hdf5 | corpus | mmidx."
     ),
+    use_vsl: bool = typer.Option(
+        False,
+        "--use-vsl",
+        "--use_vsl",
+        help="ModelZoo VSL samples [n, 5, msl] (adds attention_span, position_ids): each token attends "
+        "only within its own document.",
+    ),
     samples_per_file: int = typer.Option(
         None, "--samples-per-file", "--files_per_record", help="Samples per HDF5 file (5000)."
     ),
@@ -127,6 +134,7 @@ def preprocess_cmd(
         "pack_sequences": pack_sequences,
         "min_sequence_len": min_sequence_len,
         "output_format": output_format,
+        "use_vsl": use_vsl or None,
         "samples_per_file": samples_per_file,
         "processes": processes,
         "seed": seed,

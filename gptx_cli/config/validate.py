@@ -562,10 +562,6 @@ def _data_rules(trainer: dict[str, Any], model: dict[str, Any]) -> list[tuple[Ke
             )
         if loader.get("dataset_map_fn") is not None:
             out.append((path + ("dataset_map_fn",), "dataset_map_fn is not supported by gptx", "error"))
-        if loader.get("use_vsl"):
-            out.append(
-                (path + ("use_vsl",), "variable sequence length (use_vsl) is not supported by gptx", "error")
-            )
         if loader.get("data_dir") is None and not loader.get("mixture"):
             out.append((path, "needs data_dir (or mixture)", "error"))
         if loader.get("data_dir") is not None and loader.get("mixture"):

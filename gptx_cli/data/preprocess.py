@@ -78,6 +78,8 @@ class PreprocessOptions:
     resume: bool = False
     overwrite: bool = False
     progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
+    use_vsl: bool = False  # ModelZoo VSL samples [n, 5, msl] (gptx_cli.data.vsl)
+    fold_long_doc: bool = True  # VSL: cut documents longer than msl + 1 instead of dropping them
 
 
 @dataclass
@@ -402,7 +404,7 @@ def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, 
         "seed": opts.seed,
         "parts": job.parts,
         "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
-    }
+    } | ({"use_vsl": True, "fold_long_doc": opts.fold_long_doc} if opts.use_vsl else {})
 
 
 def _prepare_out_dir(
@@ -506,7 +508,20 @@ def _run_unit(
     base_bytes: int,
 ) -> JobStats:
     stats = JobStats()
-    packer = Packer(opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len)
+    packer: Any = Packer(
+        opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len
+    )
+    if opts.use_vsl:
+        from gptx_cli.data.vsl import VSLPacker
+
+        packer = VSLPacker(
+            opts.max_seq_length,
+            tok.eos_id,
+            tok.pad_id,
+            opts.min_sequence_len,
+            opts.samples_per_file,
+            opts.fold_long_doc,
+        )
     writer: Any
     if opts.output_format == "hdf5":
         writer = _SampleWriter(job, u, opts.samples_per_file, opts.seed)
@@ -640,6 +655,10 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         raise UsageError("--max-seq-length, --processes and --samples-per-file must be positive")
     if opts.overwrite and opts.resume:
         raise UsageError("--overwrite and --resume exclude each other")
+    if opts.use_vsl:
+        from gptx_cli.data.vsl import check_vsl_options
+
+        check_vsl_options(opts)
     tokenizer_spec = opts.tokenizer
     if opts.train_tokenizer:
         if opts.output_dir:
@@ -705,6 +724,12 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     return results
 
 
+def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:
+    from gptx_cli.data.vsl import VSL_FEATURES
+
+    return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True, "fold_long_doc": opts.fold_long_doc}}
+
+
 def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
     # No timings, worker counts or absolute times: the same input gives the same file.
     return {
@@ -731,4 +756,4 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
         },
         "features": ["input_ids", "attention_mask", "labels"],
         "post-process": stats.to_dict(),
-    }
+    } | (vsl_data_params(opts) if opts.use_vsl else {})

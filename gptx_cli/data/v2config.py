@@ -21,13 +21,13 @@ SECTION_KEYS: dict[str, set[str]] = {
         "input_mask_dtype", "inverted_mask", "shuffle", "shuffle_seed", "fraction_of_RAM_alloted",
         "split_text_to_tokenize", "chunk_len_to_split", "remove_bos_in_chunks", "sep_token", "jsonl_key",
     },
-    "dataset": {"use_vsl", "text_key"},
+    "dataset": {"use_vsl", "text_key", "fold_long_doc"},
 }  # fmt: skip
 IGNORED = {
     "mode", "read_hook", "write_in_batch", "output_name", "short_seq_prob", "use_ftfy", "ftfy_normalizer",
     "wikitext_detokenize", "input_ids_dtype", "input_mask_dtype", "inverted_mask", "shuffle", "shuffle_seed",
     "fraction_of_RAM_alloted", "split_text_to_tokenize", "chunk_len_to_split", "remove_bos_in_chunks",
-    "use_vsl", "sep_token", "tokenizer_params", "image_dir",
+    "sep_token", "tokenizer_params", "image_dir",
 }  # fmt: skip
 
 
@@ -95,4 +95,9 @@ def load_v2_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
     )
     if text_key:
         out["text_key"] = str(text_key)
+    for key in ("use_vsl", "fold_long_doc"):  # VSL (gptx_cli.data.vsl)
+        if key in ds:
+            if not isinstance(ds[key], bool):
+                raise ConfigError(f"{p}: dataset.{key} must be true or false, got {ds[key]!r}")
+            out[key] = ds[key]
     return out, notes

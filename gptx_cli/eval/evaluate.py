@@ -245,6 +245,7 @@ def loss_metrics(
     """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels)."""
     import torch
 
+    from gptx_cli.data.loader import model_inputs
     from gptx_cli.model.loss import lm_loss
 
     vocab = model.cfg.vocab_size
@@ -263,7 +264,10 @@ def loss_metrics(
             input_ids = batch["input_ids"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
             mask = batch["attention_mask"].to(device, non_blocking=True)
-            out = lm_loss(model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight)
+            extra = model_inputs(batch, device)  # e.g. VSL's position_ids and attention_span
+            out = lm_loss(
+                model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight, **extra
+            )
             sums += torch.stack([out.loss, out.loss_sum, out.num_tokens, out.num_correct]).to(sums.dtype)
             samples += int(input_ids.shape[0])
             seen_tokens += int(input_ids.numel())

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from gptx_cli.config.spec import RunSpec
+from gptx_cli.data.loader import model_inputs as loader_model_inputs
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
 from gptx_cli.fsutil import temp_path
 from gptx_cli.train import parallel, state
@@ -77,7 +78,11 @@ class LossModule(torch.nn.Module):
         self.loss_scaling, self.loss_weight = loss_scaling, loss_weight
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        loss_mask: torch.Tensor,
+        **model_inputs: Any,
     ) -> tuple[Any, ...]:
         from gptx_cli.model.loss import lm_loss
 
@@ -88,6 +93,7 @@ class LossModule(torch.nn.Module):
             loss_mask,
             loss_scaling=self.loss_scaling,
             loss_weight=self.loss_weight,
+            **model_inputs,
         )
         return out.loss, out.loss_sum, out.num_tokens, out.num_correct
 
@@ -405,6 +411,7 @@ class _Run:
         ids, labels, mask = (
             batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask")
         )
+        extra = loader_model_inputs(batch, self.device)  # e.g. VSL's position_ids and attention_span
         (global_denom,) = parallel.all_reduce_sum([sum(local)], d)
         global_denom = max(global_denom, 1.0)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -413,7 +420,7 @@ class _Run:
             weight = local[i] * d.world_size / global_denom
             with parallel.set_grad_sync(self.wrapped, i == n_micro - 1):
                 with autocast(spec.precision, device_type):
-                    loss = self.wrapped(ids[s], labels[s], mask[s])[0]
+                    loss = self.wrapped(ids[s], labels[s], mask[s], **{k: v[s] for k, v in extra.items()})[0]
                     weighted = loss * weight if weight != 1.0 else loss
                 self.scaler.scale_loss(weighted).backward()
             loss_acc += weighted.detach().double() / d.world_size
@@ -473,7 +480,9 @@ class _Run:
                     batch[k].to(self.device) for k in ("input_ids", "labels", "attention_mask")
                 )
                 with autocast(spec.precision, self.device.type):
-                    _, loss_sum, ntok, ncorrect = self.wrapped(ids, labels, mask)
+                    _, loss_sum, ntok, ncorrect = self.wrapped(
+                        ids, labels, mask, **loader_model_inputs(batch, self.device)
+                    )
                 per_step += [float(loss_sum), float(ntok), float(ids.shape[0])]
                 correct += float(ncorrect)
         finally:
@@ -594,6 +603,10 @@ class _Run:
             truncate_metrics(self.model_dir, start)
             self.log = MetricsLogger(
                 self.model_dir, total_steps=end, start_step=start, console=self.options.console
+            )
+        if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
+            self.notes.append(
+                f"use_vsl: document-masked attention ({parallel.unwrap(self.model).vsl_backend(self.device)})"
             )
         for note in self.notes:
             self._say(f"note: {note}")
