@@ -94,11 +94,16 @@ def iter_stdlib_qa(limit: int | None = None) -> Iterator[dict[str, str]]:
     import inspect
 
     n = 0
-    for modname in ("json", "textwrap", "shutil", "pathlib", "string", "heapq", "bisect", "fnmatch", "glob"):
+    modules = (
+        "json", "textwrap", "shutil", "pathlib", "string", "heapq", "bisect", "fnmatch", "glob", "os.path",
+        "functools", "collections", "difflib", "statistics", "random", "tempfile", "zipfile", "csv",
+        "urllib.parse", "calendar", "copy", "pprint", "contextlib", "inspect", "ast", "logging", "argparse",
+    )  # fmt: skip
+    for modname in modules:
         mod = importlib.import_module(modname)
         for name in sorted(getattr(mod, "__all__", None) or dir(mod)):
             obj = getattr(mod, name, None)
-            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            if name.startswith("_") or not (inspect.isroutine(obj) or inspect.isclass(obj)):
                 continue
             doc = inspect.getdoc(obj) or ""
             para = doc.split("\n\n")[0].strip()

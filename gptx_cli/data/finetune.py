@@ -113,7 +113,9 @@ def make_spec(
     missing = [k for k in need if not kwargs.get(k)]
     if missing:
         raise ConfigError(f"{where}: {hook} needs '{missing[0]}'", hint=f"it takes {', '.join(need)}")
-    spec = FinetuneSpec(hook=hook, **{k: str(v) for k, v in kwargs.items()})
+    spec = FinetuneSpec(hook=hook)
+    for k, v in kwargs.items():
+        setattr(spec, k, str(v))
     if sep_token is not _UNSET:
         spec.sep_token = None if sep_token in (None, "") else str(sep_token)
     spec.end_of_turn_token = end_of_turn_token or None
