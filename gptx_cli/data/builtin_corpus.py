@@ -116,11 +116,8 @@ def iter_stdlib_qa(limit: int | None = None) -> Iterator[dict[str, str]]:
 
 def write_stdlib_qa(path: str | os.PathLike[str], limit: int | None = None) -> Path:
     """`iter_stdlib_qa` as a JSON-lines file (written under a temporary name, then renamed)."""
+    from gptx_cli.fsutil import write_text
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in iter_stdlib_qa(limit):
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in iter_stdlib_qa(limit)))
