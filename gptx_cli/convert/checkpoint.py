@@ -386,6 +386,10 @@ def _gptx_to_hf(
         raise CheckpointError(f"{source}: model name {cfg.name!r} is neither gptj nor gpt-neox")
     family = _check_family(model, cfg.name, Path(config) if config is not None else source / "gptx.json")
     src = open_tensors(source)
+    from gptx_cli.model.lora import MergedSource, read_lora_meta
+
+    if read_lora_meta(source) is not None:  # a LoRA checkpoint: export base + adapters merged
+        src = MergedSource(source, cfg)  # type: ignore[assignment]
     shapes = _source_shapes(src)
     keys, dropped = match_keys(
         src,
