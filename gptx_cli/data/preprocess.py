@@ -33,6 +33,7 @@ from gptx_cli.data.sources import (
     pile_units,
     record_texts,
 )
+from gptx_cli.data.textclean import TextCleaning
 from gptx_cli.errors import DataError, UsageError
 
 STATE_DIR = ".gptx-preprocess"
@@ -42,6 +43,7 @@ MAX_PROBLEMS_SHOWN = 20
 # The built-in corpus (gptx_cli.data.builtin_corpus): real text on every machine, for the demo.
 PYTHON_DOCS = "python-docs"
 DEFAULT_PYTHON_DOCS_DIR = "./language/datasets/python_docs/hdf5_dataset"
+TRC2 = "trc2"  # ModelZoo's TRC2 recipe (gptx_cli/data/trc2.py)
 
 
 def python_docs_sources() -> dict[str, Path]:
@@ -77,6 +79,16 @@ class PreprocessOptions:
     resume: bool = False
     overwrite: bool = False
     progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
+    # ModelZoo v2 config settings (gptx_cli/data/v2config.py):
+    cleaning: TextCleaning = field(default_factory=TextCleaning)  # strip / ftfy / wikitext, per document
+    short_seq_prob: float = 0.0  # ModelZoo: cut a sample short with this probability (random.Random(seed))
+    eos_id: int | None = None  # override the tokenizer's EOS / PAD ids
+    pad_id: int | None = None
+    shuffle: bool = False  # ModelZoo's two-pass shuffle of the written samples (data/shuffle.py)
+    shuffle_seed: int = 0
+    # --dataset trc2: split_trc_dataset.py's --buffer_len and --val_split_ratio.
+    buffer_len: int = 10_000
+    val_split_ratio: float = 0.1
 
 
 @dataclass
@@ -128,13 +140,29 @@ class JobStats:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer: str, tokenizer_dir: str | None, backend: str) -> None:
+def _init_worker(
+    tokenizer: str, tokenizer_dir: str | None, backend: str, ids: tuple[int | None, int | None] = (None, None)
+) -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"  # one core per worker process
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     from gptx_cli.data.tokenizer import load_tokenizer
 
-    _WORKER["tok"] = load_tokenizer(tokenizer, tokenizer_dir=tokenizer_dir, backend=backend)
+    _WORKER["tok"] = _with_ids(load_tokenizer(tokenizer, tokenizer_dir=tokenizer_dir, backend=backend), *ids)
+
+
+def _with_ids(tok: Any, eos_id: int | None, pad_id: int | None) -> Any:
+    """The tokenizer with ModelZoo's `eos_id` / `pad_id` overrides (a copy: loaded tokenizers are cached)."""
+    if eos_id is None and pad_id is None:
+        return tok
+    import copy
+
+    tok = copy.copy(tok)
+    if eos_id is not None:
+        tok.eos_id = eos_id
+    if pad_id is not None:
+        tok.pad_id = pad_id
+    return tok
 
 
 @dataclass
@@ -148,13 +176,23 @@ class EncodedBatch:
     error: tuple[str, str | None] | None = None
 
 
-def _encode_batch(kind: str, location: str, batch: RecordBatch, text_key: str, subsets: Any) -> EncodedBatch:
+def _encode_batch(
+    kind: str,
+    location: str,
+    batch: RecordBatch,
+    text_key: str,
+    subsets: Any,
+    cleaning: TextCleaning | None = None,
+) -> EncodedBatch:
     tok = _WORKER["tok"]
     try:
         tb = record_texts(kind, location, batch, text_key=text_key, subsets=subsets)
     except DataError as err:
         empty = np.zeros(0, dtype=np.int32)
         return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
+    if cleaning is not None and cleaning.active:
+        tb.texts, emptied = cleaning.apply(tb.texts, kind)
+        tb.empty += emptied
     tokens, lengths = append_eos(tok.encode_batch_arrays(tb.texts), tok.eos_id)
     return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, sum(len(t) for t in tb.texts))
 
@@ -376,9 +414,11 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
             Job(split, _group_units(expand_inputs([str(sources[split])]), opts.shard_mb), base / split)
             for split in ("train", "val")
         ]
+    if opts.dataset == TRC2:
+        return _trc2_jobs(opts)
     if opts.dataset is not None:
         raise UsageError(
-            f"unknown --dataset '{opts.dataset}' (known: pile, {PYTHON_DOCS}; use --input for other corpora)"
+            f"unknown --dataset '{opts.dataset}' (known: pile, {PYTHON_DOCS}, {TRC2}; use --input for other corpora)"
         )
     if not opts.output_dir:
         raise UsageError(
@@ -386,6 +426,45 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
         )
     units = expand_inputs(opts.inputs, split=opts.split)
     return [Job("data", _group_units(units, opts.shard_mb), Path(opts.output_dir))]
+
+
+def recipe_defaults(dataset: str | None) -> dict[str, Any]:
+    """PreprocessOptions values a recipe sets unless the command line gives them."""
+    if dataset == TRC2:
+        from gptx_cli.data import trc2
+
+        # create_hdf5_dataset.py --ftfy (NFC); msl 512 = params_gptj_6B_TRC2.yaml's max_position_embeddings.
+        return {
+            "max_seq_length": trc2.DEFAULT_MSL,
+            "cleaning": TextCleaning(use_ftfy=True),
+            "tokenizer": "gpt2",
+        }
+    return {}
+
+
+def _trc2_jobs(opts: PreprocessOptions) -> list[Job]:
+    from gptx_cli.data import trc2
+
+    source = trc2.resolve_input(opts.inputs)
+    base = Path(opts.output_dir or trc2.DEFAULT_BASE)
+    split = trc2.split_trc2(source, base / "split_files", opts.buffer_len, opts.val_split_ratio)
+    if split.left_out:
+        print(
+            f"note: {split.left_out:,} of {split.lines:,} lines left out, as ModelZoo's split_trc_dataset.py "
+            f"never writes its final chunk of (at most) {opts.buffer_len:,} lines",
+            file=sys.stderr,
+        )
+    for name, files in (("train", split.train), ("eval", split.eval)):
+        if not files:
+            raise DataError(
+                f"TRC2 input {source}: {split.lines:,} lines give no {name} file "
+                f"({opts.buffer_len:,} lines per file, the last {opts.val_split_ratio:.0%} of files to eval)",
+                hint="a smaller --buffer-len gives more files",
+            )
+    return [
+        Job(name, _group_units([InputUnit("text", str(f)) for f in files], opts.shard_mb), base / name)
+        for name, files in (("train", split.train), ("eval", split.eval))
+    ]
 
 
 def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, Any]:
@@ -401,6 +480,17 @@ def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, 
         "seed": opts.seed,
         "parts": job.parts,
         "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+        **_modelzoo_settings(opts),
+    }
+
+
+def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
+    """The ModelZoo v2 settings that change the output (recorded in data_params.json, checked on --resume)."""
+    return {
+        "cleaning": asdict(opts.cleaning),
+        "short_seq_prob": opts.short_seq_prob,
+        "shuffle": opts.shuffle,
+        "shuffle_seed": opts.shuffle_seed if opts.shuffle else None,
     }
 
 
@@ -525,9 +615,16 @@ def _run_unit(
     subsets = frozenset(opts.pile_subsets) if opts.pile_subsets else None
     shown = 0
     done_before = base_bytes
+    short = None
+    if opts.short_seq_prob > 0:
+        import random
+
+        from gptx_cli.data.pack import ShortSequences
+
+        short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
     for unit in units:
         tasks = (
-            (unit.kind, unit.location, b, opts.text_key, subsets)
+            (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning)
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
         )
         consumed = 0
@@ -551,7 +648,8 @@ def _run_unit(
             stats.raw_bytes_count += batch.raw_bytes
             stats.raw_chars_count += res.chars
             if opts.output_format == "hdf5":
-                writer.add(packer.add_documents(res.tokens, res.lengths))
+                samples = packer.add_documents(res.tokens, res.lengths)
+                writer.add(short.apply(samples) if short is not None else samples)
             else:
                 packer.stats.document_tokens += len(res.tokens)
                 writer.add_documents(res.tokens, res.lengths)
@@ -562,7 +660,8 @@ def _run_unit(
     if shown > MAX_PROBLEMS_SHOWN:
         print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
     if opts.output_format == "hdf5":
-        writer.add(packer.finish())
+        last = packer.finish()
+        writer.add(short.apply(last) if short is not None else last)
     writer.close()
     stats.samples = packer.stats
     return stats
@@ -583,6 +682,12 @@ def _run_job(
         base_bytes += sum(x.size for x in units)
         _atomic_json(job.out_dir / STATE_DIR / f"unit-{u:05d}.json", {"unit": u, "stats": stats.to_dict()})
         total.add(stats)
+    shuffled = job.out_dir / STATE_DIR / "shuffled"
+    if opts.shuffle and opts.output_format == "hdf5" and not shuffled.exists():
+        from gptx_cli.data.shuffle import shuffle_sample_files
+
+        shuffle_sample_files(sorted(job.out_dir.glob("data-*.h5")), opts.shuffle_seed)
+        shuffled.touch()
     if total.documents == 0:
         inputs = ", ".join(u.location for g in job.units for u in g)
         why = f" ({total.documents_skipped} malformed records skipped)" if total.documents_skipped else ""
@@ -662,6 +767,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
                 shutil.rmtree(root)
             tokenizer_spec = _train_tokenizer(opts, root)
     tok = load_tokenizer(tokenizer_spec, tokenizer_dir=opts.tokenizer_dir, backend=opts.tokenizer_backend)
+    tok = _with_ids(tok, opts.eos_id, opts.pad_id)
     jobs = plan_jobs(opts, tok)
     total_bytes = sum(u.size for job in jobs for g in job.units for u in g)
     progress = _Progress(total_bytes, opts.progress)
@@ -671,7 +777,9 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
 
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         pool = ctx.Pool(
-            opts.processes, _init_worker, (tokenizer_spec, opts.tokenizer_dir, opts.tokenizer_backend)
+            opts.processes,
+            _init_worker,
+            (tokenizer_spec, opts.tokenizer_dir, opts.tokenizer_backend, (opts.eos_id, opts.pad_id)),
         )
     else:
         _WORKER["tok"] = tok
@@ -730,6 +838,7 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             "samples_per_file": opts.samples_per_file,
             "seed": opts.seed,
             "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+            **_modelzoo_settings(opts),
         },
         "features": ["input_ids", "attention_mask", "labels"],
         "post-process": stats.to_dict(),
