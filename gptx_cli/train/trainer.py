@@ -30,6 +30,7 @@ import torch
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
+from gptx_cli.fsutil import temp_path
 from gptx_cli.train import parallel, state
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
@@ -348,7 +349,7 @@ class _Run:
         optim_state: dict[str, Any] | None = None
         weights: Any
         if d.enabled and self.strategy == "fsdp":
-            staged = self.model_dir / f".optim-{step}.tmp"
+            staged = temp_path(self.model_dir / f"optim-{step}", "dcp")  # one name on every rank
             state.save_sharded_optimizer(self.wrapped, self.optimizer, staged)
             # Gathered one tensor at a time on every rank (the same order everywhere) and streamed to
             # rank 0's shard writer: rank 0 never holds more than a shard of the full model.
