@@ -5,6 +5,7 @@ Typer and the standard library only at module level; torch is imported by the li
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,17 @@ def _run(config: Path, overrides: list[str], nproc: int | None, **options: Any) 
 
     spec = load_run_spec(config, overrides=overrides)
     if nproc is not None and nproc > 1 and not parallel.under_torchrun():
+        from gptx_cli.train.lock import model_dir_lock
         from gptx_cli.train.trainer import TrainOptions, preflight
 
         preflight(spec, TrainOptions(**options), nproc)
-        code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
+        with model_dir_lock(options.get("model_dir") or spec.model_dir):  # held for the ranks too
+            code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
         raise typer.Exit(code)
     from gptx_cli.train.trainer import TrainOptions, train
 
     result = train(spec, TrainOptions(**options))
-    if result.stopped_by != "completed":
+    if result.stopped_by != "completed" and os.environ.get("RANK", "0") == "0":
         typer.echo(f"stopped at step {result.end_step}; resume with the same command", err=True)
 
 
