@@ -14,7 +14,10 @@ import os
 import sys
 import sysconfig
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
+
+from gptx_cli.fsutil import atomic_path
 
 _SKIP_TOP = {"site-packages", "test", "idlelib", "lib2to3", "turtledemo", "tkinter", "ensurepip"}
 _MIN_DOCSTRING_CHARS = 40
@@ -66,17 +69,13 @@ def write_stdlib_corpus(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     if all(p.is_file() for p in paths.values()):
         return paths
     out.mkdir(parents=True, exist_ok=True)
-    tmps = {k: p.with_name(p.name + f".tmp-{os.getpid()}") for k, p in paths.items()}
-    files = {k: open(t, "w", encoding="utf-8") for k, t in tmps.items()}
-    try:
+    with ExitStack() as stack:
+        files = {}
+        for k, p in paths.items():
+            files[k] = stack.enter_context(open(stack.enter_context(atomic_path(p)), "w", encoding="utf-8"))
         for i, doc in enumerate(iter_stdlib_documents()):
             split = "val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"
             files[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
-    finally:
-        for f in files.values():
-            f.close()
-    for k in paths:
-        os.replace(tmps[k], paths[k])
     return paths
 
 

@@ -34,6 +34,7 @@ from gptx_cli.data.sources import (
     record_texts,
 )
 from gptx_cli.errors import DataError, UsageError
+from gptx_cli.fsutil import atomic_path, is_temp, write_json
 
 STATE_DIR = ".gptx-preprocess"
 PILE_PARTS = 10
@@ -438,7 +439,7 @@ def _prepare_out_dir(
     state_dir.mkdir(exist_ok=True)
     for part in range(job.parts if job.parts > 1 else 0):  # every part the configs list exists
         (out / str(part)).mkdir(exist_ok=True)
-    _atomic_json(state_dir / "args.json", fingerprint)
+    write_json(state_dir / "args.json", fingerprint, sort_keys=True)
     # Files of incomplete units and temporary files of a killed run are redone from scratch.
     for u in range(len(job.units)):
         if u not in done:
@@ -453,7 +454,7 @@ def _is_output_file(p: Path) -> bool:
     return (
         p.name == "data_params.json"
         or (p.name.startswith("data-") and p.suffix in (".h5", ".bin", ".idx"))
-        or (p.name.startswith(".") and ".tmp-" in p.name)
+        or is_temp(p)
     )
 
 
@@ -475,12 +476,6 @@ def _remove_outputs(out: Path) -> None:
             f"note: --overwrite left {len(left)} file(s) it did not write in {out}: {', '.join(left[:5])}",
             file=sys.stderr,
         )
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _bounded_map(pool: Any, fn: Any, tasks: Iterator[tuple[Any, ...]], depth: int) -> Iterator[Any]:
@@ -581,7 +576,11 @@ def _run_job(
             continue
         stats = _run_unit(job, u, units, opts, tok, pool, progress, base_bytes)
         base_bytes += sum(x.size for x in units)
-        _atomic_json(job.out_dir / STATE_DIR / f"unit-{u:05d}.json", {"unit": u, "stats": stats.to_dict()})
+        write_json(
+            job.out_dir / STATE_DIR / f"unit-{u:05d}.json",
+            {"unit": u, "stats": stats.to_dict()},
+            sort_keys=True,
+        )
         total.add(stats)
     if total.documents == 0:
         inputs = ", ".join(u.location for g in job.units for u in g)
@@ -626,9 +625,8 @@ def _train_tokenizer(opts: PreprocessOptions, out_root: Path) -> str:
     tok.train_from_iterator(texts(), trainer=trainer)
     out_root.mkdir(parents=True, exist_ok=True)
     path = out_root / "tokenizer.json"
-    tmp = out_root / f".tokenizer.json.tmp-{os.getpid()}"
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
     return str(path)
 
 
@@ -683,7 +681,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
             stats = _run_job(job, opts, tok, pool, progress, base)
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
-            _atomic_json(job.out_dir / "data_params.json", params)
+            write_json(job.out_dir / "data_params.json", params, sort_keys=True)
             results[job.name] = params
     finally:
         progress.close()

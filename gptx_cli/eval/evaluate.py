@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gptx_cli.errors import CheckpointError, DataError, UsageError
+from gptx_cli.fsutil import write_json
 
 # Fields that only matter for training: a difference here is neither an error nor worth a warning.
 _TRAINING_ONLY_FIELDS = {
@@ -352,13 +352,6 @@ def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
     return None  # a bare Hugging Face directory: print only, write nothing into it
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
     """Evaluate the chosen checkpoint(s); writes model_dir/eval/<checkpoint>.json for each one."""
     from gptx_cli.eval.tasks import LoglikelihoodScorer, evaluate_task, load_task
@@ -423,7 +416,7 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
         if out_dir is not None:
             name = checkpoint.name if step is None else f"checkpoint_{step}"
             path = out_dir / f"{name}.json"
-            _write_json(path, report.to_dict())
+            write_json(path, report.to_dict())
             report.output = str(path)
         reports.append(report)
         del model

@@ -31,6 +31,7 @@ import torch
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
+from gptx_cli.fsutil import temp_path
 from gptx_cli.train import parallel, state
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import AdamW, build_optimizer, optimizer_learning_rate
@@ -350,7 +351,7 @@ class _Run:
         optim_state: dict[str, Any] | None = None
         weights: Any
         if d.enabled and self.strategy == "fsdp":
-            staged = self.model_dir / f".optim-{step}.tmp"
+            staged = temp_path(self.model_dir / f"optim-{step}", "dcp")  # one name on every rank
             state.save_sharded_optimizer(self.wrapped, self.optimizer, staged)
             # Gathered one tensor at a time on every rank (the same order everywhere) and streamed to
             # rank 0's shard writer: rank 0 never holds more than a shard of the full model.
