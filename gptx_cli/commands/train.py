@@ -79,11 +79,17 @@ def train_cmd(
         "--micro_batch_size",
         help="Rows per forward pass; the rest is accumulated.",
     ),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
+    ),
 ) -> None:
     """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir).
 
     Example: gptx train configs/tiny_neox.yaml --max-steps 20 --set train_dataloader.batch_size=4
     """
+    from gptx_cli.checksum import skip_verification
+
+    skip_verification(no_verify)
     _run(
         config,
         overrides,
@@ -125,11 +131,17 @@ def continue_pretrain_cmd(
     ),
     strategy: str | None = typer.Option(None, "--strategy", help="ddp or fsdp (FSDP2)."),
     micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", "--micro_batch_size"),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
+    ),
 ) -> None:
     """Continue pretraining from a checkpoint's weights: step 0, fresh optimizer and schedule.
 
     Example: gptx continue-pretrain configs/params_gptj_6B_TRC2.yaml --checkpoint-path ./gpt-j-6b
     """
+    from gptx_cli.checksum import skip_verification
+
+    skip_verification(no_verify)
     _run(
         config,
         overrides,

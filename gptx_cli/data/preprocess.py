@@ -446,8 +446,24 @@ def _prepare_out_dir(
             for f in _unit_files(out, u):
                 f.unlink()
     for f in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
-        f.unlink()
+        if not _pid_alive(f.name.rsplit(".tmp-", 1)[1]):
+            print(f"note: removed {f}, left by a preprocess run that did not finish", file=sys.stderr)
+            f.unlink()
     return done
+
+
+def _pid_alive(tag: str) -> bool:
+    """Whether the process a temporary name's pid tag names still runs on this host."""
+    pid = tag.removeprefix("old-")
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_output_file(p: Path) -> bool:

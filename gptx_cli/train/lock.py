@@ -36,6 +36,16 @@ def _describe(holder: str) -> str:
     return "another process"
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (None: `path` exists)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
 def prepare_model_dir(model_dir: str | Path) -> Path:
     """Create model_dir (and parents); a path that cannot be a directory is a one-line error."""
     path = Path(model_dir)
@@ -58,6 +68,7 @@ def model_dir_lock(model_dir: str | Path, note: Callable[[str], None] = print) -
     """Hold the exclusive lock on `model_dir` for the body; ModelDirBusy at once if another process has it."""
     import fcntl
 
+    created = _first_missing(Path(model_dir).absolute())
     path = prepare_model_dir(model_dir)
     resolved = str(path.resolve())
     if os.environ.get(ENV) == resolved and "LOCAL_RANK" in os.environ:
@@ -95,14 +106,32 @@ def model_dir_lock(model_dir: str | Path, note: Callable[[str], None] = print) -
             os.ftruncate(fd, 0)  # a clean exit leaves no holder to report
     finally:
         os.close(fd)  # releases the flock
+        if created is not None and [p.name for p in path.iterdir()] == [LOCK_FILE]:
+            _remove_empty(path, created)  # a run refused before it wrote anything leaves no directory
+
+
+def _remove_empty(path: Path, top: Path) -> None:
+    try:
+        (path / LOCK_FILE).unlink()
+        for p in [path.absolute(), *path.absolute().parents]:
+            p.rmdir()
+            if p == top:
+                break
+    except OSError:
+        pass
 
 
 def clean_leftovers(model_dir: Path, note: Callable[[str], None] = print) -> None:
-    """Remove `checkpoint_N.tmp-PID` / `.old-PID` dirs a dead run left (only called under the lock, so no
-    live process owns them)."""
+    """Remove the temporaries (`.checkpoint_N.tmp-PID`, ...) a dead run left in model_dir. Called only
+    under the lock, so no live process owns them."""
     import shutil
 
+    from gptx_cli.fsutil import is_temp
+
     for child in sorted(model_dir.iterdir()):
-        if child.is_dir() and (".tmp-" in child.name or ".old-" in child.name):
-            shutil.rmtree(child, ignore_errors=True)
+        if is_temp(child) or ".old-" in child.name:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
             note(f"note: removed {child}, left by a run that did not finish writing it")

@@ -101,12 +101,12 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_note(tiny_data, tmp
     model_dir = tmp_path / "stale"
     model_dir.mkdir()
     (model_dir / ".gptx.lock").write_text("999999 deadhost\n")  # a kill -9'd holder: no flock held
-    (model_dir / "checkpoint_2.tmp-999999").mkdir()  # and its half-written checkpoint
+    (model_dir / ".checkpoint_2.tmp-999999").mkdir()  # and its half-written checkpoint
     r = run_gptx("train", *tiny_args(tiny_data, model_dir, "--max-steps", "2"))
     assert r.returncode == 0, r.stderr
     assert "took over the lock of model_dir" in r.stdout and "pid 999999 on host deadhost" in r.stdout
-    assert "removed" in r.stdout and "checkpoint_2.tmp-999999" in r.stdout
-    assert not (model_dir / "checkpoint_2.tmp-999999").exists()
+    assert "removed" in r.stdout and ".checkpoint_2.tmp-999999" in r.stdout
+    assert not (model_dir / ".checkpoint_2.tmp-999999").exists()
     assert (model_dir / "checkpoint_2").is_dir()
 
 
