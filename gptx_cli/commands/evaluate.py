@@ -69,6 +69,11 @@ def eval_cmd(
     no_verify: bool = typer.Option(
         False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
     ),
+    allow_incomplete_data: bool = typer.Option(
+        False,
+        "--allow-incomplete",
+        help="Read data dirs without data_params.json (an unfinished preprocess).",
+    ),
 ) -> None:
     """Evaluate a checkpoint: eval loss, lm_perplexity and accuracy on the config's validation data, and
     zero-shot tasks scored as lm-evaluation-harness does.
@@ -78,6 +83,9 @@ def eval_cmd(
     from gptx_cli.checksum import skip_verification
 
     skip_verification(no_verify)
+    from gptx_cli.data.loader import allow_incomplete
+
+    allow_incomplete(allow_incomplete_data)
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.evaluate import EvalOptions, format_table, run_eval
 

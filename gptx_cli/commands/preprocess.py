@@ -137,4 +137,13 @@ def preprocess_cmd(
         "progress": progress,
     }
     values.update({k: v for k, v in cli.items() if v is not None})
-    run_preprocess(PreprocessOptions(**values))
+    try:
+        run_preprocess(PreprocessOptions(**values))
+    except KeyboardInterrupt:
+        from gptx_cli.errors import GptxError
+
+        raise GptxError(
+            "interrupted: the output is incomplete (no data_params.json yet)",
+            hint="re-run the same command with --resume to finish it",
+            exit_code=130,
+        ) from None

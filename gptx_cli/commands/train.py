@@ -82,6 +82,11 @@ def train_cmd(
     no_verify: bool = typer.Option(
         False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
     ),
+    allow_incomplete_data: bool = typer.Option(
+        False,
+        "--allow-incomplete",
+        help="Read data dirs without data_params.json (an unfinished preprocess).",
+    ),
 ) -> None:
     """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir).
 
@@ -90,6 +95,9 @@ def train_cmd(
     from gptx_cli.checksum import skip_verification
 
     skip_verification(no_verify)
+    from gptx_cli.data.loader import allow_incomplete
+
+    allow_incomplete(allow_incomplete_data)
     _run(
         config,
         overrides,
@@ -134,6 +142,11 @@ def continue_pretrain_cmd(
     no_verify: bool = typer.Option(
         False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
     ),
+    allow_incomplete_data: bool = typer.Option(
+        False,
+        "--allow-incomplete",
+        help="Read data dirs without data_params.json (an unfinished preprocess).",
+    ),
 ) -> None:
     """Continue pretraining from a checkpoint's weights: step 0, fresh optimizer and schedule.
 
@@ -142,6 +155,9 @@ def continue_pretrain_cmd(
     from gptx_cli.checksum import skip_verification
 
     skip_verification(no_verify)
+    from gptx_cli.data.loader import allow_incomplete
+
+    allow_incomplete(allow_incomplete_data)
     _run(
         config,
         overrides,

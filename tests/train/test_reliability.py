@@ -183,3 +183,22 @@ def test_a_closed_stdout_does_not_stop_training(tiny_data, tmp_path):
     assert err.decode() == ""
     assert sorted(read_metrics(model_dir)) == list(range(1, 13))  # the metrics file keeps everything
     assert (model_dir / "checkpoint_12").is_dir()
+
+
+def test_train_refuses_preprocess_output_without_its_completion_marker(tiny_data, tmp_path):
+    """Problem 2: a killed preprocess left data-*.h5 without data_params.json and train used part of it."""
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_data["train"], partial)
+    (partial / "data_params.json").unlink()  # what a failed or SIGKILLed preprocess leaves
+    args = tiny_args(
+        tiny_data, tmp_path / "md", "--set", f"train_dataloader.data_dir={partial}", "--max-steps", "2"
+    )
+    r = run_gptx("train", *args)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"error: data_dir {partial} is incomplete: no data_params.json")
+    assert "--resume" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "md").exists()
+    anyway = run_gptx("train", *args, "--allow-incomplete")
+    assert anyway.returncode == 0, anyway.stderr
