@@ -87,11 +87,17 @@ def generate_cmd(
     output_format: str = typer.Option(
         "text", "--format", help="text (streamed), or json (prompt and generated token ids and text)."
     ),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
+    ),
 ) -> None:
     """Generate text after a prompt: greedy, or sampled with temperature / top-k / top-p, using the KV cache.
 
     Example: gptx generate --checkpoint-path model_dir/demo_neox --prompt "Return a new list of" --top-k 40
     """
+    from gptx_cli.checksum import skip_verification
+
+    skip_verification(no_verify)
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
 

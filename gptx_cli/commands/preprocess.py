@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -183,6 +184,20 @@ def preprocess_cmd(
         for warning in plan.warnings:
             print(warning.format(), file=sys.stderr)
         resolve_special_ids(plan, tokenizer_dir)
-        run_v2(plan, given)
+        _interruptible(run_v2, plan, given)
         return
-    run_preprocess(PreprocessOptions(**{**recipe_defaults(dataset), **given}))
+    _interruptible(run_preprocess, PreprocessOptions(**{**recipe_defaults(dataset), **given}))
+
+
+def _interruptible(run: Any, *args: Any) -> None:
+    """Ctrl-C names the way to finish the run instead of a bare exit 130."""
+    try:
+        run(*args)
+    except KeyboardInterrupt:
+        from gptx_cli.errors import GptxError
+
+        raise GptxError(
+            "interrupted: the output is incomplete (no data_params.json yet)",
+            hint="re-run the same command with --resume to finish it",
+            exit_code=130,
+        ) from None

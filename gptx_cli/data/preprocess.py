@@ -38,6 +38,7 @@ from gptx_cli.errors import DataError, UsageError
 from gptx_cli.fsutil import atomic_path, is_temp, write_json
 
 STATE_DIR = ".gptx-preprocess"
+MIN_TRAINED_VOCAB = 258  # the byte alphabet plus the two special tokens
 PILE_PARTS = 10
 OUTPUT_FORMATS = ("hdf5", "corpus", "mmidx")
 MAX_PROBLEMS_SHOWN = 20
@@ -534,6 +535,12 @@ def _prepare_out_dir(
     if exists and opts.overwrite:
         _remove_outputs(out)
     elif exists and not opts.resume:
+        if state_dir.is_dir() and not (out / "data_params.json").is_file():
+            raise DataError(
+                f"output directory {out} holds an unfinished gptx preprocess run",
+                hint="re-run with --resume to finish it with the same inputs and arguments, "
+                "or with --overwrite to start over; --overwrite deletes only the files gptx preprocess wrote",
+            )
         raise DataError(
             f"output directory {out} already exists and is not empty",
             hint="pass --overwrite to replace it, or --resume to finish an interrupted run",
@@ -545,7 +552,8 @@ def _prepare_out_dir(
         if args_file.is_file() and json.loads(args_file.read_text()) != fingerprint:
             raise DataError(
                 f"{out} was started with different inputs or arguments; --resume needs the same ones",
-                hint="rerun with the original arguments, or use --overwrite",
+                hint="changed or fixed the input? re-run with --overwrite instead of --resume to start over, "
+                "it deletes only the files gptx preprocess wrote; otherwise repeat the original arguments",
             )
         for f in state_dir.glob("unit-*.json"):
             st = json.loads(f.read_text())
@@ -564,8 +572,24 @@ def _prepare_out_dir(
             for f in _unit_files(out, u):
                 f.unlink()
     for f in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
-        f.unlink()
+        if not _pid_alive(f.name.rsplit(".tmp-", 1)[1]):
+            print(f"note: removed {f}, left by a preprocess run that did not finish", file=sys.stderr)
+            f.unlink()
     return done
+
+
+def _pid_alive(tag: str) -> bool:
+    """Whether the process a temporary name's pid tag names still runs on this host."""
+    pid = tag.removeprefix("old-")
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_output_file(p: Path) -> bool:
@@ -848,6 +872,11 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     elif opts.mode != "pretraining":
         raise UsageError(f"--mode must be pretraining or finetuning (got '{opts.mode}')")
     tokenizer_spec = opts.tokenizer
+    if opts.train_tokenizer is not None and opts.train_tokenizer < MIN_TRAINED_VOCAB:
+        raise UsageError(
+            f"--train-tokenizer {opts.train_tokenizer}: a byte-level BPE needs at least {MIN_TRAINED_VOCAB} "
+            "entries (256 bytes + <|endoftext|> + <|padding|>); ask for more to get merges, e.g. 8000"
+        )
     if opts.train_tokenizer:
         if opts.output_dir:
             root = Path(opts.output_dir)
@@ -893,7 +922,15 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
             stats = _run_job(job, opts, tok, pool, progress, base)
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
-            write_json(job.out_dir / "data_params.json", params, sort_keys=True)
+            if params["post-process"]["n_examples"] == 0:
+                raise DataError(
+                    f"{job.name}: 0 samples from {stats.documents} document(s) "
+                    f"({params['post-process'].get('document_tokens', 0)} tokens) in "
+                    f"{', '.join(params['setup']['input'][:3])}",
+                    hint=f"a sample needs at least --min-sequence-len {opts.min_sequence_len} tokens; "
+                    "give more text or a smaller --max-seq-length / --min-sequence-len",
+                )
+            write_json(job.out_dir / "data_params.json", params, sort_keys=True)  # last: marks it complete
             results[job.name] = params
     finally:
         progress.close()

@@ -22,6 +22,7 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,12 +128,15 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        run = _Run(spec, options, dist)
-        if target == "CSX":
-            run.notes.append(
-                f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
-            )
-        return run.run()
+        from gptx_cli.train.lock import model_dir_lock
+
+        with model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else nullcontext():
+            run = _Run(spec, options, dist)
+            if target == "CSX":
+                run.notes.append(
+                    f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
+                )
+            return run.run()
     finally:
         parallel.shutdown(dist)
 
