@@ -238,3 +238,25 @@ def test_merged_hf_export_equals_base_plus_adapters(lora_base, tmp_path):
         "generate", "--checkpoint-path", str(lora), "--prompt", "alpha beta", "--max-new-tokens", "4"
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_memory_guard_counts_what_lora_saves_gptj_6b_bf16() -> None:
+    """GPT-J-6B in bf16 (the published config, micro-batch 1, activation checkpointing): full fine-tuning
+    does not fit an 80 GiB GPU, LoRA (r 8 on the attention) does; validate-config --summary says so."""
+    from gptx_cli.model.counts import run_summary
+    from gptx_cli.train.memory_guard import GIB, HEADROOM, estimate_bytes
+
+    path = REPO / "configs" / "params_gptj_6B.yaml"
+    full = load_run_spec(path)
+    lora = load_run_spec(path)
+    from gptx_cli.model.lora_config import add_lora_shortcut
+
+    add_lora_shortcut(lora.raw, 8, 16)
+    budget = 80 * GIB * HEADROOM
+    est_full = estimate_bytes(full, 1, 1, False, True)
+    est_lora = estimate_bytes(lora, 1, 1, False, True)
+    assert est_full["total"] > budget > est_lora["total"]
+    trainable = run_summary(lora)["trainable_parameters"]
+    assert est_lora["grads"] == 4 * trainable and est_lora["optimizer_state"] == 8 * trainable
+    assert run_summary(full)["trainable_parameters"] == run_summary(full)["parameters"]
+    assert 0 < trainable < run_summary(full)["parameters"] / 100
