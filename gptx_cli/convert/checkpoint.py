@@ -385,6 +385,9 @@ def _gptx_to_hf(
     if cfg.name not in FAMILIES:
         raise CheckpointError(f"{source}: model name {cfg.name!r} is neither gptj nor gpt-neox")
     family = _check_family(model, cfg.name, Path(config) if config is not None else source / "gptx.json")
+    from gptx_cli.checksum import verify_checkpoint
+
+    verify_checkpoint(source, meta)
     src = open_tensors(source)
     from gptx_cli.model.lora import MergedSource, read_lora_meta
 
