@@ -18,8 +18,18 @@ _CONFIG = typer.Argument(..., help="ModelZoo YAML config (trainer or legacy layo
 def _run(config: Path, overrides: list[str], nproc: int | None, **options: Any) -> None:
     """Load the config (errors surface once, before any launch), then train here or on `nproc` processes."""
     from gptx_cli.config import load_run_spec
+    from gptx_cli.config.flags import check_train_flags
     from gptx_cli.train import parallel
 
+    check_train_flags(
+        {
+            "--max-steps": options.get("max_steps"),
+            "--micro-batch-size": options.get("micro_batch_size"),
+            "--strategy": options.get("strategy"),
+            "--target-device": options.get("target_device"),
+            "--nproc": nproc,
+        }
+    )
     spec = load_run_spec(config, overrides=overrides)
     if nproc is not None and nproc > 1 and not parallel.under_torchrun():
         from gptx_cli.train.lock import model_dir_lock
