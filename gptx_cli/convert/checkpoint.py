@@ -390,6 +390,10 @@ def _gptx_to_hf(
 
     verify_checkpoint(source, meta)
     src = open_tensors(source)
+    from gptx_cli.model.lora import MergedSource, read_lora_meta
+
+    if read_lora_meta(source) is not None:  # a LoRA checkpoint: export base + adapters merged
+        src = MergedSource(source, cfg)  # type: ignore[assignment]
     shapes = _source_shapes(src)
     keys, dropped = match_keys(
         src,
