@@ -104,10 +104,15 @@ def eval_cmd(
     from gptx_cli.data.loader import allow_incomplete
 
     allow_incomplete(allow_incomplete_data)
+    from gptx_cli.config.flags import check_at_least, check_config_flag
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.evaluate import EvalOptions, format_table, run_eval
     from gptx_cli.train import parallel
 
+    check_config_flag("--eval-steps", eval_steps)
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--limit", limit, 1)
+    check_at_least("--num-fewshot", num_fewshot, 0)
     if output_format not in ("table", "json"):
         raise UsageError(f"--format must be table or json, got {output_format!r}")
     if nproc is not None and nproc < 1:

@@ -311,7 +311,9 @@ MODELZOO_UNSUPPORTED = {
 
 def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]:
     """(path, message, severity) for the rules beyond shape, on one trainer-layout dict `{trainer: ...}`."""
-    out: list[tuple[KeyPath, str, str]] = []
+    from gptx_cli.config.flags import non_finite_problems
+
+    out: list[tuple[KeyPath, str, str]] = list(non_finite_problems(trainer))
     T: KeyPath = ("trainer",)
     I: KeyPath = T + ("init",)  # noqa: E741
     M: KeyPath = I + ("model",)
