@@ -26,28 +26,6 @@ if TYPE_CHECKING:
 CONFIG_FORMATS = ("hf", "legacy", "trainer")
 
 
-_MUP_KEYS = ("embeddings_scale", "scale_qk_dot_by_d", "scale_output_logits_by_d", "attention_logits_alpha")
-
-
-def model_section(cfg: ModelConfig) -> dict[str, Any]:
-    """The ModelZoo `model` section for a ModelConfig: None values (ModelZoo's default) are left out, and
-    so are muP multipliers at their neutral defaults in a model that does not use muP."""
-    from gptx_cli.config.spec import ModelConfig
-
-    defaults = ModelConfig()
-    section = {k: v for k, v in cfg.to_dict().items() if v is not None}
-    if not cfg.uses_mup:
-        for key in _MUP_KEYS:
-            if section.get(key) == getattr(defaults, key):
-                section.pop(key)
-    return section
-
-
-def trainer_config_for_model(cfg: ModelConfig) -> dict[str, Any]:
-    """A trainer-layout config holding only the model (what a converted checkpoint's config.yaml holds)."""
-    return {"trainer": {"init": {"model": model_section(cfg)}}}
-
-
 # ------------------------------------------------------------------------------ trainer -> legacy
 
 
@@ -254,12 +232,12 @@ def convert_config(
     header = f"# Converted by `gptx convert config` from {source.name} ({src_fmt} -> {tgt_fmt}).\n"
 
     if src_fmt == "hf":
-        from gptx_cli.convert.checkpoint import hf_family_of, read_json
+        from gptx_cli.checkpoint import hf_family_of, read_json
         from gptx_cli.model.hf import model_config_from_hf
 
         hf = read_json(source, "config.json")
         hf_family_of(hf, source)
-        section = model_section(model_config_from_hf(hf))
+        section = model_config_from_hf(hf).to_section()
         data = {"trainer": {"init": {"model": section}}} if tgt_fmt == "trainer" else {"model": section}
         write_text(out, _dump_yaml(data, header))
         return out, notes

@@ -14,7 +14,6 @@ numbers cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -23,7 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptx_cli.errors import CheckpointError, DataError, UsageError
+from gptx_cli.checkpoint import (
+    CONFIG_FILE,
+    ModelSource,
+    is_gptx_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    resolve,
+)
+from gptx_cli.config import load_run_spec
+from gptx_cli.data.tokenizer import load_tokenizer, recorded_tokenizer
+from gptx_cli.errors import CheckpointError, DataError, GptxError, UsageError
 from gptx_cli.fsutil import write_json
 
 # Fields that only matter for training: a difference here is neither an error nor worth a warning.
@@ -105,36 +114,6 @@ def resolve_dtype(name: str) -> Any:
     return dtypes[name]
 
 
-def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def checkpoint_model_config(path: str | Path) -> tuple[Any, int | None]:
-    """(ModelConfig, step or None) of a gptx checkpoint or a Hugging Face model directory."""
-    from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint, read_checkpoint_meta
-    from gptx_cli.config.spec import ModelConfig
-
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if not is_gptx_checkpoint(p) and not is_hf_dir(p):
-        p = latest_checkpoint(p) or p  # a model_dir stands for its latest checkpoint, as in load_model
-    if is_gptx_checkpoint(p):
-        meta = read_checkpoint_meta(p)
-        return ModelConfig.from_dict(meta["model"]), int(meta["step"])
-    if is_hf_dir(p):
-        from gptx_cli.model.hf import model_config_from_hf
-
-        try:
-            config_json = json.loads((p / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{p / 'config.json'}: cannot read ({err})") from err
-        return model_config_from_hf(config_json), None
-    raise CheckpointError(
-        f"{p}: neither a gptx checkpoint (gptx.json) nor a Hugging Face model directory (config.json)"
-    )
-
-
 def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, checkpoint: str) -> list[str]:
     """Check a checkpoint against the config's `model` section.
 
@@ -174,58 +153,37 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     return [f"{w} (using the checkpoint's)" for w in warnings]
 
 
-def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None, data_dirs: Iterable[str] = ()) -> Any:
+def resolve_tokenizer(
+    checkpoint: str | Path | ModelSource, tokenizer: str | None, data_dirs: Iterable[str] = ()
+) -> Any:
     """The tokenizer for a checkpoint, first found of:
 
-    --tokenizer; the one a gptx checkpoint records in gptx.json; the checkpoint directory's own
-    tokenizer files (Hugging Face dirs); the one `gptx preprocess` recorded in data_params.json of the
-    data the checkpoint was trained on (its config.yaml) or of `data_dirs` (the eval config's data).
+    --tokenizer; the one the checkpoint records (gptx.json, or a Hugging Face dir's own tokenizer
+    files); the one `gptx preprocess` recorded in data_params.json of the data the checkpoint was
+    trained on (its config.yaml) or of `data_dirs` (the eval config's data).
     """
-    from gptx_cli.checkpoint import CONFIG_FILE, is_gptx_checkpoint, latest_checkpoint, read_checkpoint_meta
-    from gptx_cli.data.tokenizer import load_tokenizer, recorded_tokenizer
-
     if tokenizer:
         return load_tokenizer(tokenizer)
-    p = Path(checkpoint)
-    if not is_gptx_checkpoint(p) and not is_hf_dir(p):
-        p = latest_checkpoint(p) or p
+    source = checkpoint if isinstance(checkpoint, ModelSource) else resolve(checkpoint)
+    if source.tokenizer:
+        return load_tokenizer(source.tokenizer)
     dirs = list(data_dirs)
-    if is_gptx_checkpoint(p):
-        recorded = read_checkpoint_meta(p).get("tokenizer")
-        if recorded:
-            # A copied tokenizer is recorded relative to the checkpoint dir; presets and paths as they are.
-            return load_tokenizer(str(p / recorded) if (p / recorded).is_file() else recorded)
-        if (p / CONFIG_FILE).is_file():
-            from gptx_cli.config import load_run_spec
-            from gptx_cli.errors import GptxError
-
-            try:
-                trained = load_run_spec(p / CONFIG_FILE)
-            except GptxError:
-                trained = None
-            if trained is not None:
-                dirs = [
-                    d for spec in (trained.train_data, trained.val_data) if spec for d in spec.data_dir
-                ] + dirs
-    if any(
-        (p / name).is_file() for name in ("tokenizer.json", "vocab.json", "encoder.json", "gpt2-encoder.json")
-    ):
-        return load_tokenizer(p)
+    if source.is_gptx and (source.directory / CONFIG_FILE).is_file():
+        try:
+            trained = load_run_spec(source.directory / CONFIG_FILE)
+        except GptxError:
+            trained = None
+        if trained is not None:
+            dirs = [
+                d for spec in (trained.train_data, trained.val_data) if spec for d in spec.data_dir
+            ] + dirs
     from_data = recorded_tokenizer(dirs)
     if from_data:
         return load_tokenizer(from_data)
     raise UsageError(
-        f"checkpoint {p} records no tokenizer",
+        f"checkpoint {source.directory} records no tokenizer",
         hint="pass --tokenizer (a preset such as gpt2, a file or a dir)",
     )
-
-
-def load_eval_model(checkpoint: str | Path, device: Any, dtype: Any) -> Any:
-    from gptx_cli.model.api import load_model
-
-    model = load_model(str(checkpoint), device=str(device), dtype=dtype)
-    model.eval()
-    return model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,8 +269,6 @@ class CheckpointReport:
 
 
 def _checkpoints_to_run(opts: EvalOptions, spec: Any) -> list[Path]:
-    from gptx_cli.checkpoint import latest_checkpoint, list_checkpoints
-
     model_dir = opts.model_dir or (spec.model_dir if spec else None)
     if opts.all_checkpoints:
         if opts.checkpoint_path:
@@ -345,8 +301,6 @@ def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
         return Path(opts.output_dir)
     if opts.model_dir or spec is not None:
         return Path(opts.model_dir or spec.model_dir) / "eval"
-    from gptx_cli.checkpoint import is_gptx_checkpoint
-
     if is_gptx_checkpoint(checkpoint):  # a gptx checkpoint lives in its model_dir
         return checkpoint.resolve().parent / "eval"
     return None  # a bare Hugging Face directory: print only, write nothing into it
@@ -363,8 +317,6 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
         raise UsageError(f"--eval-steps must be at least 1, got {opts.eval_steps}")
     spec = None
     if opts.config is not None:
-        from gptx_cli.config import load_run_spec
-
         spec = load_run_spec(opts.config, overrides=opts.overrides)
         if spec.val_data is None:
             if not opts.tasks:
@@ -377,7 +329,8 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
     dtype = resolve_dtype(opts.dtype)
     reports = []
     for checkpoint in _checkpoints_to_run(opts, spec):
-        ckpt_cfg, step = checkpoint_model_config(checkpoint)
+        source = resolve(checkpoint)
+        ckpt_cfg, step = source.config, source.step
         report = CheckpointReport(checkpoint=str(checkpoint), step=step)
         if spec is not None:
             report.warnings = compare_model_configs(
@@ -386,8 +339,8 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
             for w in report.warnings:
                 log(f"warning: {w}")
         data_dirs = spec.val_data.data_dir if spec is not None and spec.val_data is not None else []
-        tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer, data_dirs) if tasks else None
-        model = load_eval_model(checkpoint, device, dtype)
+        tokenizer = resolve_tokenizer(source, opts.tokenizer, data_dirs) if tasks else None
+        model = source.load_model(device, dtype)
         if spec is not None and spec.val_data is not None:
             from gptx_cli.data.loader import build_dataloader
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptx_cli.checkpoint import resolve
 from gptx_cli.errors import UsageError
 
 
@@ -235,25 +236,19 @@ def generate_from_checkpoint(
     log: Callable[[str], None] | None = None,
 ) -> GenerationResult:
     """Load the checkpoint and its tokenizer, then decode after the prompt with the KV cache."""
-    from gptx_cli.eval.evaluate import (
-        checkpoint_model_config,
-        load_eval_model,
-        resolve_device,
-        resolve_dtype,
-        resolve_tokenizer,
-    )
+    from gptx_cli.eval.evaluate import resolve_device, resolve_dtype, resolve_tokenizer
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = opts.sampling
     cfg.check()
-    checkpoint_model_config(opts.checkpoint_path)  # a clear error for a path that is not a checkpoint
-    tokenizer = resolve_tokenizer(opts.checkpoint_path, opts.tokenizer)
+    source = resolve(opts.checkpoint_path)  # a clear error for a path that is not a checkpoint
+    tokenizer = resolve_tokenizer(source, opts.tokenizer)
     if not opts.ignore_eos and cfg.eos_id is None:
         cfg.eos_id = tokenizer.eos_id
     prompt_tokens = tokenizer.encode(opts.prompt)
     if not prompt_tokens:
         raise UsageError("the prompt is empty (it encodes to zero tokens)")
-    model = load_eval_model(opts.checkpoint_path, resolve_device(opts.device), resolve_dtype(opts.dtype))
+    model = source.load_model(resolve_device(opts.device), resolve_dtype(opts.dtype))
     context = int(model.cfg.max_position_embeddings)
     notes = []
     if len(prompt_tokens) >= context:

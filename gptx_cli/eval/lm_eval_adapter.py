@@ -32,7 +32,8 @@ def register(name: str = "gptx") -> Any:
 
         raise UsageError("lm-eval is not installed", hint="pip install lm-eval") from err
 
-    from gptx_cli.eval.evaluate import load_eval_model, resolve_device, resolve_dtype, resolve_tokenizer
+    from gptx_cli.checkpoint import resolve
+    from gptx_cli.eval.evaluate import resolve_device, resolve_dtype, resolve_tokenizer
     from gptx_cli.eval.generate import CachedDecoder, SamplingConfig, generate
     from gptx_cli.eval.tasks import LoglikelihoodScorer, encode_pair
 
@@ -49,8 +50,9 @@ def register(name: str = "gptx") -> Any:
         ) -> None:
             super().__init__()
             self._device = resolve_device(device)
-            self.model = load_eval_model(checkpoint, self._device, resolve_dtype(dtype))
-            self.tokenizer = resolve_tokenizer(checkpoint, tokenizer)
+            source = resolve(checkpoint)
+            self.model = source.load_model(self._device, resolve_dtype(dtype))
+            self.tokenizer = resolve_tokenizer(source, tokenizer)
             self.max_length = int(max_length or self.model.cfg.max_position_embeddings)
             size = 8 if str(batch_size).startswith("auto") else int(batch_size)
             self.scorer = LoglikelihoodScorer(self.model, self.max_length, size, self._device)

@@ -316,7 +316,7 @@ class Transformer(nn.Module):
             else 0
         )
         self._rope: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
-        # Recompute each block in backward instead of storing its activations (optimize.py sets it).
+        # Recompute each block in backward instead of storing its activations (train.parallel sets it).
         self.activation_checkpointing = False
 
     # -- rotary tables -------------------------------------------------------------------------
