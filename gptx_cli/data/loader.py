@@ -32,6 +32,8 @@ from typing import Any, cast
 import numpy as np
 
 from gptx_cli.config.spec import DataSpec
+from gptx_cli.data.hdf5 import h5_layout
+from gptx_cli.data.mmidx import MMIDIDXReader
 from gptx_cli.errors import DataError
 
 DEFAULT_MSL = 2048
@@ -75,8 +77,6 @@ class _TokenWindows:
     def get(self, i: int) -> np.ndarray:
         if self._pid != os.getpid():
             if self.kind == "mmidx":
-                from gptx_cli.data.mmidx import MMIDIDXReader
-
                 self._tokens = MMIDIDXReader(self.path).tokens
             else:
                 import h5py
@@ -121,8 +121,6 @@ def _files_of(data_dir: str) -> list[tuple[Path, str]]:
 
 
 def _open_sources(data_dirs: Sequence[str], msl: int | None) -> tuple[list[Any], int]:
-    from gptx_cli.data.hdf5 import h5_layout
-
     if isinstance(data_dirs, (str, os.PathLike)):
         data_dirs = [str(data_dirs)]  # a single directory written without a list
     if not data_dirs:
@@ -131,8 +129,6 @@ def _open_sources(data_dirs: Sequence[str], msl: int | None) -> tuple[list[Any],
     for d in data_dirs:
         for path, kind in _files_of(str(d)):
             if kind == "mmidx":
-                from gptx_cli.data.mmidx import MMIDIDXReader
-
                 entries.append((path, "mmidx", len(MMIDIDXReader(path).tokens), None))
             else:
                 layout, n, file_msl = h5_layout(path)

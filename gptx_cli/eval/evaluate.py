@@ -31,9 +31,13 @@ from gptx_cli.checkpoint import (
     resolve,
 )
 from gptx_cli.config import load_run_spec
+from gptx_cli.data.loader import build_dataloader
 from gptx_cli.data.tokenizer import load_tokenizer, recorded_tokenizer
 from gptx_cli.errors import CheckpointError, DataError, GptxError, UsageError
+from gptx_cli.eval.tasks import LoglikelihoodScorer, evaluate_task, load_task
 from gptx_cli.fsutil import write_json
+from gptx_cli.model.loss import lm_loss
+from gptx_cli.model.transformer import parameter_shapes
 
 # Fields that only matter for training: a difference here is neither an error nor worth a warning.
 _TRAINING_ONLY_FIELDS = {
@@ -121,7 +125,6 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     device) is an error naming the field; other differences follow the checkpoint and come back as
     warnings. Training-only fields (dropout, initializers) are ignored.
     """
-    from gptx_cli.model.transformer import parameter_shapes
 
     def effective(cfg: Any, name: str) -> Any:
         # rotary_dim None means "25% of head_dim": compare what the model will use.
@@ -202,8 +205,6 @@ def loss_metrics(
 ) -> LossMetrics:
     """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels)."""
     import torch
-
-    from gptx_cli.model.loss import lm_loss
 
     vocab = model.cfg.vocab_size
     # Sums stay on the device and are read once at the end: no host sync per batch.
@@ -308,8 +309,6 @@ def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
 
 def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
     """Evaluate the chosen checkpoint(s); writes model_dir/eval/<checkpoint>.json for each one."""
-    from gptx_cli.eval.tasks import LoglikelihoodScorer, evaluate_task, load_task
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if opts.config is None and not opts.tasks:
         raise UsageError("nothing to evaluate: give a CONFIG (validation data) and/or --tasks")
@@ -342,8 +341,6 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
         tokenizer = resolve_tokenizer(source, opts.tokenizer, data_dirs) if tasks else None
         model = source.load_model(device, dtype)
         if spec is not None and spec.val_data is not None:
-            from gptx_cli.data.loader import build_dataloader
-
             loader = build_dataloader(spec.val_data, seed=spec.seed, infinite=False)
             eval_steps = opts.eval_steps or spec.loop.eval_steps
             metrics = loss_metrics(

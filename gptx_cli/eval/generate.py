@@ -17,6 +17,7 @@ from typing import Any
 
 from gptx_cli.checkpoint import resolve
 from gptx_cli.errors import UsageError
+from gptx_cli.eval.evaluate import resolve_device, resolve_dtype, resolve_tokenizer
 
 
 @dataclass
@@ -236,8 +237,6 @@ def generate_from_checkpoint(
     log: Callable[[str], None] | None = None,
 ) -> GenerationResult:
     """Load the checkpoint and its tokenizer, then decode after the prompt with the KV cache."""
-    from gptx_cli.eval.evaluate import resolve_device, resolve_dtype, resolve_tokenizer
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = opts.sampling
     cfg.check()

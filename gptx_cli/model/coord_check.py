@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from gptx_cli.config.spec import ModelConfig
+from gptx_cli.model.init import init_model, optimizer_param_groups
+from gptx_cli.model.loss import lm_loss
 
 BASE_WIDTH = 32
 
@@ -60,9 +62,6 @@ def coord_check(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per width: mean |activation| of the embedding, each block output and the logits."""
-    from gptx_cli.model.init import init_model, optimizer_param_groups
-    from gptx_cli.model.loss import lm_loss
-
     data = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(seed))
     rows = []
     for width in widths:
