@@ -25,11 +25,16 @@ from typing import Any, Literal
 
 import torch
 import yaml
+from torch import Tensor
 
+from gptx_cli.checksum import checksums_of, verify_checkpoint
 from gptx_cli.config.spec import ModelConfig, trainer_config_for_model
 from gptx_cli.errors import CheckpointError, ConfigError, UsageError
 from gptx_cli.fsutil import atomic_dir, is_temp
 from gptx_cli.model.hf import hf_family, model_config_from_hf, to_gptx
+from gptx_cli.model.init import init_model
+from gptx_cli.model.lora import is_adapter, merged_tensors
+from gptx_cli.model.lora_config import parse_lora_params
 from gptx_cli.model.transformer import Transformer
 from gptx_cli.weights import ShardedSafetensorsWriter, TensorSource, dtype_name, open_tensors
 
@@ -80,6 +85,7 @@ def save_checkpoint_dir(
             "tokenizer": tokenizer,
             "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
             "num_parameters": writer.num_params,
+            "checksums": checksums_of(tmp),
         }
         for key, value in (extra or {}).items():
             meta.setdefault(key, value)
@@ -126,8 +132,9 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 
 def open_checkpoint_weights(path: str | Path) -> TensorSource:
-    """The weights of a gptx checkpoint directory, for lazy reading (`.keys()`, `.get(name)`)."""
-    read_checkpoint_meta(path)
+    """The weights of a gptx checkpoint directory, for lazy reading (`.keys()`, `.get(name)`), after
+    checking the weight files against the checksums gptx.json records (unless --no-verify)."""
+    verify_checkpoint(path, read_checkpoint_meta(path))
     return open_tensors(path)
 
 
@@ -213,7 +220,12 @@ class ModelSource:
     @contextmanager
     def open_weights(self) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
         """A lazy stream of (gptx name, tensor), read one tensor at a time: no caller holds the whole model."""
-        with open_tensors(self.directory) as src:
+        if self.is_gptx and read_lora_meta(self.directory) is not None:  # base + adapters folded in
+            with open_merged(self.directory, self.config) as merged:
+                yield merged
+            return
+        opened = open_checkpoint_weights(self.directory) if self.is_gptx else open_tensors(self.directory)
+        with opened as src:
             yield src.items() if self.is_gptx else to_gptx(self.config, src.keys(), src.get)
 
     def load_model(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Transformer:
@@ -280,3 +292,90 @@ def resolve(path: str | Path) -> ModelSource:
     if tokenizer is None and any((directory / name).is_file() for name in TOKENIZER_FILES):
         tokenizer = str(directory)
     return ModelSource(kind, Path(path), directory, step, config, meta, tokenizer)
+
+
+# ------------------------------------------------------------------------------ LoRA checkpoints
+
+
+def read_lora_meta(path: str | Path) -> dict[str, Any] | None:
+    """The "lora" entry of a checkpoint's gptx.json (a LoRA run's checkpoint), or None."""
+    f = Path(path) / "gptx.json"
+    if not f.is_file():
+        return None
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    lora = meta.get("lora") if isinstance(meta, dict) else None
+    return lora if isinstance(lora, dict) else None
+
+
+def base_of(path: str | Path, lora: dict[str, Any]) -> dict[str, Any]:
+    """The recorded base of a LoRA checkpoint; a relative base path is relative to the checkpoint."""
+    base = dict(lora.get("base") or {})
+    if "path" in base and not Path(base["path"]).is_absolute():
+        base["path"] = str((Path(path) / base["path"]).resolve())
+    return base
+
+
+@contextmanager
+def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[Iterator[tuple[str, Tensor]]]:
+    """The base tensors of a LoRA checkpoint (from its base checkpoint, its own file, or a seeded init)."""
+    base = base_of(path, lora)
+    if not lora.get("adapters_only", True):
+        with open_checkpoint_weights(path) as src:
+            yield ((n, t) for n, t in src.items() if not is_adapter(n))
+        return
+    if "path" in base:
+        if not Path(base["path"]).exists():
+            raise CheckpointError(
+                f"{path}: its LoRA base {base['path']} does not exist",
+                hint="the checkpoint holds only the adapters; restore the base model there",
+            )
+        with resolve(base["path"]).open_weights() as tensors:
+            yield tensors
+        return
+    if "init_seed" in base:
+        model = init_model(cfg, seed=int(base["init_seed"]))
+        yield iter(list(model.state_dict().items()))
+        return
+    raise CheckpointError(f"{path}: gptx.json lora.base names no base model")
+
+
+@contextmanager
+def open_merged(path: Path, cfg: ModelConfig) -> Iterator[Iterator[tuple[str, Tensor]]]:
+    """A LoRA checkpoint as plain model tensors: base weights with the adapters folded in."""
+    lora = read_lora_meta(path)
+    assert lora is not None
+    groups = parse_lora_params(lora["params"], f"{path}/gptx.json: lora.params")
+    with open_checkpoint_weights(path) as src:
+        adapters = {n: t for n, t in src.items() if is_adapter(n)}
+    with open_base(path, lora, cfg) as base:
+        yield merged_tensors(cfg, groups, base, adapters)
+
+
+class MergedSource:
+    """A LoRA checkpoint's merged tensors with the TensorSource interface `gptx convert` reads."""
+
+    def __init__(self, path: Path, cfg: ModelConfig) -> None:
+        with open_merged(path, cfg) as items:
+            self.tensors = dict(items)
+        self.origin = path
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.tensors[name].dtype
+
+    def get(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+    def file_of(self, name: str) -> Path:
+        return self.origin
+
+    def close(self) -> None:
+        self.tensors.clear()

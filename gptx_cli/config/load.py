@@ -21,7 +21,7 @@ Torch-free (validate-config must not import torch).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,6 +309,27 @@ INIT_SECTIONS = (
     "device",
     "autorestart",
 )
+
+
+def dataloader_sections(trainer: dict[str, Any]) -> Iterator[tuple[KeyPath, dict[str, Any]]]:
+    """(path, section) of every dataloader a trainer-layout dict holds (train, val, validate_all's)."""
+    T: KeyPath = ("trainer",)
+    for section, key in (
+        ("fit", "train_dataloader"),
+        ("fit", "val_dataloader"),
+        ("validate", "val_dataloader"),
+        ("validate_all", "val_dataloaders"),
+    ):
+        part = (
+            (trainer.get("trainer") or {}).get(section) if isinstance(trainer.get("trainer"), dict) else None
+        )
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, dict):
+            yield T + (section, key), value
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, dict):
+                    yield T + (section, key, i), v
 
 
 def trainer_sources(doc: YamlDoc, strict: bool = True) -> list[ConfigSource]:

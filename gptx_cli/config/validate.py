@@ -15,16 +15,18 @@ The semantic rules (each with its own message) are in `semantic_problems`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from gptx_cli.config.build import build_run_spec
+from gptx_cli.config.compat import callback_problems, legacy_no_effect_problems, no_effect_problems
 from gptx_cli.config.load import (
     ConfigSource,
     LocatedConfigError,
     apply_overrides,
+    dataloader_sections,
     format_path,
     load_yaml,
     trainer_sources,
@@ -336,30 +338,13 @@ def _scheduler_rules(entry: Any, path: KeyPath) -> list[tuple[KeyPath, str, str]
     return out
 
 
-def _loaders(trainer: dict[str, Any]) -> Iterator[tuple[KeyPath, dict[str, Any]]]:
-    T: KeyPath = ("trainer",)
-    for section, key in (
-        ("fit", "train_dataloader"),
-        ("fit", "val_dataloader"),
-        ("validate", "val_dataloader"),
-        ("validate_all", "val_dataloaders"),
-    ):
-        value = _get(trainer, "trainer", section, key)
-        if isinstance(value, dict):
-            yield T + (section, key), value
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                if isinstance(v, dict):
-                    yield T + (section, key, i), v
-
-
 def _data_rules(trainer: dict[str, Any], model: dict[str, Any]) -> list[tuple[KeyPath, str, str]]:
     out: list[tuple[KeyPath, str, str]] = []
     vocab = model.get("vocab_size", 50257)
     mpe = model.get("max_position_embeddings", 1024)
     mbs = _get(trainer, "trainer", "init", "backend", "micro_batch_size")
     accum = _get(trainer, "trainer", "init", "loop", "grad_accum_steps")
-    for path, loader in _loaders(trainer):
+    for path, loader in dataloader_sections(trainer):
         if _is_int(loader.get("vocab_size")) and _is_int(vocab) and loader["vocab_size"] != vocab:
             out.append(
                 (
@@ -379,10 +364,6 @@ def _data_rules(trainer: dict[str, Any], model: dict[str, Any]) -> list[tuple[Ke
             )
         if loader.get("dataset_map_fn") is not None:
             out.append((path + ("dataset_map_fn",), "dataset_map_fn is not supported by gptx", "error"))
-        if loader.get("use_vsl"):
-            out.append(
-                (path + ("use_vsl",), "variable sequence length (use_vsl) is not supported by gptx", "error")
-            )
         if loader.get("data_dir") is None and not loader.get("mixture"):
             out.append((path, "needs data_dir (or mixture)", "error"))
         if loader.get("data_dir") is not None and loader.get("mixture"):
@@ -412,7 +393,7 @@ def data_dir_problems(trainer: dict[str, Any], base: Path | None = None) -> list
     """(path, message) for every data directory that does not exist (relative to `base` or the cwd)."""
     out: list[tuple[KeyPath, str]] = []
     base = base or Path.cwd()
-    for path, loader in _loaders(trainer):
+    for path, loader in dataloader_sections(trainer):
         entries: list[tuple[KeyPath, Any]] = []
         dd = loader.get("data_dir")
         if isinstance(dd, str):
@@ -467,6 +448,11 @@ def validate_source(
         # The rules assume the shape is right; with shape errors they would only add noise.
         for path, message, severity in semantic_problems(source.data):
             _add(result, source, path, message, severity)
+
+        for path, message in callback_problems(source.data):
+            _add(result, source, path, message, "error")
+        for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
+            _add(result, source, path, message, "warning")
     if check_paths:
         for path, message in data_dir_problems(source.data):
             _add(result, source, path, message, "error" if strict_paths else "warning")
@@ -498,6 +484,10 @@ def validate_file(
         for p, message in schema_problems("legacy.schema.json", doc.data):
             line, col = doc.where(p)
             result.add(Problem(doc.file, line, col, format_path(p), message))
+
+        for p, message in legacy_no_effect_problems(doc.data):
+            line, col = doc.where(p)
+            result.add(Problem(doc.file, line, col, format_path(p), message, "warning"))
     for source in sources:
         try:
             apply_overrides(source, overrides)

@@ -24,12 +24,15 @@ import torch
 
 from gptx_cli.checkpoint import (
     META_FILE,
+    MergedSource,
     hf_family_of,
     locate,
     read_checkpoint_meta,
     read_json,
+    read_lora_meta,
     save_checkpoint_dir,
 )
+from gptx_cli.checksum import verify_checkpoint
 from gptx_cli.config import load_run_spec
 from gptx_cli.config.spec import ModelConfig, trainer_config_for_model
 from gptx_cli.convert.mup import fold_mup, needs_folding
@@ -348,12 +351,14 @@ def _gptx_to_hf(
     drop_unmatched: bool,
     progress: bool,
 ) -> ConversionSummary:
-
     cfg, meta = _gptx_model_config(source, config)
     if cfg.name not in FAMILIES:
         raise CheckpointError(f"{source}: model name {cfg.name!r} is neither gptj nor gpt-neox")
     family = _check_family(model, cfg.name, Path(config) if config is not None else source / "gptx.json")
+    verify_checkpoint(source, meta)
     src = open_tensors(source)
+    if read_lora_meta(source) is not None:  # a LoRA checkpoint: export base + adapters merged
+        src = MergedSource(source, cfg)  # type: ignore[assignment]
     shapes = _source_shapes(src)
     keys, dropped = match_keys(
         src,
