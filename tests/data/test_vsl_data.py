@@ -245,3 +245,17 @@ def test_use_vsl_over_data_without_vsl_rows_names_the_data_dir(tmp_path) -> None
         build_dataloader(spec)
     assert f"use_vsl: data_dir {tmp_path / 'plain'} holds samples without VSL rows" in err.value.message
     assert "\n" not in err.value.message
+
+
+def test_use_vsl_on_a_gpthdf5mapdataprocessor_section_validates(gptx) -> None:
+    from gptx_testing import REPO
+
+    from gptx_cli.config import load_run_spec
+
+    config = str(REPO / "configs" / "tiny_gptj.yaml")
+    res = gptx("validate-config", config, "--set", "train_dataloader.use_vsl=true")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "tiny_gptj.yaml: ok" in res.stdout
+    spec = load_run_spec(config, overrides=("train_dataloader.use_vsl=true",))
+    assert spec.train_data is not None and spec.train_data.use_vsl
+    assert spec.val_data is not None and not spec.val_data.use_vsl
