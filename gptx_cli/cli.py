@@ -13,7 +13,16 @@ import sys
 import typer
 
 from gptx_cli import __version__
-from gptx_cli.commands import convert, evaluate, generate, preprocess, report, train, validate_config
+from gptx_cli.commands import (
+    convert,
+    evaluate,
+    generate,
+    lm_eval,
+    preprocess,
+    report,
+    train,
+    validate_config,
+)
 from gptx_cli.errors import GptxError
 
 app = typer.Typer(
@@ -51,6 +60,9 @@ app.command("train")(train.train_cmd)
 app.command("continue-pretrain")(train.continue_pretrain_cmd)
 app.command("eval")(evaluate.eval_cmd)
 app.command("generate")(generate.generate_cmd)
+app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    lm_eval.lm_eval_cmd
+)
 app.command("report")(report.report_cmd)
 app.add_typer(convert.app, name="convert")
 

@@ -103,6 +103,26 @@ def preprocess_cmd(
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="Live progress bar (default: on a terminal)."
     ),
+    mode: str = typer.Option(
+        None, "--mode", help="pretraining (default) or finetuning (prompt/completion or chat records)."
+    ),
+    prompt_key: str = typer.Option(
+        None, "--prompt-key", "--prompt_key", help="Finetuning: the record key holding the prompt."
+    ),
+    completion_key: str = typer.Option(
+        None, "--completion-key", "--completion_key", help="Finetuning: the key holding the completion."
+    ),
+    chat_key: str = typer.Option(
+        None,
+        "--chat-key",
+        "--multi_turn_key",
+        help="Finetuning chat: the key holding the list of {role, content} turns.",
+    ),
+    data_splits: str = typer.Option(
+        None,
+        "--data-splits",
+        help="Finetuning: split the records, e.g. train=0.9,val=0.1 (output_dir/<name>; seeded by --seed).",
+    ),
 ) -> None:
     """Tokenize and pack corpora into ModelZoo HDF5 (or corpus files, or Megatron .bin/.idx).
 
@@ -145,4 +165,8 @@ def preprocess_cmd(
         "progress": progress,
     }
     values.update({k: v for k, v in cli.items() if v is not None})
+    if mode or prompt_key or completion_key or chat_key or data_splits:
+        from gptx_cli.data.finetune import options_from_flags
+
+        options_from_flags(values, mode, prompt_key, completion_key, chat_key, data_splits)
     run_preprocess(PreprocessOptions(**values))

@@ -14,12 +14,23 @@ import typer
 _CONFIG = typer.Argument(..., help="ModelZoo YAML config (trainer or legacy layout).", show_default=False)
 
 
-def _run(config: Path, overrides: list[str], nproc: int | None, **options: Any) -> None:
+def _run(
+    config: Path,
+    overrides: list[str],
+    nproc: int | None,
+    lora: tuple[Any, Any] = (None, None),
+    **options: Any,
+) -> None:
     """Load the config (errors surface once, before any launch), then train here or on `nproc` processes."""
     from gptx_cli.config import load_run_spec
     from gptx_cli.train import parallel
 
     spec = load_run_spec(config, overrides=overrides)
+    if lora != (None, None):  # --lora-r / --lora-alpha: ModelZoo's Lora callback, written for you
+        from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw
+
+        add_lora_shortcut(spec.raw, *lora)
+        lora_from_raw(spec.raw, "--lora-r/--lora-alpha")
     if nproc is not None and nproc > 1 and not parallel.under_torchrun():
         from gptx_cli.train.trainer import TrainOptions, preflight
 
@@ -76,6 +87,12 @@ def train_cmd(
         "--micro_batch_size",
         help="Rows per forward pass; the rest is accumulated.",
     ),
+    lora_r: int | None = typer.Option(
+        None,
+        "--lora-r",
+        help="Train LoRA adapters of this rank (ModelZoo's Lora callback, all target modules).",
+    ),
+    lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank)."),
 ) -> None:
     """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir).
 
@@ -94,6 +111,7 @@ def train_cmd(
         activation_checkpointing=activation_checkpointing or None,
         strategy=strategy,
         micro_batch_size=micro_batch_size,
+        lora=(lora_r, lora_alpha),
     )
 
 
@@ -122,6 +140,12 @@ def continue_pretrain_cmd(
     ),
     strategy: str | None = typer.Option(None, "--strategy", help="ddp or fsdp (FSDP2)."),
     micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", "--micro_batch_size"),
+    lora_r: int | None = typer.Option(
+        None,
+        "--lora-r",
+        help="Train LoRA adapters of this rank (ModelZoo's Lora callback, all target modules).",
+    ),
+    lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank)."),
 ) -> None:
     """Continue pretraining from a checkpoint's weights: step 0, fresh optimizer and schedule.
 
@@ -140,4 +164,5 @@ def continue_pretrain_cmd(
         strategy=strategy,
         micro_batch_size=micro_batch_size,
         continue_pretrain=True,
+        lora=(lora_r, lora_alpha),
     )

@@ -18,14 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from gptx_cli.errors import DataError
+from gptx_cli.fsutil import atomic_path
 
 SAMPLE_FEATURES = ("input_ids", "attention_mask", "labels")
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1  # with the byte-shuffle filter: as small as gzip-4 at twice the speed
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def write_sample_file(path: str | os.PathLike[str], samples: np.ndarray) -> None:
@@ -35,9 +32,8 @@ def write_sample_file(path: str | os.PathLike[str], samples: np.ndarray) -> None
     path = Path(path)
     if samples.ndim != 3 or samples.shape[1] not in (3, 5):
         raise ValueError(f"samples must be [n, 3, msl] or [n, 5, msl], got {samples.shape}")
-    tmp = _tmp_name(path)
     rows, msl = samples.shape[1], samples.shape[2]
-    with h5py.File(tmp, "w", libver="earliest") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="earliest") as f:
         f.create_dataset(
             "data",
             data=samples.astype(np.int32, copy=False),
@@ -49,7 +45,6 @@ def write_sample_file(path: str | os.PathLike[str], samples: np.ndarray) -> None
             track_times=False,
         )
         f.attrs["n_examples"] = len(samples)
-    os.replace(tmp, path)
 
 
 def write_corpus_file(path: str | os.PathLike[str], tokens: np.ndarray, n_documents: int) -> None:
@@ -57,9 +52,8 @@ def write_corpus_file(path: str | os.PathLike[str], tokens: np.ndarray, n_docume
     import h5py
 
     path = Path(path)
-    tmp = _tmp_name(path)
     chunk = int(min(max(len(tokens), 1), 1 << 16))
-    with h5py.File(tmp, "w", libver="earliest") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="earliest") as f:
         f.create_dataset(
             "data",
             data=tokens.astype(np.int32, copy=False),
@@ -72,7 +66,6 @@ def write_corpus_file(path: str | os.PathLike[str], tokens: np.ndarray, n_docume
         )
         f.attrs["n_tokens"] = len(tokens)
         f.attrs["n_documents"] = n_documents
-    os.replace(tmp, path)
 
 
 def h5_layout(path: str | os.PathLike[str]) -> tuple[str, int, int | None]:

@@ -34,6 +34,7 @@ from gptx_cli.data.sources import (
     record_texts,
 )
 from gptx_cli.errors import DataError, UsageError
+from gptx_cli.fsutil import atomic_path, is_temp, write_json
 
 STATE_DIR = ".gptx-preprocess"
 PILE_PARTS = 10
@@ -79,6 +80,8 @@ class PreprocessOptions:
     progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
     use_vsl: bool = False  # ModelZoo VSL samples [n, 5, msl] (gptx_cli.data.vsl)
     fold_long_doc: bool = True  # VSL: cut documents longer than msl + 1 instead of dropping them
+    mode: str = "pretraining"  # or "finetuning" (gptx_cli.data.finetune; pack_sequences then defaults off)
+    finetuning: Any = None  # a finetune.FinetuneSpec in finetuning mode
 
 
 @dataclass
@@ -101,6 +104,9 @@ class JobStats:
     raw_bytes_count: int = 0
     raw_chars_count: int = 0
     input_files: int = 0
+    examples_too_long: int = 0  # finetuning: examples dropped for length (ModelZoo discards them)
+    examples_too_short: int = 0
+    num_masked_tokens: int = 0  # finetuning: positions with loss mask 0
 
     def add(self, other: JobStats) -> None:
         self.samples.add(other.samples)
@@ -111,11 +117,12 @@ class JobStats:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "samples"}
         # ModelZoo's names, where its "files" are documents; no position is masked besides padding here.
+        dropped = self.examples_too_long + self.examples_too_short
         modelzoo = {
             "processed_files": self.documents + self.documents_skipped + self.documents_empty,
-            "successful_files": self.documents,
-            "discarded_files": self.documents_skipped + self.documents_empty,
-            "num_masked_tokens": 0,
+            "successful_files": self.documents - dropped,
+            "discarded_files": self.documents_skipped + self.documents_empty + dropped,
+            "num_masked_tokens": self.num_masked_tokens,
         }
         return {**asdict(self.samples), **d, **modelzoo}
 
@@ -148,6 +155,17 @@ class EncodedBatch:
     empty: int
     chars: int
     error: tuple[str, str | None] | None = None
+
+
+def _encode_finetune(
+    kind: str, location: str, batch: RecordBatch, spec: Any, msl: int, min_len: int, pack: bool
+) -> Any:
+    from gptx_cli.data.finetune import FinetuneBatch, encode_batch
+
+    try:
+        return encode_batch(_WORKER["tok"], kind, location, batch, spec, msl, min_len, pack)
+    except DataError as err:
+        return FinetuneBatch(np.zeros((0, 3, msl), np.int32), error=(err.message, err.hint))
 
 
 def _encode_batch(kind: str, location: str, batch: RecordBatch, text_key: str, subsets: Any) -> EncodedBatch:
@@ -387,6 +405,13 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
             "--output-dir is required (except with --dataset pile, which knows the published paths)"
         )
     units = expand_inputs(opts.inputs, split=opts.split)
+    if opts.mode == "finetuning" and opts.finetuning is not None and opts.finetuning.splits:
+        from gptx_cli.data.finetune import split_jobs
+
+        return [
+            Job(name, _group_units(units, opts.shard_mb), Path(opts.output_dir) / name)
+            for name in split_jobs(opts.finetuning)
+        ]
     return [Job("data", _group_units(units, opts.shard_mb), Path(opts.output_dir))]
 
 
@@ -403,6 +428,8 @@ def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, 
         "seed": opts.seed,
         "parts": job.parts,
         "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+        "mode": opts.mode,
+        "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
     } | ({"use_vsl": True, "fold_long_doc": opts.fold_long_doc} if opts.use_vsl else {})
 
 
@@ -440,7 +467,7 @@ def _prepare_out_dir(
     state_dir.mkdir(exist_ok=True)
     for part in range(job.parts if job.parts > 1 else 0):  # every part the configs list exists
         (out / str(part)).mkdir(exist_ok=True)
-    _atomic_json(state_dir / "args.json", fingerprint)
+    write_json(state_dir / "args.json", fingerprint, sort_keys=True)
     # Files of incomplete units and temporary files of a killed run are redone from scratch.
     for u in range(len(job.units)):
         if u not in done:
@@ -455,7 +482,7 @@ def _is_output_file(p: Path) -> bool:
     return (
         p.name == "data_params.json"
         or (p.name.startswith("data-") and p.suffix in (".h5", ".bin", ".idx"))
-        or (p.name.startswith(".") and ".tmp-" in p.name)
+        or is_temp(p)
     )
 
 
@@ -477,12 +504,6 @@ def _remove_outputs(out: Path) -> None:
             f"note: --overwrite left {len(left)} file(s) it did not write in {out}: {', '.join(left[:5])}",
             file=sys.stderr,
         )
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _bounded_map(pool: Any, fn: Any, tasks: Iterator[tuple[Any, ...]], depth: int) -> Iterator[Any]:
@@ -541,6 +562,11 @@ def _run_unit(
     shown = 0
     done_before = base_bytes
     for unit in units:
+        if opts.mode == "finetuning":
+            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before)
+            done_before += unit.size
+            stats.input_files += 1
+            continue
         tasks = (
             (unit.kind, unit.location, b, opts.text_key, subsets)
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
@@ -579,8 +605,47 @@ def _run_unit(
     if opts.output_format == "hdf5":
         writer.add(packer.finish())
     writer.close()
-    stats.samples = packer.stats
+    if opts.mode != "finetuning":
+        stats.samples = packer.stats
     return stats
+
+
+def _finetune_unit(
+    unit: InputUnit,
+    u: int,
+    opts: PreprocessOptions,
+    writer: Any,
+    pool: Any,
+    stats: JobStats,
+    progress: _Progress,
+    done_before: int,
+) -> None:
+    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order."""
+    spec = opts.finetuning
+    tasks = (
+        (unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, opts.pack_sequences)
+        for b in iter_record_batches(unit, u, text_key=opts.text_key, columns=spec.columns())
+    )
+    for task, res in _bounded_map(pool, _encode_finetune, tasks, depth=2 * max(1, opts.processes) + 2):
+        batch = task[2]
+        if res.error is not None:
+            raise DataError(res.error[0], hint=res.error[1])
+        writer.add(res.samples)
+        st, s = res.stats, stats.samples
+        stats.documents += st.examples
+        stats.documents_skipped += st.examples_skipped_chat
+        stats.examples_too_long += st.examples_too_long
+        stats.examples_too_short += st.examples_too_short
+        stats.num_masked_tokens += st.num_masked_tokens
+        stats.raw_bytes_count += batch.raw_bytes
+        stats.raw_chars_count += res.chars
+        s.n_examples += st.n_examples
+        s.num_tokens += st.num_tokens
+        s.non_pad_tokens += st.non_pad_tokens
+        s.num_pad_tokens += st.num_pad_tokens
+        s.loss_valid_tokens += st.loss_valid_tokens
+        s.document_tokens += st.example_tokens
+        progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
 
 
 def _run_job(
@@ -596,13 +661,24 @@ def _run_job(
             continue
         stats = _run_unit(job, u, units, opts, tok, pool, progress, base_bytes)
         base_bytes += sum(x.size for x in units)
-        _atomic_json(job.out_dir / STATE_DIR / f"unit-{u:05d}.json", {"unit": u, "stats": stats.to_dict()})
+        write_json(
+            job.out_dir / STATE_DIR / f"unit-{u:05d}.json",
+            {"unit": u, "stats": stats.to_dict()},
+            sort_keys=True,
+        )
         total.add(stats)
     if total.documents == 0:
         inputs = ", ".join(u.location for g in job.units for u in g)
         why = f" ({total.documents_skipped} malformed records skipped)" if total.documents_skipped else ""
         why += f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
         raise DataError(f"no documents in {inputs}{why}: the input is empty")
+    if opts.mode == "finetuning" and total.samples.n_examples == 0:
+        raise DataError(
+            f"{job.out_dir}: all {total.documents} examples were dropped ({total.examples_too_long} longer than "
+            f"max_seq_length {opts.max_seq_length}, {total.examples_too_short} shorter than min_sequence_len "
+            f"{opts.min_sequence_len})",
+            hint="raise --max-seq-length or lower --min-sequence-len",
+        )
     return total
 
 
@@ -641,9 +717,8 @@ def _train_tokenizer(opts: PreprocessOptions, out_root: Path) -> str:
     tok.train_from_iterator(texts(), trainer=trainer)
     out_root.mkdir(parents=True, exist_ok=True)
     path = out_root / "tokenizer.json"
-    tmp = out_root / f".tokenizer.json.tmp-{os.getpid()}"
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
     return str(path)
 
 
@@ -661,6 +736,12 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         from gptx_cli.data.vsl import check_vsl_options
 
         check_vsl_options(opts)
+    if opts.mode == "finetuning":
+        from gptx_cli.data.finetune import check_options
+
+        check_options(opts)
+    elif opts.mode != "pretraining":
+        raise UsageError(f"--mode must be pretraining or finetuning (got '{opts.mode}')")
     tokenizer_spec = opts.tokenizer
     if opts.train_tokenizer:
         if opts.output_dir:
@@ -699,10 +780,12 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     try:
         base = 0
         for job in jobs:
+            if opts.finetuning is not None and opts.finetuning.splits:  # the split this job writes
+                opts.finetuning.split_index = [n for n, _ in opts.finetuning.splits].index(job.name)
             stats = _run_job(job, opts, tok, pool, progress, base)
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
-            _atomic_json(job.out_dir / "data_params.json", params)
+            write_json(job.out_dir / "data_params.json", params, sort_keys=True)
             results[job.name] = params
     finally:
         progress.close()
@@ -755,6 +838,8 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             "samples_per_file": opts.samples_per_file,
             "seed": opts.seed,
             "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+            "mode": opts.mode,
+            "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
         },
         "features": ["input_ids", "attention_mask", "labels"],
         "post-process": stats.to_dict(),

@@ -12,7 +12,10 @@ from typing import Any
 from gptx_cli.errors import ConfigError
 
 SECTION_KEYS: dict[str, set[str]] = {
-    "setup": {"data", "output_dir", "processes", "num_processes", "mode", "input_dir", "image_dir"},
+    "setup": {
+        "data", "output_dir", "processes", "num_processes", "mode", "input_dir", "image_dir", "data_splits",
+        "data_splits_dir",
+    },
     "processing": {
         "huggingface_tokenizer", "custom_tokenizer", "tokenizer", "tokenizer_params", "max_seq_length",
         "pack_sequences", "min_sequence_len", "seed", "files_per_record", "resume_from_checkpoint",
@@ -20,14 +23,17 @@ SECTION_KEYS: dict[str, set[str]] = {
         "short_seq_prob", "use_ftfy", "ftfy_normalizer", "wikitext_detokenize", "input_ids_dtype",
         "input_mask_dtype", "inverted_mask", "shuffle", "shuffle_seed", "fraction_of_RAM_alloted",
         "split_text_to_tokenize", "chunk_len_to_split", "remove_bos_in_chunks", "sep_token", "jsonl_key",
+        "UNSAFE_skip_jsonl_decoding_errors", "read_chunk_size", "split_seed", "end_of_turn_token",
     },
-    "dataset": {"use_vsl", "text_key", "fold_long_doc"},
+    "dataset": {"use_vsl", "text_key", "fold_long_doc", "sep_token", "truncate_to_msl", "chat_template"},
 }  # fmt: skip
 IGNORED = {
     "mode", "read_hook", "write_in_batch", "output_name", "short_seq_prob", "use_ftfy", "ftfy_normalizer",
     "wikitext_detokenize", "input_ids_dtype", "input_mask_dtype", "inverted_mask", "shuffle", "shuffle_seed",
     "fraction_of_RAM_alloted", "split_text_to_tokenize", "chunk_len_to_split", "remove_bos_in_chunks",
-    "sep_token", "tokenizer_params", "image_dir",
+    "sep_token", "tokenizer_params", "image_dir", "data_splits", "data_splits_dir",
+    "UNSAFE_skip_jsonl_decoding_errors", "read_chunk_size", "split_seed", "end_of_turn_token", "truncate_to_msl",
+    "chat_template",
 }  # fmt: skip
 
 
@@ -100,4 +106,8 @@ def load_v2_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
             if not isinstance(ds[key], bool):
                 raise ConfigError(f"{p}: dataset.{key} must be true or false, got {ds[key]!r}")
             out[key] = ds[key]
+    if setup.get("mode") == "finetuning":  # gptx_cli.data.finetune acts on the finetuning keys
+        from gptx_cli.data.finetune import v2_finetuning
+
+        notes = v2_finetuning(out, notes, setup, proc, ds, str(p))
     return out, notes

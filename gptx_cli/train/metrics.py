@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from gptx_cli.fsutil import write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -61,9 +62,7 @@ def truncate_metrics(model_dir: Path, after_step: int) -> None:
                 kept.append(line)
         except (ValueError, AttributeError):
             continue
-    tmp = path.with_name(f"{METRICS_FILE}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _fmt(value: Any) -> str:

@@ -31,6 +31,8 @@ import torch
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.data.loader import model_inputs as loader_model_inputs
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
+from gptx_cli.fsutil import temp_path
+from gptx_cli.model.lora import LoraRun, init_adapters, is_adapter
 from gptx_cli.train import parallel, state
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import AdamW, build_optimizer, optimizer_learning_rate
@@ -215,7 +217,9 @@ class _Run:
             raise CheckpointError(
                 f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
             )
-        params = dict(model.named_parameters())  # the Transformer has no buffers
+        params = {
+            n: p for n, p in model.named_parameters() if not is_adapter(n)
+        }  # no buffers; adapters: lora
         loaded: set[str] = set()
         extra: list[str] = []
         with open_weights(source) as (ckpt_cfg, tensors):
@@ -250,6 +254,8 @@ class _Run:
 
         inits = resolved_initializers(self.spec.model)
         for name, param in model.named_parameters():
+            if is_adapter(name):
+                continue  # LoRA adapters: LoraRun
             full = torch.empty(param.shape, dtype=param.dtype, device=self.device)
             initialize_tensor(full, name, inits, self.seed)
             parallel.copy_full_into(param, full)
@@ -282,9 +288,16 @@ class _Run:
         sharded = parallel.is_sharded(self.dist, self.strategy)
         model = build_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
         self.ckpt_source, self.load_states = self._resume_source()
-        load_weights = self.ckpt_source is not None and "model" in self.load_states
+        self.lora = LoraRun.create(spec, self.ckpt_source, self.load_states, self.seed)
+        if self.lora and self.lora.adapter_source is None and self.load_states:
+            self.load_states = {"model"}  # a new LoRA run on a base model: its weights only
+            self.notes.append(f"LoRA on the base model {self.lora.base_source()}: weights only, step 0")
+        weights_source = self.lora.base_source() if self.lora else self.ckpt_source
+        load_weights = weights_source is not None and "model" in self.load_states
         if load_weights and not sharded:
-            self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
+            self._load_weights(model, weights_source)  # type: ignore[arg-type]
+        if self.lora:
+            self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if self.options.activation_checkpointing or spec.backend.activation_checkpointing:
             from gptx_cli.model.optimize import apply_activation_checkpointing
@@ -301,9 +314,13 @@ class _Run:
             # Rotary tables are no buffers: the Transformer computes and caches them on the first forward.
             loss_module.to_empty(device=self.device)
             if load_weights:
-                self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
+                self._load_weights(model, weights_source)  # type: ignore[arg-type]
             else:
                 self._initialize_shards(model)
+            if self.lora:
+                init_adapters(model, self.seed, copy=parallel.copy_full_into)
+        if self.lora:
+            self.lora.load_adapters(model, self.device, copy=parallel.copy_full_into)
         inner = parallel.unwrap(self.model)
         groups = optimizer_param_groups(inner, spec.model)
         self.optimizer = build_optimizer(spec.optimizer, groups)
@@ -352,7 +369,7 @@ class _Run:
         optim_state: dict[str, Any] | None = None
         weights: Any
         if d.enabled and self.strategy == "fsdp":
-            staged = self.model_dir / f".optim-{step}.tmp"
+            staged = temp_path(self.model_dir / f"optim-{step}", "dcp")  # one name on every rank
             state.save_sharded_optimizer(self.wrapped, self.optimizer, staged)
             # Gathered one tensor at a time on every rank (the same order everywhere) and streamed to
             # rank 0's shard writer: rank 0 never holds more than a shard of the full model.
@@ -360,6 +377,7 @@ class _Run:
         else:
             optim_state = state.optimizer_state(self.wrapped, self.optimizer)
             weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(self.model).state_dict().items()}
+        saved = LoraRun.select(weights) if self.lora else weights  # LoRA: the adapters only
         if d.is_main:
             train_state = {
                 "step": step,
@@ -375,14 +393,15 @@ class _Run:
             try:
                 save_checkpoint_dir(
                     path,
-                    weights,
+                    saved,
                     self.spec.model,
                     step=step,
                     config_yaml_dict=self.spec.raw or None,
                     tokenizer=recorded_tokenizer(self.spec.train_data.data_dir)
                     if self.spec.train_data
                     else None,
-                    extra={"trained_by": "gptx train", "world_size": d.world_size},
+                    extra={"trained_by": "gptx train", "world_size": d.world_size}
+                    | ({"lora": self.lora.meta()} if self.lora else {}),
                     write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
                 )
             finally:  # a failed write still takes part in the other ranks' gathers, then raises
