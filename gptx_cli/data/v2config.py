@@ -101,13 +101,17 @@ def load_v2_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
     )
     if text_key:
         out["text_key"] = str(text_key)
-    for key in ("use_vsl", "fold_long_doc"):  # VSL (gptx_cli.data.vsl)
+    # VSL pretraining samples (gptx_cli.data.vsl); finetuning reads use_vsl itself (data.finetune).
+    for key in ("use_vsl", "fold_long_doc") if setup.get("mode") != "finetuning" else ():
         if key in ds:
             if not isinstance(ds[key], bool):
                 raise ConfigError(f"{p}: dataset.{key} must be true or false, got {ds[key]!r}")
             out[key] = ds[key]
     if setup.get("mode") == "finetuning":  # gptx_cli.data.finetune acts on the finetuning keys
         from gptx_cli.data.finetune import v2_finetuning
+
+        if "fold_long_doc" in ds:
+            notes.append(f"{p}: 'fold_long_doc' has no effect in gptx in finetuning mode")
 
         notes = v2_finetuning(out, notes, setup, proc, ds, str(p))
     return out, notes

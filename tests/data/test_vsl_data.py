@@ -194,16 +194,25 @@ def test_modelzoo_accounting_overflows_where_gptx_opens_a_new_sample() -> None:
     assert len(out) == 2 and out.tobytes() == fixed.finish().tobytes()
 
 
-@pytest.mark.parametrize("fmt", ["corpus", "mmidx"])
-def test_token_stream_outputs_refuse_use_vsl(tmp_path, documents, gptx, tokenizer_env, fmt):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--output-format", "corpus"), "--use-vsl writes HDF5 sample files; --output-format corpus"),
+        (("--output-format", "mmidx"), "--use-vsl writes HDF5 sample files; --output-format mmidx"),
+        (
+            ("--mode", "finetuning", "--prompt-key", "p", "--completion-key", "c"),
+            "--use-vsl writes ModelZoo's pretraining VSL samples; --mode finetuning",
+        ),
+    ],
+)
+def test_outputs_without_vsl_layout_refuse_use_vsl(tmp_path, documents, gptx, tokenizer_env, args, message):
     (tmp_path / "in.jsonl").write_bytes(jsonl_bytes(documents[:3]))
-    res = gptx("preprocess", "-i", "in.jsonl", "-o", "out", "--use-vsl", "--output-format", fmt, cwd=tmp_path, env=tokenizer_env)  # fmt: skip
-    assert res.returncode == 2
-    assert (
-        res.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"error: --use-vsl writes HDF5 sample files; --output-format {fmt}")
+    res = gptx(
+        "preprocess", "-i", "in.jsonl", "-o", "out", "--use-vsl", *args, cwd=tmp_path, env=tokenizer_env
     )
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {message}"), res.stderr
     assert "Traceback" not in res.stderr
 
 
