@@ -21,8 +21,9 @@ def preprocess_cmd(
     dataset: str = typer.Option(
         None,
         "--dataset",
-        help="A recipe: 'pile' (knows the Pile's layout and paths) or 'python-docs' (the built-in corpus: "
-        "the Python standard library's documentation, split into train/ and val/).",
+        help="A recipe: 'pile' (knows the Pile's layout and paths), 'trc2' (ModelZoo's TRC2 recipe: --input "
+        "TRC2-headlines-docs-TRECBLOG.v2) or 'python-docs' (the built-in corpus: the Python standard "
+        "library's documentation, split into train/ and val/).",
     ),
     input_dir: str = typer.Option(
         None, "--input-dir", "--input_dir", help="The Pile's directory (--dataset pile)."
@@ -123,20 +124,25 @@ def preprocess_cmd(
         "--data-splits",
         help="Finetuning: split the records, e.g. train=0.9,val=0.1 (output_dir/<name>; seeded by --seed).",
     ),
+    buffer_len: int = typer.Option(
+        None, "--buffer-len", "--buffer_len", help="--dataset trc2: lines per split file (10000)."
+    ),
+    val_split_ratio: float = typer.Option(
+        None,
+        "--val-split-ratio",
+        "--val_split_ratio",
+        help="--dataset trc2: fraction of the split files for eval (0.1).",
+    ),
 ) -> None:
     """Tokenize and pack corpora into ModelZoo HDF5 (or corpus files, or Megatron .bin/.idx).
 
     Example: gptx preprocess --dataset pile --input-dir /data/pile --tokenizer gpt2 --processes 16
     """
-    from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
+    from gptx_cli.data.preprocess import PreprocessOptions, recipe_defaults, run_preprocess
+    from gptx_cli.errors import UsageError
 
-    values: dict[str, Any] = {}
-    if config:
-        from gptx_cli.data.v2config import load_v2_config
-
-        values, notes = load_v2_config(config)
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
+    if (buffer_len is not None or val_split_ratio is not None) and dataset != "trc2":
+        raise UsageError("--buffer-len and --val-split-ratio go with --dataset trc2")
     cli = {
         "inputs": list(input) if input else None,
         "output_dir": output_dir,
@@ -163,10 +169,35 @@ def preprocess_cmd(
         "resume": resume or None,
         "overwrite": overwrite or None,
         "progress": progress,
+        "buffer_len": buffer_len,
+        "val_split_ratio": val_split_ratio,
     }
-    values.update({k: v for k, v in cli.items() if v is not None})
+    given = {k: v for k, v in cli.items() if v is not None}
     if mode or prompt_key or completion_key or chat_key or data_splits:
         from gptx_cli.data.finetune import options_from_flags
 
-        options_from_flags(values, mode, prompt_key, completion_key, chat_key, data_splits)
-    run_preprocess(PreprocessOptions(**values))
+        options_from_flags(given, mode, prompt_key, completion_key, chat_key, data_splits)
+    if config:
+        from gptx_cli.data.v2config import load_v2_config, resolve_special_ids, run_v2
+
+        plan = load_v2_config(config)
+        for warning in plan.warnings:
+            print(warning.format(), file=sys.stderr)
+        resolve_special_ids(plan, tokenizer_dir)
+        _interruptible(run_v2, plan, given)
+        return
+    _interruptible(run_preprocess, PreprocessOptions(**{**recipe_defaults(dataset), **given}))
+
+
+def _interruptible(run: Any, *args: Any) -> None:
+    """Ctrl-C names the way to finish the run instead of a bare exit 130."""
+    try:
+        run(*args)
+    except KeyboardInterrupt:
+        from gptx_cli.errors import GptxError
+
+        raise GptxError(
+            "interrupted: the output is incomplete (no data_params.json yet)",
+            hint="re-run the same command with --resume to finish it",
+            exit_code=130,
+        ) from None

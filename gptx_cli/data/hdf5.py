@@ -25,6 +25,16 @@ COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1  # with the byte-shuffle filter: as small as gzip-4 at twice the speed
 
 
+COMPLETE_MARKER = "data_params.json"  # written last by `gptx preprocess` (and ModelZoo's preprocessing)
+
+
+def mark_complete(data_dir: str | os.PathLike[str], params: dict | None = None) -> Path:
+    """Write `data_dir`'s completion marker (data_params.json), for data made without `gptx preprocess`."""
+    from gptx_cli.fsutil import write_json
+
+    return write_json(Path(data_dir) / COMPLETE_MARKER, params or {"processing": {}}, sort_keys=True)
+
+
 def write_sample_file(path: str | os.PathLike[str], samples: np.ndarray) -> None:
     """Write `samples` ([n, 3, msl] int32, or [n, 5, msl] for VSL) to `path` atomically."""
     import h5py

@@ -122,7 +122,40 @@ def _files_of(data_dir: str) -> list[tuple[Path, str]]:
         raise DataError(
             f"data_dir {data_dir} holds no .h5 or .bin/.idx data files", hint=_preprocess_hint(data_dir)
         )
+    if any(kind == "h5" for _, kind in found):
+        _check_complete(p)
     return found
+
+
+ENV_ALLOW_INCOMPLETE = "GPTX_ALLOW_INCOMPLETE_DATA"
+
+
+def allow_incomplete(enabled: bool = True) -> None:
+    """What --allow-incomplete does: this process and the ranks it launches read HDF5 dirs that lack
+    their completion marker."""
+    if enabled:
+        os.environ[ENV_ALLOW_INCOMPLETE] = "1"
+
+
+def _check_complete(d: Path) -> None:
+    """A preprocess output counts as complete only once its data_params.json (written last) exists, in
+    the dir or, for a part dir of a split (`.../train_msl2048/0/`), in its parent: a killed or failed run
+    leaves complete-looking data-*.h5 files without it, and training on them would use part of the
+    corpus."""
+    from gptx_cli.data.hdf5 import COMPLETE_MARKER
+    from gptx_cli.data.preprocess import STATE_DIR
+
+    if os.environ.get(ENV_ALLOW_INCOMPLETE, "") not in ("", "0"):
+        return
+    if (d / COMPLETE_MARKER).is_file() or (d.parent / COMPLETE_MARKER).is_file():
+        return
+    started = (d / STATE_DIR).is_dir() or (d.parent / STATE_DIR).is_dir()
+    raise DataError(
+        f"data_dir {d} is incomplete: no {COMPLETE_MARKER}"
+        + (" (its gptx preprocess run did not finish)" if started else ""),
+        hint="re-run the same `gptx preprocess` command with --resume to finish it, "
+        "or pass --allow-incomplete to use the files anyway",
+    )
 
 
 def _vsl_problem(data_dir: str, path: Path, kind: str) -> DataError:

@@ -22,6 +22,7 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, 
 from gptx_cli.fsutil import temp_path
 from gptx_cli.model.lora import LoraRun, init_adapters, is_adapter
 from gptx_cli.train import parallel, state
+from gptx_cli.train.callbacks import Callbacks, build_callbacks
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import AdamW, build_optimizer, optimizer_learning_rate
 from gptx_cli.train.precision import LossScaler, autocast, clip_gradients, precision_notes
@@ -126,12 +128,15 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        run = _Run(spec, options, dist)
-        if target == "CSX":
-            run.notes.append(
-                f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
-            )
-        return run.run()
+        from gptx_cli.train.lock import model_dir_lock
+
+        with model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else nullcontext():
+            run = _Run(spec, options, dist)
+            if target == "CSX":
+                run.notes.append(
+                    f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
+                )
+            return run.run()
     finally:
         parallel.shutdown(dist)
 
@@ -147,6 +152,7 @@ class _Run:
         self.log: MetricsLogger | None = None
         self.best_eval: float | None = None
         self.notes: list[str] = list(spec.notes) + precision_notes(spec.precision)
+        self.callbacks = Callbacks([], self.model_dir, enabled=False)
 
     # ------------------------------------------------------------------------------------ setup
     def _say(self, message: str) -> None:
@@ -433,6 +439,7 @@ class _Run:
         (global_denom,) = parallel.all_reduce_sum([sum(local)], d)
         global_denom = max(global_denom, 1.0)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.callbacks.on_before_backward(self.model)
         device_type = self.device.type
         for i, s in enumerate(slices):
             weight = local[i] * d.world_size / global_denom
@@ -454,6 +461,7 @@ class _Run:
         if not math.isfinite(step_loss):
             return math.nan, False
         self.scaler.unscale_([p.grad for p in params if p.grad is not None])
+        self.callbacks.on_before_optimizer_step(self.model)
         # gptx's AdamW folds the clipping multiplier into its fused update; other optimizers get
         # clipped gradients.
         folds = isinstance(self.optimizer, AdamW)
@@ -617,11 +625,13 @@ class _Run:
                 f"{spec.model.max_position_embeddings}"
             )
         tokens_per_step = global_batch * msl
+        self.callbacks = build_callbacks(spec, self.model_dir, enabled=d.is_main)  # ComputeNorm, loggers
         if d.is_main:
             truncate_metrics(self.model_dir, start)
             self.log = MetricsLogger(
-                self.model_dir, total_steps=end, start_step=start, console=self.options.console
-            )
+                self.model_dir, total_steps=end, start_step=start, console=self.options.console,
+                tensorboard_dir=self.callbacks.tensorboard_dir, sinks=self.callbacks.sinks,
+            )  # fmt: skip
         if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
             self.notes.append(
                 "use_vsl: document-masked attention "
@@ -685,6 +695,7 @@ class _Run:
                                 "mfu": tflops / (peak * d.world_size) if tflops and peak else None,
                                 "loss_scale": self.scaler.scale if self.scaler.dynamic else None,
                                 "memory_gib": _memory_gib(self.device),
+                                **self.callbacks.metrics(),
                             }
                         )
                     t_window, window_steps = now, 0
