@@ -628,7 +628,8 @@ class _Run:
             )  # fmt: skip
         if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
             self.notes.append(
-                f"use_vsl: document-masked attention ({parallel.unwrap(self.model).vsl_backend(self.device)})"
+                "use_vsl: document-masked attention "
+                f"({parallel.unwrap(self.model).vsl_backend(self.device, msl)})"
             )
         for note in self.notes:
             self._say(f"note: {note}")
