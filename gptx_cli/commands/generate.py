@@ -19,7 +19,7 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         return prompt
     if prompt_file is not None:
         if prompt_file == "-":
-            return _strip_newline(sys.stdin.read())
+            return _strip_newline(_read_stdin())
         try:
             with open(prompt_file, encoding="utf-8") as f:
                 return _strip_newline(f.read())
@@ -27,7 +27,19 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
             raise UsageError(f"cannot read --prompt-file {prompt_file}: {err}") from err
     if sys.stdin.isatty():
         raise UsageError("no prompt: pass --prompt TEXT, --prompt-file PATH, or pipe text on stdin")
-    return _strip_newline(sys.stdin.read())
+    return _strip_newline(_read_stdin())
+
+
+def _read_stdin() -> str:
+    from gptx_cli.errors import UsageError
+
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"the prompt on stdin is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x})"
+        ) from None
 
 
 def _strip_newline(text: str) -> str:
@@ -87,16 +99,30 @@ def generate_cmd(
     output_format: str = typer.Option(
         "text", "--format", help="text (streamed), or json (prompt and generated token ids and text)."
     ),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
+    ),
 ) -> None:
     """Generate text after a prompt: greedy, or sampled with temperature / top-k / top-p, using the KV cache.
 
     Example: gptx generate --checkpoint-path model_dir/demo_neox --prompt "Return a new list of" --top-k 40
     """
+    from gptx_cli.checksum import skip_verification
+
+    skip_verification(no_verify)
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format must be text or json, got {output_format!r}")
+    from gptx_cli.config.flags import check_finite
+
+    for flag, value in (
+        ("--temperature", temperature),
+        ("--top-p", top_p),
+        ("--repetition-penalty", repetition_penalty),
+    ):
+        check_finite(flag, value)
     wants_sampling = (
         sample or (temperature is not None and temperature > 0) or top_k is not None or top_p is not None
     )

@@ -83,10 +83,30 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_section(self) -> dict[str, Any]:
+        """The ModelZoo `model` section: None values (ModelZoo's default) are left out, and so are muP
+        multipliers at their neutral defaults in a model that does not use muP."""
+        section = {k: v for k, v in self.to_dict().items() if v is not None}
+        if not self.uses_mup:
+            for key in (
+                "embeddings_scale",
+                "scale_qk_dot_by_d",
+                "scale_output_logits_by_d",
+                "attention_logits_alpha",
+            ):
+                if section.get(key) == getattr(ModelConfig, key):
+                    section.pop(key)
+        return section
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def trainer_config_for_model(cfg: ModelConfig) -> dict[str, Any]:
+    """A trainer-layout config holding only the model (what a converted checkpoint's config.yaml holds)."""
+    return {"trainer": {"init": {"model": cfg.to_section()}}}
 
 
 @dataclass
@@ -107,6 +127,7 @@ class DataSpec:
     num_samples: int | None = None
     max_sequence_length: int | None = None
     vocab_size: int | None = None
+    use_vsl: bool = False  # samples carry attention_span and position_ids rows (data/vsl.py)
     extra: dict[str, Any] = field(default_factory=dict)  # other processor keys, kept verbatim
 
 
@@ -199,3 +220,6 @@ class RunSpec:
     source: str | None = None  # the YAML file it came from
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved trainer-layout dict, for saving
     notes: list[str] = field(default_factory=list)  # e.g. "cbfloat16 runs as bfloat16 off Cerebras"
+    # trainer.init.callbacks / loggers: [(name, params)], e.g. ("ComputeNorm", {}) (train/callbacks.py)
+    callbacks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    loggers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)

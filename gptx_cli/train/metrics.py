@@ -84,8 +84,12 @@ class MetricsLogger:
         start_step: int,
         console: str = "auto",
         tensorboard: bool = True,
+        tensorboard_dir: Path | None = None,
+        sinks: list[Any] | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self._tb_dir = tensorboard_dir or model_dir  # TensorBoardLogger's summary_dir (train/callbacks.py)
+        self._sinks = list(sinks or [])  # loggers that get every record (WandbLogger)
         model_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(model_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115 - closed in close()
         self._writers: dict[str, Any] = {}
@@ -120,12 +124,14 @@ class MetricsLogger:
             except ImportError:  # tensorboard not installed: JSONL and console still work
                 self._tensorboard = False
                 return None
-            self._writers[split] = SummaryWriter(log_dir=str(self.model_dir / split))
+            self._writers[split] = SummaryWriter(log_dir=str(self._tb_dir / split))
         return self._writers[split]
 
     def log(self, record: dict[str, Any]) -> None:
         record = {k: v for k, v in record.items() if v is not None}
         self._file.write(json.dumps(record) + "\n")
+        for sink in self._sinks:
+            sink.log(record)
         split, step = record["split"], int(record["step"])
         if split == "train" and "loss" in record:
             self.train_losses.append(float(record["loss"]))
@@ -199,3 +205,6 @@ class MetricsLogger:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        for sink in self._sinks:
+            sink.close()
+        self._sinks.clear()

@@ -1,5 +1,6 @@
 """Several processes: launching (`--nproc` re-runs gptx under torch.distributed.run), the process group,
-and wrapping the model in DDP or FSDP2 (`fully_shard`) from outside, torchtitan style.
+and what is applied to the model from outside it, torchtitan style: DDP or FSDP2 (`fully_shard`),
+per-block activation checkpointing and per-block `torch.compile`. None of them changes the numbers.
 
 One process needs none of this: `Dist.single()` describes it and every helper is a no-op for it.
 """
@@ -39,25 +40,21 @@ def under_torchrun() -> bool:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Re-run `gptx <argv>` on `nproc` local processes with torch.distributed.run; returns the exit code.
+    """Re-run `gptx <argv>` on `nproc` local processes (torchrun's environment: RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/PORT, so they do not launch again); returns the exit code.
 
-    The children see torchrun's environment (RANK, WORLD_SIZE, ...) and so do not launch again.
+    Supervision (`gptx_cli.train.supervise`): the ranks die with the launcher, even on kill -9 (a
+    parent-death signal); SIGINT/SIGTERM reach each rank exactly once (the ranks are in their own process
+    group, so a terminal's Ctrl-C goes to the launcher only, which forwards it); when one rank fails the
+    others are stopped.
     """
-    from torch.distributed import run as torchrun
+    from gptx_cli.train.supervise import run_ranks
 
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-    # share the cores between the processes (torchrun would otherwise pin each to 1 thread, with a warning)
+    # share the cores between the processes
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    args = torchrun.parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--module", "gptx_cli.cli", *argv]
-    )
-    try:
-        torchrun.run(args)
-    except Exception as err:  # ChildFailedError: the failing rank already printed its error
-        codes = [f.exitcode for f in getattr(err, "failures", {}).values()]
-        return next((c for c in codes if c and c > 0), 1)
-    return 0
+    return run_ranks(nproc, ["-m", "gptx_cli.cli", *argv])
 
 
 def strip_launch_flags(argv: list[str]) -> list[str]:
@@ -126,6 +123,31 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tupl
         fully_shard(model, mesh=mesh)
         return model
     raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})")
+
+
+def _transformer(model: Any) -> Any:
+    from gptx_cli.model.transformer import Transformer
+
+    inner = unwrap(model)
+    if not isinstance(inner, Transformer):
+        raise TypeError(f"expected a gptx Transformer, got {type(inner).__name__}")
+    return inner
+
+
+def apply_activation_checkpointing(model: Any, enabled: bool = True) -> Any:
+    """Recompute each block in backward instead of keeping its activations (the memory of a block's input
+    per layer instead of all its intermediates); returns the model for chaining."""
+    _transformer(model).activation_checkpointing = enabled
+    return model
+
+
+def compile_model(model: Any, **compile_kwargs: Any) -> Any:
+    """torch.compile each block in place (parameter names are unchanged, so checkpoints and optimizer
+    state keep working; one graph is compiled and reused for every layer); the embedding, final LayerNorm
+    and chunked loss stay eager. kwargs go to torch.compile; returns the model."""
+    for layer in _transformer(model).layers:
+        layer.compile(**compile_kwargs)
+    return model
 
 
 def is_sharded(d: Dist, strategy: str) -> bool:

@@ -22,6 +22,7 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,13 @@ from typing import Any
 import torch
 
 from gptx_cli.config.spec import RunSpec
+from gptx_cli.data.loader import model_inputs as loader_model_inputs
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
 from gptx_cli.fsutil import temp_path
+from gptx_cli.model.lora import init_adapters, is_adapter
 from gptx_cli.train import parallel, state
+from gptx_cli.train.callbacks import Callbacks, build_callbacks
+from gptx_cli.train.lora import LoraRun
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import AdamW, build_optimizer, optimizer_learning_rate
 from gptx_cli.train.precision import LossScaler, autocast, clip_gradients, precision_notes
@@ -77,7 +82,11 @@ class LossModule(torch.nn.Module):
         self.loss_scaling, self.loss_weight = loss_scaling, loss_weight
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        loss_mask: torch.Tensor,
+        **model_inputs: Any,
     ) -> tuple[Any, ...]:
         from gptx_cli.model.loss import lm_loss
 
@@ -88,6 +97,7 @@ class LossModule(torch.nn.Module):
             loss_mask,
             loss_scaling=self.loss_scaling,
             loss_weight=self.loss_weight,
+            **model_inputs,
         )
         return out.loss, out.loss_sum, out.num_tokens, out.num_correct
 
@@ -119,12 +129,15 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        run = _Run(spec, options, dist)
-        if target == "CSX":
-            run.notes.append(
-                f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
-            )
-        return run.run()
+        from gptx_cli.train.lock import model_dir_lock
+
+        with model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else nullcontext():
+            run = _Run(spec, options, dist)
+            if target == "CSX":
+                run.notes.append(
+                    f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
+                )
+            return run.run()
     finally:
         parallel.shutdown(dist)
 
@@ -140,6 +153,7 @@ class _Run:
         self.log: MetricsLogger | None = None
         self.best_eval: float | None = None
         self.notes: list[str] = list(spec.notes) + precision_notes(spec.precision)
+        self.callbacks = Callbacks([], self.model_dir, enabled=False)
 
     # ------------------------------------------------------------------------------------ setup
     def _say(self, message: str) -> None:
@@ -175,11 +189,11 @@ class _Run:
 
     def _resume_source(self) -> tuple[Path | None, set[str]]:
         """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
-        from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint
+        from gptx_cli.checkpoint import latest_checkpoint, locate
 
         explicit = self.options.checkpoint_path or self.spec.ckpt_path
-        if explicit and not is_gptx_checkpoint(explicit) and latest_checkpoint(explicit) is not None:
-            explicit = str(latest_checkpoint(explicit))  # a model_dir stands for its latest checkpoint
+        if explicit:
+            explicit = str(locate(explicit)[0])  # a model_dir stands for its latest checkpoint
         latest = latest_checkpoint(self.model_dir) if self.spec.checkpoint.autoload_last_checkpoint else None
         if self.options.continue_pretrain:
             if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
@@ -201,20 +215,16 @@ class _Run:
         """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
         tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
         process's shard of it is kept), so neither the host nor the device holds a second model."""
-        from gptx_cli.checkpoint import is_gptx_checkpoint
-        from gptx_cli.model.api import open_weights
+        from gptx_cli.checkpoint import resolve
 
-        if not source.exists():
-            raise CheckpointError(f"{source}: checkpoint not found")
-        if not is_gptx_checkpoint(source) and not (source / "config.json").is_file():
-            raise CheckpointError(
-                f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
-            )
-        params = dict(model.named_parameters())  # the Transformer has no buffers
+        found = resolve(source)
+        params = {
+            n: p for n, p in model.named_parameters() if not is_adapter(n)
+        }  # no buffers; adapters: lora
         loaded: set[str] = set()
         extra: list[str] = []
-        with open_weights(source) as (ckpt_cfg, tensors):
-            self._note_config_differences(ckpt_cfg, source)
+        with found.open_weights() as tensors:
+            self._note_config_differences(found.config, source)
             for name, tensor in tensors:
                 param = params.get(name)
                 if param is None:
@@ -245,6 +255,8 @@ class _Run:
 
         inits = resolved_initializers(self.spec.model)
         for name, param in model.named_parameters():
+            if is_adapter(name):
+                continue  # LoRA adapters: LoraRun
             full = torch.empty(param.shape, dtype=param.dtype, device=self.device)
             initialize_tensor(full, name, inits, self.seed)
             parallel.copy_full_into(param, full)
@@ -266,8 +278,7 @@ class _Run:
                 )
 
     def _build(self) -> None:
-        from gptx_cli.model.api import build_model
-        from gptx_cli.model.init import optimizer_param_groups
+        from gptx_cli.model.init import init_model, optimizer_param_groups
         from gptx_cli.model.transformer import Block
 
         spec = self.spec
@@ -275,18 +286,25 @@ class _Run:
         # FSDP2 builds on the meta device and materialises only each process's shards after wrapping
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
         sharded = parallel.is_sharded(self.dist, self.strategy)
-        model = build_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
+        model = init_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
         self.ckpt_source, self.load_states = self._resume_source()
-        load_weights = self.ckpt_source is not None and "model" in self.load_states
+        self.lora = LoraRun.create(spec, self.ckpt_source, self.load_states, self.seed)
+        if self.lora and self.lora.adapter_source is None and self.load_states:
+            self.load_states = {"model"}  # a new LoRA run on a base model: its weights only
+            self.notes.append(f"LoRA on the base model {self.lora.base_source()}: weights only, step 0")
+        weights_source = self.lora.base_source() if self.lora else self.ckpt_source
+        load_weights = weights_source is not None and "model" in self.load_states
         if load_weights and not sharded:
-            self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
+            self._load_weights(model, weights_source)  # type: ignore[arg-type]
+        if self.lora:
+            self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if self.options.activation_checkpointing or spec.backend.activation_checkpointing:
-            from gptx_cli.model.optimize import apply_activation_checkpointing
+            from gptx_cli.train.parallel import apply_activation_checkpointing
 
             apply_activation_checkpointing(model)
         if self.options.compile or spec.backend.compile:
-            from gptx_cli.model.optimize import compile_model
+            from gptx_cli.train.parallel import compile_model
 
             compile_model(model)  # compiles the blocks in place
         self.model: torch.nn.Module = model
@@ -296,9 +314,13 @@ class _Run:
             # Rotary tables are no buffers: the Transformer computes and caches them on the first forward.
             loss_module.to_empty(device=self.device)
             if load_weights:
-                self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
+                self._load_weights(model, weights_source)  # type: ignore[arg-type]
             else:
                 self._initialize_shards(model)
+            if self.lora:
+                init_adapters(model, self.seed, copy=parallel.copy_full_into)
+        if self.lora:
+            self.lora.load_adapters(model, self.device, copy=parallel.copy_full_into)
         inner = parallel.unwrap(self.model)
         groups = optimizer_param_groups(inner, spec.model)
         self.optimizer = build_optimizer(spec.optimizer, groups)
@@ -355,6 +377,7 @@ class _Run:
         else:
             optim_state = state.optimizer_state(self.wrapped, self.optimizer)
             weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(self.model).state_dict().items()}
+        saved = LoraRun.select(weights) if self.lora else weights  # LoRA: the adapters only
         if d.is_main:
             train_state = {
                 "step": step,
@@ -370,14 +393,15 @@ class _Run:
             try:
                 save_checkpoint_dir(
                     path,
-                    weights,
+                    saved,
                     self.spec.model,
                     step=step,
                     config_yaml_dict=self.spec.raw or None,
                     tokenizer=recorded_tokenizer(self.spec.train_data.data_dir)
                     if self.spec.train_data
                     else None,
-                    extra={"trained_by": "gptx train", "world_size": d.world_size},
+                    extra={"trained_by": "gptx train", "world_size": d.world_size}
+                    | ({"lora": self.lora.meta()} if self.lora else {}),
                     write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
                 )
             finally:  # a failed write still takes part in the other ranks' gathers, then raises
@@ -405,15 +429,17 @@ class _Run:
         ids, labels, mask = (
             batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask")
         )
+        extra = loader_model_inputs(batch, self.device)  # e.g. VSL's position_ids and attention_span
         (global_denom,) = parallel.all_reduce_sum([sum(local)], d)
         global_denom = max(global_denom, 1.0)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.callbacks.on_before_backward(self.model)
         device_type = self.device.type
         for i, s in enumerate(slices):
             weight = local[i] * d.world_size / global_denom
             with parallel.set_grad_sync(self.wrapped, i == n_micro - 1):
                 with autocast(spec.precision, device_type):
-                    loss = self.wrapped(ids[s], labels[s], mask[s])[0]
+                    loss = self.wrapped(ids[s], labels[s], mask[s], **{k: v[s] for k, v in extra.items()})[0]
                     weighted = loss * weight if weight != 1.0 else loss
                 self.scaler.scale_loss(weighted).backward()
             loss_acc += weighted.detach().double() / d.world_size
@@ -429,6 +455,7 @@ class _Run:
         if not math.isfinite(step_loss):
             return math.nan, False
         self.scaler.unscale_([p.grad for p in params if p.grad is not None])
+        self.callbacks.on_before_optimizer_step(self.model)
         # gptx's AdamW folds the clipping multiplier into its fused update; other optimizers get
         # clipped gradients.
         folds = isinstance(self.optimizer, AdamW)
@@ -473,7 +500,9 @@ class _Run:
                     batch[k].to(self.device) for k in ("input_ids", "labels", "attention_mask")
                 )
                 with autocast(spec.precision, self.device.type):
-                    _, loss_sum, ntok, ncorrect = self.wrapped(ids, labels, mask)
+                    _, loss_sum, ntok, ncorrect = self.wrapped(
+                        ids, labels, mask, **loader_model_inputs(batch, self.device)
+                    )
                 per_step += [float(loss_sum), float(ntok), float(ids.shape[0])]
                 correct += float(ncorrect)
         finally:
@@ -590,10 +619,17 @@ class _Run:
                 f"{spec.model.max_position_embeddings}"
             )
         tokens_per_step = global_batch * msl
+        self.callbacks = build_callbacks(spec, self.model_dir, enabled=d.is_main)  # ComputeNorm, loggers
         if d.is_main:
             truncate_metrics(self.model_dir, start)
             self.log = MetricsLogger(
-                self.model_dir, total_steps=end, start_step=start, console=self.options.console
+                self.model_dir, total_steps=end, start_step=start, console=self.options.console,
+                tensorboard_dir=self.callbacks.tensorboard_dir, sinks=self.callbacks.sinks,
+            )  # fmt: skip
+        if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
+            self.notes.append(
+                "use_vsl: document-masked attention "
+                f"({parallel.unwrap(self.model).vsl_backend(self.device, msl)})"
             )
         for note in self.notes:
             self._say(f"note: {note}")
@@ -653,6 +689,7 @@ class _Run:
                                 "mfu": tflops / (peak * d.world_size) if tflops and peak else None,
                                 "loss_scale": self.scaler.scale if self.scaler.dynamic else None,
                                 "memory_gib": _memory_gib(self.device),
+                                **self.callbacks.metrics(),
                             }
                         )
                     t_window, window_steps = now, 0
