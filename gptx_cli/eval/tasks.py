@@ -133,23 +133,29 @@ class LoglikelihoodScorer:
         self.device = device
         self.tokens_scored = 0  # model input tokens, for throughput reports
 
-    def _forward(self, batch: Any) -> Callable[[int, int, int], Any]:
-        """Run the batch; returns rows(row, start, end) -> logits [end - start, V].
+    # Scored positions go through the LM head and log_softmax this many at a time ([chunk, vocab] floats).
+    _CHUNK = 2048
+
+    def _scored_logits(self, batch: Any, rows: Any, positions: Any) -> Callable[[int, int], Any]:
+        """Run the batch; returns part(lo, hi) -> logits [hi - lo, V] of scored positions lo..hi.
 
         A gptx Transformer (it has `hidden_states` and `logits`) projects only the scored positions
         through the LM head, so [B, T, vocab] logits never exist; any other callable returns them all.
         """
         model = self.logits_fn
         if hasattr(model, "hidden_states") and hasattr(model, "logits"):
-            hidden = model.hidden_states(batch)
-            return lambda row, start, end: model.logits(hidden[row, start:end])
+            hidden = model.hidden_states(batch)[rows, positions]
+            return lambda lo, hi: model.logits(hidden[lo:hi])
         logits = model(batch)
-        return lambda row, start, end: logits[row, start:end]
+        return lambda lo, hi: logits[rows[lo:hi], positions[lo:hi]]
 
     def loglikelihood_tokens(
         self, requests: Sequence[tuple[list[int], list[int]]]
     ) -> list[tuple[float, bool]]:
-        """[(sum of log p(continuation | context), continuation == greedy decode)] in request order."""
+        """[(sum of log p(continuation | context), continuation == greedy decode)] in request order.
+
+        All scored positions of a batch are gathered into one [N, hidden] block: one LM-head matmul and
+        one float32 log_softmax per batch (in chunks), per-request sums by index_add, one host sync."""
         import torch
 
         prepared = []
@@ -167,18 +173,35 @@ class LoglikelihoodScorer:
                 idx = order[start : start + self.batch_size]
                 width = max(len(prepared[i][0]) for i in idx)
                 batch = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    inp = prepared[i][0]
-                    batch[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-                rows = self._forward(batch.to(self.device))
-                self.tokens_scored += sum(len(prepared[i][0]) for i in idx)
+                rows: list[int] = []
+                positions: list[int] = []
+                targets: list[int] = []
                 for row, i in enumerate(idx):
                     inp, cont = prepared[i]
-                    span = rows(row, len(inp) - len(cont), len(inp)).float().log_softmax(dim=-1)
-                    target = torch.tensor(cont, dtype=torch.long, device=span.device)
-                    ll = span.gather(-1, target[:, None]).sum().item()
-                    greedy = bool((span.argmax(dim=-1) == target).all().item())
-                    results[i] = (float(ll), greedy)
+                    batch[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
+                    rows += [row] * len(cont)
+                    positions += range(len(inp) - len(cont), len(inp))
+                    targets += cont
+                dev = self.device
+                rows_t = torch.tensor(rows, dtype=torch.long, device=dev)
+                pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
+                tgt_t = torch.tensor(targets, dtype=torch.long, device=dev)
+                part = self._scored_logits(batch.to(dev), rows_t, pos_t)
+                self.tokens_scored += sum(len(prepared[i][0]) for i in idx)
+                token_lp, wrong = [], []
+                for lo in range(0, len(targets), self._CHUNK):
+                    hi = min(lo + self._CHUNK, len(targets))
+                    logp = part(lo, hi).float().log_softmax(dim=-1)
+                    token_lp.append(logp.gather(-1, tgt_t[lo:hi, None])[:, 0])
+                    wrong.append((logp.argmax(dim=-1) != tgt_t[lo:hi]).float())
+                sums = torch.zeros(len(idx), dtype=torch.float32, device=dev).index_add_(
+                    0, rows_t, torch.cat(token_lp)
+                )
+                misses = torch.zeros(len(idx), dtype=torch.float32, device=dev).index_add_(
+                    0, rows_t, torch.cat(wrong)
+                )
+                for i, ll, miss in zip(idx, sums.tolist(), misses.tolist(), strict=True):
+                    results[i] = (float(ll), miss == 0)
         return results
 
     def loglikelihood_rolling(self, documents: Sequence[list[int]], prefix_token: int) -> list[float]:

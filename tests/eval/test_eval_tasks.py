@@ -200,3 +200,24 @@ def test_task_names_resolve_in_the_tasks_dir(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no documents"):
         load_task(str(tmp_path / "empty.jsonl"))
+
+
+def test_limit_below_one_is_a_fraction_rounded_up_as_the_harness():
+    from gptx_cli.eval.tasks import limit_docs
+
+    assert [limit_docs(10, x) for x in (None, 3, 3.0, 0.25, 0.5, 0.99, 1.0, 20)] == [
+        10,
+        3,
+        3,
+        3,
+        5,
+        10,
+        1,
+        10,
+    ]
+    with pytest.raises(UsageError):
+        limit_docs(10, 0)
+    logits_fn, _, _ = next_char_logits_fn()
+    task = Task(name="lw", kind="last_word", path="-", docs=[{"text": f"x a{i} b"} for i in range(7)])
+    res = evaluate_task(task, LoglikelihoodScorer(logits_fn, max_length=64), CharTokenizer(), limit=0.3)
+    assert res.num_docs == 3  # ceil(7 * 0.3)
