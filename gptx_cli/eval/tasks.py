@@ -150,12 +150,13 @@ class LoglikelihoodScorer:
         return lambda lo, hi: logits[rows[lo:hi], positions[lo:hi]]
 
     def loglikelihood_tokens(
-        self, requests: Sequence[tuple[list[int], list[int]]]
+        self, requests: Sequence[tuple[list[int], list[int]]], greedy: bool = True
     ) -> list[tuple[float, bool]]:
         """[(sum of log p(continuation | context), continuation == greedy decode)] in request order.
 
         All scored positions of a batch are gathered into one [N, hidden] block: one LM-head matmul and
-        one float32 log_softmax per batch (in chunks), per-request sums by index_add, one host sync."""
+        one float32 log_softmax per batch (in chunks), per-request sums by index_add, one host sync.
+        `greedy=False` (rolling windows) skips the argmax and takes log p = logit - logsumexp."""
         import torch
 
         prepared = []
@@ -191,7 +192,13 @@ class LoglikelihoodScorer:
                 token_lp, wrong = [], []
                 for lo in range(0, len(targets), self._CHUNK):
                     hi = min(lo + self._CHUNK, len(targets))
-                    logp = part(lo, hi).float().log_softmax(dim=-1)
+                    logits = part(lo, hi).float()
+                    if not greedy:
+                        picked = logits.gather(-1, tgt_t[lo:hi, None])[:, 0]
+                        token_lp.append(picked - torch.logsumexp(logits, dim=-1))
+                        wrong.append(torch.ones_like(picked))
+                        continue
+                    logp = logits.log_softmax(dim=-1)
                     token_lp.append(logp.gather(-1, tgt_t[lo:hi, None])[:, 0])
                     wrong.append((logp.argmax(dim=-1) != tgt_t[lo:hi]).float())
                 sums = torch.zeros(len(idx), dtype=torch.float32, device=dev).index_add_(
@@ -213,7 +220,7 @@ class LoglikelihoodScorer:
                 requests.append(window)
                 owner.append(doc_index)
         totals = [0.0] * len(documents)
-        for doc_index, (ll, _) in zip(owner, self.loglikelihood_tokens(requests), strict=True):
+        for doc_index, (ll, _) in zip(owner, self.loglikelihood_tokens(requests, greedy=False), strict=True):
             totals[doc_index] += ll
         return totals
 
