@@ -328,6 +328,7 @@ def test_gptx_lm_eval_on_local_yaml_equals_lm_eval_hf(setup, harness_zero_shot):
         str(setup["yaml"]), "--num_fewshot", "0", "--batch_size", "auto", "--device", "cpu", "--output_path",
         str(out), "--log_samples",
         env={"DISABLE_MULTIPROC": "1", "HF_DATASETS_CACHE": str(setup["root"] / "hf_cache")},
+        timeout=900,  # the harness indexes its ~10k task YAMLs first; slow on a loaded machine
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     (results_file,) = out.rglob("results_*.json")
