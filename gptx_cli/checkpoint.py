@@ -59,39 +59,47 @@ def save_checkpoint_dir(
     from gptx_cli.checksum import checksums_of
     from gptx_cli.weights import ShardedSafetensorsWriter, dtype_name
 
-    with atomic_dir(path) as tmp:
-        items = (
-            state_dict_or_items.items() if isinstance(state_dict_or_items, Mapping) else state_dict_or_items
-        )
-        dtypes: set[str] = set()
-        with ShardedSafetensorsWriter(tmp, shard_size_bytes) as writer:
-            for name, tensor in items:
-                dtypes.add(dtype_name(tensor.dtype))
-                writer.add(name, tensor)
-        if tokenizer and tokenizer.endswith(".json") and Path(tokenizer).is_file():
-            # Copy a trained tokenizer.json in, so the checkpoint is self-contained.
-            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
-            tokenizer = TOKENIZER_FILE
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "version": VERSION,
-            "step": int(step),
-            "model": model_cfg.to_dict(),
-            "tokenizer": tokenizer,
-            "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
-            "num_parameters": writer.num_params,
-            "checksums": checksums_of(tmp),
-        }
-        for key, value in (extra or {}).items():
-            meta.setdefault(key, value)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if config_yaml_dict is None:
-            from gptx_cli.convert.config import trainer_config_for_model
+    try:
+        with atomic_dir(path) as tmp:
+            items = (
+                state_dict_or_items.items()
+                if isinstance(state_dict_or_items, Mapping)
+                else state_dict_or_items
+            )
+            dtypes: set[str] = set()
+            with ShardedSafetensorsWriter(tmp, shard_size_bytes) as writer:
+                for name, tensor in items:
+                    dtypes.add(dtype_name(tensor.dtype))
+                    writer.add(name, tensor)
+            if tokenizer and tokenizer.endswith(".json") and Path(tokenizer).is_file():
+                # Copy a trained tokenizer.json in, so the checkpoint is self-contained.
+                shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+                tokenizer = TOKENIZER_FILE
+            meta: dict[str, Any] = {
+                "format": FORMAT,
+                "version": VERSION,
+                "step": int(step),
+                "model": model_cfg.to_dict(),
+                "tokenizer": tokenizer,
+                "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
+                "num_parameters": writer.num_params,
+                "checksums": checksums_of(tmp),
+            }
+            for key, value in (extra or {}).items():
+                meta.setdefault(key, value)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            if config_yaml_dict is None:
+                from gptx_cli.convert.config import trainer_config_for_model
 
-            config_yaml_dict = trainer_config_for_model(model_cfg)
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_yaml_dict, sort_keys=False))
-        if write_extra_files is not None:
-            write_extra_files(tmp)
+                config_yaml_dict = trainer_config_for_model(model_cfg)
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_yaml_dict, sort_keys=False))
+            if write_extra_files is not None:
+                write_extra_files(tmp)
+    except OSError as err:  # a full disk, a quota, a file-size limit, a read-only mount
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint: {err.strerror or err}",
+            hint="free some space or choose another --model-dir; earlier checkpoints are intact",
+        ) from None
     return Path(path)
 
 
