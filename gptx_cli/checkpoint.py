@@ -114,6 +114,13 @@ def is_gptx_checkpoint(path: str | Path) -> bool:
         return False
 
 
+def check_meta_if_present(path: str | Path) -> None:
+    """A directory whose gptx.json exists but is malformed gets that named (CheckpointError), instead of
+    being reported as 'not a checkpoint'."""
+    if (Path(path) / META_FILE).is_file():
+        read_checkpoint_meta(path)
+
+
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """The parsed gptx.json of a checkpoint directory; CheckpointError naming the file if it is not one."""
     meta_path = Path(path) / META_FILE

@@ -134,6 +134,9 @@ def checkpoint_model_config(path: str | Path) -> tuple[Any, int | None]:
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{p / 'config.json'}: cannot read ({err})") from err
         return model_config_from_hf(config_json), None
+    from gptx_cli.checkpoint import check_meta_if_present
+
+    check_meta_if_present(p)
     raise CheckpointError(
         f"{p}: neither a gptx checkpoint (gptx.json) nor a Hugging Face model directory (config.json)"
     )

@@ -105,6 +105,9 @@ def open_weights(path: str | Path) -> Iterator[tuple[ModelConfig, Iterator[tuple
         with open_tensors(root) as src:
             yield cfg, to_gptx(cfg, src.keys(), src.get)
     else:
+        from gptx_cli.checkpoint import check_meta_if_present
+
+        check_meta_if_present(root)
         raise CheckpointError(
             f"{root}: not a model directory",
             hint="expected a gptx checkpoint (gptx.json), a model_dir with checkpoint_<step>/, or an HF dir with config.json",

@@ -214,12 +214,13 @@ class _Run:
         """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
         tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
         process's shard of it is kept), so neither the host nor the device holds a second model."""
-        from gptx_cli.checkpoint import is_gptx_checkpoint
+        from gptx_cli.checkpoint import check_meta_if_present, is_gptx_checkpoint
         from gptx_cli.model.api import open_weights
 
         if not source.exists():
             raise CheckpointError(f"{source}: checkpoint not found")
         if not is_gptx_checkpoint(source) and not (source / "config.json").is_file():
+            check_meta_if_present(source)
             raise CheckpointError(
                 f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
             )
