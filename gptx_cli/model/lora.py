@@ -244,6 +244,36 @@ def base_of(path: str | Path, lora: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def describe_base(path: Path) -> dict[str, Any]:
+    """How a LoRA checkpoint names its base: the path and, for a gptx checkpoint, its weight checksums."""
+    from gptx_cli.checkpoint import is_gptx_checkpoint, read_checkpoint_meta
+
+    base: dict[str, Any] = {"path": str(Path(path).resolve())}
+    if is_gptx_checkpoint(path) and read_checkpoint_meta(path).get("checksums"):
+        base["checksums"] = read_checkpoint_meta(path)["checksums"]
+    return base
+
+
+def check_base(owner: Path, base: dict[str, Any]) -> None:
+    """The base a LoRA checkpoint names must be there, with the weights it was trained on."""
+    from gptx_cli.checkpoint import is_gptx_checkpoint, read_checkpoint_meta
+
+    if "path" not in base:
+        return
+    where = Path(base["path"])
+    if not where.exists():
+        raise CheckpointError(
+            f"{owner}: its LoRA base {where} does not exist",
+            hint="the checkpoint holds only the adapters; restore the base model there",
+        )
+    if base.get("checksums") and is_gptx_checkpoint(where):
+        if read_checkpoint_meta(where).get("checksums") != base["checksums"]:
+            raise CheckpointError(
+                f"{owner}: its LoRA base {where} is not the one the adapters were trained on "
+                "(the weight checksums recorded in gptx.json differ)"
+            )
+
+
 @contextmanager
 def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[Iterator[tuple[str, Tensor]]]:
     """The base tensors of a LoRA checkpoint (from its base checkpoint, its own file, or a seeded init)."""
@@ -257,11 +287,7 @@ def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[It
     if "path" in base:
         from gptx_cli.model.api import open_weights
 
-        if not Path(base["path"]).exists():
-            raise CheckpointError(
-                f"{path}: its LoRA base {base['path']} does not exist",
-                hint="the checkpoint holds only the adapters; restore the base model there",
-            )
+        check_base(path, base)
         with open_weights(base["path"]) as (_cfg, tensors):
             yield tensors
         return
@@ -337,9 +363,10 @@ class LoraRun:
                     f"{ckpt_source}: its LoRA base is a fresh initialisation with seed {base['init_seed']}, "
                     f"this run's seed is {seed}"
                 )
+            check_base(ckpt_source, base)  # type: ignore[arg-type]
             return cls(groups, base, ckpt_source)
         if ckpt_source is not None and "model" in load_states:
-            return cls(groups, {"path": str(Path(ckpt_source).resolve())}, None)
+            return cls(groups, describe_base(Path(ckpt_source)), None)
         return cls(groups, {"init_seed": seed}, None)
 
     def base_source(self) -> Path | None:
