@@ -36,7 +36,7 @@ def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     from gptx_cli.config import load_run_spec
-    from gptx_cli.model.api import build_model
+    from gptx_cli.api import build_model
     from gptx_cli.model.init import optimizer_param_groups
     from gptx_cli.model.lora import apply_lora
     from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw
