@@ -37,6 +37,9 @@ from typing import Any, cast
 import numpy as np
 
 from gptx_cli.config.spec import DataSpec
+from gptx_cli.data.hdf5 import COMPLETE_MARKER, h5_layout, sample_rows
+from gptx_cli.data.mmidx import MMIDIDXReader
+from gptx_cli.data.preprocess import STATE_DIR
 from gptx_cli.errors import DataError
 
 DEFAULT_MSL = 2048
@@ -80,8 +83,6 @@ class _TokenWindows:
     def get(self, i: int) -> np.ndarray:
         if self._pid != os.getpid():
             if self.kind == "mmidx":
-                from gptx_cli.data.mmidx import MMIDIDXReader
-
                 self._tokens = MMIDIDXReader(self.path).tokens
             else:
                 import h5py
@@ -142,9 +143,6 @@ def _check_complete(d: Path) -> None:
     the dir or, for a part dir of a split (`.../train_msl2048/0/`), in its parent: a killed or failed run
     leaves complete-looking data-*.h5 files without it, and training on them would use part of the
     corpus."""
-    from gptx_cli.data.hdf5 import COMPLETE_MARKER
-    from gptx_cli.data.preprocess import STATE_DIR
-
     if os.environ.get(ENV_ALLOW_INCOMPLETE, "") not in ("", "0"):
         return
     if (d / COMPLETE_MARKER).is_file() or (d.parent / COMPLETE_MARKER).is_file():
@@ -168,8 +166,6 @@ def _vsl_problem(data_dir: str, path: Path, kind: str) -> DataError:
 
 
 def _open_sources(data_dirs: Sequence[str], msl: int | None, use_vsl: bool = False) -> tuple[list[Any], int]:
-    from gptx_cli.data.hdf5 import h5_layout, sample_rows
-
     if isinstance(data_dirs, (str, os.PathLike)):
         data_dirs = [str(data_dirs)]  # a single directory written without a list
     if not data_dirs:
@@ -180,8 +176,6 @@ def _open_sources(data_dirs: Sequence[str], msl: int | None, use_vsl: bool = Fal
             if kind == "mmidx":
                 if use_vsl:
                     raise _vsl_problem(str(d), path, kind)
-                from gptx_cli.data.mmidx import MMIDIDXReader
-
                 entries.append((path, "mmidx", len(MMIDIDXReader(path).tokens), None))
             else:
                 layout, n, file_msl = h5_layout(path)

@@ -170,7 +170,7 @@ class V2Plan:
 
 
 def _did_you_mean(word: str, candidates: Any) -> str:
-    from gptx_cli.config.validate import did_you_mean
+    from gptx_cli.config.schemas import did_you_mean
 
     return did_you_mean(word, candidates)
 

@@ -602,16 +602,16 @@ def evaluate_task(
         for i, (doc, text, ll) in enumerate(zip(docs[lo:hi], scored, lls, strict=True)):
             counted = doc[task.count_from] if task.count_from else doc.get("raw", doc["text"])
             words, nbytes = count_words(counted), count_bytes(counted)
-            values = {
+            pairs = {
                 "word_perplexity": (ll, words),
                 "byte_perplexity": (ll, nbytes),
                 "bits_per_byte": (ll, nbytes),
             }
             for m in task.metrics:
-                per_doc[m].append(values[m])
+                per_doc[m].append(pairs[m])
             if log_samples:
                 samples.append(
-                    {"doc_id": lo + i, "doc": doc, "arguments": [[text]], "resps": [[ll]], **values}
+                    {"doc_id": lo + i, "doc": doc, "arguments": [[text]], "resps": [[ll]], **pairs}
                 )
         return aggregate(result, bootstrap_iters) if doc_range is None else result
 
@@ -652,9 +652,9 @@ def evaluate_task(
         results = scorer.loglikelihood_tokens(requests)
         result.requests = len(requests)
         for i, (doc, (ll, greedy)) in enumerate(zip(docs, results, strict=True)):
-            values = {"perplexity": ll, "acc": int(greedy)}
+            scores = {"perplexity": ll, "acc": int(greedy)}
             for m in task.metrics:
-                per_doc[m].append(values[m])
+                per_doc[m].append(scores[m])
             if log_samples:
                 samples.append(
                     {
@@ -662,7 +662,7 @@ def evaluate_task(
                         "doc": doc,
                         "arguments": arguments[i],
                         "resps": [[ll, greedy]],
-                        **values,
+                        **scores,
                     }
                 )
         return aggregate(result, bootstrap_iters) if doc_range is None else result

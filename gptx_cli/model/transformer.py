@@ -322,7 +322,7 @@ class Transformer(nn.Module):
             else 0
         )
         self._rope: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
-        # Recompute each block in backward instead of storing its activations (optimize.py sets it).
+        # Recompute each block in backward instead of storing its activations (train.parallel sets it).
         self.activation_checkpointing = False
         # Implementation of the document (VSL) mask: "auto" (per device, by measurement) or one of
         # doc_attention.VSL_BACKENDS; `vsl_backend(device)` names the one in use.

@@ -95,7 +95,7 @@ def test_tokenizer_falls_back_to_what_preprocess_recorded_for_the_training_data(
     from gptx_cli import load_model
     from gptx_cli.checkpoint import save_checkpoint_dir
     from gptx_cli.errors import UsageError
-    from gptx_cli.eval.evaluate import resolve_tokenizer
+    from gptx_cli.eval.source import resolve_tokenizer
 
     _, ckpt, tok_dir = checkpoint
     model = load_model(str(ckpt))

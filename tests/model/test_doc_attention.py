@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+from gptx_cli.api import build_model
 from gptx_cli.config.spec import ModelConfig
-from gptx_cli.model.api import build_model
 from gptx_cli.model.doc_attention import VSL_BACKENDS, causal_padding_mask, document_causal_mask
 from gptx_cli.model.loss import lm_loss
-from gptx_cli.model.optimize import apply_activation_checkpointing
 from gptx_cli.model.transformer import Transformer
+from gptx_cli.train.parallel import apply_activation_checkpointing
 
 GPTJ = ModelConfig(
     name="gptj",
