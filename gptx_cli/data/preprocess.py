@@ -913,7 +913,8 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
             stats = _run_job(job, opts, tok, pool, progress, base)
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
-            if params["post-process"]["n_examples"] == 0:
+            post = params["post-process"]
+            if (post["n_examples"] if opts.output_format == "hdf5" else post.get("document_tokens", 1)) == 0:
                 raise DataError(
                     f"{job.name}: 0 samples from {stats.documents} document(s) "
                     f"({params['post-process'].get('document_tokens', 0)} tokens) in "

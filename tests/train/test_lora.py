@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from train_helpers import REPO, read_metrics, run_gptx, tiny_args
 
+from gptx_cli.api import build_model, load_model
 from gptx_cli.config import load_run_spec
 from gptx_cli.errors import ConfigError
-from gptx_cli.model.api import build_model, load_model
 from gptx_cli.model.init import optimizer_param_groups
 from gptx_cli.model.lora import apply_lora, is_adapter
 from gptx_cli.model.lora_config import LoraParams, parse_lora_params, plan, trainable_parameters
