@@ -334,6 +334,32 @@ def base_of(path: str | Path, lora: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def describe_base(path: Path) -> dict[str, Any]:
+    """How a LoRA checkpoint names its base: the path and, for a gptx checkpoint, its weight checksums."""
+    base: dict[str, Any] = {"path": str(Path(path).resolve())}
+    if is_gptx_checkpoint(path) and read_checkpoint_meta(path).get("checksums"):
+        base["checksums"] = read_checkpoint_meta(path)["checksums"]
+    return base
+
+
+def check_base(owner: Path, base: dict[str, Any]) -> None:
+    """The base a LoRA checkpoint names must be there, with the weights it was trained on."""
+    if "path" not in base:
+        return
+    where = Path(base["path"])
+    if not where.exists():
+        raise CheckpointError(
+            f"{owner}: its LoRA base {where} does not exist",
+            hint="the checkpoint holds only the adapters; restore the base model there",
+        )
+    if base.get("checksums") and is_gptx_checkpoint(where):
+        if read_checkpoint_meta(where).get("checksums") != base["checksums"]:
+            raise CheckpointError(
+                f"{owner}: its LoRA base {where} is not the one the adapters were trained on "
+                "(the weight checksums recorded in gptx.json differ)"
+            )
+
+
 @contextmanager
 def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[Iterator[tuple[str, Tensor]]]:
     """The base tensors of a LoRA checkpoint (from its base checkpoint, its own file, or a seeded init)."""
@@ -343,11 +369,7 @@ def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[It
             yield ((n, t) for n, t in src.items() if not is_adapter(n))
         return
     if "path" in base:
-        if not Path(base["path"]).exists():
-            raise CheckpointError(
-                f"{path}: its LoRA base {base['path']} does not exist",
-                hint="the checkpoint holds only the adapters; restore the base model there",
-            )
+        check_base(path, base)
         with resolve(base["path"]).open_weights() as tensors:
             yield tensors
         return

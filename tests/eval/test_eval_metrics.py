@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from eval_helpers import tiny_neox
-from gptx_testing import run_gptx
+from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.errors import CheckpointError, DataError
 from gptx_cli.eval.evaluate import EvalOptions, run_eval
@@ -209,3 +209,34 @@ def test_config_comparison_separates_shape_fields_from_the_rest():
         CheckpointError, match=r"model\.vocab_size: 100 in c\.yaml, 128 .*; model\.use_ffn_bias"
     ):
         compare_model_configs(yaml_cfg, biased, config_name="c.yaml", checkpoint="ck")
+
+
+def test_nproc_2_equals_one_process(setup):
+    """`gptx eval --nproc 2` (gloo on the CPU) shards the validation batches and the task documents;
+    the metrics equal one process's: loss and perplexity within 1e-6, accuracies exactly."""
+    root = setup[0]
+    cfg = write_config(root, root / "val")
+    tasks_dir = Path(__file__).parent / "data"
+    args = ["eval", str(cfg), "--checkpoint-path", str(root / "hf"), "--format", "json", "--device", "cpu",
+            "--tokenizer", str(shared_path("assets", "tokenizers", "gpt2")), "--tasks-dir", str(tasks_dir),
+            "--tasks", "lambada_tiny,choice_tiny,wiki_tiny", "--output-dir", str(root / "nproc_out"),
+            "--bootstrap-iters", "200"]  # fmt: skip
+    one = run_gptx(*args)
+    two = run_gptx(*args, "--nproc", "2")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    for key in ("loss", "lm_perplexity"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-6, abs=1e-6)
+    for key in ("accuracy", "num_tokens", "eval_steps", "num_samples"):
+        assert b["metrics"][key] == a["metrics"][key]
+    assert len(a["tasks"]) == len(b["tasks"]) == 3
+    for ta, tb in zip(a["tasks"], b["tasks"], strict=True):
+        assert ta["num_docs"] == tb["num_docs"]
+        for name, value in ta["metrics"].items():
+            if name.startswith("acc"):
+                assert tb["metrics"][name] == value, name
+            elif isinstance(value, float):
+                assert tb["metrics"][name] == pytest.approx(value, rel=1e-6), name
+            else:
+                assert tb["metrics"][name] == value, name
