@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,18 +241,29 @@ def loss_metrics(
     loss_scaling: str = "num_tokens",
     loss_weight: float = 1.0,
     source: str = "the eval data",
+    forward: Callable[..., tuple[Any, ...]] | None = None,
+    all_reduce: Callable[[Any], None] | None = None,
 ) -> LossMetrics:
-    """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels)."""
+    """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels;
+    further keys go to the model as keyword arguments).
+
+    `loss` is the mean of the step losses (each batch's, in the model's loss_scaling), `lm_perplexity`
+    exp(token cross-entropy sum / loss tokens), `accuracy` over loss tokens. Hooks for the trainer:
+    `forward(input_ids, labels, mask, **extra) -> (loss, loss_sum, num_tokens, num_correct)` replaces
+    `lm_loss(model, ...)` (the trainer's wrapped loss module, so FSDP2 gathers its shards), and
+    `all_reduce(t)` sums a device tensor over ranks in place, so each step is the global batch."""
     import torch
 
     from gptx_cli.model.loss import lm_loss
 
     vocab = model.cfg.vocab_size
-    # Sums stay on the device and are read once at the end: no host sync per batch.
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, CE sum, loss tokens, correct
+    # Per-batch sums stay on the device and are read once at the end: no host sync per batch.
+    per_step: list[Any] = []  # [CE sum, loss tokens, rows, correct] per batch
     samples = steps = seen_tokens = 0
     start = time.perf_counter()
-    with torch.inference_mode():
+    # FSDP2 re-gathers parameters into buffers that training reuses: no inference tensors there.
+    grad_off = torch.no_grad() if forward is not None else torch.inference_mode()
+    with grad_off:
         for batch in batches:
             if eval_steps is not None and steps >= eval_steps:
                 break
@@ -260,24 +271,38 @@ def loss_metrics(
             top = int(max(batch["input_ids"].max(), batch["labels"].max()))
             if top >= vocab:
                 raise DataError(f"{source}: token id {top} is outside the model's vocabulary of {vocab}")
-            input_ids = batch["input_ids"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device, non_blocking=True)
-            mask = batch["attention_mask"].to(device, non_blocking=True)
-            out = lm_loss(model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight)
-            sums += torch.stack([out.loss, out.loss_sum, out.num_tokens, out.num_correct]).to(sums.dtype)
+            on = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            input_ids, labels, mask = on.pop("input_ids"), on.pop("labels"), on.pop("attention_mask")
+            if forward is not None:
+                _, loss_sum, ntok, ncorrect = forward(input_ids, labels, mask, **on)
+            else:
+                out = lm_loss(
+                    model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight, **on
+                )
+                loss_sum, ntok, ncorrect = out.loss_sum, out.num_tokens, out.num_correct
+            rows = torch.full((), float(input_ids.shape[0]), dtype=torch.float64, device=loss_sum.device)
+            per_step.append(torch.stack([loss_sum.double(), ntok.double(), rows, ncorrect.double()]))
             samples += int(input_ids.shape[0])
             seen_tokens += int(input_ids.numel())
             steps += 1
-    loss_total, ce_sum, tokens_f, correct_f = sums.tolist()
-    tokens, correct = int(tokens_f), int(correct_f)
-    elapsed = time.perf_counter() - start
     if steps == 0:
         raise DataError(f"{source}: the eval set is empty (no batches)")
+    totals = torch.stack(per_step)
+    if all_reduce is not None:
+        all_reduce(totals)
+    table = totals.tolist()
+    ce_sum, tokens_f, correct_f = (sum(row[i] for row in table) for i in (0, 1, 3))
+    tokens, correct = int(tokens_f), int(correct_f)
+    elapsed = time.perf_counter() - start
     if tokens == 0:
         raise DataError(f"{source}: no loss tokens (every attention_mask is zero)")
+    if loss_scaling == "num_tokens":
+        step_losses = [ce / max(t, 1.0) for ce, t, _, _ in table]
+    else:
+        step_losses = [ce / n * loss_weight for ce, _, n, _ in table]
     mean_ce = ce_sum / tokens
     return LossMetrics(
-        loss=loss_total / steps,
+        loss=sum(step_losses) / len(step_losses),
         lm_perplexity=math.exp(mean_ce) if mean_ce < 700 else math.inf,
         accuracy=correct / tokens,
         num_tokens=tokens,
