@@ -45,10 +45,13 @@ CORE_KEYS = ("input_ids", "labels", "attention_mask")
 class LossModule(torch.nn.Module):
     """The model plus its loss as one module, so DDP and FSDP2 see the whole computation in forward()."""
 
-    def __init__(self, model: torch.nn.Module, loss_scaling: str, loss_weight: float) -> None:
+    def __init__(
+        self, model: torch.nn.Module, loss_scaling: str, loss_weight: float, chunk_logits: int | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss_scaling, self.loss_weight = loss_scaling, loss_weight
+        self.chunking = {"chunk_logits": chunk_logits} if chunk_logits else {}  # lm_loss's default else
 
     def forward(
         self, input_ids: Tensor, labels: Tensor, loss_mask: Tensor, **model_kwargs: Any
@@ -62,6 +65,7 @@ class LossModule(torch.nn.Module):
             loss_mask,
             loss_scaling=self.loss_scaling,
             loss_weight=self.loss_weight,
+            **self.chunking,
             **model_kwargs,
         )
         return out.loss, out.loss_sum, out.num_tokens, out.num_correct
