@@ -76,6 +76,9 @@ def train_cmd(
         "--micro_batch_size",
         help="Rows per forward pass; the rest is accumulated.",
     ),
+    fp8: bool = typer.Option(
+        False, "--fp8", help="FP8 matmuls in the blocks (torchao float8, rowwise; H100/H200 only)."
+    ),
 ) -> None:
     """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir).
 
@@ -94,6 +97,7 @@ def train_cmd(
         activation_checkpointing=activation_checkpointing or None,
         strategy=strategy,
         micro_batch_size=micro_batch_size,
+        fp8=fp8,
     )
 
 

@@ -172,10 +172,6 @@ class _Run:
         from gptx_cli.train import state
 
         spec, options = self.spec, self.options
-        if options.fp8:
-            from gptx_cli.train.fp8 import check_fp8
-
-            check_fp8(self.device)
         state.seed_everything(self.seed)
         self.ckpt = Checkpointer(
             spec,
@@ -388,13 +384,17 @@ class _Run:
         return bool(every and step % every == 0) or step == end
 
     def check_fits(self) -> tuple[int, int, int]:
-        """Before anything is allocated: the batch layout, the memory guard, then the data (a missing
+        """Before anything is allocated: --fp8's needs, the batch layout, the memory guard, then the data (a missing
         data_dir names the `gptx preprocess` command). Returns the batch layout."""
         from gptx_cli.data.loader import build_dataloader
         from gptx_cli.train.memory_guard import check_memory
 
         spec = self.spec
         assert spec.train_data is not None
+        if self.options.fp8:
+            from gptx_cli.train.fp8 import check_fp8
+
+            check_fp8(self.device)
         layout = self._batch_layout()
         check_memory(
             spec,
