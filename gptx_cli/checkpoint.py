@@ -6,14 +6,13 @@
       model.safetensors  weights in gptx naming (or shards + model.safetensors.index.json)
       train_state.pt     written by the trainer through `write_extra_files`
 
-A checkpoint is written as `<path>.tmp-<pid>` and renamed when complete, so a crash mid-save leaves
-only a temporary directory that `latest_checkpoint` ignores.
+A checkpoint is written under a temporary name (`gptx_cli.fsutil.atomic_dir`) and renamed when complete,
+so a crash mid-save leaves only a temporary directory that `latest_checkpoint` ignores.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptx_cli.errors import CheckpointError
+from gptx_cli.fsutil import atomic_dir, is_temp
 
 if TYPE_CHECKING:
     import torch
@@ -56,15 +56,10 @@ def save_checkpoint_dir(
     """
     import yaml
 
+    from gptx_cli.checksum import checksums_of
     from gptx_cli.weights import ShardedSafetensorsWriter, dtype_name
 
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(path) as tmp:
         items = (
             state_dict_or_items.items() if isinstance(state_dict_or_items, Mapping) else state_dict_or_items
         )
@@ -85,6 +80,7 @@ def save_checkpoint_dir(
             "tokenizer": tokenizer,
             "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
             "num_parameters": writer.num_params,
+            "checksums": checksums_of(tmp),
         }
         for key, value in (extra or {}).items():
             meta.setdefault(key, value)
@@ -96,17 +92,7 @@ def save_checkpoint_dir(
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_yaml_dict, sort_keys=False))
         if write_extra_files is not None:
             write_extra_files(tmp)
-        if final.exists():
-            old = final.with_name(f"{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return Path(path)
 
 
 def is_gptx_checkpoint(path: str | Path) -> bool:
@@ -145,10 +131,12 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 
 def open_checkpoint_weights(path: str | Path) -> TensorSource:
-    """The weights of a gptx checkpoint directory, for lazy reading (`.keys()`, `.get(name)`)."""
+    """The weights of a gptx checkpoint directory, for lazy reading (`.keys()`, `.get(name)`), after
+    checking the weight files against the checksums gptx.json records (unless --no-verify)."""
+    from gptx_cli.checksum import verify_checkpoint
     from gptx_cli.weights import open_tensors
 
-    read_checkpoint_meta(path)
+    verify_checkpoint(path, read_checkpoint_meta(path))
     return open_tensors(path)
 
 
@@ -165,7 +153,7 @@ def list_checkpoints(model_dir: str | Path) -> list[tuple[int, Path]]:
         return []
     found: list[tuple[int, Path]] = []
     for child in root.iterdir():
-        if not child.is_dir() or ".tmp-" in child.name or ".old-" in child.name:
+        if not child.is_dir() or is_temp(child):
             continue
         if not is_gptx_checkpoint(child):
             continue

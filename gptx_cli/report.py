@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gptx_cli.errors import DataError, UsageError
+from gptx_cli.fsutil import atomic_path
 
 
 def read_metrics(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -71,9 +72,7 @@ def write_report(model_dir: str | os.PathLike[str], output: str | os.PathLike[st
         ax.grid(alpha=0.3)
     fig.suptitle(f"gptx run: {Path(model_dir).resolve().name}")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out

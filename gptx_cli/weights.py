@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from gptx_cli.errors import CheckpointError
+from gptx_cli.fsutil import temp_path, write_json
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -349,7 +350,6 @@ class ShardedSafetensorsWriter:
         self.shard_size = shard_size_bytes
         self.prefix = prefix
         self.metadata = {"format": "pt", **(metadata or {})}
-        self._tag = f".tmp-{os.getpid()}"
         self._shard: list[tuple[str, torch.Tensor]] = []
         self._shard_bytes = 0
         self._tmp_files: list[Path] = []
@@ -383,7 +383,7 @@ class ShardedSafetensorsWriter:
             self.add(name, t)
 
     def _flush(self) -> None:
-        path = self.out_dir / f"{self.prefix}-shard{len(self._tmp_files) + 1:05d}.safetensors{self._tag}"
+        path = temp_path(self.out_dir / f"{self.prefix}-shard{len(self._tmp_files) + 1:05d}.safetensors")
         self._tmp_files.append(path)
         self._shard_keys.append([n for n, _ in self._shard])
         _write_safetensors(path, self._shard, self.metadata)
@@ -404,11 +404,9 @@ class ShardedSafetensorsWriter:
         weight_map = {key: fname for fname, keys in zip(names, self._shard_keys, strict=True) for key in keys}
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
         index_path = self.out_dir / f"{self.prefix}.safetensors.index.json"
-        tmp_index = index_path.with_name(index_path.name + self._tag)
-        tmp_index.write_text(json.dumps(index, indent=2) + "\n")
         for tmp, fname in zip(self._tmp_files, names, strict=True):
             os.replace(tmp, self.out_dir / fname)
-        os.replace(tmp_index, index_path)  # last: a directory with an index is complete
+        write_json(index_path, index)  # last: a directory with an index is complete
         self.written = [self.out_dir / fname for fname in names] + [index_path]
         return self.written
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -234,10 +232,9 @@ def main() -> int:
             )
             return 1
         return 0
-    fd, tmp = tempfile.mkstemp(dir=OUTPUT.parent, prefix=".config-reference.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, OUTPUT)
+    from gptx_cli.fsutil import write_text
+
+    write_text(OUTPUT, text)
     print(f"wrote {OUTPUT.relative_to(REPO)}")
     return 0
 

@@ -56,6 +56,7 @@ if str(REPO) not in sys.path:  # so `python benchmarks/gpu/bench_gpu.py` works w
 import torch  # noqa: E402
 
 from gptx_cli.config.spec import ModelConfig  # noqa: E402
+from gptx_cli.fsutil import write_text  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from NVIDIA's datasheets. Matched as substrings
 # of torch.cuda.get_device_name() in this order, so the more specific names come first.
@@ -821,12 +822,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(head) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (or --device), seconds")
@@ -950,8 +945,8 @@ def main(argv: list[str] | None = None) -> int:
     text = format_report(report)
     print()
     print(text, end="", flush=True)
-    write_atomic(out_dir / "gpu_bench.json", json.dumps(report, indent=2, default=str) + "\n")
-    write_atomic(out_dir / "gpu_bench.txt", text)
+    write_text(out_dir / "gpu_bench.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text(out_dir / "gpu_bench.txt", text)
     print(f"wrote {out_dir / 'gpu_bench.json'} and {out_dir / 'gpu_bench.txt'}")
     return 0
 

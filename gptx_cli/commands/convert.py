@@ -43,11 +43,17 @@ def convert_checkpoint_cmd(
         False, "--info", help="Describe SRC (format, family, parameters, dtypes) and exit."
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
+    ),
 ) -> None:
     """Convert a checkpoint between Hugging Face (GPT-J / GPT-NeoX) and gptx, one tensor at a time.
 
     Example: gptx convert checkpoint ./gpt-j-6b --output-dir model_dir/checkpoint_0
     """
+    from gptx_cli.checksum import skip_verification
+
+    skip_verification(no_verify)
     if info:
         from gptx_cli.convert.info import checkpoint_info, format_info
 

@@ -21,8 +21,9 @@ def preprocess_cmd(
     dataset: str = typer.Option(
         None,
         "--dataset",
-        help="A recipe: 'pile' (knows the Pile's layout and paths) or 'python-docs' (the built-in corpus: "
-        "the Python standard library's documentation, split into train/ and val/).",
+        help="A recipe: 'pile' (knows the Pile's layout and paths), 'trc2' (ModelZoo's TRC2 recipe: --input "
+        "TRC2-headlines-docs-TRECBLOG.v2) or 'python-docs' (the built-in corpus: the Python standard "
+        "library's documentation, split into train/ and val/).",
     ),
     input_dir: str = typer.Option(
         None, "--input-dir", "--input_dir", help="The Pile's directory (--dataset pile)."
@@ -80,6 +81,13 @@ def preprocess_cmd(
     output_format: str = typer.Option(
         "hdf5", "--output-format", "--output_format", help="hdf5 | corpus | mmidx."
     ),
+    use_vsl: bool = typer.Option(
+        False,
+        "--use-vsl",
+        "--use_vsl",
+        help="ModelZoo VSL samples [n, 5, msl] (adds attention_span, position_ids): each token attends "
+        "only within its own document.",
+    ),
     samples_per_file: int = typer.Option(
         None, "--samples-per-file", "--files_per_record", help="Samples per HDF5 file (5000)."
     ),
@@ -96,20 +104,45 @@ def preprocess_cmd(
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="Live progress bar (default: on a terminal)."
     ),
+    mode: str = typer.Option(
+        None, "--mode", help="pretraining (default) or finetuning (prompt/completion or chat records)."
+    ),
+    prompt_key: str = typer.Option(
+        None, "--prompt-key", "--prompt_key", help="Finetuning: the record key holding the prompt."
+    ),
+    completion_key: str = typer.Option(
+        None, "--completion-key", "--completion_key", help="Finetuning: the key holding the completion."
+    ),
+    chat_key: str = typer.Option(
+        None,
+        "--chat-key",
+        "--multi_turn_key",
+        help="Finetuning chat: the key holding the list of {role, content} turns.",
+    ),
+    data_splits: str = typer.Option(
+        None,
+        "--data-splits",
+        help="Finetuning: split the records, e.g. train=0.9,val=0.1 (output_dir/<name>; seeded by --seed).",
+    ),
+    buffer_len: int = typer.Option(
+        None, "--buffer-len", "--buffer_len", help="--dataset trc2: lines per split file (10000)."
+    ),
+    val_split_ratio: float = typer.Option(
+        None,
+        "--val-split-ratio",
+        "--val_split_ratio",
+        help="--dataset trc2: fraction of the split files for eval (0.1).",
+    ),
 ) -> None:
     """Tokenize and pack corpora into ModelZoo HDF5 (or corpus files, or Megatron .bin/.idx).
 
     Example: gptx preprocess --dataset pile --input-dir /data/pile --tokenizer gpt2 --processes 16
     """
-    from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
+    from gptx_cli.data.preprocess import PreprocessOptions, recipe_defaults, run_preprocess
+    from gptx_cli.errors import UsageError
 
-    values: dict[str, Any] = {}
-    if config:
-        from gptx_cli.data.v2config import load_v2_config
-
-        values, notes = load_v2_config(config)
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
+    if (buffer_len is not None or val_split_ratio is not None) and dataset != "trc2":
+        raise UsageError("--buffer-len and --val-split-ratio go with --dataset trc2")
     cli = {
         "inputs": list(input) if input else None,
         "output_dir": output_dir,
@@ -127,6 +160,7 @@ def preprocess_cmd(
         "pack_sequences": pack_sequences,
         "min_sequence_len": min_sequence_len,
         "output_format": output_format,
+        "use_vsl": use_vsl or None,
         "samples_per_file": samples_per_file,
         "processes": processes,
         "seed": seed,
@@ -135,6 +169,35 @@ def preprocess_cmd(
         "resume": resume or None,
         "overwrite": overwrite or None,
         "progress": progress,
+        "buffer_len": buffer_len,
+        "val_split_ratio": val_split_ratio,
     }
-    values.update({k: v for k, v in cli.items() if v is not None})
-    run_preprocess(PreprocessOptions(**values))
+    given = {k: v for k, v in cli.items() if v is not None}
+    if mode or prompt_key or completion_key or chat_key or data_splits:
+        from gptx_cli.data.finetune import options_from_flags
+
+        options_from_flags(given, mode, prompt_key, completion_key, chat_key, data_splits)
+    if config:
+        from gptx_cli.data.v2config import load_v2_config, resolve_special_ids, run_v2
+
+        plan = load_v2_config(config)
+        for warning in plan.warnings:
+            print(warning.format(), file=sys.stderr)
+        resolve_special_ids(plan, tokenizer_dir)
+        _interruptible(run_v2, plan, given)
+        return
+    _interruptible(run_preprocess, PreprocessOptions(**{**recipe_defaults(dataset), **given}))
+
+
+def _interruptible(run: Any, *args: Any) -> None:
+    """Ctrl-C names the way to finish the run instead of a bare exit 130."""
+    try:
+        run(*args)
+    except KeyboardInterrupt:
+        from gptx_cli.errors import GptxError
+
+        raise GptxError(
+            "interrupted: the output is incomplete (no data_params.json yet)",
+            hint="re-run the same command with --resume to finish it",
+            exit_code=130,
+        ) from None

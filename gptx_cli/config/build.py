@@ -318,7 +318,18 @@ def build_run_spec(src: ConfigSource) -> RunSpec:
         source=src.file,
         raw=src.data,
         notes=notes,
+        callbacks=_named_entries(init.get("callbacks")),
+        loggers=_named_entries(init.get("loggers")),
     )
+
+
+def _named_entries(entries: Any) -> list[tuple[str, dict[str, Any]]]:
+    """`[{Name: {...}}, ...]` (checked by config/compat.callback_problems) -> [(Name, params)]."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for entry in entries or []:
+        ((name, params),) = entry.items()
+        out.append((str(name), dict(params or {})))
+    return out
 
 
 def _first_val_loader(

@@ -107,6 +107,7 @@ class DataSpec:
     num_samples: int | None = None
     max_sequence_length: int | None = None
     vocab_size: int | None = None
+    use_vsl: bool = False  # samples carry attention_span and position_ids rows (data/vsl.py)
     extra: dict[str, Any] = field(default_factory=dict)  # other processor keys, kept verbatim
 
 
@@ -199,3 +200,6 @@ class RunSpec:
     source: str | None = None  # the YAML file it came from
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved trainer-layout dict, for saving
     notes: list[str] = field(default_factory=list)  # e.g. "cbfloat16 runs as bfloat16 off Cerebras"
+    # trainer.init.callbacks / loggers: [(name, params)], e.g. ("ComputeNorm", {}) (train/callbacks.py)
+    callbacks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    loggers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)

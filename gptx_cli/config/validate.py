@@ -562,10 +562,6 @@ def _data_rules(trainer: dict[str, Any], model: dict[str, Any]) -> list[tuple[Ke
             )
         if loader.get("dataset_map_fn") is not None:
             out.append((path + ("dataset_map_fn",), "dataset_map_fn is not supported by gptx", "error"))
-        if loader.get("use_vsl"):
-            out.append(
-                (path + ("use_vsl",), "variable sequence length (use_vsl) is not supported by gptx", "error")
-            )
         if loader.get("data_dir") is None and not loader.get("mixture"):
             out.append((path, "needs data_dir (or mixture)", "error"))
         if loader.get("data_dir") is not None and loader.get("mixture"):
@@ -652,6 +648,12 @@ def validate_source(
         # The rules assume the shape is right; with shape errors they would only add noise.
         for path, message, severity in semantic_problems(source.data):
             _add(result, source, path, message, severity)
+        from gptx_cli.config.compat import callback_problems, no_effect_problems
+
+        for path, message in callback_problems(source.data):
+            _add(result, source, path, message, "error")
+        for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
+            _add(result, source, path, message, "warning")
     if check_paths:
         for path, message in data_dir_problems(source.data):
             _add(result, source, path, message, "error" if strict_paths else "warning")
@@ -685,6 +687,11 @@ def validate_file(
         for p, message in schema_problems("legacy.schema.json", doc.data):
             line, col = doc.where(p)
             result.add(Problem(doc.file, line, col, format_path(p), message))
+        from gptx_cli.config.compat import legacy_no_effect_problems
+
+        for p, message in legacy_no_effect_problems(doc.data):
+            line, col = doc.where(p)
+            result.add(Problem(doc.file, line, col, format_path(p), message, "warning"))
     for source in sources:
         try:
             apply_overrides(source, overrides)

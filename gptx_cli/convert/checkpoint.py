@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptx_cli.errors import CheckpointError, ConfigError, UsageError
+from gptx_cli.fsutil import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -209,22 +208,11 @@ def _with_progress(
             yield name, t
 
 
-def _prepare_output(output: Path) -> Path:
+def _check_output(output: Path) -> None:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(
             f"{output}: output exists and is not empty", hint="remove it or choose another --output-dir"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    return tmp
-
-
-def _finish_output(tmp: Path, output: Path) -> None:
-    if output.exists():
-        output.rmdir()  # empty (checked before)
-    os.replace(tmp, output)
 
 
 def _default_output(src: Path, tgt_fmt: str) -> Path:
@@ -334,9 +322,7 @@ def _hf_to_gptx(
     extra = {"source": {"format": "hf", "path": str(source), "family": family}, "hf_config": hf_config}
     if gen_config is not None:
         extra["hf_generation_config"] = gen_config
-    _prepare_output(output)  # refuse a non-empty output before reading any tensor
-    if output.exists():
-        output.rmdir()
+    _check_output(output)  # refuse a non-empty output before reading any tensor
     save_checkpoint_dir(
         output,
         items,
@@ -399,7 +385,14 @@ def _gptx_to_hf(
     if cfg.name not in FAMILIES:
         raise CheckpointError(f"{source}: model name {cfg.name!r} is neither gptj nor gpt-neox")
     family = _check_family(model, cfg.name, Path(config) if config is not None else source / "gptx.json")
+    from gptx_cli.checksum import verify_checkpoint
+
+    verify_checkpoint(source, meta)
     src = open_tensors(source)
+    from gptx_cli.model.lora import MergedSource, read_lora_meta
+
+    if read_lora_meta(source) is not None:  # a LoRA checkpoint: export base + adapters merged
+        src = MergedSource(source, cfg)  # type: ignore[assignment]
     shapes = _source_shapes(src)
     keys, dropped = match_keys(
         src,
@@ -430,19 +423,14 @@ def _gptx_to_hf(
         gen_config = {"_from_model_config": True}
         gen_config.update({k: hf_config[k] for k in ("bos_token_id", "eos_token_id") if k in hf_config})
 
-    tmp = _prepare_output(output)
-    tmp.mkdir()
-    try:
+    _check_output(output)
+    with atomic_dir(output) as tmp:
         items = _cast(to_hf(cfg, keys, get, family), _torch_dtype(dtype))  # type: ignore[arg-type]
         items = _with_progress(items, len(expected_hf_shapes(cfg, family)), "converting", progress)
         with ShardedSafetensorsWriter(tmp, shard_bytes) as writer:
             writer.add_all(items)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(gen_config, indent=2, sort_keys=True) + "\n")
-        _finish_output(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     files = sorted(p.name for p in output.iterdir())
     return ConversionSummary(
         source,

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptx_cli.errors import ConfigError, UsageError
+from gptx_cli.fsutil import write_text
 
 if TYPE_CHECKING:
     from gptx_cli.config.spec import ModelConfig
@@ -218,13 +218,6 @@ def _default_output(src: Path, src_fmt: str, tgt_fmt: str) -> Path:
     return src.with_name(f"{stem}_{tgt_fmt}.yaml")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _dump_yaml(data: dict[str, Any], header: str) -> str:
     import yaml
 
@@ -268,7 +261,7 @@ def convert_config(
         hf_family_of(hf, source)
         section = model_section(model_config_from_hf(hf))
         data = {"trainer": {"init": {"model": section}}} if tgt_fmt == "trainer" else {"model": section}
-        _write_atomic(out, _dump_yaml(data, header))
+        write_text(out, _dump_yaml(data, header))
         return out, notes
 
     data = _read_yaml(source)
@@ -285,7 +278,7 @@ def convert_config(
             hf = hf_config_from_model_config(cfg, fam)  # type: ignore[arg-type]
         except ConfigError as err:
             raise ConfigError(f"{source}: {err.message}") from None
-        _write_atomic(out, json.dumps(hf, indent=2, sort_keys=True) + "\n")
+        write_text(out, json.dumps(hf, indent=2, sort_keys=True) + "\n")
         return out, notes
 
     if src_fmt == "legacy":  # -> trainer
@@ -294,9 +287,9 @@ def convert_config(
             path, message = conv.problems[0]
             where = ".".join(str(p) for p in path)
             raise ConfigError(f"{source}: {where}: {message}")
-        _write_atomic(out, _dump_yaml(conv.data, header))
+        write_text(out, _dump_yaml(conv.data, header))
         return out, notes
 
     legacy, notes = trainer_to_legacy(data)  # trainer -> legacy
-    _write_atomic(out, _dump_yaml(legacy, header))
+    write_text(out, _dump_yaml(legacy, header))
     return out, notes

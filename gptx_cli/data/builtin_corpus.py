@@ -14,7 +14,10 @@ import os
 import sys
 import sysconfig
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
+
+from gptx_cli.fsutil import atomic_path
 
 _SKIP_TOP = {"site-packages", "test", "idlelib", "lib2to3", "turtledemo", "tkinter", "ensurepip"}
 _MIN_DOCSTRING_CHARS = 40
@@ -66,17 +69,13 @@ def write_stdlib_corpus(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     if all(p.is_file() for p in paths.values()):
         return paths
     out.mkdir(parents=True, exist_ok=True)
-    tmps = {k: p.with_name(p.name + f".tmp-{os.getpid()}") for k, p in paths.items()}
-    files = {k: open(t, "w", encoding="utf-8") for k, t in tmps.items()}
-    try:
+    with ExitStack() as stack:
+        files = {}
+        for k, p in paths.items():
+            files[k] = stack.enter_context(open(stack.enter_context(atomic_path(p)), "w", encoding="utf-8"))
         for i, doc in enumerate(iter_stdlib_documents()):
             split = "val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"
             files[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
-    finally:
-        for f in files.values():
-            f.close()
-    for k in paths:
-        os.replace(tmps[k], paths[k])
     return paths
 
 
@@ -85,3 +84,40 @@ def default_cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     ver = ".".join(map(str, sys.version_info[:3]))
     return base / "gptx" / f"python-docs-{ver}"
+
+
+def iter_stdlib_qa(limit: int | None = None) -> Iterator[dict[str, str]]:
+    """Prompt/completion records from the standard library: "What does `json.dumps` do?" -> the first
+    paragraph of its docstring (real text, for the finetuning examples and tests), in a fixed order."""
+    import importlib
+    import inspect
+
+    n = 0
+    modules = (
+        "json", "textwrap", "shutil", "pathlib", "string", "heapq", "bisect", "fnmatch", "glob", "os.path",
+        "functools", "collections", "difflib", "statistics", "random", "tempfile", "zipfile", "csv",
+        "urllib.parse", "calendar", "copy", "pprint", "contextlib", "inspect", "ast", "logging", "argparse",
+    )  # fmt: skip
+    for modname in modules:
+        mod = importlib.import_module(modname)
+        for name in sorted(getattr(mod, "__all__", None) or dir(mod)):
+            obj = getattr(mod, name, None)
+            if name.startswith("_") or not (inspect.isroutine(obj) or inspect.isclass(obj)):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            para = doc.split("\n\n")[0].strip()
+            if len(para) < _MIN_DOCSTRING_CHARS:
+                continue
+            yield {"prompt": f"What does `{modname}.{name}` do?", "completion": " " + para}
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+
+def write_stdlib_qa(path: str | os.PathLike[str], limit: int | None = None) -> Path:
+    """`iter_stdlib_qa` as a JSON-lines file (written under a temporary name, then renamed)."""
+    from gptx_cli.fsutil import write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in iter_stdlib_qa(limit)))

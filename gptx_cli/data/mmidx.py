@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gptx_cli.errors import DataError
+from gptx_cli.fsutil import atomic_path, temp_path
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -52,7 +53,7 @@ class MMIDIDXWriter:
     def __init__(self, prefix: str | os.PathLike[str], dtype: np.dtype) -> None:
         self.prefix = Path(prefix)
         self.dtype = np.dtype(dtype)
-        self._bin_tmp = self.prefix.with_name(f".{self.prefix.name}.bin.tmp-{os.getpid()}")
+        self._bin_tmp = temp_path(self.prefix.with_suffix(".bin"))
         self._bin = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()
         self._sizes: list[int] = []
 
@@ -66,10 +67,9 @@ class MMIDIDXWriter:
 
     def close(self) -> None:
         self._bin.close()
-        idx_tmp = self.prefix.with_name(f".{self.prefix.name}.idx.tmp-{os.getpid()}")
-        write_index(idx_tmp, self._sizes, self.dtype)
-        os.replace(self._bin_tmp, self.prefix.with_suffix(".bin"))
-        os.replace(idx_tmp, self.prefix.with_suffix(".idx"))
+        with atomic_path(self.prefix.with_suffix(".idx")) as idx_tmp:
+            write_index(idx_tmp, self._sizes, self.dtype)
+            os.replace(self._bin_tmp, self.prefix.with_suffix(".bin"))  # the .bin first, the .idx last
 
 
 def write_index(path: str | os.PathLike[str], sizes: list[int], dtype: np.dtype) -> None:

@@ -11,6 +11,7 @@ than `min_sequence_len` tokens. Each chunk gives `input_ids = chunk[:-1]`, `labe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -124,3 +125,28 @@ def append_eos(docs: list[np.ndarray], eos_id: int) -> tuple[np.ndarray, np.ndar
     if not pieces:
         return np.zeros(0, dtype=np.int32), lengths
     return np.concatenate(pieces).astype(np.int32, copy=False), lengths
+
+
+class ShortSequences:
+    """ModelZoo's `short_seq_prob`: each sample, in order, is cut short with this probability.
+
+    As PretrainingTokenGenerator does per chunk: `if rng.random() < p: chunk = chunk[:rng.randint(2, msl - 1)]`
+    (`rng = random.Random(seed)`), then the sample is rebuilt and padded. Counts in `packer.stats` follow."""
+
+    def __init__(self, prob: float, rng: Any, packer: Packer) -> None:
+        self.prob, self.rng, self.packer = prob, rng, packer
+
+    def apply(self, samples: np.ndarray) -> np.ndarray:
+        msl, stats = self.packer.msl, self.packer.stats
+        for i in range(len(samples)):
+            if self.rng.random() < self.prob:
+                keep = self.rng.randint(2, msl - 1) - 1  # positions left: chunk[:k] gives k - 1 inputs
+                real = int(samples[i, 1].sum())
+                if keep < real:
+                    samples[i, 0, keep:] = self.packer.pad_id
+                    samples[i, 1, keep:] = 0
+                    samples[i, 2, keep:] = self.packer.pad_id
+                    stats.non_pad_tokens -= real - keep
+                    stats.loss_valid_tokens -= real - keep
+                    stats.num_pad_tokens += real - keep
+        return samples

@@ -33,15 +33,19 @@ from gptx_cli.data.sources import (
     pile_units,
     record_texts,
 )
+from gptx_cli.data.textclean import TextCleaning
 from gptx_cli.errors import DataError, UsageError
+from gptx_cli.fsutil import atomic_path, is_temp, write_json
 
 STATE_DIR = ".gptx-preprocess"
+MIN_TRAINED_VOCAB = 258  # the byte alphabet plus the two special tokens
 PILE_PARTS = 10
 OUTPUT_FORMATS = ("hdf5", "corpus", "mmidx")
 MAX_PROBLEMS_SHOWN = 20
 # The built-in corpus (gptx_cli.data.builtin_corpus): real text on every machine, for the demo.
 PYTHON_DOCS = "python-docs"
 DEFAULT_PYTHON_DOCS_DIR = "./language/datasets/python_docs/hdf5_dataset"
+TRC2 = "trc2"  # ModelZoo's TRC2 recipe (gptx_cli/data/trc2.py)
 
 
 def python_docs_sources() -> dict[str, Path]:
@@ -77,6 +81,20 @@ class PreprocessOptions:
     resume: bool = False
     overwrite: bool = False
     progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
+    use_vsl: bool = False  # ModelZoo VSL samples [n, 5, msl] (gptx_cli.data.vsl)
+    fold_long_doc: bool = True  # VSL: cut documents longer than msl + 1 instead of dropping them
+    mode: str = "pretraining"  # or "finetuning" (gptx_cli.data.finetune; pack_sequences then defaults off)
+    finetuning: Any = None  # a finetune.FinetuneSpec in finetuning mode
+    # ModelZoo v2 config settings (gptx_cli/data/v2config.py):
+    cleaning: TextCleaning = field(default_factory=TextCleaning)  # strip / ftfy / wikitext, per document
+    short_seq_prob: float = 0.0  # ModelZoo: cut a sample short with this probability (random.Random(seed))
+    eos_id: int | None = None  # override the tokenizer's EOS / PAD ids
+    pad_id: int | None = None
+    shuffle: bool = False  # ModelZoo's two-pass shuffle of the written samples (data/shuffle.py)
+    shuffle_seed: int = 0
+    # --dataset trc2: split_trc_dataset.py's --buffer_len and --val_split_ratio.
+    buffer_len: int = 10_000
+    val_split_ratio: float = 0.1
 
 
 @dataclass
@@ -99,6 +117,9 @@ class JobStats:
     raw_bytes_count: int = 0
     raw_chars_count: int = 0
     input_files: int = 0
+    examples_too_long: int = 0  # finetuning: examples dropped for length (ModelZoo discards them)
+    examples_too_short: int = 0
+    num_masked_tokens: int = 0  # finetuning: positions with loss mask 0
 
     def add(self, other: JobStats) -> None:
         self.samples.add(other.samples)
@@ -109,11 +130,12 @@ class JobStats:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "samples"}
         # ModelZoo's names, where its "files" are documents; no position is masked besides padding here.
+        dropped = self.examples_too_long + self.examples_too_short
         modelzoo = {
             "processed_files": self.documents + self.documents_skipped + self.documents_empty,
-            "successful_files": self.documents,
-            "discarded_files": self.documents_skipped + self.documents_empty,
-            "num_masked_tokens": 0,
+            "successful_files": self.documents - dropped,
+            "discarded_files": self.documents_skipped + self.documents_empty + dropped,
+            "num_masked_tokens": self.num_masked_tokens,
         }
         return {**asdict(self.samples), **d, **modelzoo}
 
@@ -128,13 +150,29 @@ class JobStats:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer: str, tokenizer_dir: str | None, backend: str) -> None:
+def _init_worker(
+    tokenizer: str, tokenizer_dir: str | None, backend: str, ids: tuple[int | None, int | None] = (None, None)
+) -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"  # one core per worker process
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     from gptx_cli.data.tokenizer import load_tokenizer
 
-    _WORKER["tok"] = load_tokenizer(tokenizer, tokenizer_dir=tokenizer_dir, backend=backend)
+    _WORKER["tok"] = _with_ids(load_tokenizer(tokenizer, tokenizer_dir=tokenizer_dir, backend=backend), *ids)
+
+
+def _with_ids(tok: Any, eos_id: int | None, pad_id: int | None) -> Any:
+    """The tokenizer with ModelZoo's `eos_id` / `pad_id` overrides (a copy: loaded tokenizers are cached)."""
+    if eos_id is None and pad_id is None:
+        return tok
+    import copy
+
+    tok = copy.copy(tok)
+    if eos_id is not None:
+        tok.eos_id = eos_id
+    if pad_id is not None:
+        tok.pad_id = pad_id
+    return tok
 
 
 @dataclass
@@ -148,13 +186,34 @@ class EncodedBatch:
     error: tuple[str, str | None] | None = None
 
 
-def _encode_batch(kind: str, location: str, batch: RecordBatch, text_key: str, subsets: Any) -> EncodedBatch:
+def _encode_finetune(
+    kind: str, location: str, batch: RecordBatch, spec: Any, msl: int, min_len: int, pack: bool
+) -> Any:
+    from gptx_cli.data.finetune import FinetuneBatch, encode_batch
+
+    try:
+        return encode_batch(_WORKER["tok"], kind, location, batch, spec, msl, min_len, pack)
+    except DataError as err:
+        return FinetuneBatch(np.zeros((0, 3, msl), np.int32), error=(err.message, err.hint))
+
+
+def _encode_batch(
+    kind: str,
+    location: str,
+    batch: RecordBatch,
+    text_key: str,
+    subsets: Any,
+    cleaning: TextCleaning | None = None,
+) -> EncodedBatch:
     tok = _WORKER["tok"]
     try:
         tb = record_texts(kind, location, batch, text_key=text_key, subsets=subsets)
     except DataError as err:
         empty = np.zeros(0, dtype=np.int32)
         return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
+    if cleaning is not None and cleaning.active:
+        tb.texts, emptied = cleaning.apply(tb.texts, kind)
+        tb.empty += emptied
     tokens, lengths = append_eos(tok.encode_batch_arrays(tb.texts), tok.eos_id)
     return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, sum(len(t) for t in tb.texts))
 
@@ -376,16 +435,64 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
             Job(split, _group_units(expand_inputs([str(sources[split])]), opts.shard_mb), base / split)
             for split in ("train", "val")
         ]
+    if opts.dataset == TRC2:
+        return _trc2_jobs(opts)
     if opts.dataset is not None:
         raise UsageError(
-            f"unknown --dataset '{opts.dataset}' (known: pile, {PYTHON_DOCS}; use --input for other corpora)"
+            f"unknown --dataset '{opts.dataset}' (known: pile, {PYTHON_DOCS}, {TRC2}; use --input for other corpora)"
         )
     if not opts.output_dir:
         raise UsageError(
             "--output-dir is required (except with --dataset pile, which knows the published paths)"
         )
     units = expand_inputs(opts.inputs, split=opts.split)
+    if opts.mode == "finetuning" and opts.finetuning is not None and opts.finetuning.splits:
+        from gptx_cli.data.finetune import split_jobs
+
+        return [
+            Job(name, _group_units(units, opts.shard_mb), Path(opts.output_dir) / name)
+            for name in split_jobs(opts.finetuning)
+        ]
     return [Job("data", _group_units(units, opts.shard_mb), Path(opts.output_dir))]
+
+
+def recipe_defaults(dataset: str | None) -> dict[str, Any]:
+    """PreprocessOptions values a recipe sets unless the command line gives them."""
+    if dataset == TRC2:
+        from gptx_cli.data import trc2
+
+        # create_hdf5_dataset.py --ftfy (NFC); msl 512 = params_gptj_6B_TRC2.yaml's max_position_embeddings.
+        return {
+            "max_seq_length": trc2.DEFAULT_MSL,
+            "cleaning": TextCleaning(use_ftfy=True),
+            "tokenizer": "gpt2",
+        }
+    return {}
+
+
+def _trc2_jobs(opts: PreprocessOptions) -> list[Job]:
+    from gptx_cli.data import trc2
+
+    source = trc2.resolve_input(opts.inputs)
+    base = Path(opts.output_dir or trc2.DEFAULT_BASE)
+    split = trc2.split_trc2(source, base / "split_files", opts.buffer_len, opts.val_split_ratio)
+    if split.left_out:
+        print(
+            f"note: {split.left_out:,} of {split.lines:,} lines left out, as ModelZoo's split_trc_dataset.py "
+            f"never writes its final chunk of (at most) {opts.buffer_len:,} lines",
+            file=sys.stderr,
+        )
+    for name, files in (("train", split.train), ("eval", split.eval)):
+        if not files:
+            raise DataError(
+                f"TRC2 input {source}: {split.lines:,} lines give no {name} file "
+                f"({opts.buffer_len:,} lines per file, the last {opts.val_split_ratio:.0%} of files to eval)",
+                hint="a smaller --buffer-len gives more files",
+            )
+    return [
+        Job(name, _group_units([InputUnit("text", str(f)) for f in files], opts.shard_mb), base / name)
+        for name, files in (("train", split.train), ("eval", split.eval))
+    ]
 
 
 def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, Any]:
@@ -401,6 +508,19 @@ def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, 
         "seed": opts.seed,
         "parts": job.parts,
         "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+        "mode": opts.mode,
+        "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
+        **_modelzoo_settings(opts),
+    } | ({"use_vsl": True, "fold_long_doc": opts.fold_long_doc} if opts.use_vsl else {})
+
+
+def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
+    """The ModelZoo v2 settings that change the output (recorded in data_params.json, checked on --resume)."""
+    return {
+        "cleaning": asdict(opts.cleaning),
+        "short_seq_prob": opts.short_seq_prob,
+        "shuffle": opts.shuffle,
+        "shuffle_seed": opts.shuffle_seed if opts.shuffle else None,
     }
 
 
@@ -415,6 +535,12 @@ def _prepare_out_dir(
     if exists and opts.overwrite:
         _remove_outputs(out)
     elif exists and not opts.resume:
+        if state_dir.is_dir() and not (out / "data_params.json").is_file():
+            raise DataError(
+                f"output directory {out} holds an unfinished gptx preprocess run",
+                hint="re-run with --resume to finish it with the same inputs and arguments, "
+                "or with --overwrite to start over; --overwrite deletes only the files gptx preprocess wrote",
+            )
         raise DataError(
             f"output directory {out} already exists and is not empty",
             hint="pass --overwrite to replace it, or --resume to finish an interrupted run",
@@ -426,7 +552,8 @@ def _prepare_out_dir(
         if args_file.is_file() and json.loads(args_file.read_text()) != fingerprint:
             raise DataError(
                 f"{out} was started with different inputs or arguments; --resume needs the same ones",
-                hint="rerun with the original arguments, or use --overwrite",
+                hint="changed or fixed the input? re-run with --overwrite instead of --resume to start over, "
+                "it deletes only the files gptx preprocess wrote; otherwise repeat the original arguments",
             )
         for f in state_dir.glob("unit-*.json"):
             st = json.loads(f.read_text())
@@ -438,22 +565,38 @@ def _prepare_out_dir(
     state_dir.mkdir(exist_ok=True)
     for part in range(job.parts if job.parts > 1 else 0):  # every part the configs list exists
         (out / str(part)).mkdir(exist_ok=True)
-    _atomic_json(state_dir / "args.json", fingerprint)
+    write_json(state_dir / "args.json", fingerprint, sort_keys=True)
     # Files of incomplete units and temporary files of a killed run are redone from scratch.
     for u in range(len(job.units)):
         if u not in done:
             for f in _unit_files(out, u):
                 f.unlink()
     for f in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
-        f.unlink()
+        if not _pid_alive(f.name.rsplit(".tmp-", 1)[1]):
+            print(f"note: removed {f}, left by a preprocess run that did not finish", file=sys.stderr)
+            f.unlink()
     return done
+
+
+def _pid_alive(tag: str) -> bool:
+    """Whether the process a temporary name's pid tag names still runs on this host."""
+    pid = tag.removeprefix("old-")
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_output_file(p: Path) -> bool:
     return (
         p.name == "data_params.json"
         or (p.name.startswith("data-") and p.suffix in (".h5", ".bin", ".idx"))
-        or (p.name.startswith(".") and ".tmp-" in p.name)
+        or is_temp(p)
     )
 
 
@@ -475,12 +618,6 @@ def _remove_outputs(out: Path) -> None:
             f"note: --overwrite left {len(left)} file(s) it did not write in {out}: {', '.join(left[:5])}",
             file=sys.stderr,
         )
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _bounded_map(pool: Any, fn: Any, tasks: Iterator[tuple[Any, ...]], depth: int) -> Iterator[Any]:
@@ -511,7 +648,20 @@ def _run_unit(
     base_bytes: int,
 ) -> JobStats:
     stats = JobStats()
-    packer = Packer(opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len)
+    packer: Any = Packer(
+        opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len
+    )
+    if opts.use_vsl:
+        from gptx_cli.data.vsl import VSLPacker
+
+        packer = VSLPacker(
+            opts.max_seq_length,
+            tok.eos_id,
+            tok.pad_id,
+            opts.min_sequence_len,
+            opts.samples_per_file,
+            opts.fold_long_doc,
+        )
     writer: Any
     if opts.output_format == "hdf5":
         writer = _SampleWriter(job, u, opts.samples_per_file, opts.seed)
@@ -525,9 +675,21 @@ def _run_unit(
     subsets = frozenset(opts.pile_subsets) if opts.pile_subsets else None
     shown = 0
     done_before = base_bytes
+    short = None
+    if opts.short_seq_prob > 0:
+        import random
+
+        from gptx_cli.data.pack import ShortSequences
+
+        short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
     for unit in units:
+        if opts.mode == "finetuning":
+            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before)
+            done_before += unit.size
+            stats.input_files += 1
+            continue
         tasks = (
-            (unit.kind, unit.location, b, opts.text_key, subsets)
+            (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning)
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
         )
         consumed = 0
@@ -551,7 +713,8 @@ def _run_unit(
             stats.raw_bytes_count += batch.raw_bytes
             stats.raw_chars_count += res.chars
             if opts.output_format == "hdf5":
-                writer.add(packer.add_documents(res.tokens, res.lengths))
+                samples = packer.add_documents(res.tokens, res.lengths)
+                writer.add(short.apply(samples) if short is not None else samples)
             else:
                 packer.stats.document_tokens += len(res.tokens)
                 writer.add_documents(res.tokens, res.lengths)
@@ -562,10 +725,50 @@ def _run_unit(
     if shown > MAX_PROBLEMS_SHOWN:
         print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
     if opts.output_format == "hdf5":
-        writer.add(packer.finish())
+        last = packer.finish()
+        writer.add(short.apply(last) if short is not None else last)
     writer.close()
-    stats.samples = packer.stats
+    if opts.mode != "finetuning":
+        stats.samples = packer.stats
     return stats
+
+
+def _finetune_unit(
+    unit: InputUnit,
+    u: int,
+    opts: PreprocessOptions,
+    writer: Any,
+    pool: Any,
+    stats: JobStats,
+    progress: _Progress,
+    done_before: int,
+) -> None:
+    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order."""
+    spec = opts.finetuning
+    tasks = (
+        (unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, opts.pack_sequences)
+        for b in iter_record_batches(unit, u, text_key=opts.text_key, columns=spec.columns())
+    )
+    for task, res in _bounded_map(pool, _encode_finetune, tasks, depth=2 * max(1, opts.processes) + 2):
+        batch = task[2]
+        if res.error is not None:
+            raise DataError(res.error[0], hint=res.error[1])
+        writer.add(res.samples)
+        st, s = res.stats, stats.samples
+        stats.documents += st.examples
+        stats.documents_skipped += st.examples_skipped_chat
+        stats.examples_too_long += st.examples_too_long
+        stats.examples_too_short += st.examples_too_short
+        stats.num_masked_tokens += st.num_masked_tokens
+        stats.raw_bytes_count += batch.raw_bytes
+        stats.raw_chars_count += res.chars
+        s.n_examples += st.n_examples
+        s.num_tokens += st.num_tokens
+        s.non_pad_tokens += st.non_pad_tokens
+        s.num_pad_tokens += st.num_pad_tokens
+        s.loss_valid_tokens += st.loss_valid_tokens
+        s.document_tokens += st.example_tokens
+        progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
 
 
 def _run_job(
@@ -581,13 +784,30 @@ def _run_job(
             continue
         stats = _run_unit(job, u, units, opts, tok, pool, progress, base_bytes)
         base_bytes += sum(x.size for x in units)
-        _atomic_json(job.out_dir / STATE_DIR / f"unit-{u:05d}.json", {"unit": u, "stats": stats.to_dict()})
+        write_json(
+            job.out_dir / STATE_DIR / f"unit-{u:05d}.json",
+            {"unit": u, "stats": stats.to_dict()},
+            sort_keys=True,
+        )
         total.add(stats)
+    shuffled = job.out_dir / STATE_DIR / "shuffled"
+    if opts.shuffle and opts.output_format == "hdf5" and not shuffled.exists():
+        from gptx_cli.data.shuffle import shuffle_sample_files
+
+        shuffle_sample_files(sorted(job.out_dir.glob("data-*.h5")), opts.shuffle_seed)
+        shuffled.touch()
     if total.documents == 0:
         inputs = ", ".join(u.location for g in job.units for u in g)
         why = f" ({total.documents_skipped} malformed records skipped)" if total.documents_skipped else ""
         why += f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
         raise DataError(f"no documents in {inputs}{why}: the input is empty")
+    if opts.mode == "finetuning" and total.samples.n_examples == 0:
+        raise DataError(
+            f"{job.out_dir}: all {total.documents} examples were dropped ({total.examples_too_long} longer than "
+            f"max_seq_length {opts.max_seq_length}, {total.examples_too_short} shorter than min_sequence_len "
+            f"{opts.min_sequence_len})",
+            hint="raise --max-seq-length or lower --min-sequence-len",
+        )
     return total
 
 
@@ -626,9 +846,8 @@ def _train_tokenizer(opts: PreprocessOptions, out_root: Path) -> str:
     tok.train_from_iterator(texts(), trainer=trainer)
     out_root.mkdir(parents=True, exist_ok=True)
     path = out_root / "tokenizer.json"
-    tmp = out_root / f".tokenizer.json.tmp-{os.getpid()}"
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
     return str(path)
 
 
@@ -642,7 +861,22 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         raise UsageError("--max-seq-length, --processes and --samples-per-file must be positive")
     if opts.overwrite and opts.resume:
         raise UsageError("--overwrite and --resume exclude each other")
+    if opts.use_vsl:
+        from gptx_cli.data.vsl import check_vsl_options
+
+        check_vsl_options(opts)
+    if opts.mode == "finetuning":
+        from gptx_cli.data.finetune import check_options
+
+        check_options(opts)
+    elif opts.mode != "pretraining":
+        raise UsageError(f"--mode must be pretraining or finetuning (got '{opts.mode}')")
     tokenizer_spec = opts.tokenizer
+    if opts.train_tokenizer is not None and opts.train_tokenizer < MIN_TRAINED_VOCAB:
+        raise UsageError(
+            f"--train-tokenizer {opts.train_tokenizer}: a byte-level BPE needs at least {MIN_TRAINED_VOCAB} "
+            "entries (256 bytes + <|endoftext|> + <|padding|>); ask for more to get merges, e.g. 8000"
+        )
     if opts.train_tokenizer:
         if opts.output_dir:
             root = Path(opts.output_dir)
@@ -662,6 +896,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
                 shutil.rmtree(root)
             tokenizer_spec = _train_tokenizer(opts, root)
     tok = load_tokenizer(tokenizer_spec, tokenizer_dir=opts.tokenizer_dir, backend=opts.tokenizer_backend)
+    tok = _with_ids(tok, opts.eos_id, opts.pad_id)
     jobs = plan_jobs(opts, tok)
     total_bytes = sum(u.size for job in jobs for g in job.units for u in g)
     progress = _Progress(total_bytes, opts.progress)
@@ -671,7 +906,9 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
 
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         pool = ctx.Pool(
-            opts.processes, _init_worker, (tokenizer_spec, opts.tokenizer_dir, opts.tokenizer_backend)
+            opts.processes,
+            _init_worker,
+            (tokenizer_spec, opts.tokenizer_dir, opts.tokenizer_backend, (opts.eos_id, opts.pad_id)),
         )
     else:
         _WORKER["tok"] = tok
@@ -680,10 +917,20 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     try:
         base = 0
         for job in jobs:
+            if opts.finetuning is not None and opts.finetuning.splits:  # the split this job writes
+                opts.finetuning.split_index = [n for n, _ in opts.finetuning.splits].index(job.name)
             stats = _run_job(job, opts, tok, pool, progress, base)
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
-            _atomic_json(job.out_dir / "data_params.json", params)
+            if params["post-process"]["n_examples"] == 0:
+                raise DataError(
+                    f"{job.name}: 0 samples from {stats.documents} document(s) "
+                    f"({params['post-process'].get('document_tokens', 0)} tokens) in "
+                    f"{', '.join(params['setup']['input'][:3])}",
+                    hint=f"a sample needs at least --min-sequence-len {opts.min_sequence_len} tokens; "
+                    "give more text or a smaller --max-seq-length / --min-sequence-len",
+                )
+            write_json(job.out_dir / "data_params.json", params, sort_keys=True)  # last: marks it complete
             results[job.name] = params
     finally:
         progress.close()
@@ -705,6 +952,12 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         file=sys.stderr,
     )
     return results
+
+
+def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:
+    from gptx_cli.data.vsl import VSL_FEATURES
+
+    return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True, "fold_long_doc": opts.fold_long_doc}}
 
 
 def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
@@ -730,7 +983,10 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             "samples_per_file": opts.samples_per_file,
             "seed": opts.seed,
             "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+            "mode": opts.mode,
+            "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
+            **_modelzoo_settings(opts),
         },
         "features": ["input_ids", "attention_mask", "labels"],
         "post-process": stats.to_dict(),
-    }
+    } | (vsl_data_params(opts) if opts.use_vsl else {})

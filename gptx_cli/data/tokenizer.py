@@ -310,6 +310,15 @@ def _load_from_hub(name: str, searched: list[str]) -> Any:
         ) from None
 
 
+GPT2_PAIR_SEP = "::"
+
+
+def gpt2_pair_spec(encoder_json: str, vocab_bpe: str) -> str:
+    """A tokenizer spec for a GPT-2 encoder.json + vocab.bpe pair with any file names
+    (ModelZoo's `custom_tokenizer: gpt2tokenizer`): `ENCODER_JSON::VOCAB_BPE`."""
+    return f"{encoder_json}{GPT2_PAIR_SEP}{vocab_bpe}"
+
+
 def load_tokenizer(
     name_or_path: str | os.PathLike[str],
     *,
@@ -326,7 +335,14 @@ def load_tokenizer(
     found: tuple[str, Path, Path | None] | None = None
     hf: Any = None
     name = spec
-    if spec in PRESETS and not path.exists():
+    if GPT2_PAIR_SEP in spec and not path.exists():
+        enc, bpe = (Path(p).expanduser() for p in spec.split(GPT2_PAIR_SEP, 1))
+        for p in (enc, bpe):
+            if not p.is_file():
+                raise DataError(f"GPT-2 tokenizer file {p} does not exist")
+        found = ("gpt2", enc, bpe)
+        name = "gpt2"
+    elif spec in PRESETS and not path.exists():
         found = _resolve_preset(spec, tokenizer_dir)
         if found is None:
             searched = [str(p) for p in (tokenizer_dir, os.environ.get(TOKENIZER_DIR_ENV)) if p]

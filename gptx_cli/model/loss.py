@@ -164,17 +164,19 @@ def lm_loss(
     loss_scaling: str = "num_tokens",
     loss_weight: float = 1.0,
     chunk_logits: int = CHUNK_LOGITS,
-    **model_kwargs: Any,
+    **model_inputs: Tensor,
 ) -> LossOutput:
     """Run `model` (a Transformer, or a wrapper exposing hidden_states/logits) and compute the loss.
-    `model_kwargs` (batch keys beyond ids, labels and mask, e.g. position_ids) go to the model."""
+
+    `model_inputs` (e.g. a VSL batch's `position_ids` and `attention_span`) go to the model's forward
+    as keyword arguments."""
     if loss_scaling not in ("num_tokens", "batch_size"):
         raise ConfigError(f"model.loss_scaling: {loss_scaling!r} should be 'num_tokens' or 'batch_size'")
     if loss_scaling == "num_tokens" and loss_weight != 1.0:
         raise ConfigError(
             "model.loss_weight: loss_scaling 'num_tokens' requires loss_weight 1.0 (as in ModelZoo)"
         )
-    hidden = model(input_ids, hidden_only=True, **model_kwargs)
+    hidden = model(input_ids, hidden_only=True, **model_inputs)
     inner = cast("Transformer", unwrap(model))
     b, t, h = hidden.shape
     weight, bias, scale = inner.output_weight, inner.lm_head.bias, inner.logits_scale

@@ -49,6 +49,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gptx_cli.config.spec import ModelConfig
 from gptx_cli.errors import ConfigError
+from gptx_cli.model.doc_attention import AttentionMask
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -200,6 +201,7 @@ class Attention(nn.Module):
         sin: Tensor | None,
         cache: tuple[Tensor, Tensor] | None = None,
         start_pos: int = 0,
+        masking: AttentionMask | None = None,
     ) -> Tensor:
         b, t, h = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim)
@@ -223,15 +225,18 @@ class Attention(nn.Module):
                 q_pos = torch.arange(start_pos, end, device=x.device)[:, None]
                 mask = torch.arange(end, device=x.device)[None, :] <= q_pos
                 is_causal = False
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            scale=self.scale,
-        )
+        if masking is not None:
+            out = masking.attend(q, k, v, scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=is_causal,
+                scale=self.scale,
+            )
         return self.out(out.transpose(1, 2).reshape(b, t, h))
 
 
@@ -270,10 +275,11 @@ class Block(nn.Module):
         sin: Tensor | None,
         cache: tuple[Tensor, Tensor] | None = None,
         start_pos: int = 0,
+        masking: AttentionMask | None = None,
     ) -> Tensor:
         ln_2 = self.ln_2 if self.ln_2 is not None else self.ln_1
         h = self.ln_1(x)
-        a = self._drop(self.attn(h, cos, sin, cache, start_pos))
+        a = self._drop(self.attn(h, cos, sin, cache, start_pos, masking))
         if self.parallel:
             m = self._drop(self.mlp(h if self.ln_2 is None else ln_2(x)))
             return a + m + x
@@ -318,6 +324,9 @@ class Transformer(nn.Module):
         self._rope: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
         # Recompute each block in backward instead of storing its activations (optimize.py sets it).
         self.activation_checkpointing = False
+        # Implementation of the document (VSL) mask: "auto" (per device, by measurement) or one of
+        # doc_attention.VSL_BACKENDS; `vsl_backend(device)` names the one in use.
+        self.vsl_attention = "auto"
 
     # -- rotary tables -------------------------------------------------------------------------
 
@@ -339,10 +348,25 @@ class Transformer(nn.Module):
     def output_weight(self) -> Tensor:
         return self.embed.weight if self.lm_head.weight is None else self.lm_head.weight
 
+    def vsl_backend(self, device: torch.device | str) -> str:
+        """The document-mask implementation `attention_span` inputs use on `device`."""
+        from gptx_cli.model.doc_attention import select_backend
+
+        dropout = bool(self.cfg.attention_dropout_rate) and self.training
+        grad = torch.is_grad_enabled() and self.training
+        return select_backend(self.vsl_attention, torch.device(device), dropout=dropout, grad=grad)
+
     def hidden_states(
-        self, input_ids: Tensor, *, kv_cache: KVCache | None = None, start_pos: int = 0
+        self,
+        input_ids: Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+        position_ids: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        attention_span: Tensor | None = None,
     ) -> Tensor:
-        """The final-LayerNorm output [B, T, hidden] (what the LM head projects)."""
+        """The final-LayerNorm output [B, T, hidden] (what the LM head projects); arguments as `forward`."""
         t = input_ids.shape[1]
         x = self.embed(input_ids)
         if self.embeddings_scale != 1.0:
@@ -357,15 +381,31 @@ class Transformer(nn.Module):
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
             cos_all, sin_all = self.rotary_tables(start_pos + t, x.device, dtype)
-            # [T, 1, 1, rot/2]: broadcasts over the stacked (q, k) axis and heads of [B, T, 2, H, D].
-            cos = cos_all[start_pos : start_pos + t, None, None, :]
-            sin = sin_all[start_pos : start_pos + t, None, None, :]
+            if position_ids is None:
+                # [T, 1, 1, rot/2]: broadcasts over the stacked (q, k) axis and heads of [B, T, 2, H, D].
+                cos = cos_all[start_pos : start_pos + t, None, None, :]
+                sin = sin_all[start_pos : start_pos + t, None, None, :]
+            else:
+                # [B, T, 1, 1, rot/2]: each row's own positions.
+                ids = position_ids.to(x.device, torch.long)
+                cos = cos_all[ids][:, :, None, None, :]
+                sin = sin_all[ids][:, :, None, None, :]
+        if attention_span is not None and kv_cache is not None:
+            raise ValueError("attention_span does not combine with kv_cache; pass attn_mask instead")
+        masking = AttentionMask.build(
+            attn_mask=None if attn_mask is None else attn_mask.to(x.device),
+            attention_span=attention_span,
+            backend=self.vsl_attention,
+            device=x.device,
+            dropout=bool(self.cfg.attention_dropout_rate) and self.training,
+            grad=torch.is_grad_enabled(),
+        )
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.keys[i], kv_cache.values[i]) if kv_cache is not None else None
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, cache, start_pos, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, cache, start_pos, masking, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, cache, start_pos)
+                x = layer(x, cos, sin, cache, start_pos, masking)
         return self.ln_f(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -381,10 +421,31 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         hidden_only: bool = False,
+        position_ids: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        attention_span: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, T, vocab]; `hidden_only=True` returns the final hidden states instead (lm_loss runs
-        the head itself in chunks, and calls through `model(...)` so DDP/FSDP wrappers see the forward)."""
-        hidden = self.hidden_states(input_ids, kv_cache=kv_cache, start_pos=start_pos)
+        the head itself in chunks, and calls through `model(...)` so DDP/FSDP wrappers see the forward).
+
+        Optional, for packed (VSL) samples and left-padded batches (none given: plain causal SDPA):
+        - `position_ids` [B, T] long: rotary position of each token (default start_pos + arange(T)).
+        - `attn_mask`: bool, True = may attend, broadcastable to [B, 1, T, T_kv] (T_kv = start_pos + T
+          with a KV cache, else T); it replaces the causal mask, so it must include causality, and every
+          query row must see at least one key (`doc_attention.causal_padding_mask` builds one for
+          left-padded batches).
+        - `attention_span` [B, T]: ModelZoo's VSL row; key k is visible to query q iff
+          k <= q <= k + attention_span[k], so tokens attend only within their own document. Its
+          implementation is picked per device (`vsl_backend`). Not with a KV cache.
+        """
+        hidden = self.hidden_states(
+            input_ids,
+            kv_cache=kv_cache,
+            start_pos=start_pos,
+            position_ids=position_ids,
+            attn_mask=attn_mask,
+            attention_span=attention_span,
+        )
         return hidden if hidden_only else self.logits(hidden)
 
     def new_kv_cache(

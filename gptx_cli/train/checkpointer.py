@@ -25,6 +25,8 @@ import torch
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import CheckpointError, UsageError
+from gptx_cli.fsutil import temp_path
+from gptx_cli.model.lora import LoraRun, is_adapter
 from gptx_cli.train import parallel, state
 
 
@@ -64,6 +66,7 @@ class Checkpointer:
         self.progress: dict[str, Any] = {"best_eval_loss": None}  # saved with the train state
         self.last: Path | None = None  # the latest checkpoint written or resumed from
         self._objects: tuple[Any, ...] | None = None
+        self.lora: Any = None  # model.lora.LoraRun: weights from its base, adapter-only checkpoints
         self.source, self.load_states = self._resume_source(
             checkpoint_path, load_checkpoint_states, continue_pretrain
         )
@@ -97,7 +100,8 @@ class Checkpointer:
 
     @property
     def loads_weights(self) -> bool:
-        return self.source is not None and "model" in self.load_states
+        source = self.lora.base_source() if self.lora else self.source
+        return source is not None and "model" in self.load_states
 
     # ------------------------------------------------------------------------------------ loading
     def load_weights(self, model: torch.nn.Module) -> None:
@@ -107,7 +111,7 @@ class Checkpointer:
         from gptx_cli.checkpoint import is_gptx_checkpoint
         from gptx_cli.model.api import open_weights
 
-        source = self.source
+        source = self.lora.base_source() if self.lora else self.source
         assert source is not None
         if not source.exists():
             raise CheckpointError(f"{source}: checkpoint not found")
@@ -116,7 +120,7 @@ class Checkpointer:
                 f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
             )
         device = torch.device(self.dist.device)
-        params = dict(model.named_parameters())  # the Transformer has no buffers
+        params = {n: p for n, p in model.named_parameters() if not is_adapter(n)}  # no buffers; LoRA adapters
         loaded: set[str] = set()
         extra: list[str] = []
         with open_weights(source) as (ckpt_cfg, tensors):
@@ -208,7 +212,7 @@ class Checkpointer:
         optim_state: dict[str, Any] | None = None
         weights: Any
         if parallel.is_sharded(d, self.strategy):
-            staged = self.model_dir / f".optim-{step}.tmp"
+            staged = temp_path(self.model_dir / f"optim-{step}", "dcp")  # one name on every rank
             state.save_sharded_optimizer(wrapped, optimizer, staged)
             # Gathered one tensor at a time on every rank (the same order everywhere) and streamed to
             # rank 0's shard writer: rank 0 never holds more than a shard of the full model.
@@ -216,6 +220,7 @@ class Checkpointer:
         else:
             optim_state = state.optimizer_state(wrapped, optimizer)
             weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(model).state_dict().items()}
+        saved = LoraRun.select(weights) if self.lora else weights  # LoRA: the adapters only
         if d.is_main:
             train_state = {
                 "step": step,
@@ -231,12 +236,13 @@ class Checkpointer:
             try:
                 save_checkpoint_dir(
                     path,
-                    weights,
+                    saved,
                     spec.model,
                     step=step,
                     config_yaml_dict=spec.raw or None,
                     tokenizer=recorded_tokenizer(spec.train_data.data_dir) if spec.train_data else None,
-                    extra={"trained_by": "gptx train", "world_size": d.world_size},
+                    extra={"trained_by": "gptx train", "world_size": d.world_size}
+                    | ({"lora": self.lora.meta()} if self.lora else {}),
                     write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
                 )
             finally:  # a failed write still takes part in the other ranks' gathers, then raises

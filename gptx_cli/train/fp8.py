@@ -38,7 +38,7 @@ def apply_fp8(model: torch.nn.Module) -> int:
 
     def eligible(module: torch.nn.Module, fqn: str) -> bool:
         return (
-            isinstance(module, torch.nn.Linear)
+            type(module) is torch.nn.Linear  # not LoRA's adapted layers
             and fqn.startswith("layers.")
             and module.in_features % 16 == 0
             and module.out_features % 16 == 0

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from gptx_cli.fsutil import write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -63,9 +64,7 @@ def truncate_metrics(model_dir: Path, after_step: int) -> None:
                 kept.append(line)
         except (ValueError, AttributeError):
             continue
-    tmp = path.with_name(f"{METRICS_FILE}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _fmt(value: Any) -> str:
@@ -127,9 +126,13 @@ class MetricsLogger:
         start_step: int,
         console: str = "auto",
         tensorboard: bool = True,
+        tensorboard_dir: Path | None = None,
+        sinks: list[Any] | None = None,
         window: ThroughputWindow | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self._tb_dir = tensorboard_dir or model_dir  # TensorBoardLogger's summary_dir (train/callbacks.py)
+        self._sinks = list(sinks or [])  # loggers that get every record (WandbLogger)
         self.window = window
         model_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(model_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115 - closed in close()
@@ -165,12 +168,14 @@ class MetricsLogger:
             except ImportError:  # tensorboard not installed: JSONL and console still work
                 self._tensorboard = False
                 return None
-            self._writers[split] = SummaryWriter(log_dir=str(self.model_dir / split))
+            self._writers[split] = SummaryWriter(log_dir=str(self._tb_dir / split))
         return self._writers[split]
 
     def log(self, record: dict[str, Any]) -> None:
         record = {k: v for k, v in record.items() if v is not None}
         self._file.write(json.dumps(record) + "\n")
+        for sink in self._sinks:
+            sink.log(record)
         split, step = record["split"], int(record["step"])
         if split == "train" and "loss" in record:
             self.train_losses.append(float(record["loss"]))
@@ -253,3 +258,6 @@ class MetricsLogger:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        for sink in self._sinks:
+            sink.close()
+        self._sinks.clear()

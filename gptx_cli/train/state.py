@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from gptx_cli.errors import CheckpointError
+from gptx_cli.fsutil import atomic_path
 
 TRAIN_STATE_FILE = "train_state.pt"
 OPTIM_DIR = "optim"
@@ -124,9 +125,8 @@ def save_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimi
 
 def write_train_state(directory: Path, state: dict[str, Any], staged_optim: Path | None = None) -> None:
     """Write train_state.pt into a checkpoint's temporary directory (and move a staged optim/ in)."""
-    tmp = directory / f"{TRAIN_STATE_FILE}.tmp-{os.getpid()}"
-    torch.save({"version": VERSION, **state}, tmp)
-    os.replace(tmp, directory / TRAIN_STATE_FILE)
+    with atomic_path(directory / TRAIN_STATE_FILE) as tmp:
+        torch.save({"version": VERSION, **state}, tmp)
     if staged_optim is not None:
         os.replace(staged_optim, directory / OPTIM_DIR)
 

@@ -28,6 +28,7 @@ keyword arguments.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +52,12 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
         self.loss_scaling, self.loss_weight = loss_scaling, loss_weight
-        self.chunking = {"chunk_logits": chunk_logits} if chunk_logits else {}  # lm_loss's default else
+        self.chunk_logits = chunk_logits  # None: lm_loss's default
 
     def forward(
         self, input_ids: Tensor, labels: Tensor, loss_mask: Tensor, **model_kwargs: Any
     ) -> tuple[Any, ...]:
-        from gptx_cli.model.loss import lm_loss
+        from gptx_cli.model.loss import CHUNK_LOGITS, lm_loss
 
         out = lm_loss(
             self.model,
@@ -65,7 +66,7 @@ class LossModule(torch.nn.Module):
             loss_mask,
             loss_scaling=self.loss_scaling,
             loss_weight=self.loss_weight,
-            **self.chunking,
+            chunk_logits=self.chunk_logits or CHUNK_LOGITS,
             **model_kwargs,
         )
         return out.loss, out.loss_sum, out.num_tokens, out.num_correct
@@ -98,6 +99,8 @@ class Stepper:
         loss_scaling: str = "num_tokens",
         dist: parallel.Dist | None = None,
         start_step: int = 0,
+        before_backward: Callable[[], None] | None = None,
+        before_optimizer_step: Callable[[], None] | None = None,
     ) -> None:
         self.module, self.schedule = module, schedule
         self.optimizer: Any = optimizer  # any of train.optim's: step(grad_multiplier=, found_inf=)
@@ -109,6 +112,8 @@ class Stepper:
         self.dist = dist or parallel.Dist(device=str(self.device))
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.global_step = start_step  # the steps taken so far (the next one is global_step + 1)
+        # Callback hooks (ModelZoo's ComputeNorm: train/callbacks.py); None: nothing runs
+        self.before_backward, self.before_optimizer_step = before_backward, before_optimizer_step
         # CheckLoss on the device: [first bad step (or -1), its loss, its grad norm]
         self._first_bad = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
 
@@ -130,6 +135,8 @@ class Stepper:
             parallel.all_reduce_tensor(denom)
         weights = (local * d.world_size / denom.clamp(min=1.0)).float()
         loss_acc = torch.zeros((), dtype=torch.float64, device=dev)
+        if self.before_backward is not None:
+            self.before_backward()
         for i in range(n_micro):
             s = slice(i * micro, (i + 1) * micro)
             kwargs = {k: v[s] for k, v in extra.items()}
@@ -155,6 +162,8 @@ class Stepper:
     def _optimizer_step(self, step_loss: Tensor) -> tuple[Tensor, Tensor]:
         """Unscale, clip and step (skipped on the device when not finite); returns (norm, finite)."""
         self.scaler.unscale_([p.grad for p in self.params if p.grad is not None])
+        if self.before_optimizer_step is not None:
+            self.before_optimizer_step()
         norm, multiplier = clip_gradients_on_device(
             self.params, self.precision.max_gradient_norm, self.precision.max_gradient_value
         )

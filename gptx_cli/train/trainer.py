@@ -36,7 +36,9 @@ import torch
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import ConfigError, DataError, UsageError
+from gptx_cli.model.lora import LoraRun, init_adapters, is_adapter
 from gptx_cli.train import parallel
+from gptx_cli.train.callbacks import Callbacks, build_callbacks
 from gptx_cli.train.checkpointer import Checkpointer, checkpoint_dir_name
 from gptx_cli.train.metrics import MetricsLogger, ThroughputWindow, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import build_optimizer, optimizer_learning_rate
@@ -99,12 +101,17 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        run = _Run(spec, options, dist)
-        if target == "CSX":
-            run.notes.append(
-                f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
-            )
-        return run.run()
+        from gptx_cli.train.lock import model_dir_lock
+
+        with (
+            model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else contextlib.nullcontext()
+        ):
+            run = _Run(spec, options, dist)
+            if target == "CSX":
+                run.notes.append(
+                    f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
+                )
+            return run.run()
     finally:
         parallel.shutdown(dist)
 
@@ -120,6 +127,7 @@ class _Run:
         self.log: MetricsLogger | None = None
         self.notes: list[str] = list(spec.notes) + precision_notes(spec.precision)
         self.losses: list[float] = []  # every step's loss, read at the sync points
+        self.callbacks = Callbacks([], self.model_dir, enabled=False)
 
     # ------------------------------------------------------------------------------------ setup
     def _say(self, message: str) -> None:
@@ -160,6 +168,8 @@ class _Run:
 
         inits = resolved_initializers(self.spec.model)
         for name, param in model.named_parameters():
+            if is_adapter(name):
+                continue  # LoRA adapters: LoraRun
             full = torch.empty(param.shape, dtype=param.dtype, device=self.device)
             initialize_tensor(full, name, inits, self.seed)
             parallel.copy_full_into(param, full)
@@ -189,8 +199,15 @@ class _Run:
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
         sharded = parallel.is_sharded(self.dist, self.strategy)
         model = build_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
+        self.lora = LoraRun.create(spec, self.ckpt.source, self.ckpt.load_states, self.seed)
+        if self.lora and self.lora.adapter_source is None and self.ckpt.load_states:
+            self.ckpt.load_states = {"model"}  # a new LoRA run on a base model: its weights only
+            self.notes.append(f"LoRA on the base model {self.lora.base_source()}: weights only, step 0")
+        self.ckpt.lora = self.lora
         if self.ckpt.loads_weights and not sharded:
             self.ckpt.load_weights(model)
+        if self.lora:
+            self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if options.activation_checkpointing or spec.backend.activation_checkpointing:
             from gptx_cli.model.optimize import apply_activation_checkpointing
@@ -216,6 +233,10 @@ class _Run:
                 self.ckpt.load_weights(model)
             else:
                 self._initialize_shards(model)
+            if self.lora:
+                init_adapters(model, self.seed, copy=parallel.copy_full_into)
+        if self.lora:
+            self.lora.load_adapters(model, self.device, copy=parallel.copy_full_into)
         groups = optimizer_param_groups(parallel.unwrap(self.model), spec.model)
         self.optimizer = build_optimizer(spec.optimizer, groups)
         self.schedule = LRSchedule(
@@ -248,6 +269,7 @@ class _Run:
                 f"data max_sequence_length {msl} exceeds model.max_position_embeddings "
                 f"{spec.model.max_position_embeddings}"
             )
+        self.callbacks = build_callbacks(spec, self.model_dir, enabled=d.is_main)  # ComputeNorm, loggers
         self.stepper = Stepper(
             self.wrapped,
             self.optimizer,
@@ -259,6 +281,8 @@ class _Run:
             loss_scaling=spec.model.loss_scaling,
             dist=d,
             start_step=start,
+            before_backward=lambda: self.callbacks.on_before_backward(self.model),
+            before_optimizer_step=lambda: self.callbacks.on_before_optimizer_step(self.model),
         )
         self.tokens_per_step = global_batch * msl
         if d.is_main:
@@ -271,7 +295,12 @@ class _Run:
                 start_step=start,
             )
             self.log = MetricsLogger(
-                self.model_dir, total_steps=end, start_step=start, console=self.options.console, window=window
+                self.model_dir, total_steps=end, start_step=start, console=self.options.console,
+                tensorboard_dir=self.callbacks.tensorboard_dir, sinks=self.callbacks.sinks, window=window,
+            )  # fmt: skip
+        if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
+            self.notes.append(
+                f"use_vsl: document-masked attention ({parallel.unwrap(self.model).vsl_backend(self.device)})"
             )
         for note in self.notes:
             self._say(f"note: {note}")
@@ -306,6 +335,7 @@ class _Run:
                     "grad_norm": grad_norm,
                     "loss_scale": self.scaler.scale if self.scaler.dynamic else None,
                     "memory_gib": _memory_gib(self.device),
+                    **self.callbacks.metrics(),
                 },
             )
 

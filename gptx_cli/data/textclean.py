@@ -1,0 +1,108 @@
+"""ModelZoo's text clean-up before tokenising, and the read hooks gptx runs.
+
+ModelZoo (data_preparation/data_preprocessing) turns each input record into text through a *read hook*
+and cleans the text with `clean_text`: `ftfy.fix_text(text, normalization=ftfy_normalizer)` when
+`use_ftfy`, then `wikitext_detokenizer` when `wikitext_detokenize`. An empty result is not a document.
+`text_read_hook` also strips the text. The same functions, with the same libraries, are here; the
+preprocessor applies a `TextCleaning` to every document in its worker processes.
+
+Read hooks gptx runs (by the function name at the end of ModelZoo's `module:function` path):
+`text_read_hook` (pretraining), `nlg_read_hook` (`setup.mode: nlg`, gptx_cli/data/nlg.py);
+`prompt_completion_text_read_hook` and `chat_read_hook` are the finetuning mode's (gptx_cli/data/finetune.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TEXT_HOOKS = ("text_read_hook",)
+NLG_HOOKS = ("nlg_read_hook",)
+FINETUNING_HOOKS = ("prompt_completion_text_read_hook", "chat_read_hook")
+# ModelZoo hooks for models gptx does not train (images, DPO pairs, embeddings, ...).
+UNSUPPORTED_HOOKS = {
+    "finetuning_llava_hook": "multimodal (LLaVA) data",
+    "pretraining_image_captions_hook": "multimodal (image caption) data",
+    "dpo_read_hook": "DPO preference pairs",
+    "prompt_completion_chat_read_hook": "chat-template finetuning with images",
+    "finetuning_image_captions_hook": "multimodal (image caption) data",
+    "multimodal_finetuning_hook": "multimodal data",
+    "fim_read_hook": "fill-in-the-middle data",
+}
+
+
+def wikitext_detokenizer(string: str) -> str:
+    """ModelZoo's (and Megatron's) detokenizer for WikiText's tokenised text, rule for rule."""
+    # contractions
+    string = string.replace("s '", "s'")
+    string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
+    # number separators
+    string = string.replace(" @-@ ", "-")
+    string = string.replace(" @,@ ", ",")
+    string = string.replace(" @.@ ", ".")
+    # punctuation
+    string = string.replace(" : ", ": ")
+    string = string.replace(" ; ", "; ")
+    string = string.replace(" . ", ". ")
+    string = string.replace(" ! ", "! ")
+    string = string.replace(" ? ", "? ")
+    string = string.replace(" , ", ", ")
+    # double brackets
+    string = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", string)
+    string = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", string)
+    string = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", string)
+    string = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', string)
+    string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
+    # miscellaneous
+    string = string.replace("= = = =", "====")
+    string = string.replace("= = =", "===")
+    string = string.replace("= =", "==")
+    string = string.replace(" " + chr(176) + " ", chr(176))
+    string = string.replace(" \n", "\n")
+    string = string.replace("\n ", "\n")
+    string = string.replace(" N ", " 1 ")
+    string = string.replace(" 's", "'s")
+    return string
+
+
+@dataclass(frozen=True)
+class TextCleaning:
+    """What happens to a document's text before tokenising (picklable: it travels to the workers).
+
+    `strip`: text_read_hook's `.strip()`. `lines`: a `.txt` file is one document per line (ModelZoo's
+    v2 reader reads `.txt` with the `datasets` text builder) instead of one per file."""
+
+    strip: bool = False
+    use_ftfy: bool = False
+    ftfy_normalizer: str | None = "NFC"
+    wikitext_detokenize: bool = False
+    lines: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.strip or self.use_ftfy or self.wikitext_detokenize or self.lines
+
+    def clean(self, text: str) -> str:
+        if self.strip:
+            text = text.strip()
+        if self.use_ftfy:
+            import ftfy
+
+            text = ftfy.fix_text(text, normalization=self.ftfy_normalizer)
+        if self.wikitext_detokenize:
+            text = wikitext_detokenizer(text)
+        return text
+
+    def apply(self, texts: list[str], kind: str) -> tuple[list[str], int]:
+        """(cleaned non-empty texts, number that came out empty)."""
+        if kind == "text" and self.lines:
+            texts = [line for t in texts for line in t.splitlines()]
+        out: list[str] = []
+        empty = 0
+        for t in texts:
+            t = self.clean(t)
+            if t:
+                out.append(t)
+            else:
+                empty += 1
+        return out, empty

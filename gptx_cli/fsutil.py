@@ -1,0 +1,85 @@
+"""Nothing half-written: every output is written under a temporary name in its own directory and renamed
+into place when complete, so a crash leaves either the old file or the new one, never a torn one.
+
+One temporary-name convention: `.<name>.tmp-<pid>` (hidden, next to the target; `is_temp` recognises
+it, and readers skip such names). Torch-free, imports nothing from gptx_cli but errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TEMP_MARK = ".tmp-"
+
+
+def temp_path(path: str | os.PathLike[str], tag: str | int | None = None) -> Path:
+    """The temporary name for `path`: `.<name>.tmp-<tag>`, tag defaulting to this process's pid."""
+    p = Path(path)
+    return p.with_name(f".{p.name}{TEMP_MARK}{os.getpid() if tag is None else tag}")
+
+
+def is_temp(path: str | os.PathLike[str]) -> bool:
+    """True for a name written by `temp_path` (an unfinished or abandoned write)."""
+    return TEMP_MARK in Path(path).name
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write `path`'s content to; renamed onto `path` when the block succeeds,
+    removed when it fails. The parent directory is created."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, sort_keys: bool = False, **dumps: Any) -> Path:
+    """`data` as indented JSON with a final newline."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, **dumps) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory; when the block succeeds it replaces `path` (an existing `path` is
+    swapped out first and then deleted), when it fails it is deleted."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = temp_path(final, f"old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
