@@ -17,7 +17,10 @@
 #   TARGET=CPU bash benchmarks/gpu/trainer_slice.sh          # the same commands at toy size on the CPU
 #
 # Data: the built-in python-docs corpus at SEQ (2048) tokens per sample. Wheels for packages the GPU
-# image lacks (jsonschema; torchao for row 3) can travel in ./.whl.
+# image lacks travel in ./.whl: jsonschema and its dependencies, and for row 3 torchao (the H200 image
+# has none; pick the torchao release built for the image's torch, 2.11 when last read, e.g.
+# `pip download --no-deps --only-binary=:all: torchao==<version> -d .whl`). Without torchao, row 3
+# prints the trainer's one-line error and the script goes on.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-$(command -v python3 || command -v python)}"

@@ -36,11 +36,10 @@ import torch
 from torch import Tensor
 
 from gptx_cli.config.spec import PrecisionSpec
+from gptx_cli.data.loader import model_inputs
 from gptx_cli.errors import GptxError
 from gptx_cli.train import parallel
 from gptx_cli.train.precision import LossScaler, autocast, clip_gradients_on_device
-
-CORE_KEYS = ("input_ids", "labels", "attention_mask")
 
 
 class LossModule(torch.nn.Module):
@@ -119,9 +118,10 @@ class Stepper:
 
     def __call__(self, batch: dict[str, Tensor]) -> StepOutput:
         d, dev = self.dist, self.device
-        on = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-        ids, labels, mask = (on[k] for k in CORE_KEYS)
-        extra = {k: v for k, v in on.items() if k not in CORE_KEYS}
+        ids, labels, mask = (
+            batch[k].to(dev, non_blocking=True) for k in ("input_ids", "labels", "attention_mask")
+        )
+        extra = model_inputs(batch, dev)  # e.g. VSL's position_ids and attention_span
         rows = ids.shape[0]
         micro = self.micro or rows
         n_micro = rows // micro
