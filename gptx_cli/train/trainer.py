@@ -654,8 +654,7 @@ class _Run:
             it = iter(loader)
             while step < end:
                 batch = next(it)
-                if step == start:
-                    _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)
+                _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)  # every batch: CPU
                 lr = self.schedule.lr
                 loss, grad_norm = self._train_step(batch, micro, n_micro)
                 if step == start:
