@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from gptx_cli.config.load import KeyPath
+from gptx_cli.config.legacy import IGNORED_RUNCONFIG_KEYS
+from gptx_cli.config.load import dataloader_sections
+from gptx_cli.config.schemas import KeyPath, did_you_mean
 
 NO_EFFECT_PREFIX = "accepted for ModelZoo compatibility; has no effect in gptx"
 _CEREBRAS = "a Cerebras (CSX) system setting"
@@ -115,8 +117,6 @@ def no_effect_message(section: str, key: str) -> str:
 
 
 def _sections(trainer: dict[str, Any]) -> Iterator[tuple[str, KeyPath, dict[str, Any]]]:
-    from gptx_cli.config.validate import _loaders
-
     init = (trainer.get("trainer") or {}).get("init")
     if not isinstance(init, dict):
         return
@@ -126,7 +126,7 @@ def _sections(trainer: dict[str, Any]) -> Iterator[tuple[str, KeyPath, dict[str,
         body = init.get(name)
         if isinstance(body, dict):
             yield name, base + (name,), body
-    for path, loader in _loaders(trainer):
+    for path, loader in dataloader_sections(trainer):
         yield "data", path, loader
     va = (trainer.get("trainer") or {}).get("validate_all")
     if isinstance(va, dict):
@@ -145,8 +145,6 @@ def no_effect_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str]]:
 
 def legacy_no_effect_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     """The same for keys of a legacy config that its conversion drops (paths as written)."""
-    from gptx_cli.config.legacy import IGNORED_RUNCONFIG_KEYS
-
     out: list[tuple[KeyPath, str]] = []
     if "wandb" in data:
         out.append((("wandb",), no_effect_message("legacy", "wandb")))
@@ -159,7 +157,7 @@ def legacy_no_effect_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]
 
 
 # trainer.init.callbacks / loggers gptx runs (gptx_cli/train/callbacks.py), with the settings each takes.
-CALLBACKS: dict[str, tuple[str, ...]] = {"ComputeNorm": ()}
+CALLBACKS: dict[str, tuple[str, ...]] = {"ComputeNorm": (), "Lora": ("lora_params",)}  # Lora: model/lora.py
 LOGGERS: dict[str, tuple[str, ...]] = {
     "TensorBoardLogger": ("summary_dir", "log_dir", "legacy_event_dirs"),
     "WandbLogger": ("project", "group", "run_id", "run_name", "job_type", "tags", "resume", "entity"),
@@ -168,8 +166,6 @@ LOGGERS: dict[str, tuple[str, ...]] = {
 
 def callback_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     """Errors for callbacks / loggers gptx does not run, or settings they do not take (did-you-mean)."""
-    from gptx_cli.config.validate import did_you_mean
-
     out: list[tuple[KeyPath, str]] = []
     init = (trainer.get("trainer") or {}).get("init")
     if not isinstance(init, dict):

@@ -26,8 +26,9 @@ import torch
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import CheckpointError, UsageError
 from gptx_cli.fsutil import temp_path
-from gptx_cli.model.lora import LoraRun, is_adapter
+from gptx_cli.model.lora import is_adapter
 from gptx_cli.train import parallel, state
+from gptx_cli.train.lora import LoraRun
 
 
 def checkpoint_dir_name(spec: RunSpec, step: int) -> str:
@@ -76,11 +77,11 @@ class Checkpointer:
         self, checkpoint_path: str | None, load_states: str | None, continue_pretrain: bool
     ) -> tuple[Path | None, set[str]]:
         """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
-        from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint
+        from gptx_cli.checkpoint import latest_checkpoint, locate
 
         explicit = checkpoint_path or self.spec.ckpt_path
-        if explicit and not is_gptx_checkpoint(explicit) and latest_checkpoint(explicit) is not None:
-            explicit = str(latest_checkpoint(explicit))  # a model_dir stands for its latest checkpoint
+        if explicit:
+            explicit = str(locate(explicit)[0])  # a model_dir stands for its latest checkpoint
         latest = latest_checkpoint(self.model_dir) if self.spec.checkpoint.autoload_last_checkpoint else None
         if continue_pretrain:
             if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
@@ -108,23 +109,17 @@ class Checkpointer:
         """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
         tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
         process's shard of it is kept), so neither the host nor the device holds a second model."""
-        from gptx_cli.checkpoint import is_gptx_checkpoint
-        from gptx_cli.model.api import open_weights
+        from gptx_cli.checkpoint import resolve
 
         source = self.lora.base_source() if self.lora else self.source
         assert source is not None
-        if not source.exists():
-            raise CheckpointError(f"{source}: checkpoint not found")
-        if not is_gptx_checkpoint(source) and not (source / "config.json").is_file():
-            raise CheckpointError(
-                f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
-            )
+        found = resolve(source)
         device = torch.device(self.dist.device)
         params = {n: p for n, p in model.named_parameters() if not is_adapter(n)}  # no buffers; LoRA adapters
         loaded: set[str] = set()
         extra: list[str] = []
-        with open_weights(source) as (ckpt_cfg, tensors):
-            self._note_config_differences(ckpt_cfg, source)
+        with found.open_weights() as tensors:
+            self._note_config_differences(found.config, source)
             for name, tensor in tensors:
                 param = params.get(name)
                 if param is None:

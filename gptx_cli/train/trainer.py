@@ -36,10 +36,11 @@ import torch
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import ConfigError, DataError, UsageError
-from gptx_cli.model.lora import LoraRun, init_adapters, is_adapter
+from gptx_cli.model.lora import init_adapters, is_adapter
 from gptx_cli.train import parallel
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
 from gptx_cli.train.checkpointer import Checkpointer, checkpoint_dir_name
+from gptx_cli.train.lora import LoraRun
 from gptx_cli.train.metrics import MetricsLogger, ThroughputWindow, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import build_optimizer, optimizer_learning_rate
 from gptx_cli.train.precision import LossScaler, autocast, precision_notes
@@ -176,8 +177,7 @@ class _Run:
             del full
 
     def _build(self) -> None:
-        from gptx_cli.model.api import build_model
-        from gptx_cli.model.init import optimizer_param_groups
+        from gptx_cli.model.init import init_model, optimizer_param_groups
         from gptx_cli.model.transformer import Block
         from gptx_cli.train import state
 
@@ -198,7 +198,7 @@ class _Run:
         # FSDP2 builds on the meta device and materialises only each process's shards after wrapping
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
         sharded = parallel.is_sharded(self.dist, self.strategy)
-        model = build_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
+        model = init_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
         self.lora = LoraRun.create(spec, self.ckpt.source, self.ckpt.load_states, self.seed)
         if self.lora and self.lora.adapter_source is None and self.ckpt.load_states:
             self.ckpt.load_states = {"model"}  # a new LoRA run on a base model: its weights only
@@ -210,7 +210,7 @@ class _Run:
             self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if options.activation_checkpointing or spec.backend.activation_checkpointing:
-            from gptx_cli.model.optimize import apply_activation_checkpointing
+            from gptx_cli.train.parallel import apply_activation_checkpointing
 
             apply_activation_checkpointing(model)
         if options.fp8:
@@ -220,7 +220,7 @@ class _Run:
                 f"fp8: {apply_fp8(model)} linear layers run in float8 (torchao, {RECIPE} scaling)"
             )
         if options.compile or spec.backend.compile:
-            from gptx_cli.model.optimize import compile_model
+            from gptx_cli.train.parallel import compile_model
 
             compile_model(model)  # compiles the blocks in place
         self.model: torch.nn.Module = model
@@ -300,7 +300,8 @@ class _Run:
             )  # fmt: skip
         if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
             self.notes.append(
-                f"use_vsl: document-masked attention ({parallel.unwrap(self.model).vsl_backend(self.device)})"
+                "use_vsl: document-masked attention "
+                f"({parallel.unwrap(self.model).vsl_backend(self.device, msl)})"
             )
         for note in self.notes:
             self._say(f"note: {note}")
@@ -475,8 +476,9 @@ class _Run:
             t_start, batches = time.perf_counter(), iter(loader)
             while step < end:
                 batch = next(batches)
-                if step == start:
-                    _check_token_ids(batch, self.spec.model.vocab_size, self.spec.train_data.data_dir)
+                _check_token_ids(
+                    batch, self.spec.model.vocab_size, self.spec.train_data.data_dir
+                )  # host copy
                 pending.append((step + 1, self.schedule.lr, self.stepper(batch)))
                 if step == start:
                     _freeze_gc()

@@ -3,11 +3,14 @@ reach the model, and the benchmarks share the step instead of copying it."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import traceback
+import weakref
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import REPO, tiny_args
 
@@ -16,22 +19,58 @@ from gptx_cli.train import step as step_mod
 
 class ScalarReads(TorchDispatchMode):
     """Counts `aten._local_scalar_dense`: what `.item()`, `float()`, `int()` and `bool()` of a tensor
-    dispatch to, i.e. a host read of a tensor's value (a device sync on a GPU). Each read keeps the
-    stack that made it, for the failure message."""
+    dispatch to, i.e. a host read of a tensor's value (a device sync on a GPU). Reads of host-side batch
+    values are told apart and not counted: the data loader's batch tensors are marked as they are
+    yielded, and every tensor computed from marked tensors only is marked too (the trainer checks each
+    batch's token ids on the loader's CPU copy). Each counted read keeps the stack that made it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[str] = []
+        self.host_reads = 0
+        self.host: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        from_host = bool(inputs) and all(t in self.host for t in inputs)
         if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads.append("".join(traceback.format_stack(limit=6)[:-1]))
-        return func(*args, **(kwargs or {}))
+            if from_host:
+                self.host_reads += 1
+            else:
+                self.reads.append("".join(traceback.format_stack(limit=6)[:-1]))
+        out = func(*args, **kwargs)
+        if from_host:
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.host.add(t)
+        return out
+
+
+@contextlib.contextmanager
+def marked_batches(mode: ScalarReads):
+    """Mark each batch the data loader yields as host-side (wraps gptx's loader, not torch)."""
+    from gptx_cli.data.loader import GptxDataLoader
+
+    original = GptxDataLoader.__iter__
+
+    def marking(self):
+        for batch in original(self):
+            for tensor in batch.values():
+                mode.host.add(tensor)
+            yield batch
+
+    GptxDataLoader.__iter__ = marking
+    try:
+        yield
+    finally:
+        GptxDataLoader.__iter__ = original
 
 
 def reads_in_run(tiny_data, model_dir, steps: int) -> list[str]:
-    """Scalar reads in a real in-process `gptx train` run of `steps` steps that logs, evaluates and
-    checkpoints only at its end (so every step but the first and the last is an ordinary one)."""
+    """Scalar reads of device-side results in a real in-process `gptx train` run of `steps` steps that
+    logs, evaluates and checkpoints only at its end (so every step but the first and the last is an
+    ordinary one)."""
     from gptx_cli.config import load_run_spec
     from gptx_cli.train.trainer import TrainOptions, train
 
@@ -39,9 +78,10 @@ def reads_in_run(tiny_data, model_dir, steps: int) -> list[str]:
     overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     overrides += ["logging.log_steps=1000", "checkpoint.steps=1000", "loop.eval_frequency=1000"]
     spec = load_run_spec(args[0], overrides=overrides)
-    with ScalarReads() as mode:
+    with ScalarReads() as mode, marked_batches(mode):
         result = train(spec, TrainOptions(model_dir=str(model_dir), max_steps=steps, console="plain"))
     assert result.end_step == steps and len(result.train_losses) == steps
+    assert mode.host_reads >= steps  # the per-batch token-id check on the host copy, told apart
     return mode.reads
 
 
