@@ -5,6 +5,7 @@ Typer and the standard library only at module level; torch is imported by the li
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ def _run(config: Path, overrides: list[str], nproc: int | None, **options: Any) 
     from gptx_cli.train import parallel
 
     spec = load_run_spec(config, overrides=overrides)
+    if os.environ.get("RANK", "0") == "0":  # once, not per torchrun process
+        for warning in spec.warnings:  # keys accepted without effect (config/compat.py): never silent
+            typer.echo(warning, err=True)
     if nproc is not None and nproc > 1 and not parallel.under_torchrun():
         from gptx_cli.train.trainer import TrainOptions, preflight
 

@@ -82,6 +82,12 @@ class Problem:
             where = f"{self.file}:{self.line}:{self.col}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
+    def format_warning(self) -> str:
+        """`file:line:col: warning: key.path: message` (validate-config's and train's text form)."""
+        text = self.format()
+        head, sep, rest = text.partition(f": {self.path}: ") if self.path else (text, "", "")
+        return f"{head}: warning: {self.path}: {rest}" if sep else f"warning: {text}"
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"line": self.line, "col": self.col, "path": self.path, "message": self.message}
         if self.override:
@@ -652,12 +658,14 @@ def validate_source(
         # The rules assume the shape is right; with shape errors they would only add noise.
         for path, message, severity in semantic_problems(source.data):
             _add(result, source, path, message, severity)
-        from gptx_cli.config.compat import callback_problems, no_effect_problems
+        from gptx_cli.config.compat import callback_problems
 
         for path, message in callback_problems(source.data):
             _add(result, source, path, message, "error")
-        for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
-            _add(result, source, path, message, "warning")
+    from gptx_cli.config.compat import no_effect_problems
+
+    for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
+        _add(result, source, path, message, "warning")
     if check_paths:
         for path, message in data_dir_problems(source.data):
             _add(result, source, path, message, "error" if strict_paths else "warning")
@@ -781,9 +789,7 @@ def render_text(reports: list[FileReport]) -> tuple[str, str]:
         for p in r.result.errors:
             out.append(p.format())
         for p in r.result.warnings:
-            text = p.format()
-            head, _, rest = text.partition(f": {p.path}: ") if p.path else (text, "", "")
-            out.append(f"{head}: warning: {p.path}: {rest}" if rest else f"warning: {text}")
+            out.append(p.format_warning())
         for note in r.result.notes:
             out.append(f"{r.file}: note: {note}")
         n_err += len(r.result.errors)

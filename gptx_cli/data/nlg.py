@@ -43,8 +43,9 @@ def _ids(value: Any, where: str, key: str) -> list[int]:
 
 def run_nlg(plan: Any, opts: Any) -> dict[str, Any]:
     from gptx_cli.data.hdf5 import write_sample_file
-    from gptx_cli.data.preprocess import _atomic_json, _remove_outputs
+    from gptx_cli.data.preprocess import _remove_outputs
     from gptx_cli.data.sources import expand_inputs
+    from gptx_cli.fsutil import write_json
 
     if not opts.output_dir:
         raise UsageError(f"{plan.file}: setup.output_dir is required")
@@ -102,6 +103,6 @@ def run_nlg(plan: Any, opts: Any) -> dict[str, Any]:
             "num_tokens": records * msl,
         },
     }
-    _atomic_json(out / "data_params.json", params)
+    write_json(out / "data_params.json", params, sort_keys=True)
     print(f"nlg: {records:,} samples -> {out}", file=sys.stderr)
     return {"nlg": params}
