@@ -341,6 +341,8 @@ def load_v2_config(path: str | Path) -> V2Plan:
         wikitext_detokenize=wikitext,
         lines=True,  # ModelZoo's v2 reader reads .txt files line by line (datasets' text builder)
     )
+    if plan.mode == "pretraining":
+        out["packing"] = "modelzoo-v2"  # PretrainingTokenGenerator's chunks and EOS rule (data/pack.py)
     text_key = ds.get("text_key") or proc.get("jsonl_key") or plan.hook_kwargs.get("text_key")
     nested = plan.hook_kwargs.get("data_keys")
     if not text_key and isinstance(nested, dict):

@@ -66,21 +66,60 @@ def tok_paths(gpt2_tokenizer_dir, neox_tokenizer_json):
     return gpt2_tokenizer_dir, neox_tokenizer_json
 
 
-def stream(out: Path) -> tuple[list[int], np.ndarray]:
-    """The token stream the samples hold (first input, then every label under the mask), and the samples."""
-    samples = np.concatenate([read_samples(f) for f in sorted(out.glob("*.h5"))])
-    got = np.concatenate([samples[0, 0, :1], *[s[2][s[1] == 1] for s in samples]])
-    return got.tolist(), samples
+def samples_of(out: Path) -> np.ndarray:
+    return np.concatenate([read_samples(f) for f in sorted(out.glob("*.h5"))])
 
 
-def expected_stream(texts: list[str], tok, *, wikitext: bool = False) -> list[int]:
-    ids: list[int] = []
-    for t in texts:  # text_read_hook strips; clean_text: ftfy NFC, then the wikitext detokenizer
+def cleaned(texts: list[str], *, wikitext: bool = False) -> list[str]:
+    out = []
+    for t in texts:  # text_read_hook strips; clean_text: ftfy, then the wikitext detokenizer
         t = ftfy.fix_text(t.strip(), normalization="NFC")
         t = wikitext_detokenizer(t) if wikitext else t
         if t:
-            ids += tok.encode(t) + [tok.eos_id]
-    return ids
+            out.append(t)
+    return out
+
+
+def modelzoo_v2(texts: list[str], tok, msl: int, *, pack: bool = True, min_len: int = 10) -> np.ndarray:
+    """PretrainingTokenGenerator, as its code reads: chop_doc_into_msl (prefix carried, chunks of msl+1
+    at stride msl+1), process_docs (_add_eos_to_doc on the last chunk), create_features_pretraining,
+    and the leftover prefix at the end."""
+    eos, pad, size = tok.eos_id, tok.pad_id, msl + 1
+    prefix: list[int] = []
+    samples = []
+
+    def features(chunk: list[int]) -> None:
+        if len(chunk) < min_len:
+            return
+        ids, labels = chunk[:-1], chunk[1:]
+        mask = [1] * len(labels)
+        n = msl - len(ids)
+        samples.append(np.array([ids + [pad] * n, mask + [0] * n, labels + [pad] * n]))
+
+    def add_eos(doc_list: list[list[int]]) -> None:
+        if doc_list and doc_list[-1][-1] != eos:
+            if len(doc_list[-1]) < size:
+                doc_list[-1].append(eos)
+            else:
+                doc_list[-1][-1] = eos
+
+    for text in texts:
+        tokens = prefix + tok.encode(text)
+        chunks = [tokens[i : i + size] for i in range(0, len(tokens), size)]
+        complete = chunks if len(chunks[-1]) == size else chunks[:-1]
+        prefix = [] if len(chunks[-1]) == size else chunks[-1]
+        doc_list = [list(c) for c in complete]
+        if not pack and prefix:
+            doc_list.append(prefix)
+            prefix = []
+        add_eos(doc_list)
+        for c in doc_list:
+            features(c)
+    if prefix:
+        last = [list(prefix)]
+        add_eos(last)
+        features(last[0])
+    return np.stack(samples)
 
 
 def test_autoregressive_lm_preprocessing(tmp_path, documents, gptx, tok_paths):
@@ -91,11 +130,8 @@ def test_autoregressive_lm_preprocessing(tmp_path, documents, gptx, tok_paths):
     res = gptx("preprocess", "--config", cfg.name, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr  # every key of the shipped file is acted on or output-neutral
-    got, samples = stream(tmp_path / "out")
-    assert samples.shape[2] == 2048
     tok = load_tokenizer(tok_paths[0])
-    expected = expected_stream(docs, tok)
-    assert got == expected[: len(got)] and len(expected) - len(got) < 10
+    assert (samples_of(tmp_path / "out") == modelzoo_v2(cleaned(docs), tok, 2048)).all()
 
 
 def test_hf_autoregressive_lm_preprocessing(tmp_path, documents, gptx, tok_paths):
@@ -104,11 +140,10 @@ def test_hf_autoregressive_lm_preprocessing(tmp_path, documents, gptx, tok_paths
     (tmp_path / "data/a.jsonl").write_bytes(jsonl_bytes(documents[:6] + MOJIBAKE))
     res = gptx("preprocess", "--config", cfg.name, "--max-seq-length", "256", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    got, samples = stream(tmp_path / "out")
     tok = load_tokenizer(tok_paths[1])
+    samples = samples_of(tmp_path / "out")
     assert (samples[:, 0][samples[:, 1] == 0] == tok.pad_id).all()  # NeoX pads with <|padding|>
-    expected = expected_stream(documents[:6] + MOJIBAKE, tok)
-    assert got == expected[: len(got)]
+    assert (samples == modelzoo_v2(cleaned(documents[:6] + MOJIBAKE), tok, 256)).all()
 
 
 def test_wikitext103_lm_preprocessing(tmp_path, gptx, tok_paths):
@@ -125,13 +160,12 @@ def test_wikitext103_lm_preprocessing(tmp_path, gptx, tok_paths):
     (tmp_path / "data/wiki.train.txt").write_text("\n".join(lines) + "\n")
     res = gptx("preprocess", "--config", cfg.name, "--max-seq-length", "128", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    got, _ = stream(tmp_path / "out")
     # ModelZoo's v2 reader: one document per line of a .txt file; wikitext_detokenize: true.
-    expected = expected_stream(lines, load_tokenizer(tok_paths[0]), wikitext=True)
-    assert got == expected[: len(got)] and len(expected) - len(got) < 10
-    assert "-" in load_tokenizer(tok_paths[0]).decode(got) and " @-@ " not in load_tokenizer(
-        tok_paths[0]
-    ).decode(got)
+    tok = load_tokenizer(tok_paths[0])
+    samples = samples_of(tmp_path / "out")
+    assert (samples == modelzoo_v2(cleaned(lines, wikitext=True), tok, 128)).all()
+    text = tok.decode(samples[:, 0][samples[:, 1] == 1].tolist())
+    assert "role-playing" in text and " @-@ " not in text and "café" in text
 
 
 def test_nlg_preprocessing(tmp_path, gptx, tok_paths):
@@ -202,15 +236,10 @@ def test_pretraining_data_context_split(tmp_path, gptx, tok_paths):
     for split, body in setup["data_splits"].items():
         for msl in body["context_splits"]["MSL_List"]:
             out = tmp_path / "out" / split / f"msl_{msl}"
-            got, samples = stream(out)
-            assert samples.shape[2] == normalize_msl(msl)
-            texts = [d for key, ds in expected.items() if key.startswith(f"{split}/msl_{msl}/") for d in ds]
-            # files are read sorted: a_jsonl before b_jsonl
+            # the split's files are read sorted: a_jsonl before b_jsonl
             ordered = [d for key in sorted(k for k in expected if k.startswith(f"{split}/msl_{msl}/"))
                        for d in expected[key]]  # fmt: skip
-            assert sorted(ordered) == sorted(texts)
-            exp = expected_stream(ordered, tok)
-            assert got == exp[: len(got)]
+            assert (samples_of(out) == modelzoo_v2(cleaned(ordered), tok, normalize_msl(msl))).all()
 
 
 @pytest.mark.parametrize(
