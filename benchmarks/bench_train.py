@@ -27,13 +27,14 @@ import torch
 
 
 def write_data(path: Path, n: int, seq: int, vocab: int) -> None:
-    from gptx_cli.data.hdf5 import write_sample_file
+    from gptx_cli.data.hdf5 import mark_complete, write_sample_file
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab, size=(n, seq + 1))
     samples = np.stack([tokens[:, :-1], np.ones((n, seq), dtype=np.int64), tokens[:, 1:]], axis=1)
     path.mkdir(parents=True)
     write_sample_file(path / "data-0.h5", samples.astype(np.int32))
+    mark_complete(path)
 
 
 def run_gptx(args: argparse.Namespace, data_dir: Path, model_dir: Path) -> float:

@@ -56,6 +56,7 @@ def save_checkpoint_dir(
     """
     import yaml
 
+    from gptx_cli.checksum import checksums_of
     from gptx_cli.weights import ShardedSafetensorsWriter, dtype_name
 
     with atomic_dir(path) as tmp:
@@ -79,6 +80,7 @@ def save_checkpoint_dir(
             "tokenizer": tokenizer,
             "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
             "num_parameters": writer.num_params,
+            "checksums": checksums_of(tmp),
         }
         for key, value in (extra or {}).items():
             meta.setdefault(key, value)
@@ -129,10 +131,12 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 
 def open_checkpoint_weights(path: str | Path) -> TensorSource:
-    """The weights of a gptx checkpoint directory, for lazy reading (`.keys()`, `.get(name)`)."""
+    """The weights of a gptx checkpoint directory, for lazy reading (`.keys()`, `.get(name)`), after
+    checking the weight files against the checksums gptx.json records (unless --no-verify)."""
+    from gptx_cli.checksum import verify_checkpoint
     from gptx_cli.weights import open_tensors
 
-    read_checkpoint_meta(path)
+    verify_checkpoint(path, read_checkpoint_meta(path))
     return open_tensors(path)
 
 

@@ -13,7 +13,16 @@ import sys
 import typer
 
 from gptx_cli import __version__
-from gptx_cli.commands import convert, evaluate, generate, preprocess, report, train, validate_config
+from gptx_cli.commands import (
+    convert,
+    evaluate,
+    generate,
+    lm_eval,
+    preprocess,
+    report,
+    train,
+    validate_config,
+)
 from gptx_cli.errors import GptxError
 
 app = typer.Typer(
@@ -51,6 +60,9 @@ app.command("train")(train.train_cmd)
 app.command("continue-pretrain")(train.continue_pretrain_cmd)
 app.command("eval")(evaluate.eval_cmd)
 app.command("generate")(generate.generate_cmd)
+app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    lm_eval.lm_eval_cmd
+)
 app.command("report")(report.report_cmd)
 app.add_typer(convert.app, name="convert")
 
@@ -61,9 +73,24 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
-def main() -> None:
-    if "--debug" in sys.argv[1:]:
+def _global_flags(argv: list[str]) -> list[str]:
+    """--debug is accepted anywhere before `--` (also after the subcommand); it reaches --nproc ranks
+    through GPTX_DEBUG. --help that is not on a terminal gets a wide layout, so no option name is cut."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" in argv[:end]:
         _state["debug"] = True
+        os.environ["GPTX_DEBUG"] = "1"
+        argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    if ("--help" in argv[:end] or "-h" in argv[:end]) and not sys.stdout.isatty():
+        os.environ.setdefault("COLUMNS", "200")
+    return argv
+
+
+def main() -> None:
+    from gptx_cli.stdio import protect_stdout
+
+    protect_stdout()
+    sys.argv[1:] = _global_flags(sys.argv[1:])
     try:
         app()
     except GptxError as err:

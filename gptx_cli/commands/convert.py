@@ -43,11 +43,17 @@ def convert_checkpoint_cmd(
         False, "--info", help="Describe SRC (format, family, parameters, dtypes) and exit."
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
+    ),
 ) -> None:
     """Convert a checkpoint between Hugging Face (GPT-J / GPT-NeoX) and gptx, one tensor at a time.
 
     Example: gptx convert checkpoint ./gpt-j-6b --output-dir model_dir/checkpoint_0
     """
+    from gptx_cli.checksum import skip_verification
+
+    skip_verification(no_verify)
     if info:
         from gptx_cli.convert.info import checkpoint_info, format_info
 
@@ -80,6 +86,7 @@ def convert_config_cmd(
     model: str = typer.Option(
         None, "--model", help="HF target family: gptj | gpt-neox (default: model.name)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Convert a config: HF config.json <-> ModelZoo model section, legacy <-> trainer layout.
 
@@ -90,7 +97,13 @@ def convert_config_cmd(
     if output is not None and output_dir is not None:
         raise UsageError("give --output or --output-dir, not both")
     written, notes = convert_config(
-        src, src_fmt=src_fmt, tgt_fmt=tgt_fmt, output=output, output_dir=output_dir, family=model
+        src,
+        src_fmt=src_fmt,
+        tgt_fmt=tgt_fmt,
+        output=output,
+        output_dir=output_dir,
+        family=model,
+        overwrite=overwrite,
     )
     for note in notes:
         typer.echo(f"warning: {note}", err=True)

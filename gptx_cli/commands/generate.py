@@ -19,7 +19,7 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         return prompt
     if prompt_file is not None:
         if prompt_file == "-":
-            return _strip_newline(sys.stdin.read())
+            return _strip_newline(_read_stdin())
         try:
             with open(prompt_file, encoding="utf-8") as f:
                 return _strip_newline(f.read())
@@ -27,7 +27,19 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
             raise UsageError(f"cannot read --prompt-file {prompt_file}: {err}") from err
     if sys.stdin.isatty():
         raise UsageError("no prompt: pass --prompt TEXT, --prompt-file PATH, or pipe text on stdin")
-    return _strip_newline(sys.stdin.read())
+    return _strip_newline(_read_stdin())
+
+
+def _read_stdin() -> str:
+    from gptx_cli.errors import UsageError
+
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"the prompt on stdin is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x})"
+        ) from None
 
 
 def _strip_newline(text: str) -> str:
@@ -44,6 +56,15 @@ def generate_cmd(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt text."),
     prompt_file: Optional[str] = typer.Option(
         None, "--prompt-file", "--prompt_file", help="Read the prompt from a file ('-' for stdin)."
+    ),
+    prompts_file: Optional[str] = typer.Option(
+        None,
+        "--prompts-file",
+        "--prompts_file",
+        help='Many prompts: one per line (.jsonl: {"prompt": ...}); JSON lines out, batched.',
+    ),
+    batch_size: int = typer.Option(
+        8, "--batch-size", "--batch_size", help="Prompts decoded together with --prompts-file."
     ),
     max_new_tokens: int = typer.Option(
         64, "--max-new-tokens", "--max_new_tokens", help="Tokens to generate at most."
@@ -78,16 +99,30 @@ def generate_cmd(
     output_format: str = typer.Option(
         "text", "--format", help="text (streamed), or json (prompt and generated token ids and text)."
     ),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
+    ),
 ) -> None:
     """Generate text after a prompt: greedy, or sampled with temperature / top-k / top-p, using the KV cache.
 
     Example: gptx generate --checkpoint-path model_dir/demo_neox --prompt "Return a new list of" --top-k 40
     """
+    from gptx_cli.checksum import skip_verification
+
+    skip_verification(no_verify)
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format must be text or json, got {output_format!r}")
+    from gptx_cli.config.flags import check_finite
+
+    for flag, value in (
+        ("--temperature", temperature),
+        ("--top-p", top_p),
+        ("--repetition-penalty", repetition_penalty),
+    ):
+        check_finite(flag, value)
     wants_sampling = (
         sample or (temperature is not None and temperature > 0) or top_k is not None or top_p is not None
     )
@@ -97,7 +132,9 @@ def generate_cmd(
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
     if temperature == 0 and (sample or top_k is not None or top_p is not None):
         raise UsageError("--temperature 0 means greedy; it cannot be combined with sampling options")
-    text = _read_prompt(prompt, prompt_file)
+    if prompts_file is not None and (prompt is not None or prompt_file is not None or echo):
+        raise UsageError("--prompts-file cannot be combined with --prompt, --prompt-file or --echo")
+    text = _read_prompt(prompt, prompt_file) if prompts_file is None else ""
     sampling = SamplingConfig(
         max_new_tokens=max_new_tokens,
         do_sample=wants_sampling,
@@ -117,6 +154,13 @@ def generate_cmd(
         sampling=sampling,
         ignore_eos=ignore_eos,
     )
+    if prompts_file is not None:
+        from gptx_cli.eval.generate import generate_many_from_checkpoint, read_prompts_file
+
+        prompts = read_prompts_file(prompts_file)
+        for p, result in zip(prompts, generate_many_from_checkpoint(opts, prompts, batch_size), strict=True):
+            typer.echo(json.dumps({"prompt": p, **result.to_dict()}, ensure_ascii=False))
+        return
     if output_format == "json":
         result = generate_from_checkpoint(opts)
         typer.echo(json.dumps({"prompt": text, **result.to_dict()}, ensure_ascii=False))

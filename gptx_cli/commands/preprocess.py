@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -80,6 +81,13 @@ def preprocess_cmd(
     output_format: str = typer.Option(
         "hdf5", "--output-format", "--output_format", help="hdf5 | corpus | mmidx."
     ),
+    use_vsl: bool = typer.Option(
+        False,
+        "--use-vsl",
+        "--use_vsl",
+        help="ModelZoo VSL samples [n, 5, msl] (adds attention_span, position_ids): each token attends "
+        "only within its own document.",
+    ),
     samples_per_file: int = typer.Option(
         None, "--samples-per-file", "--files_per_record", help="Samples per HDF5 file (5000)."
     ),
@@ -95,6 +103,26 @@ def preprocess_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="Live progress bar (default: on a terminal)."
+    ),
+    mode: str = typer.Option(
+        None, "--mode", help="pretraining (default) or finetuning (prompt/completion or chat records)."
+    ),
+    prompt_key: str = typer.Option(
+        None, "--prompt-key", "--prompt_key", help="Finetuning: the record key holding the prompt."
+    ),
+    completion_key: str = typer.Option(
+        None, "--completion-key", "--completion_key", help="Finetuning: the key holding the completion."
+    ),
+    chat_key: str = typer.Option(
+        None,
+        "--chat-key",
+        "--multi_turn_key",
+        help="Finetuning chat: the key holding the list of {role, content} turns.",
+    ),
+    data_splits: str = typer.Option(
+        None,
+        "--data-splits",
+        help="Finetuning: split the records, e.g. train=0.9,val=0.1 (output_dir/<name>; seeded by --seed).",
     ),
     buffer_len: int = typer.Option(
         None, "--buffer-len", "--buffer_len", help="--dataset trc2: lines per split file (10000)."
@@ -132,6 +160,7 @@ def preprocess_cmd(
         "pack_sequences": pack_sequences,
         "min_sequence_len": min_sequence_len,
         "output_format": output_format,
+        "use_vsl": use_vsl or None,
         "samples_per_file": samples_per_file,
         "processes": processes,
         "seed": seed,
@@ -144,6 +173,10 @@ def preprocess_cmd(
         "val_split_ratio": val_split_ratio,
     }
     given = {k: v for k, v in cli.items() if v is not None}
+    if mode or prompt_key or completion_key or chat_key or data_splits:
+        from gptx_cli.data.finetune import options_from_flags
+
+        options_from_flags(given, mode, prompt_key, completion_key, chat_key, data_splits)
     if config:
         from gptx_cli.data.v2config import load_v2_config, resolve_special_ids, run_v2
 
@@ -151,6 +184,20 @@ def preprocess_cmd(
         for warning in plan.warnings:
             print(warning.format(), file=sys.stderr)
         resolve_special_ids(plan, tokenizer_dir)
-        run_v2(plan, given)
+        _interruptible(run_v2, plan, given)
         return
-    run_preprocess(PreprocessOptions(**{**recipe_defaults(dataset), **given}))
+    _interruptible(run_preprocess, PreprocessOptions(**{**recipe_defaults(dataset), **given}))
+
+
+def _interruptible(run: Any, *args: Any) -> None:
+    """Ctrl-C names the way to finish the run instead of a bare exit 130."""
+    try:
+        run(*args)
+    except KeyboardInterrupt:
+        from gptx_cli.errors import GptxError
+
+        raise GptxError(
+            "interrupted: the output is incomplete (no data_params.json yet)",
+            hint="re-run the same command with --resume to finish it",
+            exit_code=130,
+        ) from None

@@ -107,6 +107,7 @@ class DataSpec:
     num_samples: int | None = None
     max_sequence_length: int | None = None
     vocab_size: int | None = None
+    use_vsl: bool = False  # samples carry attention_span and position_ids rows (data/vsl.py)
     extra: dict[str, Any] = field(default_factory=dict)  # other processor keys, kept verbatim
 
 

@@ -84,3 +84,40 @@ def default_cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     ver = ".".join(map(str, sys.version_info[:3]))
     return base / "gptx" / f"python-docs-{ver}"
+
+
+def iter_stdlib_qa(limit: int | None = None) -> Iterator[dict[str, str]]:
+    """Prompt/completion records from the standard library: "What does `json.dumps` do?" -> the first
+    paragraph of its docstring (real text, for the finetuning examples and tests), in a fixed order."""
+    import importlib
+    import inspect
+
+    n = 0
+    modules = (
+        "json", "textwrap", "shutil", "pathlib", "string", "heapq", "bisect", "fnmatch", "glob", "os.path",
+        "functools", "collections", "difflib", "statistics", "random", "tempfile", "zipfile", "csv",
+        "urllib.parse", "calendar", "copy", "pprint", "contextlib", "inspect", "ast", "logging", "argparse",
+    )  # fmt: skip
+    for modname in modules:
+        mod = importlib.import_module(modname)
+        for name in sorted(getattr(mod, "__all__", None) or dir(mod)):
+            obj = getattr(mod, name, None)
+            if name.startswith("_") or not (inspect.isroutine(obj) or inspect.isclass(obj)):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            para = doc.split("\n\n")[0].strip()
+            if len(para) < _MIN_DOCSTRING_CHARS:
+                continue
+            yield {"prompt": f"What does `{modname}.{name}` do?", "completion": " " + para}
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+
+def write_stdlib_qa(path: str | os.PathLike[str], limit: int | None = None) -> Path:
+    """`iter_stdlib_qa` as a JSON-lines file (written under a temporary name, then renamed)."""
+    from gptx_cli.fsutil import write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in iter_stdlib_qa(limit)))

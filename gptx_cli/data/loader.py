@@ -4,6 +4,11 @@ One map-style dataset over every file of one or many `data_dir`s: ModelZoo HDF5 
 (`data` [n, 3, msl]), ModelZoo corpus files (1-D `data`) and Megatron `.bin/.idx` pairs; token streams
 are cut into msl+1 windows with stride msl, exactly as `gptx preprocess` packs them.
 
+VSL (`use_vsl: true`, ModelZoo's GptHDF5MapDataProcessor meaning): every file must be a [n, 5, msl]
+sample file (`gptx preprocess --use-vsl`), and batches also carry `attention_span` (the document
+layout: key k is visible to queries k..k+span) and `position_ids`, which the train step and eval pass to
+the model. Without use_vsl the first three rows of such files are read, as ModelZoo does.
+
 Order. The loader walks a *global sample stream*: position g is sample `g % S` of epoch `g // S`
 (S = samples per epoch; with `drop_last` the remainder of a global batch is dropped each epoch). With
 `shuffle`, epoch e uses a permutation seeded by `(shuffle_seed, e)`. Global batch b is stream positions
@@ -44,8 +49,8 @@ MIXTURE_BLOCK = 1024
 class _H5Samples:
     """A ModelZoo HDF5 sample file; the handle is opened lazily in whichever process reads it."""
 
-    def __init__(self, path: Path, n: int, msl: int) -> None:
-        self.path, self.n, self.msl = path, n, msl
+    def __init__(self, path: Path, n: int, msl: int, rows: int = 3) -> None:
+        self.path, self.n, self.msl, self.rows = path, n, msl, rows
         self._handle: Any = None
         self._pid = -1
 
@@ -57,7 +62,7 @@ class _H5Samples:
             import h5py
 
             self._handle, self._pid = h5py.File(self.path, "r")["data"], os.getpid()
-        return np.asarray(self._handle[i], dtype=np.int64)
+        return np.asarray(self._handle[i, : self.rows], dtype=np.int64)
 
 
 class _TokenWindows:
@@ -117,11 +122,53 @@ def _files_of(data_dir: str) -> list[tuple[Path, str]]:
         raise DataError(
             f"data_dir {data_dir} holds no .h5 or .bin/.idx data files", hint=_preprocess_hint(data_dir)
         )
+    if any(kind == "h5" for _, kind in found):
+        _check_complete(p)
     return found
 
 
-def _open_sources(data_dirs: Sequence[str], msl: int | None) -> tuple[list[Any], int]:
-    from gptx_cli.data.hdf5 import h5_layout
+ENV_ALLOW_INCOMPLETE = "GPTX_ALLOW_INCOMPLETE_DATA"
+
+
+def allow_incomplete(enabled: bool = True) -> None:
+    """What --allow-incomplete does: this process and the ranks it launches read HDF5 dirs that lack
+    their completion marker."""
+    if enabled:
+        os.environ[ENV_ALLOW_INCOMPLETE] = "1"
+
+
+def _check_complete(d: Path) -> None:
+    """A preprocess output counts as complete only once its data_params.json (written last) exists, in
+    the dir or, for a part dir of a split (`.../train_msl2048/0/`), in its parent: a killed or failed run
+    leaves complete-looking data-*.h5 files without it, and training on them would use part of the
+    corpus."""
+    from gptx_cli.data.hdf5 import COMPLETE_MARKER
+    from gptx_cli.data.preprocess import STATE_DIR
+
+    if os.environ.get(ENV_ALLOW_INCOMPLETE, "") not in ("", "0"):
+        return
+    if (d / COMPLETE_MARKER).is_file() or (d.parent / COMPLETE_MARKER).is_file():
+        return
+    started = (d / STATE_DIR).is_dir() or (d.parent / STATE_DIR).is_dir()
+    raise DataError(
+        f"data_dir {d} is incomplete: no {COMPLETE_MARKER}"
+        + (" (its gptx preprocess run did not finish)" if started else ""),
+        hint="re-run the same `gptx preprocess` command with --resume to finish it, "
+        "or pass --allow-incomplete to use the files anyway",
+    )
+
+
+def _vsl_problem(data_dir: str, path: Path, kind: str) -> DataError:
+    what = "token-stream (corpus or .bin/.idx) files" if kind != "samples" else "samples without VSL rows"
+    return DataError(
+        f"use_vsl: data_dir {data_dir} holds {what} ({path.name}), not [n, 5, msl] VSL samples "
+        "with attention_span and position_ids",
+        hint=f"preprocess it with `gptx preprocess --use-vsl ... --output-dir {data_dir}`, or set use_vsl: false",
+    )
+
+
+def _open_sources(data_dirs: Sequence[str], msl: int | None, use_vsl: bool = False) -> tuple[list[Any], int]:
+    from gptx_cli.data.hdf5 import h5_layout, sample_rows
 
     if isinstance(data_dirs, (str, os.PathLike)):
         data_dirs = [str(data_dirs)]  # a single directory written without a list
@@ -131,11 +178,15 @@ def _open_sources(data_dirs: Sequence[str], msl: int | None) -> tuple[list[Any],
     for d in data_dirs:
         for path, kind in _files_of(str(d)):
             if kind == "mmidx":
+                if use_vsl:
+                    raise _vsl_problem(str(d), path, kind)
                 from gptx_cli.data.mmidx import MMIDIDXReader
 
                 entries.append((path, "mmidx", len(MMIDIDXReader(path).tokens), None))
             else:
                 layout, n, file_msl = h5_layout(path)
+                if use_vsl and (layout != "samples" or sample_rows(path) != 5):
+                    raise _vsl_problem(str(d), path, layout)
                 entries.append((path, layout, n, file_msl))
     sample_msls = {m for _, kind, _, m in entries if kind == "samples" and m is not None}
     if len(sample_msls) > 1:
@@ -156,7 +207,7 @@ def _open_sources(data_dirs: Sequence[str], msl: int | None) -> tuple[list[Any],
     for path, kind, n, file_msl in entries:
         if kind == "samples":
             assert file_msl is not None
-            src: Any = _H5Samples(path, n, file_msl)
+            src: Any = _H5Samples(path, n, file_msl, rows=5 if use_vsl else 3)
         else:
             src = _TokenWindows(path, "mmidx" if kind == "mmidx" else "corpus", n, msl)
         if src.n > 0:
@@ -187,10 +238,15 @@ class SampleStore:
     """The samples of one dataset (all files of its data_dirs, after data_subset and num_samples)."""
 
     def __init__(
-        self, data_dirs: Sequence[str], msl: int | None, data_subset: str | None, num_samples: int | None
+        self,
+        data_dirs: Sequence[str],
+        msl: int | None,
+        data_subset: str | None,
+        num_samples: int | None,
+        use_vsl: bool = False,
     ):
         self.data_dirs = list(data_dirs)
-        self.sources, self.msl = _open_sources(self.data_dirs, msl)
+        self.sources, self.msl = _open_sources(self.data_dirs, msl, use_vsl)
         self._offsets = np.cumsum([0] + [s.n for s in self.sources]).tolist()
         total = self._offsets[-1]
         self._subset = parse_data_subset(data_subset, total) if data_subset else None
@@ -291,8 +347,21 @@ class _MapDataset:
 def _collate(rows: list[np.ndarray]) -> dict[str, Any]:
     import torch
 
+    from gptx_cli.data.vsl import VSL_FEATURES
+
     batch = torch.from_numpy(np.stack(rows).astype(np.int64, copy=False))
-    return {"input_ids": batch[:, 0], "attention_mask": batch[:, 1], "labels": batch[:, 2]}
+    # input_ids, attention_mask (the loss mask), labels; VSL rows add attention_span, position_ids.
+    return {name: batch[:, k] for k, name in enumerate(VSL_FEATURES[: batch.shape[1]])}
+
+
+CORE_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def model_inputs(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """A batch's keys beyond input_ids / attention_mask (the loss mask) / labels, moved to `device`: the
+    keyword arguments the train step and eval pass through to the model (VSL: attention_span,
+    position_ids)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in CORE_KEYS}
 
 
 class GptxDataLoader:
@@ -446,13 +515,15 @@ def build_dataloader(
             if "data_dir" not in comp:
                 raise DataError(f"mixture entry {i} has no data_dir")
             dirs = comp["data_dir"] if isinstance(comp["data_dir"], list) else [comp["data_dir"]]
-            stores.append(SampleStore(dirs, msl, comp.get("data_subset", spec.data_subset), None))
+            stores.append(
+                SampleStore(dirs, msl, comp.get("data_subset", spec.data_subset), None, spec.use_vsl)
+            )
             msl = stores[-1].msl
         if len({s.msl for s in stores}) > 1:
             raise DataError("mixture components disagree on max_sequence_length")
         mixture = _Mixture(_block_counts([float(c.get("weight", 1.0)) for c in spec.mixture]), shuffle_seed)
     else:
-        stores = [SampleStore(spec.data_dir, msl, spec.data_subset, spec.num_samples)]
+        stores = [SampleStore(spec.data_dir, msl, spec.data_subset, spec.num_samples, spec.use_vsl)]
     return GptxDataLoader(
         spec,
         stores,

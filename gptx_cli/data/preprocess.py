@@ -38,6 +38,7 @@ from gptx_cli.errors import DataError, UsageError
 from gptx_cli.fsutil import atomic_path, is_temp, write_json
 
 STATE_DIR = ".gptx-preprocess"
+MIN_TRAINED_VOCAB = 258  # the byte alphabet plus the two special tokens
 PILE_PARTS = 10
 OUTPUT_FORMATS = ("hdf5", "corpus", "mmidx")
 MAX_PROBLEMS_SHOWN = 20
@@ -80,6 +81,10 @@ class PreprocessOptions:
     resume: bool = False
     overwrite: bool = False
     progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
+    use_vsl: bool = False  # ModelZoo VSL samples [n, 5, msl] (gptx_cli.data.vsl)
+    fold_long_doc: bool = True  # VSL: cut documents longer than msl + 1 instead of dropping them
+    mode: str = "pretraining"  # or "finetuning" (gptx_cli.data.finetune; pack_sequences then defaults off)
+    finetuning: Any = None  # a finetune.FinetuneSpec in finetuning mode
     # ModelZoo v2 config settings (gptx_cli/data/v2config.py):
     cleaning: TextCleaning = field(default_factory=TextCleaning)  # strip / ftfy / wikitext, per document
     short_seq_prob: float = 0.0  # ModelZoo: cut a sample short with this probability (random.Random(seed))
@@ -115,6 +120,9 @@ class JobStats:
     raw_bytes_count: int = 0
     raw_chars_count: int = 0
     input_files: int = 0
+    examples_too_long: int = 0  # finetuning: examples dropped for length (ModelZoo discards them)
+    examples_too_short: int = 0
+    num_masked_tokens: int = 0  # finetuning: positions with loss mask 0
 
     def add(self, other: JobStats) -> None:
         self.samples.add(other.samples)
@@ -125,11 +133,12 @@ class JobStats:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "samples"}
         # ModelZoo's names, where its "files" are documents; no position is masked besides padding here.
+        dropped = self.examples_too_long + self.examples_too_short
         modelzoo = {
             "processed_files": self.documents + self.documents_skipped + self.documents_empty,
-            "successful_files": self.documents,
-            "discarded_files": self.documents_skipped + self.documents_empty,
-            "num_masked_tokens": 0,
+            "successful_files": self.documents - dropped,
+            "discarded_files": self.documents_skipped + self.documents_empty + dropped,
+            "num_masked_tokens": self.num_masked_tokens,
         }
         return {**asdict(self.samples), **d, **modelzoo}
 
@@ -178,6 +187,17 @@ class EncodedBatch:
     empty: int
     chars: int
     error: tuple[str, str | None] | None = None
+
+
+def _encode_finetune(
+    kind: str, location: str, batch: RecordBatch, spec: Any, msl: int, min_len: int, pack: bool
+) -> Any:
+    from gptx_cli.data.finetune import FinetuneBatch, encode_batch
+
+    try:
+        return encode_batch(_WORKER["tok"], kind, location, batch, spec, msl, min_len, pack)
+    except DataError as err:
+        return FinetuneBatch(np.zeros((0, 3, msl), np.int32), error=(err.message, err.hint))
 
 
 def _encode_batch(
@@ -433,6 +453,13 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
             "--output-dir is required (except with --dataset pile, which knows the published paths)"
         )
     units = expand_inputs(opts.inputs, split=opts.split)
+    if opts.mode == "finetuning" and opts.finetuning is not None and opts.finetuning.splits:
+        from gptx_cli.data.finetune import split_jobs
+
+        return [
+            Job(name, _group_units(units, opts.shard_mb), Path(opts.output_dir) / name)
+            for name in split_jobs(opts.finetuning)
+        ]
     return [Job("data", _group_units(units, opts.shard_mb), Path(opts.output_dir))]
 
 
@@ -488,8 +515,10 @@ def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, 
         "seed": opts.seed,
         "parts": job.parts,
         "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+        "mode": opts.mode,
+        "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
         **_modelzoo_settings(opts),
-    }
+    } | ({"use_vsl": True, "fold_long_doc": opts.fold_long_doc} if opts.use_vsl else {})
 
 
 def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
@@ -514,6 +543,12 @@ def _prepare_out_dir(
     if exists and opts.overwrite:
         _remove_outputs(out)
     elif exists and not opts.resume:
+        if state_dir.is_dir() and not (out / "data_params.json").is_file():
+            raise DataError(
+                f"output directory {out} holds an unfinished gptx preprocess run",
+                hint="re-run with --resume to finish it with the same inputs and arguments, "
+                "or with --overwrite to start over; --overwrite deletes only the files gptx preprocess wrote",
+            )
         raise DataError(
             f"output directory {out} already exists and is not empty",
             hint="pass --overwrite to replace it, or --resume to finish an interrupted run",
@@ -525,7 +560,8 @@ def _prepare_out_dir(
         if args_file.is_file() and json.loads(args_file.read_text()) != fingerprint:
             raise DataError(
                 f"{out} was started with different inputs or arguments; --resume needs the same ones",
-                hint="rerun with the original arguments, or use --overwrite",
+                hint="changed or fixed the input? re-run with --overwrite instead of --resume to start over, "
+                "it deletes only the files gptx preprocess wrote; otherwise repeat the original arguments",
             )
         for f in state_dir.glob("unit-*.json"):
             st = json.loads(f.read_text())
@@ -544,8 +580,24 @@ def _prepare_out_dir(
             for f in _unit_files(out, u):
                 f.unlink()
     for f in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
-        f.unlink()
+        if not _pid_alive(f.name.rsplit(".tmp-", 1)[1]):
+            print(f"note: removed {f}, left by a preprocess run that did not finish", file=sys.stderr)
+            f.unlink()
     return done
+
+
+def _pid_alive(tag: str) -> bool:
+    """Whether the process a temporary name's pid tag names still runs on this host."""
+    pid = tag.removeprefix("old-")
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_output_file(p: Path) -> bool:
@@ -604,10 +656,21 @@ def _run_unit(
     base_bytes: int,
 ) -> JobStats:
     stats = JobStats()
-    v2 = opts.packing == "modelzoo-v2"
+    v2 = opts.packing == "modelzoo-v2" and not opts.use_vsl  # VSL packs its own way (data/vsl.py)
     packer: Any = (ModelZooV2Packer if v2 else Packer)(
         opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len
     )
+    if opts.use_vsl:
+        from gptx_cli.data.vsl import VSLPacker
+
+        packer = VSLPacker(
+            opts.max_seq_length,
+            tok.eos_id,
+            tok.pad_id,
+            opts.min_sequence_len,
+            opts.samples_per_file,
+            opts.fold_long_doc,
+        )
     writer: Any
     if opts.output_format == "hdf5":
         writer = _SampleWriter(job, u, opts.samples_per_file, opts.seed)
@@ -629,6 +692,11 @@ def _run_unit(
 
         short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
     for unit in units:
+        if opts.mode == "finetuning":
+            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before)
+            done_before += unit.size
+            stats.input_files += 1
+            continue
         tasks = (
             (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning, not v2)
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
@@ -669,8 +737,47 @@ def _run_unit(
         last = packer.finish()
         writer.add(short.apply(last) if short is not None else last)
     writer.close()
-    stats.samples = packer.stats
+    if opts.mode != "finetuning":
+        stats.samples = packer.stats
     return stats
+
+
+def _finetune_unit(
+    unit: InputUnit,
+    u: int,
+    opts: PreprocessOptions,
+    writer: Any,
+    pool: Any,
+    stats: JobStats,
+    progress: _Progress,
+    done_before: int,
+) -> None:
+    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order."""
+    spec = opts.finetuning
+    tasks = (
+        (unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, opts.pack_sequences)
+        for b in iter_record_batches(unit, u, text_key=opts.text_key, columns=spec.columns())
+    )
+    for task, res in _bounded_map(pool, _encode_finetune, tasks, depth=2 * max(1, opts.processes) + 2):
+        batch = task[2]
+        if res.error is not None:
+            raise DataError(res.error[0], hint=res.error[1])
+        writer.add(res.samples)
+        st, s = res.stats, stats.samples
+        stats.documents += st.examples
+        stats.documents_skipped += st.examples_skipped_chat
+        stats.examples_too_long += st.examples_too_long
+        stats.examples_too_short += st.examples_too_short
+        stats.num_masked_tokens += st.num_masked_tokens
+        stats.raw_bytes_count += batch.raw_bytes
+        stats.raw_chars_count += res.chars
+        s.n_examples += st.n_examples
+        s.num_tokens += st.num_tokens
+        s.non_pad_tokens += st.non_pad_tokens
+        s.num_pad_tokens += st.num_pad_tokens
+        s.loss_valid_tokens += st.loss_valid_tokens
+        s.document_tokens += st.example_tokens
+        progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
 
 
 def _run_job(
@@ -703,6 +810,13 @@ def _run_job(
         why = f" ({total.documents_skipped} malformed records skipped)" if total.documents_skipped else ""
         why += f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
         raise DataError(f"no documents in {inputs}{why}: the input is empty")
+    if opts.mode == "finetuning" and total.samples.n_examples == 0:
+        raise DataError(
+            f"{job.out_dir}: all {total.documents} examples were dropped ({total.examples_too_long} longer than "
+            f"max_seq_length {opts.max_seq_length}, {total.examples_too_short} shorter than min_sequence_len "
+            f"{opts.min_sequence_len})",
+            hint="raise --max-seq-length or lower --min-sequence-len",
+        )
     return total
 
 
@@ -760,7 +874,22 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         opts.packing != "gptx" and opts.output_format != "hdf5"
     ):
         raise UsageError("ModelZoo v2 pretraining configs write HDF5 samples (--output-format hdf5)")
+    if opts.use_vsl:
+        from gptx_cli.data.vsl import check_vsl_options
+
+        check_vsl_options(opts)
+    if opts.mode == "finetuning":
+        from gptx_cli.data.finetune import check_options
+
+        check_options(opts)
+    elif opts.mode != "pretraining":
+        raise UsageError(f"--mode must be pretraining or finetuning (got '{opts.mode}')")
     tokenizer_spec = opts.tokenizer
+    if opts.train_tokenizer is not None and opts.train_tokenizer < MIN_TRAINED_VOCAB:
+        raise UsageError(
+            f"--train-tokenizer {opts.train_tokenizer}: a byte-level BPE needs at least {MIN_TRAINED_VOCAB} "
+            "entries (256 bytes + <|endoftext|> + <|padding|>); ask for more to get merges, e.g. 8000"
+        )
     if opts.train_tokenizer:
         if opts.output_dir:
             root = Path(opts.output_dir)
@@ -801,10 +930,21 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     try:
         base = 0
         for job in jobs:
+            if opts.finetuning is not None and opts.finetuning.splits:  # the split this job writes
+                opts.finetuning.split_index = [n for n, _ in opts.finetuning.splits].index(job.name)
             stats = _run_job(job, opts, tok, pool, progress, base)
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
-            write_json(job.out_dir / "data_params.json", params, sort_keys=True)
+            post = params["post-process"]
+            if (post["n_examples"] if opts.output_format == "hdf5" else post.get("document_tokens", 1)) == 0:
+                raise DataError(
+                    f"{job.name}: 0 samples from {stats.documents} document(s) "
+                    f"({params['post-process'].get('document_tokens', 0)} tokens) in "
+                    f"{', '.join(params['setup']['input'][:3])}",
+                    hint=f"a sample needs at least --min-sequence-len {opts.min_sequence_len} tokens; "
+                    "give more text or a smaller --max-seq-length / --min-sequence-len",
+                )
+            write_json(job.out_dir / "data_params.json", params, sort_keys=True)  # last: marks it complete
             results[job.name] = params
     finally:
         progress.close()
@@ -826,6 +966,12 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         file=sys.stderr,
     )
     return results
+
+
+def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:
+    from gptx_cli.data.vsl import VSL_FEATURES
+
+    return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True, "fold_long_doc": opts.fold_long_doc}}
 
 
 def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
@@ -851,8 +997,10 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             "samples_per_file": opts.samples_per_file,
             "seed": opts.seed,
             "pile_subsets": sorted(opts.pile_subsets) if opts.pile_subsets else None,
+            "mode": opts.mode,
+            "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
             **_modelzoo_settings(opts),
         },
         "features": ["input_ids", "attention_mask", "labels"],
         "post-process": stats.to_dict(),
-    }
+    } | (vsl_data_params(opts) if opts.use_vsl else {})

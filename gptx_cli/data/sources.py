@@ -207,8 +207,11 @@ def _blocks(path: str, raw: _Counted) -> Iterator[bytes]:
         yield block
 
 
-def iter_record_batches(unit: InputUnit, unit_index: int, *, text_key: str) -> Iterator[RecordBatch]:
-    """The records of one unit in order, in batches (see module docstring)."""
+def iter_record_batches(
+    unit: InputUnit, unit_index: int, *, text_key: str, columns: list[str] | None = None
+) -> Iterator[RecordBatch]:
+    """The records of one unit in order, in batches (see module docstring). With `columns`, parquet and
+    `datasets` records are dicts of those columns (finetuning) instead of the text column's strings."""
     if unit.kind in ("jsonl", "text"):
         with open(unit.location, "rb") as fh:
             raw = _Counted(fh)
@@ -241,21 +244,26 @@ def iter_record_batches(unit: InputUnit, unit_index: int, *, text_key: str) -> I
             pf = pq.ParquetFile(unit.location)
         except Exception as err:  # pyarrow raises several types for a bad file
             raise DataError(f"{unit.location}: not a readable parquet file ({err})") from None
-        if text_key not in pf.schema_arrow.names:
-            raise DataError(
-                f"{unit.location}: no column '{text_key}' (columns: {', '.join(pf.schema_arrow.names)})",
-                hint="choose one with --text-key",
-            )
+        for key in columns or [text_key]:
+            if key not in pf.schema_arrow.names:
+                raise DataError(
+                    f"{unit.location}: no column '{key}' (columns: {', '.join(pf.schema_arrow.names)})",
+                    hint="choose one with --text-key" if columns is None else None,
+                )
         row = 1
-        for rb in pf.iter_batches(batch_size=BATCH_RECORDS, columns=[text_key]):
-            texts = rb.column(0).to_pylist()
-            yield RecordBatch(unit_index, row, texts, sum(len(t or "") for t in texts))
+        for rb in pf.iter_batches(batch_size=BATCH_RECORDS, columns=columns or [text_key]):
+            texts = rb.to_pylist() if columns else rb.column(0).to_pylist()
+            yield RecordBatch(
+                unit_index, row, texts, rb.nbytes if columns else sum(len(t or "") for t in texts)
+            )
             row += len(texts)
         return
-    yield from _datasets_batches(unit, unit_index, text_key=text_key)
+    yield from _datasets_batches(unit, unit_index, text_key=text_key, columns=columns)
 
 
-def _datasets_batches(unit: InputUnit, unit_index: int, *, text_key: str) -> Iterator[RecordBatch]:
+def _datasets_batches(
+    unit: InputUnit, unit_index: int, *, text_key: str, columns: list[str] | None = None
+) -> Iterator[RecordBatch]:
     import datasets
 
     if unit.kind == "datasets":
@@ -280,14 +288,15 @@ def _datasets_batches(unit: InputUnit, unit_index: int, *, text_key: str) -> Ite
                 hint="check the name and your connection, or pass local files",
             ) from None
     names = list(ds.column_names or []) if getattr(ds, "column_names", None) else []
-    if names and text_key not in names:
-        raise DataError(
-            f"{unit.location}: no column '{text_key}' (columns: {', '.join(names)})",
-            hint="choose one with --text-key",
-        )
+    for key in columns or [text_key]:
+        if names and key not in names:
+            raise DataError(
+                f"{unit.location}: no column '{key}' (columns: {', '.join(names)})",
+                hint="choose one with --text-key" if columns is None else None,
+            )
     row, pending = 1, []
-    for ex in ds if unit.kind == "hub" else ds.select_columns([text_key]):
-        pending.append(ex[text_key])
+    for ex in ds if unit.kind == "hub" else ds.select_columns(columns or [text_key]):
+        pending.append({k: ex[k] for k in columns} if columns else ex[text_key])
         if len(pending) >= BATCH_RECORDS:
             yield RecordBatch(unit_index, row, pending, sum(len(t or "") for t in pending))
             row, pending = row + len(pending), []

@@ -119,7 +119,8 @@ V2_KEYS: dict[str, Key] = {
     "remove_bos_in_chunks": Key(
         _PD, WARN, "it is read only with split_text_to_tokenize, which gptx does not run"
     ),
-    "use_vsl": Key(_D, CHECKED, "variable sequence length (VSL) preprocessing", False),
+    "use_vsl": Key(_D, ACTED),
+    "fold_long_doc": Key(_D, ACTED),  # gptx's VSL option (data/vsl.py)
     "training_objective": Key(_D, CHECKED, "MLM / FIM / BERT objectives", None),
     "is_multimodal": Key(_D, CHECKED, "multimodal data", False),
     "image_token": Key(_D, CHECKED, "multimodal data", None),
@@ -130,7 +131,7 @@ V2_KEYS: dict[str, Key] = {
     "sep_token": Key(_D, FINETUNING),
     "truncate_to_msl": Key(_D, FINETUNING),
     "chat_template": Key(_D, FINETUNING),
-    "end_of_turn_token": Key(_D, FINETUNING),
+    "end_of_turn_token": Key(_PD, FINETUNING),
 }
 SECTIONS = ("setup", "processing", "dataset")
 DATA_KEYS = {"source", "type", "split"}
@@ -343,6 +344,9 @@ def load_v2_config(path: str | Path) -> V2Plan:
     )
     if plan.mode == "pretraining":
         out["packing"] = "modelzoo-v2"  # PretrainingTokenGenerator's chunks and EOS rule (data/pack.py)
+    for key in ("use_vsl", "fold_long_doc"):
+        if ds.get(key) is not None:
+            out[key] = _typed(doc, ("dataset", key), ds[key], bool, "true/false")
     text_key = ds.get("text_key") or proc.get("jsonl_key") or plan.hook_kwargs.get("text_key")
     nested = plan.hook_kwargs.get("data_keys")
     if not text_key and isinstance(nested, dict):
@@ -491,21 +495,22 @@ def run_v2(plan: V2Plan, cli_values: dict[str, Any]) -> dict[str, Any]:
     """Run a loaded v2 config (command-line values win); the one dispatch point for its modes.
 
     pretraining -> data.preprocess.run_preprocess (with data_splits: data.splits.run_splits first);
-    nlg -> data.nlg.run_nlg; finetuning -> data.finetune.run_v2_finetuning(plan, options)."""
+    nlg -> data.nlg.run_nlg; finetuning -> the options data.finetune.v2_finetuning makes, then
+    run_preprocess (the hooks, splits and padding of finetuning mode are the finetuning module's)."""
+    import sys
+
     from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
 
-    values = {**plan.options, **cli_values}
     if plan.mode == "finetuning":
-        try:
-            from gptx_cli.data.finetune import run_v2_finetuning  # type: ignore[attr-defined]
-        except ImportError:
-            raise plan.doc.error(
-                ("setup", "mode"),
-                "finetuning mode is not available in this gptx build (gptx_cli/data/finetune.py)",
-            ) from None
-        result: dict[str, Any] = run_v2_finetuning(plan, values)
-        return result
-    opts = PreprocessOptions(**values)
+        from gptx_cli.data.finetune import v2_finetuning
+
+        out = dict(plan.options)
+        out.pop("cleaning", None)  # the finetuning spec applies use_ftfy / ftfy_normalizer to its fields
+        setup, proc, ds = (_get(plan.doc, s) for s in SECTIONS)
+        for note in v2_finetuning(out, [], setup, proc, ds, plan.file):
+            print(f"note: {note}", file=sys.stderr)
+        return run_preprocess(PreprocessOptions(**{**out, **cli_values}))
+    opts = PreprocessOptions(**{**plan.options, **cli_values})
     if plan.mode == "nlg":
         from gptx_cli.data.nlg import run_nlg
 

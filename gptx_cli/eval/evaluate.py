@@ -51,8 +51,11 @@ class EvalOptions:
     eval_steps: int | None = None
     tasks: Sequence[str] = ()
     tasks_dir: str | None = None
-    limit: int | None = None
+    limit: float | None = None  # a count, or a fraction below 1.0 (the harness's --limit)
     batch_size: int = 8
+    max_length: int | None = None  # context for tasks (default: the model's max_position_embeddings)
+    bootstrap_iters: int = 100000  # the harness's default; 0 skips the bootstrapped stderrs
+    log_samples: bool = False
     num_fewshot: int = 0
     tokenizer: str | None = None
     device: str = "auto"
@@ -241,21 +244,30 @@ def loss_metrics(
     loss_scaling: str = "num_tokens",
     loss_weight: float = 1.0,
     source: str = "the eval data",
+    dist: Any = None,
 ) -> LossMetrics:
-    """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels)."""
+    """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels).
+
+    With `dist` (several processes) every process reads the same batches and runs batch i when
+    i % world_size == rank; the sums (float64) are added over processes once at the end, so the
+    metrics are those of one process up to the order of float64 additions."""
     import torch
 
+    from gptx_cli.data.loader import model_inputs
     from gptx_cli.model.loss import lm_loss
 
     vocab = model.cfg.vocab_size
+    rank, world = (dist.rank, dist.world_size) if dist is not None and dist.enabled else (0, 1)
     # Sums stay on the device and are read once at the end: no host sync per batch.
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, CE sum, loss tokens, correct
     samples = steps = seen_tokens = 0
     start = time.perf_counter()
     with torch.inference_mode():
-        for batch in batches:
-            if eval_steps is not None and steps >= eval_steps:
+        for index, batch in enumerate(batches):
+            if eval_steps is not None and index >= eval_steps:
                 break
+            if world > 1 and index % world != rank:
+                continue
             # The range check reads the loader's host copy, before the batch moves to the device.
             top = int(max(batch["input_ids"].max(), batch["labels"].max()))
             if top >= vocab:
@@ -263,12 +275,22 @@ def loss_metrics(
             input_ids = batch["input_ids"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
             mask = batch["attention_mask"].to(device, non_blocking=True)
-            out = lm_loss(model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight)
+            extra = model_inputs(batch, device)  # e.g. VSL's position_ids and attention_span
+            out = lm_loss(
+                model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight, **extra
+            )
             sums += torch.stack([out.loss, out.loss_sum, out.num_tokens, out.num_correct]).to(sums.dtype)
             samples += int(input_ids.shape[0])
             seen_tokens += int(input_ids.numel())
             steps += 1
     loss_total, ce_sum, tokens_f, correct_f = sums.tolist()
+    if world > 1:
+        from gptx_cli.train.parallel import all_reduce_sum
+
+        loss_total, ce_sum, tokens_f, correct_f, samples_f, steps_f, seen_f = all_reduce_sum(
+            [loss_total, ce_sum, tokens_f, correct_f, float(samples), float(steps), float(seen_tokens)], dist
+        )
+        samples, steps, seen_tokens = int(samples_f), int(steps_f), int(seen_f)
     tokens, correct = int(tokens_f), int(correct_f)
     elapsed = time.perf_counter() - start
     if steps == 0:
@@ -352,15 +374,81 @@ def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
     return None  # a bare Hugging Face directory: print only, write nothing into it
 
 
+def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous document range of one rank (joined in rank order, the shards give back the documents in order)."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    return start, start + per + (1 if rank < extra else 0)
+
+
+def _run_tasks(
+    opts: EvalOptions, tasks: Sequence[Any], model: Any, tokenizer: Any, device: Any, dist: Any
+) -> list[Any]:
+    """Score every task on this process's share of its documents; rank 0 gets the joined results."""
+    from gptx_cli.eval.generate import BatchGenerator
+    from gptx_cli.eval.harness import HarnessTokenizer
+    from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, limit_docs
+    from gptx_cli.train.parallel import all_gather_object
+
+    max_length = int(opts.max_length or model.cfg.max_position_embeddings)
+    if max_length < 2:
+        raise UsageError(f"--max-length must be at least 2, got {max_length}")
+    scorer = LoglikelihoodScorer(model, max_length=max_length, batch_size=opts.batch_size, device=device)
+    tok = HarnessTokenizer(tokenizer)
+    generator = BatchGenerator(model, tok, max_length=max_length, batch_size=opts.batch_size)
+    results = []
+    for task in tasks:
+        doc_range = None
+        if dist.enabled:
+            doc_range = _shard(limit_docs(len(task.docs), opts.limit), dist.rank, dist.world_size)
+        result = evaluate_task(
+            task,
+            scorer,
+            tok,
+            limit=opts.limit,
+            num_fewshot=opts.num_fewshot,
+            seed=opts.seed,
+            bootstrap_iters=opts.bootstrap_iters,
+            generate_fn=generator.generate_until,
+            log_samples=opts.log_samples,
+            doc_range=doc_range,
+        )
+        if dist.enabled:
+            shards = all_gather_object((result.per_doc, result.samples, result.requests), dist)
+            result.per_doc = {m: [x for per_doc, _, _ in shards for x in per_doc[m]] for m in result.per_doc}
+            result.samples = [x for _, samples, _ in shards for x in samples]
+            result.requests = sum(n for _, _, n in shards)
+            aggregate(result, opts.bootstrap_iters)
+        results.append(result)
+    return results
+
+
+def _write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
+    from gptx_cli.fsutil import write_text
+
+    write_text(path, "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
+
+
 def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
-    """Evaluate the chosen checkpoint(s); writes model_dir/eval/<checkpoint>.json for each one."""
-    from gptx_cli.eval.tasks import LoglikelihoodScorer, evaluate_task, load_task
+    """Evaluate the chosen checkpoint(s); writes model_dir/eval/<checkpoint>.json for each one.
+
+    Under torchrun (`gptx eval --nproc N`) each process scores its share of the validation batches and
+    of each task's documents; the sums and per-document items are joined on every rank, rank 0 writes.
+    """
+    from gptx_cli.eval.tasks import load_task
+    from gptx_cli.train.parallel import Dist, init_distributed, under_torchrun
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if opts.config is None and not opts.tasks:
         raise UsageError("nothing to evaluate: give a CONFIG (validation data) and/or --tasks")
     if opts.eval_steps is not None and opts.eval_steps < 1:
         raise UsageError(f"--eval-steps must be at least 1, got {opts.eval_steps}")
+    if opts.limit is not None and opts.limit <= 0:
+        raise UsageError(f"--limit must be > 0, got {opts.limit}")
+    if opts.limit is not None and opts.limit >= 1.0 and opts.limit != int(opts.limit):
+        raise UsageError(f"--limit {opts.limit}: a count must be whole (a fraction must be below 1.0)")
+    if opts.bootstrap_iters < 0:
+        raise UsageError(f"--bootstrap-iters must be >= 0, got {opts.bootstrap_iters}")
     spec = None
     if opts.config is not None:
         from gptx_cli.config import load_run_spec
@@ -373,7 +461,13 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
                     hint="add one, or pass --tasks",
                 )
     tasks = [load_task(t, opts.tasks_dir) for t in opts.tasks]  # fail on a bad file before loading a model
-    device = resolve_device(opts.device)
+    dist = Dist()
+    if under_torchrun():
+        target = {"auto": "auto", "cpu": "CPU"}.get(opts.device, "GPU")
+        dist = init_distributed(target)
+    device = resolve_device(dist.device if dist.enabled else opts.device)
+    if not dist.is_main:
+        log = lambda _msg: None  # noqa: E731 (rank 0 speaks for all)
     dtype = resolve_dtype(opts.dtype)
     reports = []
     for checkpoint in _checkpoints_to_run(opts, spec):
@@ -387,6 +481,9 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
                 log(f"warning: {w}")
         data_dirs = spec.val_data.data_dir if spec is not None and spec.val_data is not None else []
         tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer, data_dirs) if tasks else None
+        out_dir = _output_dir(opts, spec, checkpoint) if opts.write else None
+        if opts.log_samples and out_dir is None:
+            raise UsageError("--log-samples needs somewhere to write: pass --output-dir")
         model = load_eval_model(checkpoint, device, dtype)
         if spec is not None and spec.val_data is not None:
             from gptx_cli.data.loader import build_dataloader
@@ -401,20 +498,18 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
                 loss_scaling=model.cfg.loss_scaling,
                 loss_weight=model.cfg.loss_weight,
                 source=", ".join(spec.val_data.data_dir) or str(opts.config),
+                dist=dist,
             )
             report.metrics = metrics.to_dict()
+        name = checkpoint.name if step is None else f"checkpoint_{step}"
         if tokenizer is not None:
-            scorer = LoglikelihoodScorer(
-                model, max_length=model.cfg.max_position_embeddings, batch_size=opts.batch_size, device=device
-            )
-            for task in tasks:
-                result = evaluate_task(
-                    task, scorer, tokenizer, limit=opts.limit, num_fewshot=opts.num_fewshot, seed=opts.seed
-                )
+            for result in _run_tasks(opts, tasks, model, tokenizer, device, dist):
                 report.tasks.append(result.to_dict())
-        out_dir = _output_dir(opts, spec, checkpoint) if opts.write else None
-        if out_dir is not None:
-            name = checkpoint.name if step is None else f"checkpoint_{step}"
+                if opts.log_samples and out_dir is not None and dist.is_main:
+                    path = out_dir / f"{name}.samples_{result.name}.jsonl"
+                    _write_samples(path, result.samples)
+                    log(f"wrote {path}")
+        if out_dir is not None and dist.is_main:
             path = out_dir / f"{name}.json"
             write_json(path, report.to_dict())
             report.output = str(path)
@@ -441,14 +536,18 @@ def format_table(reports: Sequence[CheckpointReport]) -> str:
     if any(r.tasks for r in reports):
         if lines:
             lines.append("")
-        header = f"{'checkpoint':<32} {'task':<20} {'metric':<16} {'value':>12} {'docs':>6} {'shots':>5}"
+        header = f"{'checkpoint':<32} {'task':<20} {'metric':<16} {'value':>12} {'stderr':>10} {'docs':>6} {'shots':>5}"
         lines += [header, "-" * len(header)]
         for r in reports:
             for t in r.tasks:
                 for metric, value in t["metrics"].items():
+                    if metric.endswith("_stderr"):
+                        continue
+                    err = t["metrics"].get(f"{metric}_stderr", "N/A")
+                    err_s = f"{err:.4f}" if isinstance(err, float) else str(err)
                     lines.append(
                         f"{Path(r.checkpoint).name:<32} {t['task']:<20} {metric:<16} {value:>12.4f} "
-                        f"{t['num_docs']:>6} {t['num_fewshot']:>5}"
+                        f"{'± ' + err_s:>10} {t['num_docs']:>6} {t['num_fewshot']:>5}"
                     )
     for r in reports:
         if r.output:

@@ -254,6 +254,7 @@ def generate_from_checkpoint(
     if not prompt_tokens:
         raise UsageError("the prompt is empty (it encodes to zero tokens)")
     model = load_eval_model(opts.checkpoint_path, resolve_device(opts.device), resolve_dtype(opts.dtype))
+    _check_ids_fit(prompt_tokens, int(model.cfg.vocab_size), tokenizer)
     context = int(model.cfg.max_position_embeddings)
     notes = []
     if len(prompt_tokens) >= context:
@@ -266,3 +267,226 @@ def generate_from_checkpoint(
     result = generate(decoder, tokenizer, prompt_tokens, cfg, on_text)
     result.notes.extend(notes)
     return result
+
+
+def _check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Any) -> None:
+    """A tokenizer with a larger vocabulary than the model's (e.g. --tokenizer neox-20b on a small model)
+    would index past the embedding: a named error instead."""
+    top = max(ids)
+    if top >= vocab_size:
+        raise UsageError(
+            f"tokenizer {getattr(tokenizer, 'name', '')} gives token id {top}, beyond the model's vocab_size "
+            f"{vocab_size}",
+            hint="use the tokenizer the model was trained with (--tokenizer)",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batched generation: left padding, per-row positions, a padding-aware causal mask, one KV cache
+
+
+def generate_batch(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    tokenizer: Any = None,
+    pad_id: int = 0,
+) -> list[GenerationResult]:
+    """Decode after several prompts at once with the KV cache; each row as `generate` would decode it alone.
+
+    Prompts are left-padded to one width. Each row's rotary positions count its own tokens from 0
+    (`position_ids`, so a padded row is rotated as it would be unpadded: the GPT-NeoX trap of
+    transformers #22161), and the attention mask hides padding keys (`causal_padding_mask`). A row stops
+    at the end-of-text token or a stop sequence (then `tokenizer` is needed to see the text); the batch
+    stops when every row has. Greedy rows equal one-at-a-time greedy decoding token for token (up to
+    float rounding of the batched matmuls); sampled rows draw from one generator in row order.
+    """
+    import torch
+
+    from gptx_cli.model.doc_attention import causal_padding_mask
+
+    cfg.check()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UsageError("a prompt is empty (it encodes to zero tokens)")
+    if cfg.stop and tokenizer is None:
+        raise UsageError("stop sequences need the tokenizer")
+    device = next(model.parameters()).device
+    b = len(prompts)
+    width = max(len(p) for p in prompts)
+    total = width + cfg.max_new_tokens
+    ids = torch.full((b, width), int(pad_id), dtype=torch.long)
+    key_valid = torch.zeros((b, total), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        key_valid[row, width - len(p) : width] = True
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    ids, key_valid, lengths = ids.to(device), key_valid.to(device), lengths.to(device)
+    # Real tokens sit at 0..len-1; padding positions are clamped to 0 (they are masked as keys).
+    positions = (key_valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
+    generator = torch.Generator(device="cpu")
+    if cfg.seed is not None:
+        generator.manual_seed(int(cfg.seed))
+    else:
+        generator.seed()
+    cache = model.new_kv_cache(b, total)
+    outs: list[list[int]] = [[] for _ in range(b)]
+    texts = [""] * b
+    reasons = ["length"] * b
+    done = [False] * b
+    with torch.inference_mode():
+        mask = causal_padding_mask(key_valid[:, :width], width)
+        logits = model(ids, kv_cache=cache, start_pos=0, position_ids=positions, attn_mask=mask)[:, -1]
+        for step in range(cfg.max_new_tokens):
+            if cfg.do_sample or cfg.repetition_penalty != 1.0:
+                scores = torch.stack(
+                    [process_logits(logits[r], list(prompts[r]) + outs[r], cfg) for r in range(b)]
+                )
+            else:
+                scores = logits.float()
+            if cfg.do_sample:
+                nxt = [
+                    choose_token(scores[r], cfg, generator) if not done[r] else int(pad_id) for r in range(b)
+                ]
+            else:
+                nxt = scores.argmax(dim=-1).tolist()
+            for r in range(b):
+                if done[r]:
+                    continue
+                token = int(nxt[r])
+                outs[r].append(token)
+                if cfg.eos_id is not None and token == cfg.eos_id:
+                    reasons[r], done[r] = "eos", True
+                    continue
+                if cfg.stop:
+                    text = tokenizer.decode([t for t in outs[r] if t != cfg.eos_id])
+                    cut = min((i for i in (text.find(s) for s in cfg.stop) if i >= 0), default=-1)
+                    if cut >= 0:
+                        texts[r], reasons[r], done[r] = text[:cut], "stop", True
+            if all(done) or step + 1 == cfg.max_new_tokens:
+                break
+            pos = width + step
+            key_valid[:, pos] = True
+            new = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
+            step_mask = causal_padding_mask(key_valid[:, : pos + 1], 1, start_pos=pos)
+            step_pos = (lengths + step)[:, None]
+            logits = model(new, kv_cache=cache, start_pos=pos, position_ids=step_pos, attn_mask=step_mask)[
+                :, -1
+            ]
+    results = []
+    for r in range(b):
+        if reasons[r] != "stop" and tokenizer is not None:
+            texts[r] = tokenizer.decode([t for t in outs[r] if t != cfg.eos_id])
+        results.append(GenerationResult(list(prompts[r]), outs[r], texts[r], reasons[r]))
+    return results
+
+
+class BatchGenerator:
+    """lm-eval's HFLM.generate_until on a gptx model: requests sorted longest first, batches of
+    `batch_size`, each context left-truncated to max_length - max_gen_toks tokens, greedy decoding of up
+    to max_gen_toks tokens that stops at the end-of-text token or any `until` string (the end-of-text
+    text is added to them), and the text cut before the first stop string (postprocess_generated_text)."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, batch_size: int = 8):
+        self.model = model
+        self.tok = tokenizer  # harness.HarnessTokenizer (its encode is HFLM.tok_encode)
+        self.max_length = int(max_length)
+        self.batch_size = max(1, int(batch_size))
+        self.tokens_generated = 0
+
+    def generate_until(self, contexts: Sequence[str], until: Sequence[str], max_gen_toks: int) -> list[str]:
+        eos_id = self.tok.eos_id
+        stops = list(until)
+        eos_text = self.tok.decode([eos_id]) if eos_id is not None else None
+        if eos_text and eos_text not in stops:
+            stops.append(eos_text)
+        max_ctx = self.max_length - max_gen_toks
+        if max_ctx <= 0:
+            raise UsageError(
+                f"max_gen_toks {max_gen_toks} leaves no room for a prompt in the context of {self.max_length}"
+            )
+        encoded = [self.tok.encode(c) for c in contexts]
+        order = sorted(range(len(contexts)), key=lambda i: (-len(encoded[i]), contexts[i]))
+        out = [""] * len(contexts)
+        cfg = SamplingConfig(max_new_tokens=max_gen_toks, stop=tuple(s for s in stops if s), eos_id=eos_id)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            prompts = [encoded[i][-max_ctx:] for i in idx]
+            for i, res in zip(
+                idx, generate_batch(self.model, prompts, cfg, self.tok, pad_id=eos_id or 0), strict=True
+            ):
+                self.tokens_generated += len(res.tokens)
+                text = res.text
+                for term in stops:
+                    if term:
+                        text = text.split(term)[0]
+                out[i] = text
+        return out
+
+
+def read_prompts_file(path: str) -> list[str]:
+    """Prompts, one per line: a .jsonl file holds {"prompt": ...} objects, any other file plain text lines
+    (blank lines skipped)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read --prompts-file {path}: {err}") from err
+    prompts = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise UsageError(f"{path}:{lineno}: expected an object with a string 'prompt'")
+            prompts.append(record["prompt"])
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise UsageError(f"--prompts-file {path} holds no prompts")
+    return prompts
+
+
+def generate_many_from_checkpoint(
+    opts: GenerateOptions, prompts: Sequence[str], batch_size: int = 8
+) -> list[GenerationResult]:
+    """`gptx generate --prompts-file`: every prompt, `batch_size` at a time, left-padded (generate_batch)."""
+    from gptx_cli.eval.evaluate import (
+        checkpoint_model_config,
+        load_eval_model,
+        resolve_device,
+        resolve_dtype,
+        resolve_tokenizer,
+    )
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    cfg = opts.sampling
+    cfg.check()
+    checkpoint_model_config(opts.checkpoint_path)
+    tokenizer = resolve_tokenizer(opts.checkpoint_path, opts.tokenizer)
+    if not opts.ignore_eos and cfg.eos_id is None:
+        cfg.eos_id = tokenizer.eos_id
+    encoded = [tokenizer.encode(p) for p in prompts]
+    for i, tokens in enumerate(encoded):
+        if not tokens:
+            raise UsageError(f"prompt {i + 1} is empty (it encodes to zero tokens)")
+    model = load_eval_model(opts.checkpoint_path, resolve_device(opts.device), resolve_dtype(opts.dtype))
+    context = int(model.cfg.max_position_embeddings)
+    longest = max(len(t) for t in encoded)
+    if longest + cfg.max_new_tokens > context:
+        raise UsageError(
+            f"the longest prompt ({longest} tokens) plus --max-new-tokens {cfg.max_new_tokens} exceeds the "
+            f"model's context of {context}"
+        )
+    results: list[GenerationResult] = []
+    for start in range(0, len(encoded), batch_size):
+        results += generate_batch(
+            model, encoded[start : start + batch_size], cfg, tokenizer, tokenizer.eos_id
+        )
+    return results

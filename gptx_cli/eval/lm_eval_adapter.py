@@ -1,4 +1,5 @@
-"""gptx as an EleutherAI lm-evaluation-harness model (optional: only when `lm_eval` is installed).
+"""gptx as an EleutherAI lm-evaluation-harness model (optional: only when `lm_eval` is installed, the
+`gptx[lm-eval]` extra), and `gptx lm-eval`, which runs the harness's own command line on it.
 
     import lm_eval
     from gptx_cli.eval.lm_eval_adapter import register
@@ -6,34 +7,63 @@
     lm_eval.simple_evaluate(model="gptx", model_args="checkpoint=model_dir/checkpoint_100", tasks=["hellaswag"])
 
 `lm_eval` is imported only inside `register()`, so gptx neither needs nor imports it otherwise. The class
-is a thin shell over the scorer `gptx eval --tasks` uses (`gptx_cli.eval.tasks`) and over
-`gptx_cli.eval.generate`, so harness tasks and local task files are scored by the same code.
-lm_eval is not installed in gptx's environment; tests/eval/test_eval_lm_eval_parity.py (skipped without
-it) checks this class against the harness's own HFLM on the same weights: loglikelihood, rolling
-loglikelihood and generate_until agree (checked with lm_eval 0.4.13).
+is a thin shell over the code `gptx eval --tasks` uses: `gptx_cli.eval.tasks.LoglikelihoodScorer` for
+loglikelihood and loglikelihood_rolling, `gptx_cli.eval.generate.BatchGenerator` (left-padded batches)
+for generate_until, and `gptx_cli.eval.harness.HarnessTokenizer` for HFLM's tokenizer calls and prefix
+token. tests/eval/test_eval_lm_eval_parity.py checks it against the harness's own `hf` model.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
+from gptx_cli.errors import DataError, GptxError, UsageError
+
 _registered: dict[str, Any] = {}
+INSTALL_HINT = "pip install 'gptx[lm-eval]'"
+
+
+def _import_lm_eval() -> Any:
+    try:
+        import lm_eval
+        from lm_eval.api.model import LM  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"lm-eval is not installed ({err})", hint=INSTALL_HINT) from None
+    return lm_eval
+
+
+def detect_batch_size(model: Any, max_length: int, device: Any, start: int = 64) -> int:
+    """The largest power-of-two batch (<= start) whose [batch, max_length] forward fits in memory (what
+    HFLM's batch_size=auto searches for); on the CPU nothing runs out, so it is `start`."""
+    import torch
+
+    bs = start
+    while bs >= 1:
+        try:
+            with torch.inference_mode():
+                hidden = model.hidden_states(torch.zeros((bs, max_length), dtype=torch.long, device=device))
+                model.logits(hidden[:, -1:])
+            return bs
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            bs //= 2
+    raise UsageError(f"batch_size auto: not even one sequence of {max_length} tokens fits in memory")
 
 
 def register(name: str = "gptx") -> Any:
     """Register (once) and return the lm_eval model class for gptx checkpoints."""
     if name in _registered:
         return _registered[name]
-    try:
-        from lm_eval.api.model import LM
-        from lm_eval.api.registry import register_model
-    except ImportError as err:
-        from gptx_cli.errors import UsageError
-
-        raise UsageError("lm-eval is not installed", hint="pip install lm-eval") from err
+    _import_lm_eval()
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
 
     from gptx_cli.eval.evaluate import load_eval_model, resolve_device, resolve_dtype, resolve_tokenizer
-    from gptx_cli.eval.generate import CachedDecoder, SamplingConfig, generate
+    from gptx_cli.eval.generate import BatchGenerator
+    from gptx_cli.eval.harness import HarnessTokenizer
     from gptx_cli.eval.tasks import LoglikelihoodScorer, encode_pair
 
     class GptxLM(LM):  # type: ignore[misc, valid-type]
@@ -45,51 +75,138 @@ def register(name: str = "gptx") -> Any:
             dtype: str = "float32",
             batch_size: int | str = 8,
             max_length: int | None = None,
-            **_: Any,
+            prefix_token_id: int | None = None,
+            max_batch_size: int = 64,
+            **kwargs: Any,
         ) -> None:
             super().__init__()
+            unknown = {k: v for k, v in kwargs.items() if v is not None}
+            if unknown:
+                raise UsageError(
+                    f"model_args: unknown key(s) for gptx: {', '.join(sorted(unknown))}",
+                    hint="checkpoint, tokenizer, device, dtype, batch_size, max_length, prefix_token_id",
+                )
             self._device = resolve_device(device)
             self.model = load_eval_model(checkpoint, self._device, resolve_dtype(dtype))
-            self.tokenizer = resolve_tokenizer(checkpoint, tokenizer)
+            prefix = None if prefix_token_id is None else int(prefix_token_id)
+            self.tok = HarnessTokenizer(resolve_tokenizer(checkpoint, tokenizer), prefix)
             self.max_length = int(max_length or self.model.cfg.max_position_embeddings)
-            size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+            if str(batch_size).startswith("auto"):
+                size = detect_batch_size(self.model, self.max_length, self._device, int(max_batch_size))
+            else:
+                size = int(batch_size)
+            self.batch_size_resolved = size
             self.scorer = LoglikelihoodScorer(self.model, self.max_length, size, self._device)
+            self.generator = BatchGenerator(self.model, self.tok, self.max_length, size)
+
+        @property
+        def prefix_token_id(self) -> int:
+            return self.tok.prefix_token
+
+        @property
+        def eot_token_id(self) -> int | None:
+            return self.tok.eos_id
+
+        def tok_encode(self, string: str, **_: Any) -> list[int]:
+            return self.tok.encode(string)
 
         def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
             pairs = [
-                encode_pair(self.tokenizer, context, continuation, self.tokenizer.eos_id)
+                encode_pair(self.tok, context, continuation, self.tok.prefix_token)
                 for context, continuation in (r.args for r in requests)
             ]
             return self.scorer.loglikelihood_tokens(pairs)
 
         def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-            docs = [self.tokenizer.encode(r.args[0]) for r in requests]
-            return self.scorer.loglikelihood_rolling(docs, self.tokenizer.eos_id)
+            docs = [self.tok.encode(r.args[0]) for r in requests]
+            return self.scorer.loglikelihood_rolling(docs, self.tok.prefix_token)
 
         def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-            outputs = []
-            for request in requests:
-                context, gen_kwargs = request.args
+            # Requests with the same generation arguments run together (HFLM groups by gen_kwargs).
+            groups: dict[str, list[int]] = {}
+            for i, r in enumerate(requests):
+                groups.setdefault(repr(sorted(r.args[1].items())), []).append(i)
+            out = [""] * len(requests)
+            for idx in groups.values():
+                gen_kwargs = dict(requests[idx[0]].args[1])
+                if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature", 0.0) or 0.0) > 0:
+                    raise UsageError("gptx's lm-eval model decodes greedily; this task asks for sampling")
                 until = gen_kwargs.get("until") or []
                 until = [until] if isinstance(until, str) else list(until)
-                prompt = self.tokenizer.encode(context)
-                max_new = int(gen_kwargs.get("max_gen_toks", 256))
-                prompt = prompt[-(self.max_length - max_new) :] if max_new < self.max_length else prompt[-1:]
-                max_new = min(max_new, self.max_length - len(prompt))
-                temperature = float(gen_kwargs.get("temperature", 0.0) or 0.0)
-                cfg = SamplingConfig(
-                    max_new_tokens=max_new,
-                    do_sample=bool(gen_kwargs.get("do_sample", False)) and temperature > 0,
-                    temperature=temperature if temperature > 0 else 1.0,
-                    top_k=gen_kwargs.get("top_k"),
-                    top_p=gen_kwargs.get("top_p"),
-                    seed=gen_kwargs.get("seed", 1234),
-                    stop=tuple(until),
-                    eos_id=self.tokenizer.eos_id,
+                max_gen = int(
+                    gen_kwargs.get("max_gen_toks")
+                    or gen_kwargs.get("max_new_tokens")
+                    or gen_kwargs.get("max_tokens")
+                    or 256
                 )
-                decoder = CachedDecoder(self.model, len(prompt) + max_new)
-                outputs.append(generate(decoder, self.tokenizer, prompt, cfg).text)
-            return outputs
+                texts = self.generator.generate_until([requests[i].args[0] for i in idx], until, max_gen)
+                for i, text in zip(idx, texts, strict=True):
+                    out[i] = text
+            return out
 
     _registered[name] = register_model(name)(GptxLM)
     return _registered[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# `gptx lm-eval`
+
+_GPTX_OWNS = ("--model", "--model_args", "--model-args")
+
+
+def run_lm_eval(
+    checkpoint: str,
+    harness_args: Sequence[str],
+    *,
+    tokenizer: str | None = None,
+    dtype: str = "float32",
+    max_length: int | None = None,
+    online: bool = False,
+) -> None:
+    """Run the harness's command line (`lm-eval run ...`) with `--model gptx` on `checkpoint` (a gptx
+    checkpoint, a model_dir or a Hugging Face directory); every other argument (--tasks, --num_fewshot,
+    --limit, --batch_size, --device, --log_samples, --output_path, --include_path, ...) passes through."""
+    for arg in harness_args:
+        if arg.split("=", 1)[0] in _GPTX_OWNS:
+            raise UsageError(f"{arg.split('=', 1)[0]}: gptx lm-eval sets the model; give --checkpoint-path")
+    _import_lm_eval()
+    if not online:  # no hub downloads unless asked for: local task YAMLs and cached datasets only
+        for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(var, "1")
+    from gptx_cli.eval.evaluate import checkpoint_model_config
+
+    checkpoint_model_config(checkpoint)  # a clear error for a path that is not a checkpoint
+    register()
+    from lm_eval._cli import HarnessCLI
+
+    model_args = [f"checkpoint={checkpoint}", f"dtype={dtype}"]
+    if tokenizer:
+        model_args.append(f"tokenizer={tokenizer}")
+    if max_length:
+        model_args.append(f"max_length={max_length}")
+    for value in model_args:
+        if "," in value:
+            raise UsageError(
+                f"{value.split('=', 1)[0]}: a path with a comma cannot pass through --model_args"
+            )
+    cli = HarnessCLI()
+    args = cli._parser.parse_args(
+        ["run", "--model", "gptx", "--model_args", ",".join(model_args), *harness_args]
+    )
+    try:
+        cli.execute(args)
+    except GptxError:
+        raise
+    except Exception as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        name = type(err).__name__
+        offline = any(
+            s in f"{name} {text}".lower()
+            for s in ("offline", "connection", "couldn't reach", "resolve", "hub")
+        )
+        if offline:
+            raise DataError(
+                f"lm-eval could not load a task's dataset offline: {name}: {text}",
+                hint="use a local task YAML (--include_path) or pass --online to let the harness download",
+            ) from err
+        raise DataError(f"lm-eval failed: {name}: {text}") from err

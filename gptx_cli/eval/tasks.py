@@ -1,19 +1,17 @@
-"""Zero-shot (and few-shot) tasks from local jsonl files, scored as EleutherAI's lm-evaluation-harness does.
+"""Tasks from local jsonl files, scored as EleutherAI's lm-evaluation-harness (0.4.x) scores the matching
+harness task, byte for byte: the same prompt and continuation strings, token ids, truncation, few-shot
+draws and metrics (docs/tasks.md names the harness source of each rule).
 
-Three kinds of task (formats in docs/tasks.md):
+Four kinds of task (formats in docs/tasks.md):
 
-- ``last_word`` (LAMBADA): context = the text without its last space-separated word, target = " " + that
-  word. Metrics: ``acc`` (the target is the greedy continuation, token for token) and ``perplexity``
-  = exp(-mean over documents of the target's log-likelihood), the harness's `perplexity` aggregation.
-- ``multiple_choice`` (HellaSwag, PIQA, ARC): one log-likelihood per choice, each scored as
-  ``(query, target_delimiter + choice)``. ``acc`` = argmax of the summed log-likelihoods, ``acc_norm`` =
-  argmax of log-likelihood / len(choice) in characters (the harness's `completion_len`).
-- ``rolling`` (WikiText): the whole document's log-likelihood through disjoint rolling windows of the
-  model's context (prefix = end-of-text token). ``word_perplexity`` = exp(-sum ll / sum words),
-  ``byte_perplexity`` = exp(-sum ll / sum UTF-8 bytes), ``bits_per_byte`` = -sum ll / sum bytes / ln 2.
+- ``last_word`` (LAMBADA, output_type loglikelihood): ``acc`` (greedy) and ``perplexity``.
+- ``multiple_choice`` (HellaSwag, PIQA, ARC): ``acc``, ``acc_norm``, optionally ``acc_mutual_info``.
+- ``rolling`` (WikiText, loglikelihood_rolling): ``word_perplexity``, ``byte_perplexity``, ``bits_per_byte``.
+- ``generate`` (generate_until): ``exact_match`` of the greedy text cut at the stop sequences.
 
-Everything is scored through one function, ``logits_fn(input_ids [B, T]) -> logits [B, T, V]``, so the
-same code scores a gptx model, a transformers model (tests) or anything else.
+Every metric comes with ``<metric>_stderr`` as the harness computes it (gptx_cli/eval/harness.py).
+Log-likelihoods go through one function, ``logits_fn(input_ids [B, T]) -> logits [B, T, V]`` (or a gptx
+Transformer), so the same code scores a gptx model, a transformers model (tests) or anything else.
 """
 
 from __future__ import annotations
@@ -22,15 +20,24 @@ import json
 import math
 import os
 import random
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from gptx_cli.errors import DataError, UsageError
+from gptx_cli.eval.harness import (
+    AGGREGATIONS,
+    DEFAULT_BOOTSTRAP_ITERS,
+    DETOKENIZERS,
+    as_harness_tokenizer,
+    count_bytes,
+    count_words,
+    exact_match,
+)
+from gptx_cli.eval.harness import stderr as harness_stderr
 
-TASK_KINDS = ("last_word", "multiple_choice", "rolling")
+TASK_KINDS = ("last_word", "multiple_choice", "rolling", "generate")
 # The harness seeds its few-shot sampler with 1234 (lm_eval.api.samplers / evaluator defaults).
 DEFAULT_FEWSHOT_SEED = 1234
 
@@ -57,10 +64,11 @@ def encode_pair(
 
     Trailing spaces of the context move to the continuation; the continuation's tokens are those of
     the whole string after the context's tokens, so merges across the boundary count as continuation.
-    An empty context is replaced by the prefix (end-of-text) token.
+    An empty context is replaced by the prefix token (HFLM.prefix_token_id: BOS, else EOS), unless the
+    continuation already starts with it. `tokenizer.encode` is HFLM.tok_encode (harness.HarnessTokenizer).
     """
     if context == "":
-        continuation_enc = tokenizer.encode(continuation)
+        continuation_enc = getattr(tokenizer, "encode_plain", tokenizer.encode)(continuation)
         if prefix_token is None:
             raise DataError("an empty context needs an end-of-text token; the tokenizer has none")
         if continuation_enc and continuation_enc[0] == prefix_token:
@@ -190,10 +198,45 @@ class LoglikelihoodScorer:
 # ---------------------------------------------------------------------------------------------------
 # Task files
 
+HEADER_KEYS = {
+    "name",
+    "kind",
+    "target_delimiter",
+    "fewshot_delimiter",
+    "description",
+    "fewshot_pool",
+    "detokenizer",
+    "count_from",
+    "metrics",
+    "until",
+    "max_gen_toks",
+}
+# Metrics each kind can report (the harness's names) and the default set (what the harness task lists).
+KIND_METRICS = {
+    "last_word": (("perplexity", "acc"), ("perplexity", "acc")),
+    "multiple_choice": (("acc", "acc_norm", "acc_mutual_info"), ("acc", "acc_norm")),
+    "rolling": (
+        ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+        ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+    ),
+    "generate": (("exact_match",), ("exact_match",)),
+}
+# The harness's aggregation of each metric (lm_eval/api/metrics.py registrations).
+AGGREGATION_OF = {
+    "perplexity": "perplexity",
+    "acc": "mean",
+    "acc_norm": "mean",
+    "acc_mutual_info": "mean",
+    "exact_match": "mean",
+    "word_perplexity": "weighted_perplexity",
+    "byte_perplexity": "weighted_perplexity",
+    "bits_per_byte": "bits_per_byte",
+}
+
 
 @dataclass
 class Task:
-    """One task: its documents (validated), kind and prompt delimiters."""
+    """One task: its documents (validated), kind and prompt settings (docs/tasks.md)."""
 
     name: str
     kind: str
@@ -201,6 +244,17 @@ class Task:
     docs: list[dict[str, Any]]
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
+    description: str = ""
+    fewshot_docs: list[dict[str, Any]] | None = None  # a separate pool (fewshot_pool); None: the docs
+    detokenizer: str = "none"
+    count_from: str | None = None
+    metrics: tuple[str, ...] = ()
+    until: list[str] | None = None
+    max_gen_toks: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            self.metrics = KIND_METRICS[self.kind][1]
 
 
 @dataclass
@@ -209,7 +263,10 @@ class TaskResult:
     kind: str
     num_docs: int
     num_fewshot: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    requests: int = 0
+    per_doc: dict[str, list[Any]] = field(default_factory=dict)  # metric -> one item per document
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -241,11 +298,27 @@ def resolve_task_path(name_or_path: str, tasks_dir: str | None = None) -> Path:
 def _kind_of(record: dict[str, Any]) -> str | None:
     if "choices" in record:
         return "multiple_choice"
+    if "answer" in record:
+        return "generate"
     if "page" in record:
         return "rolling"
     if "text" in record:
         return "last_word"
     return None
+
+
+def _gold_index(value: Any, choices: list[str], where: str) -> int:
+    """One gold: an index (int, or a digit string as HellaSwag ships it) or the text of a choice."""
+    if isinstance(value, str):
+        if value in choices:
+            return choices.index(value)
+        if value.strip().lstrip("-").isdigit():
+            value = int(value)
+        else:
+            raise DataError(f"{where}: gold {value!r} is neither one of the choices nor an index")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < len(choices):
+        raise DataError(f"{where}: 'gold' (or 'label') must be an index into the {len(choices)} choices")
+    return value
 
 
 def _check_doc(kind: str, record: dict[str, Any], where: str) -> dict[str, Any]:
@@ -258,37 +331,47 @@ def _check_doc(kind: str, record: dict[str, Any], where: str) -> dict[str, Any]:
             raise DataError(f"{where}: multiple_choice needs a string 'query' (or 'context')")
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise DataError(f"{where}: 'choices' must be a list of at least two strings")
-        if isinstance(gold, str) and gold.strip().lstrip("-").isdigit():
-            gold = int(gold)  # HellaSwag ships its label as a string
-        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
-            raise DataError(f"{where}: 'gold' (or 'label') must be an index into the {len(choices)} choices")
         if any(len(c) == 0 for c in choices):
             raise DataError(f"{where}: a choice is empty (acc_norm divides by its length)")
-        return {"query": query, "choices": choices, "gold": gold}
-    key = "page" if kind == "rolling" and "page" in record else "text"
+        if isinstance(gold, list):
+            if not gold:
+                raise DataError(f"{where}: 'gold' is an empty list")
+            golds = [_gold_index(g, choices, where) for g in gold]
+            return {"query": query, "choices": choices, "gold": golds}
+        return {"query": query, "choices": choices, "gold": _gold_index(gold, choices, where)}
+    if kind == "generate":
+        query = record.get("query", record.get("context"))
+        answer = record.get("answer")
+        if not isinstance(query, str):
+            raise DataError(f"{where}: generate needs a string 'query' (or 'context')")
+        if isinstance(answer, list):
+            if not answer or not all(isinstance(a, str) for a in answer):
+                raise DataError(f"{where}: 'answer' must be a string or a non-empty list of strings")
+        elif not isinstance(answer, str):
+            raise DataError(f"{where}: generate needs a string 'answer' (or a list of them)")
+        return {"query": query, "answer": answer}
+    key = "page" if kind == "rolling" and "page" in record and "text" not in record else "text"
     text = record.get(key)
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: {kind} needs a non-empty string '{key}'")
     if kind == "last_word" and len(text.split(" ")) < 2:
         raise DataError(f"{where}: last_word needs at least two space-separated words in 'text'")
-    return {"text": text}
+    out = {"text": text}
+    if kind == "rolling":
+        out.update({k: v for k, v in record.items() if k not in (key,) and isinstance(v, str)})
+        out["raw"] = text
+    return out
 
 
-def load_task(name_or_path: str, tasks_dir: str | None = None) -> Task:
-    """Read and validate a task jsonl file (format: docs/tasks.md).
-
-    An optional first line `{"gptx_task": {"name", "kind", "target_delimiter", "fewshot_delimiter"}}`
-    names the kind; without it the kind follows from the first record's keys (choices -> multiple
-    choice, page -> rolling, text -> last word).
-    """
-    path = resolve_task_path(name_or_path, tasks_dir)
+def _read_jsonl(
+    path: Path, kind: str | None, allow_header: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read task file {path}: {err}") from err
     header: dict[str, Any] = {}
     docs: list[dict[str, Any]] = []
-    kind: str | None = None
     for lineno, line in enumerate(lines, start=1):
         where = f"{path}:{lineno}"
         if not line.strip():
@@ -300,32 +383,95 @@ def load_task(name_or_path: str, tasks_dir: str | None = None) -> Task:
         if not isinstance(record, dict):
             raise DataError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
         if "gptx_task" in record:
+            if not allow_header:
+                raise DataError(f"{where}: a few-shot pool file takes no gptx_task header")
             if docs or header:
                 raise DataError(f"{where}: the gptx_task header must be the first line")
             header = record["gptx_task"]
             if not isinstance(header, dict):
                 raise DataError(f"{where}: gptx_task must be an object")
-            unknown = set(header) - {"name", "kind", "target_delimiter", "fewshot_delimiter"}
+            unknown = set(header) - HEADER_KEYS
             if unknown:
                 raise DataError(f"{where}: unknown gptx_task key(s) {', '.join(sorted(unknown))}")
             kind = header.get("kind")
-            if kind not in TASK_KINDS:
+            if kind not in KIND_METRICS:
                 raise DataError(
                     f"{where}: gptx_task.kind must be one of {', '.join(TASK_KINDS)}, got {kind!r}"
                 )
+            _check_header(header, str(kind), where)
             continue
         if kind is None:
             kind = _kind_of(record)
             if kind is None:
                 raise DataError(
                     f"{where}: cannot tell the task kind: expected 'choices' (multiple_choice), "
-                    "'page' (rolling) or 'text' (last_word)",
+                    "'answer' (generate), 'page' (rolling) or 'text' (last_word)",
                     hint='or start the file with {"gptx_task": {"kind": ...}}',
                 )
         docs.append(_check_doc(kind, record, where))
     if not docs:
         raise DataError(f"{path}: the task file has no documents")
     assert kind is not None
+    return header, docs, kind
+
+
+def _check_header(header: dict[str, Any], kind: str, where: str) -> None:
+    for key in ("target_delimiter", "fewshot_delimiter", "description", "fewshot_pool", "count_from"):
+        if key in header and not isinstance(header[key], str):
+            raise DataError(f"{where}: gptx_task.{key} must be a string")
+    if header.get("detokenizer", "none") not in DETOKENIZERS:
+        raise DataError(
+            f"{where}: gptx_task.detokenizer must be one of {', '.join(DETOKENIZERS)}, "
+            f"got {header['detokenizer']!r}"
+        )
+    if ("detokenizer" in header or "count_from" in header) and kind != "rolling":
+        raise DataError(f"{where}: gptx_task.detokenizer / count_from apply to rolling tasks only")
+    if ("until" in header or "max_gen_toks" in header) and kind != "generate":
+        raise DataError(f"{where}: gptx_task.until / max_gen_toks apply to generate tasks only")
+    until = header.get("until")
+    if until is not None and not (
+        isinstance(until, str) or (isinstance(until, list) and all(isinstance(u, str) for u in until))
+    ):
+        raise DataError(f"{where}: gptx_task.until must be a string or a list of strings")
+    max_gen = header.get("max_gen_toks", 256)
+    if not isinstance(max_gen, int) or isinstance(max_gen, bool) or max_gen < 1:
+        raise DataError(f"{where}: gptx_task.max_gen_toks must be a positive integer")
+    metrics = header.get("metrics")
+    if metrics is not None:
+        allowed = KIND_METRICS[kind][0]
+        if not isinstance(metrics, list) or not metrics or any(m not in allowed for m in metrics):
+            raise DataError(
+                f"{where}: gptx_task.metrics for {kind} must be a list drawn from {', '.join(allowed)}"
+            )
+
+
+def load_task(name_or_path: str, tasks_dir: str | None = None) -> Task:
+    """Read and validate a task jsonl file (format: docs/tasks.md).
+
+    An optional first line `{"gptx_task": {...}}` names the kind and the prompt settings; without it
+    the kind follows from the first record's keys (choices -> multiple choice, answer -> generate,
+    page -> rolling, text -> last word).
+    """
+    path = resolve_task_path(name_or_path, tasks_dir)
+    header, docs, kind = _read_jsonl(path, None, allow_header=True)
+    if "kind" in header:
+        kind = str(header["kind"])
+    fewshot_docs = None
+    if header.get("fewshot_pool"):
+        pool_path = Path(header["fewshot_pool"])
+        if not pool_path.is_absolute():
+            pool_path = path.parent / pool_path
+        if not pool_path.is_file():
+            raise DataError(f"{path}:1: gptx_task.fewshot_pool {pool_path} does not exist")
+        _, fewshot_docs, _ = _read_jsonl(pool_path, kind, allow_header=False)
+    count_from = header.get("count_from")
+    if count_from is not None:
+        missing = [i for i, d in enumerate(docs) if count_from not in d]
+        if missing:
+            raise DataError(
+                f"{path}: count_from field {count_from!r} is missing in document {missing[0] + 1}"
+            )
+    until = header.get("until")
     return Task(
         name=str(header.get("name") or path.stem),
         kind=kind,
@@ -333,42 +479,88 @@ def load_task(name_or_path: str, tasks_dir: str | None = None) -> Task:
         docs=docs,
         target_delimiter=str(header.get("target_delimiter", " ")),
         fewshot_delimiter=str(header.get("fewshot_delimiter", "\n\n")),
+        description=str(header.get("description", "")),
+        fewshot_docs=fewshot_docs,
+        detokenizer=str(header.get("detokenizer", "none")),
+        count_from=count_from,
+        metrics=tuple(header.get("metrics") or ()),
+        until=[until] if isinstance(until, str) else until,
+        max_gen_toks=int(header.get("max_gen_toks", 256)),
     )
 
 
 # ---------------------------------------------------------------------------------------------------
-# Prompts and metrics
+# Prompts (lm_eval/api/task.py ConfigurableTask.fewshot_context / build_qa_turn, api/samplers.py)
 
 
 def _last_word_split(text: str) -> tuple[str, str]:
+    """lambada_openai.yaml: doc_to_text = words[:-1] joined by ' ', doc_to_target = ' ' + words[-1]."""
     words = text.split(" ")
     return " ".join(words[:-1]), " " + words[-1]
 
 
-def _doc_text_and_target(task: Task, doc: dict[str, Any]) -> tuple[str, str]:
-    """A solved example for few-shot prompts: (text, target), joined with the target delimiter."""
+def _query_and_answer(task: Task, doc: dict[str, Any]) -> tuple[str, str]:
+    """(doc_to_text, the answer text a solved example shows) for one document."""
     if task.kind == "multiple_choice":
-        return doc["query"], doc["choices"][doc["gold"]]
-    context, target = _last_word_split(doc["text"])
-    return context, target.lstrip(" ")
+        gold = doc["gold"]
+        return doc["query"], doc["choices"][gold[0] if isinstance(gold, list) else gold]
+    if task.kind == "generate":
+        answer = doc["answer"]
+        return doc["query"], answer[0] if isinstance(answer, list) else answer
+    return _last_word_split(doc["text"])
 
 
-def _fewshot_prefix(task: Task, doc_index: int, num_fewshot: int, rng: random.Random) -> str:
-    """Harness few-shot: examples drawn from the same set (never the document itself), seeded."""
-    if num_fewshot == 0:
-        return ""
-    pool = rng.sample(range(len(task.docs)), min(num_fewshot + 1, len(task.docs)))
-    shots = [i for i in pool if i != doc_index][:num_fewshot]
-    examples = []
-    for i in shots:
-        text, target = _doc_text_and_target(task, task.docs[i])
-        examples.append(text + task.target_delimiter + target)
-    return task.fewshot_delimiter.join(examples) + task.fewshot_delimiter
+def fewshot_context(task: Task, doc: dict[str, Any], num_fewshot: int, rnd: random.Random) -> str:
+    """The prompt of one document: description, then `num_fewshot` solved examples, then its query.
+
+    Examples are `rnd.sample(pool, num_fewshot)` (ContextSampler.sample with eval_doc=None: the harness
+    passes the document only when a fewshot_split equal to the test split is configured; a task whose
+    shots fall back to its own documents, like lambada_openai, may show a document its own answer),
+    each rendered `query + target_delimiter + answer + fewshot_delimiter` (build_qa_turn; for
+    lambada_openai the answer keeps its leading space, so query and answer meet with two spaces).
+    """
+    parts = [task.description]
+    if num_fewshot > 0:
+        pool = task.fewshot_docs if task.fewshot_docs is not None else task.docs
+        if num_fewshot > len(pool):
+            raise UsageError(
+                f"task {task.name}: --num-fewshot {num_fewshot} exceeds the {len(pool)} documents of its "
+                "few-shot pool"
+            )
+        for shot in rnd.sample(pool, num_fewshot):
+            query, answer = _query_and_answer(task, shot)
+            if answer != "":
+                parts.append(query + task.target_delimiter + answer + task.fewshot_delimiter)
+            else:
+                parts.append(query)
+    parts.append(_query_and_answer(task, doc)[0])
+    return "".join(parts)
 
 
-def count_words(text: str) -> int:
-    """The harness's word count for word_perplexity."""
-    return len(re.split(r"\s+", text))
+def limit_docs(n_docs: int, limit: float | None) -> int:
+    """evaluator_utils.get_sample_size: a limit below 1.0 is a fraction (rounded up), else a count."""
+    if limit is None:
+        return n_docs
+    if limit <= 0:
+        raise UsageError(f"--limit must be > 0, got {limit}")
+    n = int(math.ceil(n_docs * limit)) if limit < 1.0 else int(limit)
+    return min(n, n_docs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring
+
+GenerateFn = Callable[[list[str], list[str], int], list[str]]  # (contexts, until, max_gen_toks) -> texts
+
+
+def aggregate(result: TaskResult, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> TaskResult:
+    """Fill result.metrics from result.per_doc with the harness's aggregations and standard errors."""
+    result.metrics = {}
+    for metric, items in result.per_doc.items():
+        agg = AGGREGATION_OF[metric]
+        result.metrics[metric] = AGGREGATIONS[agg](items)
+        result.metrics[f"{metric}_stderr"] = harness_stderr(agg, items, bootstrap_iters)
+    return result
 
 
 def evaluate_task(
@@ -376,62 +568,143 @@ def evaluate_task(
     scorer: LoglikelihoodScorer,
     tokenizer: TokenizerLike,
     *,
-    limit: int | None = None,
+    limit: float | None = None,
     num_fewshot: int = 0,
     seed: int = DEFAULT_FEWSHOT_SEED,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+    generate_fn: GenerateFn | None = None,
+    log_samples: bool = False,
+    doc_range: tuple[int, int] | None = None,
 ) -> TaskResult:
-    """Score one task; returns its metrics (harness names)."""
+    """Score one task; returns its metrics (harness names, with `<metric>_stderr`).
+
+    `doc_range` (start, end) scores only those documents of the limited set (one shard of --nproc) and
+    leaves the metrics to `aggregate` once the shards' per_doc lists are joined in order; prompts are
+    still built for every document in order, so the few-shot draws do not depend on the sharding.
+    """
     if num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be >= 0, got {num_fewshot}")
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
-    docs = task.docs[:limit] if limit else task.docs
-    prefix_token = tokenizer.eos_id
+    tok = as_harness_tokenizer(tokenizer)
+    docs = task.docs[: limit_docs(len(task.docs), limit)]
+    result = TaskResult(task.name, task.kind, len(docs), num_fewshot)
+    lo, hi = doc_range if doc_range is not None else (0, len(docs))
+    per_doc: dict[str, list[Any]] = {m: [] for m in task.metrics}
+    result.per_doc = per_doc
+    samples = result.samples
+
     if task.kind == "rolling":
         if num_fewshot:
             raise UsageError(f"task {task.name}: rolling (perplexity) tasks take no few-shot examples")
-        if prefix_token is None:
-            raise DataError(f"task {task.name}: rolling log-likelihood needs an end-of-text token")
-        texts = [d["text"] for d in docs]
-        lls = scorer.loglikelihood_rolling([tokenizer.encode(t) for t in texts], prefix_token)
-        total_ll = sum(lls)
-        words = sum(count_words(t) for t in texts)
-        nbytes = sum(len(t.encode("utf-8")) for t in texts)
-        metrics = {
-            "word_perplexity": math.exp(-total_ll / words),
-            "byte_perplexity": math.exp(-total_ll / nbytes),
-            "bits_per_byte": -total_ll / nbytes / math.log(2),
-        }
-        return TaskResult(task.name, task.kind, len(docs), 0, metrics)
+        detok = DETOKENIZERS[task.detokenizer]
+        scored = [detok(d["text"]) for d in docs[lo:hi]]
+        lls = scorer.loglikelihood_rolling([tok.encode(t) for t in scored], tok.prefix_token)
+        result.requests = len(scored)
+        for i, (doc, text, ll) in enumerate(zip(docs[lo:hi], scored, lls, strict=True)):
+            counted = doc[task.count_from] if task.count_from else doc.get("raw", doc["text"])
+            words, nbytes = count_words(counted), count_bytes(counted)
+            values = {
+                "word_perplexity": (ll, words),
+                "byte_perplexity": (ll, nbytes),
+                "bits_per_byte": (ll, nbytes),
+            }
+            for m in task.metrics:
+                per_doc[m].append(values[m])
+            if log_samples:
+                samples.append(
+                    {"doc_id": lo + i, "doc": doc, "arguments": [[text]], "resps": [[ll]], **values}
+                )
+        return aggregate(result, bootstrap_iters) if doc_range is None else result
 
-    rng = random.Random(seed)
+    rnd = random.Random(seed)
+    contexts = [fewshot_context(task, doc, num_fewshot, rnd) for doc in docs][lo:hi]
+    docs = docs[lo:hi]
+
+    if task.kind == "generate":
+        if generate_fn is None:
+            raise UsageError(f"task {task.name}: generation needs a model that can generate")
+        until = list(task.until) if task.until is not None else [task.fewshot_delimiter]
+        outputs = generate_fn(contexts, until, task.max_gen_toks)
+        result.requests = len(contexts)
+        for i, (doc, ctx, out) in enumerate(zip(docs, contexts, outputs, strict=True)):
+            golds = doc["answer"] if isinstance(doc["answer"], list) else [doc["answer"]]
+            em = float(any(exact_match(out, g) for g in golds))
+            per_doc["exact_match"].append(em)
+            if log_samples:
+                samples.append(
+                    {
+                        "doc_id": lo + i,
+                        "doc": doc,
+                        "arguments": [[ctx, {"until": until, "max_gen_toks": task.max_gen_toks}]],
+                        "resps": [[out]],
+                        "target": doc["answer"],
+                        "exact_match": em,
+                    }
+                )
+        return aggregate(result, bootstrap_iters) if doc_range is None else result
+
     requests: list[tuple[list[int], list[int]]] = []
+    arguments: list[list[tuple[str, str]]] = []
     if task.kind == "last_word":
-        for i, doc in enumerate(docs):
-            context, target = _last_word_split(doc["text"])
-            prompt = _fewshot_prefix(task, i, num_fewshot, rng) + context
-            requests.append(encode_pair(tokenizer, prompt, target, prefix_token))
+        for doc, ctx in zip(docs, contexts, strict=True):
+            target = _last_word_split(doc["text"])[1]
+            requests.append(encode_pair(tok, ctx, target, tok.prefix_token))
+            arguments.append([(ctx, target)])
         results = scorer.loglikelihood_tokens(requests)
-        metrics = {
-            "acc": sum(greedy for _, greedy in results) / len(results),
-            "perplexity": math.exp(-sum(ll for ll, _ in results) / len(results)),
-        }
-        return TaskResult(task.name, task.kind, len(docs), num_fewshot, metrics)
+        result.requests = len(requests)
+        for i, (doc, (ll, greedy)) in enumerate(zip(docs, results, strict=True)):
+            values = {"perplexity": ll, "acc": int(greedy)}
+            for m in task.metrics:
+                per_doc[m].append(values[m])
+            if log_samples:
+                samples.append(
+                    {
+                        "doc_id": lo + i,
+                        "doc": doc,
+                        "arguments": arguments[i],
+                        "resps": [[ll, greedy]],
+                        **values,
+                    }
+                )
+        return aggregate(result, bootstrap_iters) if doc_range is None else result
 
+    mutual = "acc_mutual_info" in task.metrics
     spans: list[tuple[int, int]] = []
-    for i, doc in enumerate(docs):
-        prompt = _fewshot_prefix(task, i, num_fewshot, rng) + doc["query"]
+    for doc, ctx in zip(docs, contexts, strict=True):
         start = len(requests)
-        for choice in doc["choices"]:
-            requests.append(encode_pair(tokenizer, prompt, task.target_delimiter + choice, prefix_token))
+        args = [(ctx, task.target_delimiter + choice) for choice in doc["choices"]]
+        if mutual:  # ConfigurableTask.construct_requests: unconditional ("", delimiter + choice)
+            args += [("", task.target_delimiter + choice) for choice in doc["choices"]]
+        for c, t in args:
+            requests.append(encode_pair(tok, c, t, tok.prefix_token))
+        arguments.append(args)
         spans.append((start, len(requests)))
     results = scorer.loglikelihood_tokens(requests)
-    correct = correct_norm = 0
-    for doc, (start, end) in zip(docs, spans, strict=True):
-        lls = [ll for ll, _ in results[start:end]]
-        normed = [ll / len(choice) for ll, choice in zip(lls, doc["choices"], strict=True)]
+    result.requests = len(requests)
+    for i, (doc, (start, end)) in enumerate(zip(docs, spans, strict=True)):
+        n = len(doc["choices"])
+        lls = [ll for ll, _ in results[start : start + n]]
+        gold = doc["gold"]
+        golds = gold if isinstance(gold, list) else [gold]
         # np.argmax semantics: the first maximum wins ties.
-        correct += int(lls.index(max(lls)) == doc["gold"])
-        correct_norm += int(normed.index(max(normed)) == doc["gold"])
-    metrics = {"acc": correct / len(docs), "acc_norm": correct_norm / len(docs)}
-    return TaskResult(task.name, task.kind, len(docs), num_fewshot, metrics)
+        pred = lls.index(max(lls))
+        normed = [ll / float(len(c)) for ll, c in zip(lls, doc["choices"], strict=True)]
+        pred_norm = normed.index(max(normed))
+        values: dict[str, float] = {"acc": float(pred in golds), "acc_norm": float(pred_norm in golds)}
+        if mutual:
+            uncond = [ll for ll, _ in results[start + n : end]]
+            mi = [c - u for c, u in zip(lls, uncond, strict=True)]
+            values["acc_mutual_info"] = float(mi.index(max(mi)) in golds)
+        for m in task.metrics:
+            per_doc[m].append(values[m])
+        if log_samples:
+            samples.append(
+                {
+                    "doc_id": lo + i,
+                    "doc": doc,
+                    "target": gold,
+                    "arguments": arguments[i],
+                    "resps": [[ll, g] for ll, g in results[start:end]],
+                    **values,
+                }
+            )
+    return aggregate(result, bootstrap_iters) if doc_range is None else result

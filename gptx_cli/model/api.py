@@ -86,6 +86,12 @@ def open_weights(path: str | Path) -> Iterator[tuple[ModelConfig, Iterator[tuple
 
     root = Path(path)
     if is_gptx_checkpoint(root):
+        from gptx_cli.model.lora import open_merged, read_lora_meta
+
+        if read_lora_meta(root) is not None:  # a LoRA checkpoint: its base with the adapters folded in
+            with open_merged(root, read_model_config(root)) as merged:
+                yield read_model_config(root), merged
+            return
         with open_checkpoint_weights(root) as src:
             yield read_model_config(root), src.items()
     elif (root / "config.json").is_file():

@@ -44,14 +44,20 @@ def device_available_bytes(device: str, local_processes: int) -> int | None:
 def estimate_bytes(
     spec: RunSpec, micro_batch_size: int, world_size: int, sharded: bool, activation_checkpointing: bool
 ) -> dict[str, int]:
-    from gptx_cli.model.counts import memory_estimate
+    from gptx_cli.model.counts import lora_trainable, memory_estimate
 
     msl = spec.model.max_position_embeddings
     if spec.train_data is not None and spec.train_data.max_sequence_length:
         msl = int(spec.train_data.max_sequence_length)
     est = dict(
         memory_estimate(
-            spec.model, micro_batch_size, msl, spec.precision, spec.optimizer.name, activation_checkpointing
+            spec.model,
+            micro_batch_size,
+            msl,
+            spec.precision,
+            spec.optimizer.name,
+            activation_checkpointing,
+            trainable=lora_trainable(spec),  # LoRA: grads and optimizer state for the adapters only
         )
     )
     if sharded and world_size > 1:

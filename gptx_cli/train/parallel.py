@@ -39,25 +39,21 @@ def under_torchrun() -> bool:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Re-run `gptx <argv>` on `nproc` local processes with torch.distributed.run; returns the exit code.
+    """Re-run `gptx <argv>` on `nproc` local processes (torchrun's environment: RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/PORT, so they do not launch again); returns the exit code.
 
-    The children see torchrun's environment (RANK, WORLD_SIZE, ...) and so do not launch again.
+    Supervision (`gptx_cli.train.supervise`): the ranks die with the launcher, even on kill -9 (a
+    parent-death signal); SIGINT/SIGTERM reach each rank exactly once (the ranks are in their own process
+    group, so a terminal's Ctrl-C goes to the launcher only, which forwards it); when one rank fails the
+    others are stopped.
     """
-    from torch.distributed import run as torchrun
+    from gptx_cli.train.supervise import run_ranks
 
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-    # share the cores between the processes (torchrun would otherwise pin each to 1 thread, with a warning)
+    # share the cores between the processes
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    args = torchrun.parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--module", "gptx_cli.cli", *argv]
-    )
-    try:
-        torchrun.run(args)
-    except Exception as err:  # ChildFailedError: the failing rank already printed its error
-        codes = [f.exitcode for f in getattr(err, "failures", {}).values()]
-        return next((c for c in codes if c and c > 0), 1)
-    return 0
+    return run_ranks(nproc, ["-m", "gptx_cli.cli", *argv])
 
 
 def strip_launch_flags(argv: list[str]) -> list[str]:

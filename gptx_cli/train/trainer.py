@@ -22,6 +22,7 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ from typing import Any
 import torch
 
 from gptx_cli.config.spec import RunSpec
+from gptx_cli.data.loader import model_inputs as loader_model_inputs
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
 from gptx_cli.fsutil import temp_path
+from gptx_cli.model.lora import LoraRun, init_adapters, is_adapter
 from gptx_cli.train import parallel, state
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
@@ -78,7 +81,11 @@ class LossModule(torch.nn.Module):
         self.loss_scaling, self.loss_weight = loss_scaling, loss_weight
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        loss_mask: torch.Tensor,
+        **model_inputs: Any,
     ) -> tuple[Any, ...]:
         from gptx_cli.model.loss import lm_loss
 
@@ -89,6 +96,7 @@ class LossModule(torch.nn.Module):
             loss_mask,
             loss_scaling=self.loss_scaling,
             loss_weight=self.loss_weight,
+            **model_inputs,
         )
         return out.loss, out.loss_sum, out.num_tokens, out.num_correct
 
@@ -120,12 +128,15 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        run = _Run(spec, options, dist)
-        if target == "CSX":
-            run.notes.append(
-                f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
-            )
-        return run.run()
+        from gptx_cli.train.lock import model_dir_lock
+
+        with model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else nullcontext():
+            run = _Run(spec, options, dist)
+            if target == "CSX":
+                run.notes.append(
+                    f"backend_type CSX: running on {dist.device} (gptx runs on plain PyTorch devices)"
+                )
+            return run.run()
     finally:
         parallel.shutdown(dist)
 
@@ -212,7 +223,9 @@ class _Run:
             raise CheckpointError(
                 f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
             )
-        params = dict(model.named_parameters())  # the Transformer has no buffers
+        params = {
+            n: p for n, p in model.named_parameters() if not is_adapter(n)
+        }  # no buffers; adapters: lora
         loaded: set[str] = set()
         extra: list[str] = []
         with open_weights(source) as (ckpt_cfg, tensors):
@@ -247,6 +260,8 @@ class _Run:
 
         inits = resolved_initializers(self.spec.model)
         for name, param in model.named_parameters():
+            if is_adapter(name):
+                continue  # LoRA adapters: LoraRun
             full = torch.empty(param.shape, dtype=param.dtype, device=self.device)
             initialize_tensor(full, name, inits, self.seed)
             parallel.copy_full_into(param, full)
@@ -279,9 +294,16 @@ class _Run:
         sharded = parallel.is_sharded(self.dist, self.strategy)
         model = build_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
         self.ckpt_source, self.load_states = self._resume_source()
-        load_weights = self.ckpt_source is not None and "model" in self.load_states
+        self.lora = LoraRun.create(spec, self.ckpt_source, self.load_states, self.seed)
+        if self.lora and self.lora.adapter_source is None and self.load_states:
+            self.load_states = {"model"}  # a new LoRA run on a base model: its weights only
+            self.notes.append(f"LoRA on the base model {self.lora.base_source()}: weights only, step 0")
+        weights_source = self.lora.base_source() if self.lora else self.ckpt_source
+        load_weights = weights_source is not None and "model" in self.load_states
         if load_weights and not sharded:
-            self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
+            self._load_weights(model, weights_source)  # type: ignore[arg-type]
+        if self.lora:
+            self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if self.options.activation_checkpointing or spec.backend.activation_checkpointing:
             from gptx_cli.model.optimize import apply_activation_checkpointing
@@ -298,9 +320,13 @@ class _Run:
             # Rotary tables are no buffers: the Transformer computes and caches them on the first forward.
             loss_module.to_empty(device=self.device)
             if load_weights:
-                self._load_weights(model, self.ckpt_source)  # type: ignore[arg-type]
+                self._load_weights(model, weights_source)  # type: ignore[arg-type]
             else:
                 self._initialize_shards(model)
+            if self.lora:
+                init_adapters(model, self.seed, copy=parallel.copy_full_into)
+        if self.lora:
+            self.lora.load_adapters(model, self.device, copy=parallel.copy_full_into)
         inner = parallel.unwrap(self.model)
         groups = optimizer_param_groups(inner, spec.model)
         self.optimizer = build_optimizer(spec.optimizer, groups)
@@ -357,6 +383,7 @@ class _Run:
         else:
             optim_state = state.optimizer_state(self.wrapped, self.optimizer)
             weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(self.model).state_dict().items()}
+        saved = LoraRun.select(weights) if self.lora else weights  # LoRA: the adapters only
         if d.is_main:
             train_state = {
                 "step": step,
@@ -372,14 +399,15 @@ class _Run:
             try:
                 save_checkpoint_dir(
                     path,
-                    weights,
+                    saved,
                     self.spec.model,
                     step=step,
                     config_yaml_dict=self.spec.raw or None,
                     tokenizer=recorded_tokenizer(self.spec.train_data.data_dir)
                     if self.spec.train_data
                     else None,
-                    extra={"trained_by": "gptx train", "world_size": d.world_size},
+                    extra={"trained_by": "gptx train", "world_size": d.world_size}
+                    | ({"lora": self.lora.meta()} if self.lora else {}),
                     write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
                 )
             finally:  # a failed write still takes part in the other ranks' gathers, then raises
@@ -407,6 +435,7 @@ class _Run:
         ids, labels, mask = (
             batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask")
         )
+        extra = loader_model_inputs(batch, self.device)  # e.g. VSL's position_ids and attention_span
         (global_denom,) = parallel.all_reduce_sum([sum(local)], d)
         global_denom = max(global_denom, 1.0)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -416,7 +445,7 @@ class _Run:
             weight = local[i] * d.world_size / global_denom
             with parallel.set_grad_sync(self.wrapped, i == n_micro - 1):
                 with autocast(spec.precision, device_type):
-                    loss = self.wrapped(ids[s], labels[s], mask[s])[0]
+                    loss = self.wrapped(ids[s], labels[s], mask[s], **{k: v[s] for k, v in extra.items()})[0]
                     weighted = loss * weight if weight != 1.0 else loss
                 self.scaler.scale_loss(weighted).backward()
             loss_acc += weighted.detach().double() / d.world_size
@@ -477,7 +506,9 @@ class _Run:
                     batch[k].to(self.device) for k in ("input_ids", "labels", "attention_mask")
                 )
                 with autocast(spec.precision, self.device.type):
-                    _, loss_sum, ntok, ncorrect = self.wrapped(ids, labels, mask)
+                    _, loss_sum, ntok, ncorrect = self.wrapped(
+                        ids, labels, mask, **loader_model_inputs(batch, self.device)
+                    )
                 per_step += [float(loss_sum), float(ntok), float(ids.shape[0])]
                 correct += float(ncorrect)
         finally:
@@ -601,6 +632,10 @@ class _Run:
                 self.model_dir, total_steps=end, start_step=start, console=self.options.console,
                 tensorboard_dir=self.callbacks.tensorboard_dir, sinks=self.callbacks.sinks,
             )  # fmt: skip
+        if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
+            self.notes.append(
+                f"use_vsl: document-masked attention ({parallel.unwrap(self.model).vsl_backend(self.device)})"
+            )
         for note in self.notes:
             self._say(f"note: {note}")
         self._say(

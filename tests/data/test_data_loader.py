@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gptx_cli.config.spec import DataSpec
-from gptx_cli.data.hdf5 import write_sample_file
+from gptx_cli.data.hdf5 import mark_complete, write_sample_file
 from gptx_cli.data.loader import build_dataloader
 from gptx_cli.errors import DataError
 
@@ -24,6 +24,7 @@ def make_dir(d: Path, sizes: list[int], offset: int = 0) -> str:
         ids = np.repeat(np.arange(start, start + n, dtype=np.int32)[:, None], MSL, axis=1)
         write_sample_file(d / f"data-{f:05d}-0000.h5", np.stack([ids, np.ones_like(ids), ids + 1], axis=1))
         start += n
+    mark_complete(d)
     return str(d)
 
 

@@ -55,7 +55,7 @@ def write_config(root: Path, val_dir: Path, *, hidden_size: int = 32, eps: str =
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from gptx_cli.data.hdf5 import write_sample_file
+    from gptx_cli.data.hdf5 import mark_complete, write_sample_file
 
     root = tmp_path_factory.mktemp("evalm")
     model = tiny_neox()
@@ -68,6 +68,8 @@ def setup(tmp_path_factory):
     write_sample_file(root / "val" / "data_0.h5", samples)
     (root / "empty").mkdir()
     write_sample_file(root / "empty" / "data_0.h5", np.zeros((0, 3, MSL), dtype=np.int32))
+    mark_complete(root / "val")
+    mark_complete(root / "empty")
     return root, model, samples
 
 

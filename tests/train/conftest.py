@@ -18,7 +18,7 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     write_text(root / "val.txt", 40, seed=1)
     r = run_gptx(
         "preprocess", "--input", str(root / "train.txt"), "--output-dir", str(root / "train"),
-        "--train-tokenizer", "64", "--max-seq-length", "32",
+        "--train-tokenizer", "258", "--max-seq-length", "32",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     r = run_gptx(

@@ -192,13 +192,14 @@ def test_missing_data_dir_names_the_preprocess_command(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("config", ["params_gptj_6B.yaml", "params_gpt_neox_20B.yaml"])
-def test_memory_guard_stops_published_configs_within_seconds(config):
-    started = time.perf_counter()
-    r = run_gptx("train", str(REPO / "configs" / config), "--target-device", "CPU")
-    elapsed = time.perf_counter() - started
+def test_memory_guard_stops_published_configs_before_allocating(config, tmp_path):
+    """The outcome only; how fast the guard answers is in benchmarks/bench_reliability.py (no timed asserts)."""
+    import gptx_testing
+
+    r = gptx_testing.run_gptx("train", str(REPO / "configs" / config), "--target-device", "CPU", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "needs about" in r.stderr and "GiB" in r.stderr and "what would help" in r.stderr
-    assert elapsed < 10, elapsed
+    assert not (tmp_path / "model_dir").exists()  # refused before anything was written
 
 
 def test_in_process_training_leaves_the_garbage_collector_as_it_found_it(tiny_data, tmp_path):

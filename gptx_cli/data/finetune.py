@@ -1,0 +1,638 @@
+"""ModelZoo's `finetuning` preprocessing mode: prompt/completion and chat records -> [n, 3, msl] samples.
+
+Ported from ModelZoo's `finetuning_token_generator.py`, `hooks.py` and `utils.py` (Release 2.10):
+
+- **Read hooks.** `prompt_completion_text_read_hook` (kwargs `prompt_key`, `completion_key`) makes a
+  prompt region (loss weight 0) and a completion region (loss weight 1). `chat_read_hook` (kwargs
+  `multi_turn_key`, `multi_turn_role_key`, `multi_turn_content_key`) makes one region per turn: an
+  optional leading system turn, then user/assistant pairs; only `assistant` turns have loss weight 1.
+- **Text.** Every region is cleaned with ftfy (`use_ftfy: true`, `ftfy_normalizer: NFC`, as ModelZoo).
+  Prompt/completion: `prompt + sep_token + completion + eos_text` (sep_token: the tokenizer's, else the
+  literal `<|sep|>`, as ModelZoo; `sep_token: null` drops it), tokenised in one call, so the ids are the
+  tokenizer's own encoding of that string. Chat: the ChatML template ModelZoo uses for tokenizers
+  without a chat template (`<|im_start|>role\\ncontent<|im_end|>\\n` per turn), tokenised without
+  special tokens.
+- **Loss mask.** Character regions map to token ranges through the offsets (`find_token_range`); a
+  region is extended over the EOS text (or `end_of_turn_token`) that follows it
+  (`append_eos_to_multiple_semantic_regions`, including ModelZoo's one-token "turn token" rule for
+  chat); mask = the region's loss weight per token. Then `input_ids = ids[:-1]`, `labels = ids[1:]`,
+  `attention_mask = mask[1:]` (the loss mask, aligned with labels), padded to msl with pad_id / 0.
+- **Length.** An example of more than `max_seq_length` tokens is dropped (ModelZoo's rule without
+  `truncate_to_msl`, which gptx refuses), one of fewer than `min_sequence_len` (10) is dropped; both
+  are counted in data_params.json (`examples_too_long`, `examples_too_short`, ModelZoo's
+  `discarded_files`).
+- **Packing.** With `pack_sequences` several examples share a sample by ModelZoo's VSL finetuning
+  rule (`append_within_max_length`: from the last example backwards, each joins the nearest earlier
+  bin it fits in, `<= max_seq_length` tokens) within each batch of records; without it (the default,
+  ModelZoo's `finetuning` generator) each example is padded on its own. Packed examples share one
+  causal attention window (gptx writes no VSL attention_span / position_ids rows here).
+
+A record that cannot be read (a missing key, an empty completion, a turn that is not a string) is a
+`DataError` naming file:line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gptx_cli.errors import ConfigError, DataError
+
+PROMPT_COMPLETION_HOOK = "prompt_completion_text_read_hook"
+CHAT_HOOK = "chat_read_hook"
+HOOKS = (PROMPT_COMPLETION_HOOK, CHAT_HOOK)
+DEFAULT_SEP = "<|sep|>"  # ModelZoo's when the tokenizer has no sep_token
+_UNSET = object()
+
+
+@dataclass
+class FinetuneSpec:
+    """What the finetuning token generator needs besides PreprocessOptions' msl / min_sequence_len."""
+
+    hook: str = PROMPT_COMPLETION_HOOK
+    prompt_key: str | None = None
+    completion_key: str | None = None
+    multi_turn_key: str | None = None
+    multi_turn_role_key: str | None = None
+    multi_turn_content_key: str | None = None
+    sep_token: str | None = DEFAULT_SEP  # None: no separator
+    end_of_turn_token: str | None = None
+    use_ftfy: bool = True
+    ftfy_normalizer: str = "NFC"
+    # setup.data_splits: each record goes to one split, drawn with these fractions from a generator
+    # seeded by (split_seed, unit, first line of its batch); a job keeps the records of its split.
+    splits: list[tuple[str, float]] = field(default_factory=list)
+    split_seed: int = 0
+    split_index: int | None = None  # the split this job writes
+
+    def columns(self) -> list[str]:
+        if self.hook == CHAT_HOOK:
+            return [str(self.multi_turn_key)]
+        return [str(self.prompt_key), str(self.completion_key)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hook_name(read_hook: str) -> str:
+    """`module.path:name` or `name` -> name (only ModelZoo's two finetuning text hooks are known)."""
+    name = read_hook.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    if name not in HOOKS:
+        raise ConfigError(
+            f"read_hook '{read_hook}' is not supported in finetuning mode (gptx knows {', '.join(HOOKS)})"
+        )
+    return name
+
+
+def make_spec(
+    read_hook: str | None,
+    kwargs: dict[str, Any] | None,
+    *,
+    where: str = "read_hook_kwargs",
+    sep_token: Any = _UNSET,
+    end_of_turn_token: str | None = None,
+    use_ftfy: bool = True,
+    ftfy_normalizer: str = "NFC",
+) -> FinetuneSpec:
+    """A FinetuneSpec from a hook name and its kwargs; a missing or unknown kwarg is a ConfigError."""
+    kwargs = dict(kwargs or {})
+    hook = hook_name(read_hook or PROMPT_COMPLETION_HOOK)
+    need = (
+        ("multi_turn_key", "multi_turn_role_key", "multi_turn_content_key")
+        if hook == CHAT_HOOK
+        else ("prompt_key", "completion_key")
+    )
+    unknown = sorted(set(kwargs) - set(need))
+    if unknown:
+        raise ConfigError(
+            f"{where}: '{unknown[0]}' is not an argument of {hook} (it takes {', '.join(need)})"
+        )
+    missing = [k for k in need if not kwargs.get(k)]
+    if missing:
+        raise ConfigError(f"{where}: {hook} needs '{missing[0]}'", hint=f"it takes {', '.join(need)}")
+    spec = FinetuneSpec(hook=hook)
+    for k, v in kwargs.items():
+        setattr(spec, k, str(v))
+    if sep_token is not _UNSET:
+        spec.sep_token = None if sep_token in (None, "") else str(sep_token)
+    spec.end_of_turn_token = end_of_turn_token or None
+    spec.use_ftfy, spec.ftfy_normalizer = bool(use_ftfy), str(ftfy_normalizer)
+    return spec
+
+
+# ------------------------------------------------------------------------------------ records -> regions
+
+
+@dataclass
+class _Region:
+    role: str
+    start: int  # character offsets in the formatted text
+    end: int
+    loss_weight: int
+    handle_turn_token: bool = False
+
+
+@dataclass
+class Example:
+    """One tokenised example: all its ids and the per-token loss weight (before the label shift)."""
+
+    ids: list[int]
+    mask: list[int]
+
+
+def _clean(text: str, spec: FinetuneSpec) -> str:
+    if spec.use_ftfy:
+        import ftfy
+
+        return str(ftfy.fix_text(text, normalization=spec.ftfy_normalizer))  # type: ignore[arg-type]
+    return text
+
+
+def _field(rec: dict[str, Any], key: str, where: str, what: str) -> str:
+    if key not in rec:
+        raise DataError(f"{where}: no key '{key}' in the record (has: {', '.join(map(str, rec))})")
+    value = rec[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {what} '{key}' is {type(value).__name__}, not a string")
+    if not value:
+        raise DataError(f"{where}: {what} '{key}' is empty")
+    return value
+
+
+def _prompt_completion(
+    rec: dict[str, Any], spec: FinetuneSpec, eos_text: str, where: str
+) -> tuple[str, list[_Region]]:
+    prompt = _clean(_field(rec, str(spec.prompt_key), where, "prompt"), spec)
+    completion = _clean(_field(rec, str(spec.completion_key), where, "completion"), spec)
+    sep = spec.sep_token or ""
+    regions = [_Region("prompt", 0, len(prompt), 0)]
+    start = len(prompt) + len(sep)
+    regions.append(_Region("completion", start, start + len(completion), 1))
+    return prompt + sep + completion + eos_text, regions
+
+
+def _chat(rec: dict[str, Any], spec: FinetuneSpec, where: str) -> tuple[str, list[_Region]] | None:
+    """ChatML text and regions, or None for a conversation ModelZoo's chat_read_hook skips."""
+    key, role_key, content_key = (
+        str(spec.multi_turn_key),
+        str(spec.multi_turn_role_key),
+        str(spec.multi_turn_content_key),
+    )
+    if key not in rec:
+        raise DataError(f"{where}: no key '{key}' in the record (has: {', '.join(map(str, rec))})")
+    turns = rec[key]
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: '{key}' is {type(turns).__name__}, not a list of turns")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: turn {i} of '{key}' is {type(turn).__name__}, not a mapping")
+        for k, what in ((role_key, "role"), (content_key, "content")):
+            if k not in turn:
+                raise DataError(f"{where}: turn {i} of '{key}' has no {what} key '{k}'")
+            if not isinstance(turn[k], str):
+                raise DataError(
+                    f"{where}: turn {i} of '{key}': {what} '{k}' is {type(turn[k]).__name__}, not a string"
+                )
+    if not turns:
+        return None
+    pairs: list[tuple[str, str]] = []
+    if turns[0][role_key] == "system":
+        if turns[0][content_key]:
+            pairs.append(("system", turns[0][content_key]))
+        turns = turns[1:]
+    if len(turns) % 2:  # ModelZoo: "Every user should have a corresponding assistant, skipping..."
+        return None
+    for i in range(0, len(turns), 2):
+        user, assistant = turns[i], turns[i + 1]
+        if user[role_key] == assistant[role_key]:
+            return None  # "Two consecutive messages by the same participant is not allowed"
+        pairs.append((user[role_key], user[content_key].strip()))
+        pairs.append((assistant[role_key], assistant[content_key].strip()))
+    text, regions = "", []
+    for n, (role, content) in enumerate(pairs):
+        if not content:
+            raise DataError(f"{where}: turn {n} ({role}) of '{key}' is empty")
+        content = _clean(content, spec)
+        head = f"<|im_start|>{role}\n"
+        start = len(text) + len(head)
+        regions.append(_Region(role, start, start + len(content), 1 if role == "assistant" else 0))
+        text += head + content + "<|im_end|>\n"
+    return text, regions
+
+
+def _append_eos(text: str, regions: list[_Region], eos: str, chat: bool) -> None:
+    """ModelZoo's append_eos_to_multiple_semantic_regions: extend each region over the EOS text that
+    follows it; for chat without (enough) EOS texts, mark regions followed by a gap."""
+    if not regions or not eos:
+        return
+    found: list[tuple[int, int]] = []
+    pos = regions[0].start
+    while pos < len(text):
+        at = text.find(eos, pos)
+        if at == -1:
+            break
+        pos = at + len(eos)
+        found.append((at, pos))
+    e = r = 0
+    while e < len(found) and r < len(regions):
+        eos_start, eos_end = found[e]
+        reg = regions[r]
+        if reg.start <= eos_start < reg.end:
+            e += 1
+            continue
+        if r + 1 < len(regions):
+            if reg.end <= eos_start < regions[r + 1].start:
+                reg.end = eos_end
+                e += 1
+        else:
+            reg.end = eos_end
+            e += 1
+        r += 1
+    if not chat or len(found) > 1:
+        return
+    for i in range(1, len(regions)):
+        if regions[i - 1].end != regions[i].start:
+            regions[i - 1].handle_turn_token = True
+        if i == len(regions) - 1 and regions[i].end < len(text):
+            regions[i].handle_turn_token = True
+
+
+def _token_range(start: int, end: int, offsets: list[tuple[int, int]], first: int) -> tuple[int, int]:
+    """ModelZoo's find_token_range: the tokens covering characters [start, end) -> [token_start, token_end)."""
+    n = len(offsets)
+    t0 = next(
+        (i for i in range(first, n) if (offsets[i][0] <= start < offsets[i][1]) or offsets[i][0] > start),
+        None,
+    )
+    if t0 is None:
+        raise DataError("the tokenizer's offsets do not cover a region of the example")
+    t1 = next(
+        (
+            i
+            for i in range(t0, n)
+            if (offsets[i][1] >= end and offsets[i][0] < end)
+            or (offsets[i][1] < end and (i + 1 >= n or offsets[i + 1][0] >= end))
+        ),
+        None,
+    )
+    if t1 is None:
+        raise DataError("the tokenizer's offsets do not cover a region of the example")
+    return t0, t1 + 1
+
+
+def tokenize_example(hf: Any, text: str, regions: list[_Region], eos: str, chat: bool) -> Example:
+    """Token ids of `text` (the tokenizer's own encoding) and the loss weight of each token."""
+    _append_eos(text, regions, eos, chat)
+    enc = hf.encode(text, add_special_tokens=not chat)
+    ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
+    mask = [0] * len(ids)
+    first = 0
+    for reg in regions:
+        t0, t1 = _token_range(reg.start, reg.end, offsets, first)
+        if reg.handle_turn_token:
+            t1 += 1
+        first = t1
+        for i in range(t0, min(t1, len(ids))):
+            mask[i] = reg.loss_weight
+    return Example(ids, mask)
+
+
+def encode_record(rec: Any, spec: FinetuneSpec, hf: Any, eos_text: str, where: str) -> Example | None:
+    """One record -> Example (None: a conversation ModelZoo's chat hook skips)."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: the record is {type(rec).__name__}, not a JSON object")
+    if spec.hook == CHAT_HOOK:
+        got = _chat(rec, spec, where)
+        if got is None:
+            return None
+        text, regions = got
+        return tokenize_example(hf, text, regions, spec.end_of_turn_token or eos_text, chat=True)
+    text, regions = _prompt_completion(rec, spec, eos_text, where)
+    return tokenize_example(hf, text, regions, eos_text, chat=False)
+
+
+# -------------------------------------------------------------------------------------- samples
+
+
+@dataclass
+class FinetuneStats:
+    """Counts for data_params.json (ModelZoo's names where it has them)."""
+
+    examples: int = 0
+    examples_too_long: int = 0  # > max_seq_length tokens: dropped (ModelZoo, without truncate_to_msl)
+    examples_too_short: int = 0  # < min_sequence_len tokens: dropped
+    examples_skipped_chat: int = 0  # odd turn count / repeated role: ModelZoo's chat hook skips them
+    n_examples: int = 0  # samples written
+    num_tokens: int = 0
+    non_pad_tokens: int = 0  # neither pad nor EOS (ModelZoo's get_data_stats)
+    num_pad_tokens: int = 0
+    loss_valid_tokens: int = 0
+    num_masked_tokens: int = 0
+    example_tokens: int = 0  # tokens of the kept examples
+    num_sequences_before_packing: int = 0
+
+    def add(self, other: FinetuneStats) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+def sample_from_examples(examples: list[Example], msl: int, pad_id: int) -> np.ndarray:
+    """[3, msl]: the examples' ids concatenated, shifted (ModelZoo's pad_to_msl / VSL packing)."""
+    ids = [t for ex in examples for t in ex.ids]
+    mask = [m for ex in examples for m in ex.mask]
+    out = np.full((3, msl), pad_id, dtype=np.int32)
+    out[1] = 0
+    n = len(ids) - 1
+    out[0, :n] = ids[:-1]
+    out[1, :n] = mask[1:]
+    out[2, :n] = ids[1:]
+    return out
+
+
+def pack_bins(lengths: list[int], msl: int) -> list[list[int]]:
+    """ModelZoo's append_within_max_length: bins of example indices, each <= msl tokens."""
+    bins = [[i] for i in range(len(lengths))]
+    lens = list(lengths)
+    i = len(bins) - 1
+    while i > 0:
+        for j in range(i - 1, -1, -1):
+            if lens[i] + lens[j] <= msl:
+                bins[j].extend(bins[i])
+                lens[j] += lens[i]
+                del bins[i], lens[i]
+                break
+        i -= 1
+    return bins
+
+
+def build_samples(
+    examples: list[Example], msl: int, min_len: int, pad_id: int, eos_id: int, pack: bool
+) -> tuple[np.ndarray, FinetuneStats]:
+    """Drop over-long / too-short examples, pack or pad the rest -> ([n, 3, msl] int32, stats)."""
+    st = FinetuneStats()
+    kept: list[Example] = []
+    for ex in examples:
+        st.examples += 1
+        if len(ex.ids) > msl:
+            st.examples_too_long += 1
+        elif len(ex.ids) < min_len or len(ex.ids) < 2:
+            st.examples_too_short += 1
+        else:
+            kept.append(ex)
+            st.example_tokens += len(ex.ids)
+    groups = (
+        [[kept[i] for i in b] for b in pack_bins([len(e.ids) for e in kept], msl)]
+        if pack
+        else [[e] for e in kept]
+    )
+    st.num_sequences_before_packing = len(kept)
+    if not groups:
+        return np.zeros((0, 3, msl), dtype=np.int32), st
+    samples = np.stack([sample_from_examples(g, msl, pad_id) for g in groups])
+    st.n_examples = len(samples)
+    st.num_tokens = len(samples) * msl
+    st.num_pad_tokens = int((samples[:, 0] == pad_id).sum())
+    st.non_pad_tokens = int(((samples[:, 0] != pad_id) & (samples[:, 0] != eos_id)).sum())
+    st.loss_valid_tokens = int(samples[:, 1].sum())
+    st.num_masked_tokens = st.num_tokens - st.loss_valid_tokens
+    return samples, st
+
+
+# ------------------------------------------------------------------------------- preprocess hook
+
+
+def parse_records(kind: str, location: str, batch: Any) -> list[tuple[str, Any]]:
+    """(file:line, record dict) for a batch of raw JSON lines or column dicts; blank lines skipped."""
+    out: list[tuple[str, Any]] = []
+    for offset, rec in enumerate(batch.records):
+        where = f"{location}:{batch.first_line + offset}"
+        if kind == "jsonl":
+            if not rec.strip():
+                continue
+            try:
+                obj = json.loads(rec.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: not valid UTF-8 (byte {err.start} of the line)") from None
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+            out.append((where, obj))
+        elif kind == "text":
+            raise DataError(
+                f"{location}: finetuning reads records (jsonl, parquet, a datasets directory), not plain text"
+            )
+        else:
+            out.append((where, rec))
+    return out
+
+
+@dataclass
+class FinetuneBatch:
+    samples: np.ndarray
+    stats: FinetuneStats = field(default_factory=FinetuneStats)
+    chars: int = 0
+    error: tuple[str, str | None] | None = None
+
+
+def split_choices(spec: FinetuneSpec, unit_index: int, first_line: int, n: int) -> np.ndarray | None:
+    """The split index of each of n records of a batch (None: no data_splits)."""
+    if not spec.splits:
+        return None
+    p = np.array([f for _, f in spec.splits], dtype=np.float64)
+    rng = np.random.default_rng([spec.split_seed, unit_index, first_line])
+    return rng.choice(len(p), size=n, p=p / p.sum())
+
+
+def encode_batch(
+    tok: Any, kind: str, location: str, batch: Any, spec: FinetuneSpec, msl: int, min_len: int, pack: bool
+) -> FinetuneBatch:
+    """A batch of records -> samples (run in the preprocess workers)."""
+    eos_text = tok.hf.id_to_token(tok.eos_id)
+    examples: list[Example] = []
+    skipped = chars = 0
+    records = parse_records(kind, location, batch)
+    choice = split_choices(spec, batch.unit_index, batch.first_line, len(records))
+    if choice is not None:
+        records = [r for r, c in zip(records, choice, strict=True) if c == spec.split_index]
+    for where, rec in records:
+        ex = encode_record(rec, spec, tok.hf, eos_text, where)
+        if ex is None:
+            skipped += 1
+            continue
+        examples.append(ex)
+        chars += sum(len(v) for v in rec.values() if isinstance(v, str)) if isinstance(rec, dict) else 0
+    samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id, pack)
+    st.examples_skipped_chat = skipped
+    return FinetuneBatch(samples, st, chars)
+
+
+def split_jobs(spec: FinetuneSpec) -> list[str]:
+    return [name for name, _ in spec.splits]
+
+
+def parse_data_splits(data_splits: Any, where: str) -> list[tuple[str, float]]:
+    """setup.data_splits {name: {split_fraction: f}} -> [(name, f)]; fractions must add up to 1."""
+    if not isinstance(data_splits, dict) or not data_splits:
+        raise ConfigError(f"{where}: data_splits must map split names to {{split_fraction: ...}}")
+    out: list[tuple[str, float]] = []
+    for name, body in data_splits.items():
+        frac = body.get("split_fraction") if isinstance(body, dict) else None
+        if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 <= frac <= 1:
+            raise ConfigError(f"{where}: data_splits.{name}.split_fraction must be a number in [0, 1]")
+        extra = sorted(set(body) - {"split_fraction"})
+        if extra:
+            raise ConfigError(f"{where}: data_splits.{name}: unknown key '{extra[0]}' (only split_fraction)")
+        out.append((str(name), float(frac)))
+    if abs(sum(f for _, f in out) - 1.0) > 1e-6:
+        raise ConfigError(f"{where}: data_splits fractions add up to {sum(f for _, f in out):g}, not 1")
+    return out
+
+
+def check_options(opts: Any) -> None:
+    """What finetuning mode refuses in PreprocessOptions (called by run_preprocess)."""
+    from gptx_cli.errors import UsageError
+
+    if opts.finetuning is None:
+        raise UsageError(
+            "--mode finetuning needs --prompt-key and --completion-key (or --chat-key for chat records)"
+        )
+    if opts.dataset is not None:
+        raise UsageError("--mode finetuning reads --input files; --dataset is a pretraining recipe")
+    if opts.output_format != "hdf5":
+        raise UsageError("--mode finetuning writes hdf5 samples (--output-format hdf5)")
+    if opts.train_tokenizer:
+        raise UsageError("--train-tokenizer is for pretraining corpora, not --mode finetuning")
+    if opts.pile_subsets:
+        raise UsageError("--pile-subsets is for the Pile, not --mode finetuning")
+
+
+def options_from_flags(
+    values: dict[str, Any],
+    mode: str | None,
+    prompt_key: str | None,
+    completion_key: str | None,
+    chat_key: str | None,
+    data_splits: str | None,
+) -> None:
+    """`gptx preprocess --mode finetuning ...` -> PreprocessOptions values (in place)."""
+    from gptx_cli.errors import UsageError
+
+    mode = mode or values.get("mode") or "pretraining"
+    if mode != "finetuning":
+        flag = (
+            next(
+                f
+                for f, v in (
+                    ("--prompt-key", prompt_key),
+                    ("--completion-key", completion_key),
+                    ("--chat-key", chat_key),
+                    ("--data-splits", data_splits),
+                )
+                if v
+            )
+            if (prompt_key or completion_key or chat_key or data_splits)
+            else None
+        )
+        if flag:
+            raise UsageError(f"{flag} needs --mode finetuning")
+        values["mode"] = mode
+        return
+    values["mode"] = "finetuning"
+    values.setdefault("pack_sequences", False)  # ModelZoo's finetuning generator pads each example
+    spec = values.get("finetuning")
+    if prompt_key or completion_key:
+        if chat_key:
+            raise UsageError("--chat-key excludes --prompt-key / --completion-key")
+        if not (prompt_key and completion_key):
+            raise UsageError("--mode finetuning needs both --prompt-key and --completion-key")
+        spec = make_spec(
+            PROMPT_COMPLETION_HOOK,
+            {"prompt_key": prompt_key, "completion_key": completion_key},
+            where="--prompt-key/--completion-key",
+        )
+    elif chat_key:
+        spec = make_spec(
+            CHAT_HOOK,
+            {"multi_turn_key": chat_key, "multi_turn_role_key": "role", "multi_turn_content_key": "content"},
+            where="--chat-key",
+        )
+    if spec is None:
+        raise UsageError("--mode finetuning needs --prompt-key and --completion-key, or --chat-key")
+    if data_splits:
+        pairs = []
+        for part in data_splits.split(","):
+            name, _, frac = part.partition("=")
+            try:
+                pairs.append((name.strip(), {"split_fraction": float(frac)}))
+            except ValueError:
+                raise UsageError(f"--data-splits: '{part}' is not name=fraction") from None
+        try:
+            spec.splits = parse_data_splits(dict(pairs), "--data-splits")
+        except ConfigError as err:
+            raise UsageError(err.message) from None
+        spec.split_seed = int(values.get("seed") or 0)
+    values["finetuning"] = spec
+
+
+# ModelZoo v2 keys this module acts on in finetuning mode (v2config reports the others).
+_V2_ACTED = {
+    "mode", "read_hook", "use_ftfy", "ftfy_normalizer", "sep_token", "use_vsl", "data_splits",
+    "data_splits_dir", "split_seed", "end_of_turn_token", "truncate_to_msl", "chat_template",
+}  # fmt: skip
+
+
+def v2_finetuning(
+    out: dict[str, Any],
+    notes: list[str],
+    setup: dict[str, Any],
+    proc: dict[str, Any],
+    ds: dict[str, Any],
+    where: str,
+) -> list[str]:
+    """`setup.mode: finetuning` of a ModelZoo v2 preprocessing YAML -> PreprocessOptions values (in
+    place); returns the notes left after dropping those about keys acted on here."""
+    if ds.get("truncate_to_msl"):
+        raise ConfigError(
+            f"{where}: dataset.truncate_to_msl is not supported by gptx",
+            hint="remove it: examples longer than max_seq_length are then dropped and counted",
+        )
+    if ds.get("chat_template"):
+        raise ConfigError(
+            f"{where}: dataset.chat_template is not supported by gptx (chat records use ChatML, "
+            "ModelZoo's default template)"
+        )
+    if "read_hook" not in proc:
+        raise ConfigError(f"{where}: processing.read_hook is required in finetuning mode")
+    kwargs = proc.get("read_hook_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: processing.read_hook_kwargs must be a mapping")
+    extra: dict[str, Any] = {}
+    if "sep_token" in ds or "sep_token" in proc:
+        extra["sep_token"] = ds.get("sep_token", proc.get("sep_token"))
+    spec = make_spec(
+        str(proc["read_hook"]),
+        {k: v for k, v in kwargs.items()},
+        where=f"{where}: processing.read_hook_kwargs",
+        end_of_turn_token=proc.get("end_of_turn_token"),
+        use_ftfy=bool(proc.get("use_ftfy", True)),
+        ftfy_normalizer=str(proc.get("ftfy_normalizer", "NFC")),
+        **extra,
+    )
+    if setup.get("data_splits"):
+        spec.splits = parse_data_splits(setup["data_splits"], f"{where}: setup.data_splits")
+        spec.split_seed = int(proc.get("split_seed", 0))
+    out["mode"] = "finetuning"
+    out["finetuning"] = spec
+    # ModelZoo's finetuning generator pads each example; it packs with VSL (dataset.use_vsl).
+    out["pack_sequences"] = bool(ds.get("use_vsl", False))
+    kept = [n for n in notes if not any(f"'{k}' has no effect" in n for k in _V2_ACTED)]
+    if ds.get("use_vsl"):
+        kept.append(
+            f"{where}: dataset.use_vsl packs several examples per sample (ModelZoo's rule); gptx writes no "
+            "attention_span / position_ids rows, so packed examples attend to earlier ones in the sample"
+        )
+    if setup.get("data_splits_dir"):
+        kept.append(f"{where}: 'data_splits_dir' has no effect in gptx (records are split in memory)")
+    return kept
