@@ -76,7 +76,6 @@ CHECKED: dict[tuple[str, str], str] = {
     ("model", "alibi_trainable_slopes"): "validate.MODELZOO_UNSUPPORTED",
     ("model", "extra_attention_params"): "validate._model_rules",
     ("model", "norm_type"): "schema enum: layernorm",
-    ("data", "use_vsl"): "validate._data_rules",
     ("data", "dataset_map_fn"): "validate._data_rules",
 }
 

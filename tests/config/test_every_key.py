@@ -251,7 +251,6 @@ CHECKED_VALUES = {
     ("model", "alibi_trainable_slopes"): True,
     ("model", "extra_attention_params"): {"num_kv_groups": 2},
     ("model", "norm_type"): "rmsnorm",
-    ("data", "use_vsl"): True,
     ("data", "dataset_map_fn"): "my.fn",
 }
 

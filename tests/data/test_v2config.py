@@ -272,8 +272,8 @@ def test_finetuning_configs_reach_the_finetuning_mode(tmp_path, gptx, tok_paths,
             f"error: {cfg.name}:{mode_line}:5: setup.mode: finetuning mode is not available in this gptx build "
             "(gptx_cli/data/finetune.py)"
         )
-    else:  # the finetuning issue's mode: it runs
-        assert res.returncode == 0, res.stderr
+    else:  # the finetuning mode refuses ModelZoo's truncate_to_msl (gptx_cli/data/finetune.py)
+        assert res.returncode == 1 and "dataset.truncate_to_msl is not supported by gptx" in line, res.stderr
 
 
 def test_every_key_of_the_shipped_configs_is_known():
@@ -377,8 +377,8 @@ def test_bad_keys_are_one_line_errors_with_file_line(tmp_path):
     path.write_text("processing:\n  shuffle: true\n  shuffle: false\n")
     with pytest.raises(Exception, match=r"duplicate key 'shuffle'"):
         v2config.load_v2_config(path)
-    path.write_text("processing:\n  pack_sequences: true\ndataset:\n  use_vsl: true\n")
+    path.write_text("processing:\n  pack_sequences: true\ndataset:\n  is_multimodal: true\n")
     with pytest.raises(
-        Exception, match=r"c\.yaml:4:3: dataset\.use_vsl: use_vsl: True is not supported by gptx"
+        Exception, match=r"c\.yaml:4:3: dataset\.is_multimodal: is_multimodal: True is not supported by gptx"
     ):
         v2config.load_v2_config(path)
