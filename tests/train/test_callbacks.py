@@ -29,7 +29,10 @@ def test_compute_norm_tensorboard_and_wandb_offline(tiny_data, tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     # A key accepted without effect is said at the start of the run, as validate-config says it.
-    assert "warning: trainer.init.logging.enable_act_frequency: accepted for ModelZoo compatibility; " in r.stderr
+    assert (
+        "warning: trainer.init.logging.enable_act_frequency: accepted for ModelZoo compatibility; "
+        in r.stderr
+    )
     m = read_metrics(model_dir)
     # ModelZoo's names; the grad norm is the one gptx clips with (before clipping), the params norm the
     # weights before the step: checkpoint_0's for step 1.
