@@ -354,6 +354,8 @@ def load_v2_config(path: str | Path) -> V2Plan:
     if text_key:
         out["text_key"] = str(text_key)
 
+    _mode_keys(doc, plan, setup, proc, ds)
+
     # --- keys that only the finetuning mode reads
     if plan.mode != "finetuning":
         for key, value in ds.items():
@@ -366,6 +368,39 @@ def load_v2_config(path: str | Path) -> V2Plan:
                     )
                 )  # fmt: skip
     return plan
+
+
+# Keys a mode's ModelZoo token generator never reads (its DataPreprocessor logs them as unused).
+NLG_UNREAD = (
+    "use_ftfy", "ftfy_normalizer", "wikitext_detokenize", "short_seq_prob", "min_sequence_len",
+    "pack_sequences", "eos_id", "pad_id", "seed",
+)  # fmt: skip
+FINETUNING_UNREAD = ("short_seq_prob",)
+
+
+def _mode_keys(
+    doc: YamlDoc, plan: V2Plan, setup: dict[str, Any], proc: dict[str, Any], ds: dict[str, Any]
+) -> None:
+    """What a mode cannot honour is an error; what its generator never reads is a warning."""
+    if plan.mode == "finetuning":
+        if setup.get("context_splits"):
+            raise doc.error(
+                ("setup", "context_splits"), "context_splits in finetuning mode is not supported by gptx"
+            )
+        if proc.get("wikitext_detokenize"):
+            raise doc.error(
+                ("processing", "wikitext_detokenize"),
+                "wikitext_detokenize in finetuning mode is not supported by gptx",
+            )
+    unread = {"nlg": NLG_UNREAD, "finetuning": FINETUNING_UNREAD}.get(plan.mode, ())
+    for section, body in (("processing", proc), ("dataset", ds)):
+        for key in body:
+            if key in unread:
+                line, col = doc.where((section, key))
+                why = f"ModelZoo's {plan.mode} token generator does not read it"
+                plan.warnings.append(
+                    V2Warning(doc.file, line, col, f"{section}.{key}", f"{NO_EFFECT}: {why}")
+                )
 
 
 def _metadata_inputs(doc: YamlDoc, files: str) -> list[str]:

@@ -180,6 +180,12 @@ def test_nlg_preprocessing(tmp_path, gptx, tok_paths):
     (tmp_path / "data/e2e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     res = gptx("preprocess", "--config", cfg.name, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    # NLGTokenGenerator reads no clean-up setting: the shipped use_ftfy is said to have no effect.
+    line = next(i for i, t in enumerate(cfg.read_text().splitlines(), 1) if t.strip().startswith("use_ftfy:"))
+    assert (
+        f"{cfg.name}:{line}:5: warning: processing.use_ftfy: accepted for ModelZoo compatibility; has no "
+        "effect in gptx: ModelZoo's nlg token generator does not read it"
+    ) in res.stderr
     samples = np.concatenate([read_samples(f) for f in sorted((tmp_path / "out").glob("*.h5"))])
     assert samples.shape == (25, 3, 1024)
     for s, r in zip(samples, recs, strict=True):  # NLGTokenGenerator.encode, computed here with numpy
