@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gptx_cli tests benchmarks scripts
 	$(BIN)/ruff format --check gptx_cli tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 -q

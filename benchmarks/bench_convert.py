@@ -34,7 +34,7 @@ def write_random_hf_checkpoint(
     import torch
 
     from gptx_cli.config.spec import ModelConfig
-    from gptx_cli.convert.checkpoint import expected_hf_shapes
+    from gptx_cli.convert.weights_convert import expected_hf_shapes
     from gptx_cli.model.hf import hf_config_from_model_config, model_config_from_hf
     from gptx_cli.weights import ShardedSafetensorsWriter, parse_size
 

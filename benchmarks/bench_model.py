@@ -157,7 +157,7 @@ def main() -> None:
             tps_ours, tps_hf = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
             rows.append((family, mode, tps_ours, tps_hf, tps_ours / tps_hf))
         if args.compile:
-            from gptx_cli.model.optimize import compile_model
+            from gptx_cli.train.parallel import compile_model
 
             ours.train()
             hf.train()

@@ -57,6 +57,16 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """torch.bfloat16 for 'bfloat16', 'torch.bfloat16' or 'bf16' (also fp16, fp32); None for None or
+    a name that is not a torch dtype."""
+    if name is None:
+        return None
+    name = name.removeprefix("torch.")
+    found = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name), None)
+    return found if isinstance(found, torch.dtype) else None
+
+
 def parse_size(text: str | int) -> int:
     """'5GB' -> 5_000_000_000, '500MiB' -> 524_288_000, '1000' -> 1000 (bytes), as HF's max_shard_size."""
     if isinstance(text, int):

@@ -101,3 +101,47 @@ def test_bad_meta_is_named(tmp_path):
         read_checkpoint_meta(tmp_path)
     with pytest.raises(CheckpointError, match=r"not a gptx checkpoint \(no gptx\.json\)"):
         read_checkpoint_meta(tmp_path / "missing")
+
+
+def test_resolve_opens_a_checkpoint_a_model_dir_and_a_hugging_face_dir(tmp_path):
+    from gptx_cli.checkpoint import resolve
+    from gptx_cli.model.hf import hf_config_from_model_config, model_config_from_hf, to_hf
+    from gptx_cli.model.init import init_model
+    from gptx_cli.weights import save_tensors
+
+    small = ModelConfig(
+        name="gptj",
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_heads=2,
+        filter_size=32,
+        rotary_dim=4,
+    )
+    hf_config = hf_config_from_model_config(small, "gptj")
+    cfg = model_config_from_hf(hf_config)  # what Hugging Face can express
+    model = init_model(cfg, seed=1)
+    sd = model.state_dict()
+    for step in (3, 5):
+        save_checkpoint_dir(tmp_path / "md" / f"checkpoint_{step}", sd, cfg, step=step, tokenizer="gpt2")
+    one = resolve(tmp_path / "md" / "checkpoint_3")
+    assert (one.kind, one.step, one.config, one.tokenizer) == ("checkpoint", 3, cfg, "gpt2")
+    latest = resolve(tmp_path / "md")
+    assert (latest.kind, latest.directory, latest.step) == ("model_dir", tmp_path / "md" / "checkpoint_5", 5)
+
+    hf = tmp_path / "hf"
+    save_tensors(hf, to_hf(cfg, list(sd), sd.__getitem__, "gptj"))
+    (hf / "config.json").write_text(json.dumps(hf_config))
+    src = resolve(hf)
+    assert (src.kind, src.step, src.config, src.tokenizer) == ("hf", None, cfg, None)
+    with src.open_weights() as tensors:  # one tensor at a time, in gptx names
+        assert all(torch.equal(t, sd[name]) for name, t in tensors)
+    ids = torch.randint(0, 32, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(src.load_model()(ids), model.eval()(ids))
+
+    with pytest.raises(CheckpointError, match="no such file"):
+        resolve(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a model directory"):
+        resolve(tmp_path / "empty")

@@ -437,11 +437,11 @@ def prepare_case(
         else:  # param groups (decay / no decay by name) come from the unwrapped model
             optimizer = gptx_optimizer(model, cfg, case.optimizer)
         if case.checkpointing:
-            from gptx_cli.model.optimize import apply_activation_checkpointing
+            from gptx_cli.train.parallel import apply_activation_checkpointing
 
             apply_activation_checkpointing(model)
         if case.compiled:
-            from gptx_cli.model.optimize import compile_model
+            from gptx_cli.train.parallel import compile_model
 
             model = compile_model(model, backend=settings.compile_backend) or model
 

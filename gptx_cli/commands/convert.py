@@ -59,7 +59,7 @@ def convert_checkpoint_cmd(
 
         typer.echo(format_info(checkpoint_info(src)))
         return
-    from gptx_cli.convert.checkpoint import convert_checkpoint, print_summary
+    from gptx_cli.convert.weights_convert import convert_checkpoint, print_summary
 
     summary = convert_checkpoint(
         src,

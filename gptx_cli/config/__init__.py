@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from gptx_cli.config.load import ConfigSource, apply_overrides, load_yaml, trainer_sources
 from gptx_cli.config.spec import (
     BackendSpec,
     CheckpointSpec,
@@ -28,10 +28,8 @@ from gptx_cli.config.spec import (
     RunSpec,
     SchedulerSpec,
 )
+from gptx_cli.config.validate import validate_source
 from gptx_cli.errors import ConfigError, UsageError
-
-if TYPE_CHECKING:
-    from gptx_cli.config.load import ConfigSource
 
 __all__ = [
     "BackendSpec",
@@ -53,8 +51,6 @@ def load_config_source(
     path: str | Path, overrides: Iterable[str] = (), trainer_index: int = 0
 ) -> ConfigSource:
     """The chosen trainer of a config file, in the trainer layout, with overrides applied (no checks)."""
-    from gptx_cli.config.load import apply_overrides, load_yaml, trainer_sources
-
     sources = trainer_sources(load_yaml(path))
     if not 0 <= trainer_index < len(sources):
         raise UsageError(f"{path}: trainer index {trainer_index} out of range (the file has {len(sources)})")
@@ -69,8 +65,6 @@ def load_run_spec(path: str | Path, overrides: Iterable[str] = (), trainer_index
     Raises ConfigError (`file:line:col: key.path: message`, exit 1) for an invalid config and
     UsageError (exit 2) for an unreadable file or a malformed override.
     """
-    from gptx_cli.config.validate import validate_source
-
     source = load_config_source(path, overrides, trainer_index)
     result = validate_source(source)
     if result.errors:

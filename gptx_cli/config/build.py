@@ -27,8 +27,16 @@ import types
 import typing
 from typing import Any, Union
 
-from gptx_cli.config.legacy import canonical_scheduler_name
-from gptx_cli.config.load import ConfigSource, KeyPath
+from gptx_cli.config.load import ConfigSource
+from gptx_cli.config.schemas import (
+    KeyPath,
+    canonical_optimizer_name,
+    canonical_scheduler_name,
+    did_you_mean,
+    load_schemas,
+    optimizer_names,
+    scheduler_names,
+)
 from gptx_cli.config.spec import (
     BackendSpec,
     CheckpointSpec,
@@ -53,13 +61,6 @@ NEOX_MODEL_DEFAULTS: dict[str, Any] = {
 }
 
 CBFLOAT16_NOTE = "fp16_type cbfloat16 is Cerebras-only: gptx runs it as bfloat16 (no loss-scaling needed)"
-
-
-def canonical_optimizer_name(name: str) -> str | None:
-    """`adamw` / `AdamW` -> `AdamW` (any case); None when not in schemas/optimizer.schema.json."""
-    from gptx_cli.config.validate import optimizer_names
-
-    return {n.lower(): n for n in optimizer_names()}.get(str(name).lower())
 
 
 def _type_name(hint: Any) -> str:
@@ -134,8 +135,6 @@ def _mapping(src: ConfigSource, parent: dict[str, Any], key: str, path: KeyPath)
 
 def modelzoo_model_defaults() -> dict[str, Any]:
     """ModelZoo's GPTJModelConfig defaults, read from the `default`s in schemas/model.schema.json."""
-    from gptx_cli.config.validate import load_schemas
-
     props = load_schemas()["model.schema.json"]["properties"]
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     return {k: copy.deepcopy(p["default"]) for k, p in props.items() if "default" in p and k in names}
@@ -165,8 +164,6 @@ def build_optimizer(src: ConfigSource, optimizer: Any, path: KeyPath) -> Optimiz
     ((raw_name, params),) = optimizer.items()
     name = canonical_optimizer_name(raw_name)
     if name is None:
-        from gptx_cli.config.validate import did_you_mean, optimizer_names
-
         raise src.error(
             path + (raw_name,), f"unknown optimizer '{raw_name}'{did_you_mean(raw_name, optimizer_names())}"
         )
@@ -183,8 +180,6 @@ def build_scheduler(src: ConfigSource, entry: Any, path: KeyPath) -> SchedulerSp
     ((raw_name, params),) = entry.items()
     name = canonical_scheduler_name(raw_name)
     if name is None:
-        from gptx_cli.config.validate import did_you_mean, scheduler_names
-
         raise src.error(
             path + (raw_name,), f"unknown scheduler '{raw_name}'{did_you_mean(raw_name, scheduler_names())}"
         )

@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from gptx_cli.config.load import KeyPath
+from gptx_cli.config.legacy import IGNORED_RUNCONFIG_KEYS
+from gptx_cli.config.load import dataloader_sections
+from gptx_cli.config.schemas import KeyPath, did_you_mean
 
 NO_EFFECT_PREFIX = "accepted for ModelZoo compatibility; has no effect in gptx"
 _CEREBRAS = "a Cerebras (CSX) system setting"
@@ -76,6 +78,7 @@ CHECKED: dict[tuple[str, str], str] = {
     ("model", "alibi_trainable_slopes"): "validate.MODELZOO_UNSUPPORTED",
     ("model", "extra_attention_params"): "validate._model_rules",
     ("model", "norm_type"): "schema enum: layernorm",
+    ("data", "use_vsl"): "validate._data_rules",
     ("data", "dataset_map_fn"): "validate._data_rules",
 }
 
@@ -114,8 +117,6 @@ def no_effect_message(section: str, key: str) -> str:
 
 
 def _sections(trainer: dict[str, Any]) -> Iterator[tuple[str, KeyPath, dict[str, Any]]]:
-    from gptx_cli.config.validate import _loaders
-
     init = (trainer.get("trainer") or {}).get("init")
     if not isinstance(init, dict):
         return
@@ -125,7 +126,7 @@ def _sections(trainer: dict[str, Any]) -> Iterator[tuple[str, KeyPath, dict[str,
         body = init.get(name)
         if isinstance(body, dict):
             yield name, base + (name,), body
-    for path, loader in _loaders(trainer):
+    for path, loader in dataloader_sections(trainer):
         yield "data", path, loader
     va = (trainer.get("trainer") or {}).get("validate_all")
     if isinstance(va, dict):
@@ -136,21 +137,14 @@ def no_effect_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     """(trainer-layout path, warning) for every key written that gptx accepts without acting on it."""
     out: list[tuple[KeyPath, str]] = []
     for section, path, body in _sections(trainer):
-        for key, value in body.items():
-            if (section, key) not in NO_EFFECT:
-                continue
-            if key == "cluster_config" and isinstance(value, dict) and value:
-                # one warning per setting: a legacy config wrote each as its own runconfig key
-                out += [(path + (key, sub), no_effect_message(section, key)) for sub in value]
-            else:
+        for key in body:
+            if (section, key) in NO_EFFECT:
                 out.append((path + (key,), no_effect_message(section, key)))
     return out
 
 
 def legacy_no_effect_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     """The same for keys of a legacy config that its conversion drops (paths as written)."""
-    from gptx_cli.config.legacy import IGNORED_RUNCONFIG_KEYS
-
     out: list[tuple[KeyPath, str]] = []
     if "wandb" in data:
         out.append((("wandb",), no_effect_message("legacy", "wandb")))
@@ -163,8 +157,7 @@ def legacy_no_effect_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]
 
 
 # trainer.init.callbacks / loggers gptx runs (gptx_cli/train/callbacks.py), with the settings each takes.
-# Lora is applied by the trainer through gptx_cli/model/lora.py (its settings are checked in validate.py).
-CALLBACKS: dict[str, tuple[str, ...]] = {"ComputeNorm": (), "Lora": ("lora_params",)}
+CALLBACKS: dict[str, tuple[str, ...]] = {"ComputeNorm": (), "Lora": ("lora_params",)}  # Lora: model/lora.py
 LOGGERS: dict[str, tuple[str, ...]] = {
     "TensorBoardLogger": ("summary_dir", "log_dir", "legacy_event_dirs"),
     "WandbLogger": ("project", "group", "run_id", "run_name", "job_type", "tags", "resume", "entity"),
@@ -173,8 +166,6 @@ LOGGERS: dict[str, tuple[str, ...]] = {
 
 def callback_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     """Errors for callbacks / loggers gptx does not run, or settings they do not take (did-you-mean)."""
-    from gptx_cli.config.validate import did_you_mean
-
     out: list[tuple[KeyPath, str]] = []
     init = (trainer.get("trainer") or {}).get("init")
     if not isinstance(init, dict):

@@ -36,7 +36,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptx_cli.config.load import KeyPath
+from gptx_cli.config.schemas import KeyPath, canonical_scheduler_name, did_you_mean, scheduler_names
+from gptx_cli.errors import ConfigError
 
 LEGACY_TOP_KEYS = ("train_input", "eval_input", "model", "optimizer", "runconfig", "sparsity", "wandb")
 
@@ -127,17 +128,6 @@ IGNORED_RUNCONFIG_KEYS = frozenset(
     }
 )
 RUNCONFIG_KEYS = frozenset(_RUNCONFIG_MAP) | IGNORED_RUNCONFIG_KEYS | {"checkpoint_path"}
-
-
-def canonical_scheduler_name(name: str) -> str | None:
-    """`Linear`/`linear`/`LinearLR` -> `LinearLR` (ModelZoo tries `name` and `name + "lr"`); None when
-    unknown. The names are the schedulers in schemas/schedulers.schema.json."""
-    from gptx_cli.config.validate import MODELZOO_ONLY_SCHEDULERS, scheduler_names
-
-    # ModelZoo-only names convert too, so the trainer schema can say "not supported" about them.
-    lookup = {n.lower(): n for n in (*scheduler_names(), *MODELZOO_ONLY_SCHEDULERS)}
-    low = str(name).lower()
-    return lookup.get(low) or lookup.get(low + "lr")
 
 
 def is_legacy(params: Any) -> bool:
@@ -245,8 +235,6 @@ def convert_legacy(params: dict[str, Any]) -> LegacyConversion:
 
 
 def _unknown(section: str, key: str, known: Any) -> str:
-    from gptx_cli.config.validate import did_you_mean  # local: validate imports this module
-
     return f"unknown key '{key}' in {section}{did_you_mean(key, known)}"
 
 
@@ -332,6 +320,145 @@ def _convert_schedulers(
 
 
 def _suggest(name: str) -> str:
-    from gptx_cli.config.validate import did_you_mean, scheduler_names
-
     return did_you_mean(str(name), scheduler_names())
+
+
+# ------------------------------------------------------------------------------ trainer -> legacy
+
+
+def _get_path(d: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return False, None
+        d = d[k]
+    return True, d
+
+
+def _pop_path(d: dict[str, Any], keys: tuple[str, ...]) -> None:
+    parents = [d]
+    for k in keys[:-1]:
+        d = d[k]
+        parents.append(d)
+    d.pop(keys[-1])
+    for parent, k in zip(reversed(parents[:-1]), reversed(keys[:-1]), strict=True):  # drop emptied sections
+        if parent[k] == {}:
+            parent.pop(k)
+
+
+def _schedulers_to_learning_rate(sched: dict[str, Any], notes: list[str]) -> tuple[Any, bool]:
+    """One trainer scheduler -> the legacy `learning_rate` list, and whether it was ScalePerParamLR-wrapped."""
+    ((name, params),) = sched.items()
+    if name == "ScalePerParamLR":
+        inner, _ = _schedulers_to_learning_rate(params["scheduler"], notes)
+        return inner, True
+    if name in ("SequentialLR", "ChainedScheduler"):
+        params = dict(params)
+        children = params.pop("schedulers")
+        for extra in params:
+            notes.append(f"trainer.init.schedulers.0.{name}.{extra}: no legacy equivalent (dropped)")
+        items = []
+        for child in children:
+            ((child_name, child_params),) = child.items()
+            items.append({"scheduler": child_name, **child_params})
+        if name == "ChainedScheduler" and items:
+            items[0]["main_scheduler"] = "chained"
+        return items, False
+    return [{"scheduler": name, **params}], False
+
+
+def trainer_to_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Trainer layout -> legacy flat layout (inverse of `convert_legacy`); returns (legacy, notes)."""
+    trainer = data.get("trainer")
+    if isinstance(trainer, list):
+        if len(trainer) != 1:
+            raise ConfigError(f"trainer: {len(trainer)} trainers; the legacy layout holds one")
+        trainer = trainer[0].get("trainer", trainer[0])
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("init"), dict):
+        raise ConfigError("trainer.init: missing; not a trainer-layout config")
+    trainer = copy.deepcopy(trainer)
+    init: dict[str, Any] = trainer["init"]
+    notes: list[str] = []
+    legacy: dict[str, Any] = {}
+    fit = trainer.pop("fit", None) or {}
+    validate = trainer.pop("validate", None) or {}
+    trainer.pop("validate_all", None)  # derived from eval_input by convert_legacy
+    if "train_dataloader" in fit:
+        legacy["train_input"] = fit.pop("train_dataloader")
+    fit_val, validate_val = fit.pop("val_dataloader", None), validate.pop("val_dataloader", None)
+    eval_input = fit_val if fit_val is not None else validate_val
+    if eval_input is not None:
+        legacy["eval_input"] = (
+            eval_input[0] if isinstance(eval_input, list) and len(eval_input) == 1 else eval_input
+        )
+
+    model = dict(init.pop("model", {}) or {})
+    precision = dict(init.pop("precision", {}) or {})
+    if "enabled" in precision:
+        model["mixed_precision"] = precision.pop("enabled")
+    if "fp16_type" in precision:
+        model["fp16_type"] = precision.pop("fp16_type")
+    legacy["model"] = model
+
+    optimizer_section = init.pop("optimizer", None)
+    optimizer: dict[str, Any] = {}
+    if isinstance(optimizer_section, dict) and len(optimizer_section) == 1:
+        ((opt_type, opt_params),) = optimizer_section.items()
+        optimizer = {"optimizer_type": opt_type, **(opt_params or {})}
+    elif optimizer_section is not None:
+        raise ConfigError("trainer.init.optimizer: expected one optimizer mapping (e.g. {AdamW: {...}})")
+    inverse_precision = {v: k for k, v in _OPTIMIZER_TO_PRECISION.items()}
+    for key in list(precision):
+        if key in inverse_precision:
+            optimizer[inverse_precision[key]] = precision.pop(key)
+    for key in precision:
+        notes.append(f"trainer.init.precision.{key}: no legacy equivalent (dropped)")
+    found, accum = _get_path(init, ("loop", "grad_accum_steps"))
+    if found:
+        optimizer["grad_accum_steps"] = accum
+        _pop_path(init, ("loop", "grad_accum_steps"))
+    schedulers = init.pop("schedulers", None)
+    if schedulers:
+        if len(schedulers) != 1:
+            raise ConfigError("trainer.init.schedulers: the legacy layout holds one scheduler (list)")
+        ((name, params),) = schedulers[0].items()
+        if (
+            name == "ConstantLR"
+            and set(params) == {"learning_rate"}
+            and optimizer.get("learning_rate") == params["learning_rate"]
+        ):
+            pass  # convert_legacy's rendering of a constant optimizer.learning_rate
+        else:
+            lr, adjust = _schedulers_to_learning_rate(schedulers[0], notes)
+            optimizer["learning_rate"] = lr
+            if adjust:
+                optimizer.setdefault("adjust_learning_rate", True)
+    if optimizer:
+        legacy["optimizer"] = optimizer
+
+    runconfig: dict[str, Any] = {}
+    for legacy_key, path in _RUNCONFIG_MAP.items():
+        found, value = _get_path(init, path)
+        if found:
+            runconfig[legacy_key] = value
+            _pop_path(init, path)
+    fit_ckpt, validate_ckpt = fit.pop("ckpt_path", None), validate.pop("ckpt_path", None)
+    ckpt_path = fit_ckpt if fit_ckpt is not None else validate_ckpt
+    if ckpt_path is not None:
+        runconfig["checkpoint_path"] = ckpt_path
+    if runconfig:
+        legacy["runconfig"] = runconfig
+    if "sparsity" in init:
+        legacy["sparsity"] = init.pop("sparsity")
+    for where, rest in (
+        ("trainer.init", init),
+        ("trainer.fit", fit),
+        ("trainer.validate", validate),
+        ("trainer", trainer),
+    ):
+        for key in rest:
+            if where == "trainer" and key == "init":
+                continue
+            notes.append(f"{where}.{key}: no legacy equivalent (dropped)")
+    # The canonical legacy order: ModelZoo files list inputs, model, optimizer, runconfig.
+    order = ("train_input", "eval_input", "model", "optimizer", "runconfig", "sparsity")
+    return {k: legacy[k] for k in order if k in legacy}, notes

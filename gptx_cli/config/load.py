@@ -21,13 +21,15 @@ Torch-free (validate-config must not import torch).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gptx_cli.config.legacy import convert_legacy, is_legacy
+from gptx_cli.config.schemas import KeyPath
 from gptx_cli.errors import ConfigError, UsageError
 
 try:  # libyaml's parser is several times faster; the constructor stays PyYAML's.
@@ -35,7 +37,6 @@ try:  # libyaml's parser is several times faster; the constructor stays PyYAML's
 except AttributeError:  # pragma: no cover - libyaml missing
     _BaseLoader = yaml.SafeLoader
 
-KeyPath = tuple  # tuple[str | int, ...]
 Position = tuple  # (line, col), both 1-based
 
 # YAML 1.2 floats that YAML 1.1 (PyYAML) misses: an exponent without a decimal point (1e-05, 2E+3).
@@ -320,6 +321,27 @@ INIT_SECTIONS = (
 )
 
 
+def dataloader_sections(trainer: dict[str, Any]) -> Iterator[tuple[KeyPath, dict[str, Any]]]:
+    """(path, section) of every dataloader a trainer-layout dict holds (train, val, validate_all's)."""
+    T: KeyPath = ("trainer",)
+    for section, key in (
+        ("fit", "train_dataloader"),
+        ("fit", "val_dataloader"),
+        ("validate", "val_dataloader"),
+        ("validate_all", "val_dataloaders"),
+    ):
+        part = (
+            (trainer.get("trainer") or {}).get(section) if isinstance(trainer.get("trainer"), dict) else None
+        )
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, dict):
+            yield T + (section, key), value
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, dict):
+                    yield T + (section, key, i), v
+
+
 def trainer_sources(doc: YamlDoc, strict: bool = True) -> list[ConfigSource]:
     """The trainers a config file describes, each in the trainer layout (legacy files are converted).
 
@@ -327,8 +349,6 @@ def trainer_sources(doc: YamlDoc, strict: bool = True) -> list[ConfigSource]:
     (with `strict`) when the legacy conversion finds a problem; otherwise those problems are kept in
     `source.conversion_problems` for validate-config to report together with the others.
     """
-    from gptx_cli.config.legacy import convert_legacy, is_legacy
-
     data = doc.data
     if not isinstance(data, dict):
         kind = "an empty file" if data is None else f"a {type(data).__name__}"
@@ -385,8 +405,6 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     the config has that one and no `fit.val_dataloader`; see `apply_overrides`). Integer parts index lists (`init.schedulers.0.LinearLR.total_iters=9`).
     The value is parsed as YAML (`5` is an int, `[1, 2]` a list, `null` None, `1e-4` a float).
     """
-    from gptx_cli.errors import UsageError
-
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
@@ -412,8 +430,6 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
 
 def apply_overrides(source: ConfigSource, overrides: Iterable[str]) -> None:
     """Set each `key=value` in `source.data` (creating missing mappings) and remember where it came from."""
-    from gptx_cli.errors import UsageError
-
     for text in overrides:
         path, value = parse_override(text)
         if text.lstrip().startswith("val_dataloader") and isinstance(source.data.get("trainer"), dict):

@@ -83,10 +83,30 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_section(self) -> dict[str, Any]:
+        """The ModelZoo `model` section: None values (ModelZoo's default) are left out, and so are muP
+        multipliers at their neutral defaults in a model that does not use muP."""
+        section = {k: v for k, v in self.to_dict().items() if v is not None}
+        if not self.uses_mup:
+            for key in (
+                "embeddings_scale",
+                "scale_qk_dot_by_d",
+                "scale_output_logits_by_d",
+                "attention_logits_alpha",
+            ):
+                if section.get(key) == getattr(ModelConfig, key):
+                    section.pop(key)
+        return section
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def trainer_config_for_model(cfg: ModelConfig) -> dict[str, Any]:
+    """A trainer-layout config holding only the model (what a converted checkpoint's config.yaml holds)."""
+    return {"trainer": {"init": {"model": cfg.to_section()}}}
 
 
 @dataclass

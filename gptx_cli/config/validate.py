@@ -15,52 +15,25 @@ The semantic rules (each with its own message) are in `semantic_problems`.
 
 from __future__ import annotations
 
-import difflib
-import functools
-import json
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from gptx_cli.config.load import ConfigSource, KeyPath, LocatedConfigError, format_path
+from gptx_cli.config.build import build_run_spec
+from gptx_cli.config.compat import callback_problems, legacy_no_effect_problems, no_effect_problems
+from gptx_cli.config.load import (
+    ConfigSource,
+    LocatedConfigError,
+    apply_overrides,
+    dataloader_sections,
+    format_path,
+    load_yaml,
+    trainer_sources,
+)
+from gptx_cli.config.schemas import SUPPORTED_MODELS, KeyPath, _show, schema_problems
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import ConfigError
-
-# gptx_cli/schemas links to the repo's top-level schemas/ (a wheel holds a copy): one source of truth.
-SCHEMA_DIR = Path(os.environ.get("GPTX_SCHEMAS") or Path(__file__).resolve().parents[1] / "schemas")
-SCHEMA_BASE = "https://gptx.invalid/schemas/"
-SUPPORTED_MODELS = ("gptj", "gpt-neox")
-# ModelZoo names gptx knows but cannot run: reported as "not supported" rather than "unknown".
-MODELZOO_ONLY_OPTIMIZERS = (
-    "Adafactor",
-    "Adagrad",
-    "Adadelta",
-    "Adamax",
-    "ASGD",
-    "NAdam",
-    "RAdam",
-    "RMSprop",
-    "Rprop",
-    "Lamb",
-)
-MODELZOO_ONLY_SCHEDULERS = (
-    "ChainedScheduler",
-    "ScalePerParamLR",
-    "CosineAnnealingWarmRestarts",
-    "PiecewiseConstantLR",
-    "LambdaLR",
-    "MultiplicativeLR",
-    "CyclicLR",
-    "OneCycleLR",
-)
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """`" (did you mean 'hidden_size'?)"` for the closest candidate, or "" when nothing is close."""
-    match = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 @dataclass
@@ -81,12 +54,6 @@ class Problem:
         else:
             where = f"{self.file}:{self.line}:{self.col}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-    def format_warning(self) -> str:
-        """`file:line:col: warning: key.path: message` (validate-config's and train's text form)."""
-        text = self.format()
-        head, sep, rest = text.partition(f": {self.path}: ") if self.path else (text, "", "")
-        return f"{head}: warning: {self.path}: {rest}" if sep else f"warning: {text}"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"line": self.line, "col": self.col, "path": self.path, "message": self.message}
@@ -124,160 +91,6 @@ class ValidationResult:
 
         if all(key(p) != key(problem) for p in bucket):
             bucket.append(problem)
-
-
-# --------------------------------------------------------------------------------------------- schemas
-
-
-@functools.lru_cache(maxsize=1)
-def load_schemas() -> dict[str, dict[str, Any]]:
-    """All `schemas/*.schema.json`, by file name."""
-    if not SCHEMA_DIR.is_dir():
-        raise ConfigError(f"JSON schemas not found in {SCHEMA_DIR} (set GPTX_SCHEMAS)")
-    return {p.name: json.loads(p.read_text()) for p in sorted(SCHEMA_DIR.glob("*.schema.json"))}
-
-
-@functools.lru_cache(maxsize=4)
-def _validator(name: str) -> Any:
-    from jsonschema import Draft202012Validator
-    from referencing import Registry, Resource
-
-    schemas = load_schemas()
-    registry: Registry = Registry().with_resources(
-        (SCHEMA_BASE + n, Resource.from_contents(s)) for n, s in schemas.items()
-    )
-    return Draft202012Validator(schemas[name], registry=registry)
-
-
-def data_processor_names() -> list[str]:
-    """The data processors gptx accepts (the one list lives in schemas/data.schema.json)."""
-    return list(load_schemas()["data.schema.json"]["$defs"]["data_processor"]["enum"])
-
-
-def scheduler_names() -> list[str]:
-    return [k for k in load_schemas()["schedulers.schema.json"]["$defs"] if k != "scheduler"]
-
-
-def optimizer_names() -> list[str]:
-    return list(load_schemas()["optimizer.schema.json"]["$defs"])
-
-
-def _type_names(types: Any) -> str:
-    names = {
-        "integer": "an integer",
-        "number": "a number",
-        "string": "a string",
-        "boolean": "true/false",
-        "object": "a mapping",
-        "array": "a list",
-        "null": "null",
-    }
-    if isinstance(types, str):
-        types = [types]
-    return " or ".join(names.get(t, t) for t in types)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _branch_fits(errors: list[Any], depth: int) -> bool:
-    """An anyOf/oneOf branch fits when none of its errors is a type mismatch at the value itself."""
-    return not any(len(e.absolute_path) == depth and e.validator in ("type", "enum", "$ref") for e in errors)
-
-
-def _schema_messages(error: Any) -> Iterator[tuple[KeyPath, str]]:
-    """(path, message) pairs for one jsonschema error, descending into anyOf/oneOf sensibly."""
-    path: KeyPath = tuple(error.absolute_path)
-    v = error.validator
-    if v in ("anyOf", "oneOf") and error.context:
-        branches: dict[Any, list[Any]] = {}
-        for sub in error.context:
-            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-        fitting = [errs for errs in branches.values() if _branch_fits(errs, len(path))]
-        if len(fitting) >= 1:
-            # The value has the right kind for a branch: report that branch's own problems.
-            best = min(fitting, key=len)
-            for sub in best:
-                yield from _schema_messages(sub)
-            return
-        kinds = []
-        for sub in error.context:
-            if sub.validator == "type" and len(sub.absolute_path) == len(path):
-                kinds.append(_type_names(sub.validator_value))
-            elif sub.validator == "enum" and len(sub.absolute_path) == len(path):
-                kinds.append("one of " + ", ".join(map(str, sub.validator_value)))
-        expected = " or ".join(dict.fromkeys(kinds)) or "a different value"
-        yield path, f"expected {expected}, got {_show(error.instance)}"
-        return
-    if v == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        extras = [k for k in error.instance if k not in allowed]
-        single = error.schema.get("maxProperties") == 1
-        for key in extras:
-            if single:
-                what = "optimizer" if path and path[-1] == "optimizer" else "scheduler"
-                known = MODELZOO_ONLY_OPTIMIZERS if what == "optimizer" else MODELZOO_ONLY_SCHEDULERS
-                if str(key).lower() in {k.lower() for k in known}:
-                    supported = ", ".join(k for k in allowed if k != k.lower() or k.isupper())
-                    yield path + (key,), f"{what} '{key}' is not supported by gptx (supported: {supported})"
-                else:
-                    yield path + (key,), f"unknown {what} '{key}'{did_you_mean(key, allowed)}"
-            else:
-                yield path + (key,), f"unknown key '{key}'{did_you_mean(key, allowed)}"
-        return
-    if v == "required":
-        missing = [
-            k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance
-        ]
-        for key in missing:
-            yield path, f"missing required key '{key}'"
-        return
-    if v == "type":
-        yield path, f"expected {_type_names(error.validator_value)}, got {_show(error.instance)}"
-    elif v == "enum":
-        options = [str(o) for o in error.validator_value]
-        hint = did_you_mean(str(error.instance), options)
-        yield path, f"{_show(error.instance)} is not one of {', '.join(options)}{hint}"
-    elif v == "minimum":
-        yield path, f"must be >= {error.validator_value}, got {_show(error.instance)}"
-    elif v == "exclusiveMinimum":
-        yield path, f"must be > {error.validator_value}, got {_show(error.instance)}"
-    elif v == "maximum":
-        yield path, f"must be <= {error.validator_value}, got {_show(error.instance)}"
-    elif v == "exclusiveMaximum":
-        yield path, f"must be < {error.validator_value}, got {_show(error.instance)}"
-    elif v == "minItems":
-        yield path, f"needs at least {error.validator_value} item(s)"
-    elif v == "maxItems":
-        yield path, f"takes at most {error.validator_value} item(s), got {len(error.instance)}"
-    elif v in ("minProperties", "maxProperties"):
-        yield path, "expected exactly one entry, e.g. {AdamW: {...}} / {LinearLR: {...}}"
-    elif v == "minLength":
-        yield path, "must not be empty"
-    elif v == "pattern":
-        yield path, f"{_show(error.instance)} does not have the expected format"
-    else:
-        yield path, error.message
-
-
-def schema_problems(name: str, data: Any) -> list[tuple[KeyPath, str]]:
-    """(path, message) for every place `data` breaks schemas/<name>, in document order."""
-    out: list[tuple[KeyPath, str]] = []
-    for error in _validator(name).iter_errors(data):
-        for item in _schema_messages(error):
-            if item not in out:
-                out.append(item)
-    return out
 
 
 # --------------------------------------------------------------------------------------------- semantic rules
@@ -549,30 +362,13 @@ def _scheduler_rules(entry: Any, path: KeyPath) -> list[tuple[KeyPath, str, str]
     return out
 
 
-def _loaders(trainer: dict[str, Any]) -> Iterator[tuple[KeyPath, dict[str, Any]]]:
-    T: KeyPath = ("trainer",)
-    for section, key in (
-        ("fit", "train_dataloader"),
-        ("fit", "val_dataloader"),
-        ("validate", "val_dataloader"),
-        ("validate_all", "val_dataloaders"),
-    ):
-        value = _get(trainer, "trainer", section, key)
-        if isinstance(value, dict):
-            yield T + (section, key), value
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                if isinstance(v, dict):
-                    yield T + (section, key, i), v
-
-
 def _data_rules(trainer: dict[str, Any], model: dict[str, Any]) -> list[tuple[KeyPath, str, str]]:
     out: list[tuple[KeyPath, str, str]] = []
     vocab = model.get("vocab_size", 50257)
     mpe = model.get("max_position_embeddings", 1024)
     mbs = _get(trainer, "trainer", "init", "backend", "micro_batch_size")
     accum = _get(trainer, "trainer", "init", "loop", "grad_accum_steps")
-    for path, loader in _loaders(trainer):
+    for path, loader in dataloader_sections(trainer):
         if _is_int(loader.get("vocab_size")) and _is_int(vocab) and loader["vocab_size"] != vocab:
             out.append(
                 (
@@ -621,7 +417,7 @@ def data_dir_problems(trainer: dict[str, Any], base: Path | None = None) -> list
     """(path, message) for every data directory that does not exist (relative to `base` or the cwd)."""
     out: list[tuple[KeyPath, str]] = []
     base = base or Path.cwd()
-    for path, loader in _loaders(trainer):
+    for path, loader in dataloader_sections(trainer):
         entries: list[tuple[KeyPath, Any]] = []
         dd = loader.get("data_dir")
         if isinstance(dd, str):
@@ -663,8 +459,6 @@ def validate_source(
     result: ValidationResult | None = None,
 ) -> ValidationResult:
     """Schema + semantic rules + RunSpec for one trainer. Data directories are checked with `check_paths`."""
-    from gptx_cli.config.build import build_run_spec
-
     result = result or ValidationResult(source.file)
     before = len(result.errors)
     for path, message in source.conversion_problems:
@@ -678,14 +472,11 @@ def validate_source(
         # The rules assume the shape is right; with shape errors they would only add noise.
         for path, message, severity in semantic_problems(source.data):
             _add(result, source, path, message, severity)
-        from gptx_cli.config.compat import callback_problems
 
         for path, message in callback_problems(source.data):
             _add(result, source, path, message, "error")
-    from gptx_cli.config.compat import no_effect_problems
-
-    for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
-        _add(result, source, path, message, "warning")
+        for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
+            _add(result, source, path, message, "warning")
     if check_paths:
         for path, message in data_dir_problems(source.data):
             _add(result, source, path, message, "error" if strict_paths else "warning")
@@ -706,8 +497,6 @@ def validate_file(
     path: str | Path, overrides: Iterable[str] = (), *, check_paths: bool = True, strict_paths: bool = False
 ) -> ValidationResult:
     """Validate every trainer in a config file. Unreadable files raise UsageError (exit 2)."""
-    from gptx_cli.config.load import apply_overrides, load_yaml, trainer_sources
-
     result = ValidationResult(str(path))
     try:
         doc = load_yaml(path)
@@ -723,7 +512,6 @@ def validate_file(
         for p, message in schema_problems("legacy.schema.json", legacy):
             line, col = doc.where(p)
             result.add(Problem(doc.file, line, col, format_path(p), message))
-        from gptx_cli.config.compat import legacy_no_effect_problems
 
         for p, message in legacy_no_effect_problems(doc.data):
             line, col = doc.where(p)
@@ -736,143 +524,3 @@ def validate_file(
             continue
         validate_source(source, check_paths=check_paths, strict_paths=strict_paths, result=result)
     return result
-
-
-# --------------------------------------------------------------------------------------------- reports
-
-
-@dataclass
-class FileReport:
-    """One file's outcome for validate-config: a ValidationResult, or why the file could not be read."""
-
-    file: str
-    result: ValidationResult | None = None
-    unreadable: str | None = None  # the UsageError message (exit 2)
-    summaries: list[dict[str, Any]] = field(default_factory=list)
-
-
-def default_config_paths(root: Path | None = None) -> list[Path]:
-    """Every `*.yaml` under ./configs (what `gptx validate-config` checks without arguments)."""
-    from gptx_cli.errors import UsageError
-
-    configs = root / "configs" if root is not None else Path("configs")
-    paths = sorted(configs.glob("*.yaml"))
-    if not paths:
-        raise UsageError(f"no config given and no *.yaml in {configs}")
-    return paths
-
-
-def validate_paths(
-    paths: Iterable[str | Path],
-    overrides: Iterable[str] = (),
-    *,
-    strict_paths: bool = False,
-    summary: bool = False,
-) -> list[FileReport]:
-    """validate-config's work: every file, with summaries (parameter counts etc.) on request."""
-    from gptx_cli.errors import UsageError
-
-    overrides = list(overrides)
-    reports = []
-    for path in paths:
-        report = FileReport(str(path))
-        try:
-            report.result = validate_file(path, overrides, strict_paths=strict_paths)
-        except UsageError as err:
-            report.unreadable = err.message
-        else:
-            if summary and report.result.valid:
-                from gptx_cli.model.counts import run_summary
-
-                report.summaries = [run_summary(spec) for spec in report.result.specs]
-        reports.append(report)
-    return reports
-
-
-def exit_code(reports: list[FileReport]) -> int:
-    """0 all valid, 1 any invalid, 2 any unreadable."""
-    if any(r.unreadable for r in reports):
-        return 2
-    return 0 if all(r.result is not None and r.result.valid for r in reports) else 1
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.2f} GiB"
-
-
-def render_text(reports: list[FileReport]) -> tuple[str, str]:
-    """(stdout, stderr) text: problems as `file:line:col: key.path: message`, then a summary line."""
-    out: list[str] = []
-    err: list[str] = []
-    n_err = n_warn = 0
-    for r in reports:
-        if r.unreadable:
-            err.append(f"error: {r.unreadable}")
-            continue
-        assert r.result is not None
-        for p in r.result.errors:
-            out.append(p.format())
-        for p in r.result.warnings:
-            out.append(p.format_warning())
-        for note in r.result.notes:
-            out.append(f"{r.file}: note: {note}")
-        n_err += len(r.result.errors)
-        n_warn += len(r.result.warnings)
-        status = "ok" if r.result.valid else f"invalid ({len(r.result.errors)} error(s))"
-        out.append(f"{r.file}: {status}")
-        for s in r.summaries:
-            mem = s["memory"]
-            b = mem["bytes"]
-            out.append(
-                f"  model {s['model']}"
-                + (f" ({s['architecture']} architecture)" if s["architecture"] != s["model"] else "")
-                + f": {s['parameters']:,} parameters; "
-                f"{s['flops_per_token']:,} training FLOPs/token at seq_len {s['seq_len']}"
-            )
-            if s.get("lora"):
-                share = 100 * s["trainable_parameters"] / max(1, s["parameters"])
-                out.append(
-                    f"  trainable: {s['trainable_parameters']:,} LoRA adapter parameters ({share:.3f}%); "
-                    "the base is frozen"
-                )
-            out.append(
-                f"  memory per process (micro-batch {mem['micro_batch_size']}, {mem['precision']}, "
-                f"{mem['optimizer']}{', activation checkpointing' if mem['activation_checkpointing'] else ''}): "
-                f"weights {_gib(b['weights'])}, grads {_gib(b['grads'])}, "
-                f"optimizer state {_gib(b['optimizer_state'])}, activations {_gib(b['activations'])}, "
-                f"total {_gib(b['total'])}"
-            )
-    valid = sum(1 for r in reports if r.result is not None and r.result.valid)
-    invalid = sum(1 for r in reports if r.result is not None and not r.result.valid)
-    unreadable = sum(1 for r in reports if r.unreadable)
-    line = f"{len(reports)} config(s): {valid} valid, {invalid} invalid"
-    if unreadable:
-        line += f", {unreadable} unreadable"
-    line += f"; {n_err} error(s), {n_warn} warning(s)"
-    out.append(line)
-    return "\n".join(out) + "\n", ("\n".join(err) + "\n") if err else ""
-
-
-def render_json(reports: list[FileReport]) -> str:
-    """One JSON document for pipelines: per file valid, errors, warnings, notes (and summaries)."""
-    files = []
-    for r in reports:
-        if r.unreadable:
-            files.append(
-                {"file": r.file, "valid": False, "readable": False, "errors": [{"message": r.unreadable}]}
-            )
-            continue
-        assert r.result is not None
-        entry: dict[str, Any] = {
-            "file": r.file,
-            "valid": r.result.valid,
-            "readable": True,
-            "errors": [p.to_dict() for p in r.result.errors],
-            "warnings": [p.to_dict() for p in r.result.warnings],
-            "notes": list(r.result.notes),
-        }
-        if r.summaries:
-            entry["summary"] = r.summaries
-        files.append(entry)
-    doc = {"valid": exit_code(reports) == 0, "exit_code": exit_code(reports), "files": files}
-    return json.dumps(doc, indent=2) + "\n"

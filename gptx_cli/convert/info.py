@@ -6,15 +6,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from gptx_cli.checkpoint import hf_family_of, read_checkpoint_meta, read_json
+from gptx_cli.convert.weights_convert import locate_source
+from gptx_cli.weights import dtype_name, open_tensors
+
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Format, family, step, parameter count, dtypes and shapes of a gptx or HF checkpoint."""
-    from gptx_cli.checkpoint import read_checkpoint_meta
-    from gptx_cli.convert.checkpoint import detect_format, hf_family_of, read_json
-    from gptx_cli.weights import dtype_name, open_tensors
-
     p = Path(path)
-    fmt = detect_format(p) if p.is_dir() else "weights"
+    fmt = "weights"
+    if p.is_dir():
+        p, fmt = locate_source(p, None)
     info: dict[str, Any] = {"path": str(p), "format": fmt, "family": None, "step": None}
     if fmt == "gptx":
         meta = read_checkpoint_meta(p)

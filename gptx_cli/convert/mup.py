@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from gptx_cli.config.spec import ModelConfig
+from gptx_cli.model.transformer import attention_scale, output_logits_scale
 
 Getter = Callable[[str], torch.Tensor]
 _QKV = re.compile(r"layers\.\d+\.attn\.qkv\.(weight|bias)")
@@ -29,8 +30,6 @@ _QKV = re.compile(r"layers\.\d+\.attn\.qkv\.(weight|bias)")
 
 def mup_scales(cfg: ModelConfig) -> tuple[float, float, float]:
     """(embedding, q, logits) factors that fold `cfg`'s multipliers into the weights; all 1.0 under sP."""
-    from gptx_cli.model.transformer import attention_scale, output_logits_scale
-
     q_scale = attention_scale(cfg) * math.sqrt(cfg.head_dim)
     logits = output_logits_scale(cfg)
     return float(cfg.embeddings_scale), q_scale, 1.0 if logits is None else logits

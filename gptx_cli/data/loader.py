@@ -37,6 +37,9 @@ from typing import Any, cast
 import numpy as np
 
 from gptx_cli.config.spec import DataSpec
+from gptx_cli.data.hdf5 import COMPLETE_MARKER, h5_layout, sample_rows
+from gptx_cli.data.mmidx import MMIDIDXReader
+from gptx_cli.data.preprocess import STATE_DIR
 from gptx_cli.errors import DataError
 
 DEFAULT_MSL = 2048
@@ -62,7 +65,10 @@ class _H5Samples:
             import h5py
 
             self._handle, self._pid = h5py.File(self.path, "r")["data"], os.getpid()
-        return np.asarray(self._handle[i, : self.rows], dtype=np.int64)
+            check_integer_dtype(self.path, self._handle.dtype)
+        row = np.asarray(self._handle[i, : self.rows], dtype=np.int64)
+        check_sample(self.path, i, row)
+        return row
 
 
 class _TokenWindows:
@@ -80,16 +86,35 @@ class _TokenWindows:
     def get(self, i: int) -> np.ndarray:
         if self._pid != os.getpid():
             if self.kind == "mmidx":
-                from gptx_cli.data.mmidx import MMIDIDXReader
-
                 self._tokens = MMIDIDXReader(self.path).tokens
             else:
                 import h5py
 
                 self._tokens = h5py.File(self.path, "r")["data"]
             self._pid = os.getpid()
+            check_integer_dtype(self.path, self._tokens.dtype)
         w = np.asarray(self._tokens[i * self.msl : i * self.msl + self.msl + 1], dtype=np.int64)
+        if w.size and w.min() < 0:
+            raise DataError(f"{self.path}: window {i}: negative token id {int(w.min())}")
         return np.stack([w[:-1], np.ones(self.msl, dtype=np.int64), w[1:]])
+
+
+def check_integer_dtype(path: Path, dtype: Any) -> None:
+    """Token data must be integers: float ids would be truncated silently."""
+    if np.dtype(dtype).kind not in "iu":
+        raise DataError(f"{path}: dataset 'data' holds {np.dtype(dtype)} values; token ids must be integers")
+
+
+def check_sample(path: Path, i: int, row: np.ndarray) -> None:
+    """One sample's rows input_ids, attention_mask (the loss mask), labels: ids >= 0, mask 0 or 1."""
+    ids = row[[0, 2]]
+    if ids.size and ids.min() < 0:
+        which = "input_ids" if row[0].min() < 0 else "labels"
+        raise DataError(f"{path}: sample {i}: {which} holds token id {int(ids.min())} (token ids are >= 0)")
+    mask = row[1]
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        bad = int(mask[(mask < 0) | (mask > 1)][0])
+        raise DataError(f"{path}: sample {i}: attention_mask holds {bad} (the loss mask is 0 or 1)")
 
 
 def _preprocess_hint(data_dir: str) -> str:
@@ -142,9 +167,6 @@ def _check_complete(d: Path) -> None:
     the dir or, for a part dir of a split (`.../train_msl2048/0/`), in its parent: a killed or failed run
     leaves complete-looking data-*.h5 files without it, and training on them would use part of the
     corpus."""
-    from gptx_cli.data.hdf5 import COMPLETE_MARKER
-    from gptx_cli.data.preprocess import STATE_DIR
-
     if os.environ.get(ENV_ALLOW_INCOMPLETE, "") not in ("", "0"):
         return
     if (d / COMPLETE_MARKER).is_file() or (d.parent / COMPLETE_MARKER).is_file():
@@ -168,8 +190,6 @@ def _vsl_problem(data_dir: str, path: Path, kind: str) -> DataError:
 
 
 def _open_sources(data_dirs: Sequence[str], msl: int | None, use_vsl: bool = False) -> tuple[list[Any], int]:
-    from gptx_cli.data.hdf5 import h5_layout, sample_rows
-
     if isinstance(data_dirs, (str, os.PathLike)):
         data_dirs = [str(data_dirs)]  # a single directory written without a list
     if not data_dirs:
@@ -180,8 +200,6 @@ def _open_sources(data_dirs: Sequence[str], msl: int | None, use_vsl: bool = Fal
             if kind == "mmidx":
                 if use_vsl:
                     raise _vsl_problem(str(d), path, kind)
-                from gptx_cli.data.mmidx import MMIDIDXReader
-
                 entries.append((path, "mmidx", len(MMIDIDXReader(path).tokens), None))
             else:
                 layout, n, file_msl = h5_layout(path)

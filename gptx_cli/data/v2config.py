@@ -119,8 +119,8 @@ V2_KEYS: dict[str, Key] = {
     "remove_bos_in_chunks": Key(
         _PD, WARN, "it is read only with split_text_to_tokenize, which gptx does not run"
     ),
-    "use_vsl": Key(_D, ACTED),
-    "fold_long_doc": Key(_D, ACTED),  # gptx's VSL option (data/vsl.py)
+    "use_vsl": Key(_D, ACTED),  # pretraining mode: gptx_cli.data.vsl; other modes refuse true
+    "fold_long_doc": Key(_D, ACTED),  # with use_vsl
     "training_objective": Key(_D, CHECKED, "MLM / FIM / BERT objectives", None),
     "is_multimodal": Key(_D, CHECKED, "multimodal data", False),
     "image_token": Key(_D, CHECKED, "multimodal data", None),
@@ -170,7 +170,7 @@ class V2Plan:
 
 
 def _did_you_mean(word: str, candidates: Any) -> str:
-    from gptx_cli.config.validate import did_you_mean
+    from gptx_cli.config.schemas import did_you_mean
 
     return did_you_mean(word, candidates)
 
@@ -344,15 +344,32 @@ def load_v2_config(path: str | Path) -> V2Plan:
     )
     if plan.mode == "pretraining":
         out["packing"] = "modelzoo-v2"  # PretrainingTokenGenerator's chunks and EOS rule (data/pack.py)
-    for key in ("use_vsl", "fold_long_doc"):
-        if ds.get(key) is not None:
-            out[key] = _typed(doc, ("dataset", key), ds[key], bool, "true/false")
     text_key = ds.get("text_key") or proc.get("jsonl_key") or plan.hook_kwargs.get("text_key")
     nested = plan.hook_kwargs.get("data_keys")
     if not text_key and isinstance(nested, dict):
         text_key = nested.get("text_key")
     if text_key:
         out["text_key"] = str(text_key)
+
+    # --- VSL (gptx_cli.data.vsl): ModelZoo's [n, 5, msl] pretraining samples
+    for key in ("use_vsl", "fold_long_doc"):
+        if ds.get(key) is None:
+            continue
+        value = _typed(doc, ("dataset", key), ds[key], bool, "true/false")
+        if plan.mode == "pretraining":
+            out[key] = value
+        elif key == "use_vsl" and value:
+            raise doc.error(
+                ("dataset", key),
+                f"use_vsl: true is not supported by gptx in {plan.mode} mode (VSL pretraining only)",
+            )
+        elif key == "fold_long_doc":
+            line, col = doc.where(("dataset", key))
+            plan.warnings.append(
+                V2Warning(
+                    doc.file, line, col, "dataset.fold_long_doc", f"{NO_EFFECT}: it is read only with use_vsl"
+                )
+            )
 
     _mode_keys(doc, plan, setup, proc, ds)
 
@@ -375,7 +392,6 @@ NLG_UNREAD = (
     "use_ftfy", "ftfy_normalizer", "wikitext_detokenize", "short_seq_prob", "min_sequence_len",
     "pack_sequences", "eos_id", "pad_id", "seed",
 )  # fmt: skip
-FINETUNING_UNREAD = ("short_seq_prob",)
 
 
 def _mode_keys(
@@ -392,7 +408,7 @@ def _mode_keys(
                 ("processing", "wikitext_detokenize"),
                 "wikitext_detokenize in finetuning mode is not supported by gptx",
             )
-    unread = {"nlg": NLG_UNREAD, "finetuning": FINETUNING_UNREAD}.get(plan.mode, ())
+    unread = NLG_UNREAD if plan.mode == "nlg" else ()
     for section, body in (("processing", proc), ("dataset", ds)):
         for key in body:
             if key in unread:
@@ -530,22 +546,21 @@ def run_v2(plan: V2Plan, cli_values: dict[str, Any]) -> dict[str, Any]:
     """Run a loaded v2 config (command-line values win); the one dispatch point for its modes.
 
     pretraining -> data.preprocess.run_preprocess (with data_splits: data.splits.run_splits first);
-    nlg -> data.nlg.run_nlg; finetuning -> the options data.finetune.v2_finetuning makes, then
-    run_preprocess (the hooks, splits and padding of finetuning mode are the finetuning module's)."""
-    import sys
-
+    nlg -> data.nlg.run_nlg; finetuning -> data.finetune.run_v2_finetuning(plan, options)."""
     from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
 
+    values = {**plan.options, **cli_values}
     if plan.mode == "finetuning":
-        from gptx_cli.data.finetune import v2_finetuning
-
-        out = dict(plan.options)
-        out.pop("cleaning", None)  # the finetuning spec applies use_ftfy / ftfy_normalizer to its fields
-        setup, proc, ds = (_get(plan.doc, s) for s in SECTIONS)
-        for note in v2_finetuning(out, [], setup, proc, ds, plan.file):
-            print(f"note: {note}", file=sys.stderr)
-        return run_preprocess(PreprocessOptions(**{**out, **cli_values}))
-    opts = PreprocessOptions(**{**plan.options, **cli_values})
+        try:
+            from gptx_cli.data.finetune import run_v2_finetuning  # type: ignore[attr-defined]
+        except ImportError:
+            raise plan.doc.error(
+                ("setup", "mode"),
+                "finetuning mode is not available in this gptx build (gptx_cli/data/finetune.py)",
+            ) from None
+        result: dict[str, Any] = run_v2_finetuning(plan, values)
+        return result
+    opts = PreprocessOptions(**values)
     if plan.mode == "nlg":
         from gptx_cli.data.nlg import run_nlg
 

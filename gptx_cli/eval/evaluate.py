@@ -23,8 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptx_cli.checkpoint import (
+    is_gptx_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    resolve,
+)
+from gptx_cli.config import load_run_spec
+from gptx_cli.data.loader import build_dataloader, model_inputs
 from gptx_cli.errors import CheckpointError, DataError, UsageError
-from gptx_cli.fsutil import write_json
+from gptx_cli.eval.generate import BatchGenerator
+from gptx_cli.eval.harness import HarnessTokenizer
+from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
+from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, limit_docs, load_task
+from gptx_cli.fsutil import write_json, write_text
+from gptx_cli.model.loss import lm_loss
+from gptx_cli.model.transformer import parameter_shapes
+from gptx_cli.train.parallel import Dist, all_gather_object, all_reduce_sum, init_distributed, under_torchrun
 
 # Fields that only matter for training: a difference here is neither an error nor worth a warning.
 _TRAINING_ONLY_FIELDS = {
@@ -65,6 +80,7 @@ class EvalOptions:
     overrides: Sequence[str] = ()
     seed: int = 1234
     write: bool = True
+    overwrite: bool = False  # replace an earlier result file of the same checkpoint (--overwrite)
 
 
 @dataclass
@@ -85,59 +101,6 @@ class LossMetrics:
 # Devices, checkpoints, configs
 
 
-def resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def resolve_dtype(name: str) -> Any:
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise UsageError(f"--dtype {name!r}: choose one of {', '.join(dtypes)}")
-    return dtypes[name]
-
-
-def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def checkpoint_model_config(path: str | Path) -> tuple[Any, int | None]:
-    """(ModelConfig, step or None) of a gptx checkpoint or a Hugging Face model directory."""
-    from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint, read_checkpoint_meta
-    from gptx_cli.config.spec import ModelConfig
-
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if not is_gptx_checkpoint(p) and not is_hf_dir(p):
-        p = latest_checkpoint(p) or p  # a model_dir stands for its latest checkpoint, as in load_model
-    if is_gptx_checkpoint(p):
-        meta = read_checkpoint_meta(p)
-        return ModelConfig.from_dict(meta["model"]), int(meta["step"])
-    if is_hf_dir(p):
-        from gptx_cli.model.hf import model_config_from_hf
-
-        try:
-            config_json = json.loads((p / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{p / 'config.json'}: cannot read ({err})") from err
-        return model_config_from_hf(config_json), None
-    raise CheckpointError(
-        f"{p}: neither a gptx checkpoint (gptx.json) nor a Hugging Face model directory (config.json)"
-    )
-
-
 def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, checkpoint: str) -> list[str]:
     """Check a checkpoint against the config's `model` section.
 
@@ -145,7 +108,6 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     device) is an error naming the field; other differences follow the checkpoint and come back as
     warnings. Training-only fields (dropout, initializers) are ignored.
     """
-    from gptx_cli.model.transformer import parameter_shapes
 
     def effective(cfg: Any, name: str) -> Any:
         # rotary_dim None means "25% of head_dim": compare what the model will use.
@@ -177,60 +139,6 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     return [f"{w} (using the checkpoint's)" for w in warnings]
 
 
-def resolve_tokenizer(checkpoint: str | Path, tokenizer: str | None, data_dirs: Iterable[str] = ()) -> Any:
-    """The tokenizer for a checkpoint, first found of:
-
-    --tokenizer; the one a gptx checkpoint records in gptx.json; the checkpoint directory's own
-    tokenizer files (Hugging Face dirs); the one `gptx preprocess` recorded in data_params.json of the
-    data the checkpoint was trained on (its config.yaml) or of `data_dirs` (the eval config's data).
-    """
-    from gptx_cli.checkpoint import CONFIG_FILE, is_gptx_checkpoint, latest_checkpoint, read_checkpoint_meta
-    from gptx_cli.data.tokenizer import load_tokenizer, recorded_tokenizer
-
-    if tokenizer:
-        return load_tokenizer(tokenizer)
-    p = Path(checkpoint)
-    if not is_gptx_checkpoint(p) and not is_hf_dir(p):
-        p = latest_checkpoint(p) or p
-    dirs = list(data_dirs)
-    if is_gptx_checkpoint(p):
-        recorded = read_checkpoint_meta(p).get("tokenizer")
-        if recorded:
-            # A copied tokenizer is recorded relative to the checkpoint dir; presets and paths as they are.
-            return load_tokenizer(str(p / recorded) if (p / recorded).is_file() else recorded)
-        if (p / CONFIG_FILE).is_file():
-            from gptx_cli.config import load_run_spec
-            from gptx_cli.errors import GptxError
-
-            try:
-                trained = load_run_spec(p / CONFIG_FILE)
-            except GptxError:
-                trained = None
-            if trained is not None:
-                dirs = [
-                    d for spec in (trained.train_data, trained.val_data) if spec for d in spec.data_dir
-                ] + dirs
-    if any(
-        (p / name).is_file() for name in ("tokenizer.json", "vocab.json", "encoder.json", "gpt2-encoder.json")
-    ):
-        return load_tokenizer(p)
-    from_data = recorded_tokenizer(dirs)
-    if from_data:
-        return load_tokenizer(from_data)
-    raise UsageError(
-        f"checkpoint {p} records no tokenizer",
-        hint="pass --tokenizer (a preset such as gpt2, a file or a dir)",
-    )
-
-
-def load_eval_model(checkpoint: str | Path, device: Any, dtype: Any) -> Any:
-    from gptx_cli.model.api import load_model
-
-    model = load_model(str(checkpoint), device=str(device), dtype=dtype)
-    model.eval()
-    return model
-
-
 # --------------------------------------------------------------------------------------------------
 # Loss metrics
 
@@ -252,9 +160,6 @@ def loss_metrics(
     i % world_size == rank; the sums (float64) are added over processes once at the end, so the
     metrics are those of one process up to the order of float64 additions."""
     import torch
-
-    from gptx_cli.data.loader import model_inputs
-    from gptx_cli.model.loss import lm_loss
 
     vocab = model.cfg.vocab_size
     rank, world = (dist.rank, dist.world_size) if dist is not None and dist.enabled else (0, 1)
@@ -285,8 +190,6 @@ def loss_metrics(
             steps += 1
     loss_total, ce_sum, tokens_f, correct_f = sums.tolist()
     if world > 1:
-        from gptx_cli.train.parallel import all_reduce_sum
-
         loss_total, ce_sum, tokens_f, correct_f, samples_f, steps_f, seen_f = all_reduce_sum(
             [loss_total, ce_sum, tokens_f, correct_f, float(samples), float(steps), float(seen_tokens)], dist
         )
@@ -333,8 +236,6 @@ class CheckpointReport:
 
 
 def _checkpoints_to_run(opts: EvalOptions, spec: Any) -> list[Path]:
-    from gptx_cli.checkpoint import latest_checkpoint, list_checkpoints
-
     model_dir = opts.model_dir or (spec.model_dir if spec else None)
     if opts.all_checkpoints:
         if opts.checkpoint_path:
@@ -362,15 +263,27 @@ def _checkpoints_to_run(opts: EvalOptions, spec: Any) -> list[Path]:
     return [latest]
 
 
+# not model_dir/eval/: that is TensorBoard's eval event directory (train/metrics.py)
+RESULTS_DIR = "eval_results"
+
+
+def _refuse_overwrite(out_dir: Path | None, name: str, opts: EvalOptions) -> None:
+    """An earlier result of this checkpoint (e.g. validation metrics, before an `--tasks` run) is not
+    replaced without --overwrite."""
+    if out_dir is not None and not opts.overwrite and (out_dir / f"{name}.json").exists():
+        raise UsageError(
+            f"{out_dir / f'{name}.json'} already exists (an earlier eval of this checkpoint)",
+            hint="pass --overwrite to replace it, or --output-dir to write elsewhere",
+        )
+
+
 def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
     if opts.output_dir:
         return Path(opts.output_dir)
     if opts.model_dir or spec is not None:
-        return Path(opts.model_dir or spec.model_dir) / "eval"
-    from gptx_cli.checkpoint import is_gptx_checkpoint
-
+        return Path(opts.model_dir or spec.model_dir) / RESULTS_DIR
     if is_gptx_checkpoint(checkpoint):  # a gptx checkpoint lives in its model_dir
-        return checkpoint.resolve().parent / "eval"
+        return checkpoint.resolve().parent / RESULTS_DIR
     return None  # a bare Hugging Face directory: print only, write nothing into it
 
 
@@ -385,10 +298,6 @@ def _run_tasks(
     opts: EvalOptions, tasks: Sequence[Any], model: Any, tokenizer: Any, device: Any, dist: Any
 ) -> list[Any]:
     """Score every task on this process's share of its documents; rank 0 gets the joined results."""
-    from gptx_cli.eval.generate import BatchGenerator
-    from gptx_cli.eval.harness import HarnessTokenizer
-    from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, limit_docs
-    from gptx_cli.train.parallel import all_gather_object
 
     max_length = int(opts.max_length or model.cfg.max_position_embeddings)
     if max_length < 2:
@@ -424,7 +333,6 @@ def _run_tasks(
 
 
 def _write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
-    from gptx_cli.fsutil import write_text
 
     write_text(path, "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
 
@@ -435,9 +343,6 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
     Under torchrun (`gptx eval --nproc N`) each process scores its share of the validation batches and
     of each task's documents; the sums and per-document items are joined on every rank, rank 0 writes.
     """
-    from gptx_cli.eval.tasks import load_task
-    from gptx_cli.train.parallel import Dist, init_distributed, under_torchrun
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if opts.config is None and not opts.tasks:
         raise UsageError("nothing to evaluate: give a CONFIG (validation data) and/or --tasks")
@@ -451,8 +356,6 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
         raise UsageError(f"--bootstrap-iters must be >= 0, got {opts.bootstrap_iters}")
     spec = None
     if opts.config is not None:
-        from gptx_cli.config import load_run_spec
-
         spec = load_run_spec(opts.config, overrides=opts.overrides)
         if spec.val_data is None:
             if not opts.tasks:
@@ -471,7 +374,8 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
     dtype = resolve_dtype(opts.dtype)
     reports = []
     for checkpoint in _checkpoints_to_run(opts, spec):
-        ckpt_cfg, step = checkpoint_model_config(checkpoint)
+        source = resolve(checkpoint)
+        ckpt_cfg, step = source.config, source.step
         report = CheckpointReport(checkpoint=str(checkpoint), step=step)
         if spec is not None:
             report.warnings = compare_model_configs(
@@ -480,14 +384,14 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
             for w in report.warnings:
                 log(f"warning: {w}")
         data_dirs = spec.val_data.data_dir if spec is not None and spec.val_data is not None else []
-        tokenizer = resolve_tokenizer(checkpoint, opts.tokenizer, data_dirs) if tasks else None
+        tokenizer = resolve_tokenizer(source, opts.tokenizer, data_dirs) if tasks else None
         out_dir = _output_dir(opts, spec, checkpoint) if opts.write else None
         if opts.log_samples and out_dir is None:
             raise UsageError("--log-samples needs somewhere to write: pass --output-dir")
-        model = load_eval_model(checkpoint, device, dtype)
+        name = source.directory.resolve().name  # results are named as the checkpoint dir they evaluate
+        _refuse_overwrite(out_dir, name, opts)
+        model = source.load_model(device, dtype)
         if spec is not None and spec.val_data is not None:
-            from gptx_cli.data.loader import build_dataloader
-
             loader = build_dataloader(spec.val_data, seed=spec.seed, infinite=False)
             eval_steps = opts.eval_steps or spec.loop.eval_steps
             metrics = loss_metrics(
@@ -501,7 +405,6 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
                 dist=dist,
             )
             report.metrics = metrics.to_dict()
-        name = checkpoint.name if step is None else f"checkpoint_{step}"
         if tokenizer is not None:
             for result in _run_tasks(opts, tasks, model, tokenizer, device, dist):
                 report.tasks.append(result.to_dict())

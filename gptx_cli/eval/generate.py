@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptx_cli.checkpoint import resolve
 from gptx_cli.errors import UsageError
+from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
+from gptx_cli.model.doc_attention import causal_padding_mask
 
 
 @dataclass
@@ -235,25 +238,17 @@ def generate_from_checkpoint(
     log: Callable[[str], None] | None = None,
 ) -> GenerationResult:
     """Load the checkpoint and its tokenizer, then decode after the prompt with the KV cache."""
-    from gptx_cli.eval.evaluate import (
-        checkpoint_model_config,
-        load_eval_model,
-        resolve_device,
-        resolve_dtype,
-        resolve_tokenizer,
-    )
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = opts.sampling
     cfg.check()
-    checkpoint_model_config(opts.checkpoint_path)  # a clear error for a path that is not a checkpoint
-    tokenizer = resolve_tokenizer(opts.checkpoint_path, opts.tokenizer)
+    source = resolve(opts.checkpoint_path)  # a clear error for a path that is not a checkpoint
+    tokenizer = resolve_tokenizer(source, opts.tokenizer)
     if not opts.ignore_eos and cfg.eos_id is None:
         cfg.eos_id = tokenizer.eos_id
     prompt_tokens = tokenizer.encode(opts.prompt)
     if not prompt_tokens:
         raise UsageError("the prompt is empty (it encodes to zero tokens)")
-    model = load_eval_model(opts.checkpoint_path, resolve_device(opts.device), resolve_dtype(opts.dtype))
+    model = source.load_model(resolve_device(opts.device), resolve_dtype(opts.dtype))
     _check_ids_fit(prompt_tokens, int(model.cfg.vocab_size), tokenizer)
     context = int(model.cfg.max_position_embeddings)
     notes = []
@@ -302,8 +297,6 @@ def generate_batch(
     float rounding of the batched matmuls); sampled rows draw from one generator in row order.
     """
     import torch
-
-    from gptx_cli.model.doc_attention import causal_padding_mask
 
     cfg.check()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -456,27 +449,19 @@ def generate_many_from_checkpoint(
     opts: GenerateOptions, prompts: Sequence[str], batch_size: int = 8
 ) -> list[GenerationResult]:
     """`gptx generate --prompts-file`: every prompt, `batch_size` at a time, left-padded (generate_batch)."""
-    from gptx_cli.eval.evaluate import (
-        checkpoint_model_config,
-        load_eval_model,
-        resolve_device,
-        resolve_dtype,
-        resolve_tokenizer,
-    )
-
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     cfg = opts.sampling
     cfg.check()
-    checkpoint_model_config(opts.checkpoint_path)
-    tokenizer = resolve_tokenizer(opts.checkpoint_path, opts.tokenizer)
+    source = resolve(opts.checkpoint_path)  # a clear error for a path that is not a checkpoint
+    tokenizer = resolve_tokenizer(source, opts.tokenizer)
     if not opts.ignore_eos and cfg.eos_id is None:
         cfg.eos_id = tokenizer.eos_id
     encoded = [tokenizer.encode(p) for p in prompts]
     for i, tokens in enumerate(encoded):
         if not tokens:
             raise UsageError(f"prompt {i + 1} is empty (it encodes to zero tokens)")
-    model = load_eval_model(opts.checkpoint_path, resolve_device(opts.device), resolve_dtype(opts.dtype))
+    model = source.load_model(resolve_device(opts.device), resolve_dtype(opts.dtype))
     context = int(model.cfg.max_position_embeddings)
     longest = max(len(t) for t in encoded)
     if longest + cfg.max_new_tokens > context:

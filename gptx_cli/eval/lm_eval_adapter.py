@@ -19,7 +19,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from gptx_cli.checkpoint import resolve
 from gptx_cli.errors import DataError, GptxError, UsageError
+from gptx_cli.eval.generate import BatchGenerator
+from gptx_cli.eval.harness import HarnessTokenizer
+from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
+from gptx_cli.eval.tasks import LoglikelihoodScorer, encode_pair
 
 _registered: dict[str, Any] = {}
 INSTALL_HINT = "pip install 'gptx[lm-eval]'"
@@ -61,11 +66,6 @@ def register(name: str = "gptx") -> Any:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 
-    from gptx_cli.eval.evaluate import load_eval_model, resolve_device, resolve_dtype, resolve_tokenizer
-    from gptx_cli.eval.generate import BatchGenerator
-    from gptx_cli.eval.harness import HarnessTokenizer
-    from gptx_cli.eval.tasks import LoglikelihoodScorer, encode_pair
-
     class GptxLM(LM):  # type: ignore[misc, valid-type]
         def __init__(
             self,
@@ -87,9 +87,10 @@ def register(name: str = "gptx") -> Any:
                     hint="checkpoint, tokenizer, device, dtype, batch_size, max_length, prefix_token_id",
                 )
             self._device = resolve_device(device)
-            self.model = load_eval_model(checkpoint, self._device, resolve_dtype(dtype))
+            source = resolve(checkpoint)
+            self.model = source.load_model(self._device, resolve_dtype(dtype))
             prefix = None if prefix_token_id is None else int(prefix_token_id)
-            self.tok = HarnessTokenizer(resolve_tokenizer(checkpoint, tokenizer), prefix)
+            self.tok = HarnessTokenizer(resolve_tokenizer(source, tokenizer), prefix)
             self.max_length = int(max_length or self.model.cfg.max_position_embeddings)
             if str(batch_size).startswith("auto"):
                 size = detect_batch_size(self.model, self.max_length, self._device, int(max_batch_size))
@@ -173,9 +174,7 @@ def run_lm_eval(
     if not online:  # no hub downloads unless asked for: local task YAMLs and cached datasets only
         for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ.setdefault(var, "1")
-    from gptx_cli.eval.evaluate import checkpoint_model_config
-
-    checkpoint_model_config(checkpoint)  # a clear error for a path that is not a checkpoint
+    resolve(checkpoint)  # a clear error for a path that is not a checkpoint
     register()
     from lm_eval._cli import HarnessCLI
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from gptx_cli.config.spec import ModelConfig
+from gptx_cli.model.init import init_model, optimizer_param_groups
+from gptx_cli.model.loss import lm_loss
 
 BASE_WIDTH = 32
 
@@ -60,15 +62,11 @@ def coord_check(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per width: mean |activation| of the embedding, each block output and the logits."""
-    from gptx_cli.model.api import build_model
-    from gptx_cli.model.init import optimizer_param_groups
-    from gptx_cli.model.loss import lm_loss
-
     data = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(seed))
     rows = []
     for width in widths:
         cfg = _config(width, mup)
-        model = build_model(cfg, seed=seed)
+        model = init_model(cfg, seed=seed)
         groups = optimizer_param_groups(model, cfg)
         opt = torch.optim.AdamW(
             [{"params": g["params"], "lr": lr * g["lr_scale"], "weight_decay": 0.0} for g in groups], lr=lr

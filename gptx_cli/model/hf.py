@@ -30,6 +30,7 @@ from torch import Tensor
 
 from gptx_cli.config.spec import ModelConfig
 from gptx_cli.errors import CheckpointError, ConfigError
+from gptx_cli.model.transformer import parameter_shapes
 
 Family = Literal["gptj", "gpt-neox"]
 Getter = Callable[[str], Tensor]
@@ -257,8 +258,6 @@ def _identity_rule(gptx: str, hf: str) -> _Rule:
 
 
 def _rules(cfg: ModelConfig, family: Family) -> list[_Rule]:
-    from gptx_cli.model.transformer import parameter_shapes
-
     shapes = parameter_shapes(cfg)
     heads, head_dim, hidden = cfg.num_heads, cfg.head_dim, cfg.hidden_size
     rotary_dim = cfg.resolved_rotary_dim

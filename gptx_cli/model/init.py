@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from gptx_cli.config.spec import ModelConfig
 from gptx_cli.errors import ConfigError
+from gptx_cli.model.transformer import Transformer
 
 Initializer = dict[str, Any]
 
@@ -174,6 +175,14 @@ def _role(name: str) -> str | None:
     if name == "lm_head.weight":
         return "lm_head"
     return None
+
+
+def init_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
+    """A freshly initialised model (train mode), built where it runs: no host copy of a large model."""
+    with torch.device(device):
+        model = Transformer(cfg)
+    initialize_parameters(model, cfg, seed=seed)
+    return model
 
 
 def initialize_parameters(model: nn.Module, cfg: ModelConfig, seed: int | None = None) -> None:

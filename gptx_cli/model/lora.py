@@ -15,9 +15,10 @@ so the optimizer holds no state for the base. `merge_weights: true` folds the ad
 weights the layer computes with in eval mode (ModelZoo folds them in place on `eval()` and unfolds on
 `train()`; gptx computes the folded weight without touching the base, so the base stays bit-exact).
 
-Checkpoints (`save_payload` / `open_lora_checkpoint`): a LoRA run's checkpoint holds only the adapters
-(`--lora-save-base` adds the base) and names its base in gptx.json (`lora.base`: the checkpoint or
-Hugging Face directory it started from, or the seed of a fresh initialisation).
+Checkpoints (read by `gptx_cli.checkpoint`, written through `gptx_cli.train.lora.LoraRun`): a LoRA run's
+checkpoint holds only the adapters (`--lora-save-base` adds the base) and names its base in gptx.json
+(`lora.base`: the checkpoint or Hugging Face directory it started from, or the seed of a fresh
+initialisation).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -220,163 +219,3 @@ def merged_tensors(
 def lora_meta(groups: list[LoraParams], base: dict[str, Any], adapters_only: bool) -> dict[str, Any]:
     """What a LoRA checkpoint's gptx.json holds under "lora"."""
     return {"params": [g.to_dict() for g in groups], "base": base, "adapters_only": adapters_only}
-
-
-def read_lora_meta(path: str | Path) -> dict[str, Any] | None:
-    import json
-
-    f = Path(path) / "gptx.json"
-    if not f.is_file():
-        return None
-    try:
-        meta = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None
-    lora = meta.get("lora") if isinstance(meta, dict) else None
-    return lora if isinstance(lora, dict) else None
-
-
-def base_of(path: str | Path, lora: dict[str, Any]) -> dict[str, Any]:
-    """The recorded base of a LoRA checkpoint; a relative base path is relative to the checkpoint."""
-    base = dict(lora.get("base") or {})
-    if "path" in base and not Path(base["path"]).is_absolute():
-        base["path"] = str((Path(path) / base["path"]).resolve())
-    return base
-
-
-@contextmanager
-def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[Iterator[tuple[str, Tensor]]]:
-    """The base tensors of a LoRA checkpoint (from its base checkpoint, its own file, or a seeded init)."""
-    from gptx_cli.checkpoint import open_checkpoint_weights
-
-    base = base_of(path, lora)
-    if not lora.get("adapters_only", True):
-        with open_checkpoint_weights(path) as src:
-            yield ((n, t) for n, t in src.items() if not is_adapter(n))
-        return
-    if "path" in base:
-        from gptx_cli.model.api import open_weights
-
-        if not Path(base["path"]).exists():
-            raise CheckpointError(
-                f"{path}: its LoRA base {base['path']} does not exist",
-                hint="the checkpoint holds only the adapters; restore the base model there",
-            )
-        with open_weights(base["path"]) as (_cfg, tensors):
-            yield tensors
-        return
-    if "init_seed" in base:
-        from gptx_cli.model.api import build_model
-
-        model = build_model(cfg, seed=int(base["init_seed"]))
-        yield iter(list(model.state_dict().items()))
-        return
-    raise CheckpointError(f"{path}: gptx.json lora.base names no base model")
-
-
-@contextmanager
-def open_merged(path: Path, cfg: ModelConfig) -> Iterator[Iterator[tuple[str, Tensor]]]:
-    """A LoRA checkpoint as plain model tensors: base weights with the adapters folded in."""
-    from gptx_cli.checkpoint import open_checkpoint_weights
-    from gptx_cli.model.lora_config import parse_lora_params
-
-    lora = read_lora_meta(path)
-    assert lora is not None
-    groups = parse_lora_params(lora["params"], f"{path}/gptx.json: lora.params")
-    with open_checkpoint_weights(path) as src:
-        adapters = {n: t for n, t in src.items() if is_adapter(n)}
-    with open_base(path, lora, cfg) as base:
-        yield merged_tensors(cfg, groups, base, adapters)
-
-
-class MergedSource:
-    """A LoRA checkpoint's merged tensors with the TensorSource interface `gptx convert` reads."""
-
-    def __init__(self, path: Path, cfg: ModelConfig) -> None:
-        with open_merged(path, cfg) as items:
-            self.tensors = dict(items)
-        self.origin = path
-
-    def keys(self) -> list[str]:
-        return list(self.tensors)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.tensors[name].shape)
-
-    def dtype(self, name: str) -> torch.dtype:
-        return self.tensors[name].dtype
-
-    def get(self, name: str) -> Tensor:
-        return self.tensors[name]
-
-    def file_of(self, name: str) -> Path:
-        return self.origin
-
-    def close(self) -> None:
-        self.tensors.clear()
-
-
-class LoraRun:
-    """The trainer's LoRA side: where the base and the adapters come from, and what a checkpoint holds."""
-
-    def __init__(self, groups: list[LoraParams], base: dict[str, Any], adapters: Path | None) -> None:
-        self.groups, self.base, self.adapter_source = groups, base, adapters
-
-    @classmethod
-    def create(cls, spec: Any, ckpt_source: Path | None, load_states: set[str], seed: int) -> LoraRun | None:
-        from gptx_cli.model.lora_config import lora_from_raw
-
-        groups = lora_from_raw(spec.raw, spec.source)
-        if groups is None:
-            return None
-        meta = read_lora_meta(ckpt_source) if ckpt_source is not None else None
-        if meta is not None and "model" in load_states:  # resuming a LoRA run: its base, its adapters
-            base = base_of(ckpt_source, meta)  # type: ignore[arg-type]
-            if "init_seed" in base and int(base["init_seed"]) != seed:
-                raise CheckpointError(
-                    f"{ckpt_source}: its LoRA base is a fresh initialisation with seed {base['init_seed']}, "
-                    f"this run's seed is {seed}"
-                )
-            return cls(groups, base, ckpt_source)
-        if ckpt_source is not None and "model" in load_states:
-            return cls(groups, {"path": str(Path(ckpt_source).resolve())}, None)
-        return cls(groups, {"init_seed": seed}, None)
-
-    def base_source(self) -> Path | None:
-        return Path(self.base["path"]) if "path" in self.base else None
-
-    def attach(self, model: nn.Module, seed: int) -> list[str]:
-        return apply_lora(model, self.groups, seed)
-
-    def load_adapters(self, model: nn.Module, device: Any, copy: Any) -> None:
-        """Adapters from the checkpoint being resumed (if any) into the model's adapter parameters."""
-        if self.adapter_source is None:
-            return
-        from gptx_cli.checkpoint import open_checkpoint_weights
-
-        params = {n: p for n, p in model.named_parameters() if is_adapter(n)}
-        seen = set()
-        with open_checkpoint_weights(self.adapter_source) as src, torch.no_grad():
-            for name, t in src.items():
-                if not is_adapter(name):
-                    continue
-                if name not in params or tuple(t.shape) != tuple(params[name].shape):
-                    raise CheckpointError(
-                        f"{self.adapter_source}: adapter {name} {tuple(t.shape)} does not match the Lora "
-                        "callback of this config"
-                    )
-                copy(params[name], t.to(device, params[name].dtype))
-                seen.add(name)
-        missing = sorted(set(params) - seen)
-        if missing:
-            raise CheckpointError(f"{self.adapter_source}: adapter {missing[0]} missing")
-
-    def meta(self) -> dict[str, Any]:
-        return lora_meta(self.groups, self.base, adapters_only=True)
-
-    @staticmethod
-    def select(weights: Any) -> Any:
-        """Only the adapters of a state dict or a stream of (name, tensor)."""
-        if isinstance(weights, dict):
-            return {k: v for k, v in weights.items() if is_adapter(k)}
-        return ((k, v) for k, v in weights if is_adapter(k))

@@ -13,6 +13,7 @@ from typing import Any
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import GptxError
+from gptx_cli.model.counts import lora_trainable, memory_estimate
 
 GIB = 2**30
 # Leave room for the allocator, the CUDA context / Python runtime and the data pipeline.
@@ -44,8 +45,6 @@ def device_available_bytes(device: str, local_processes: int) -> int | None:
 def estimate_bytes(
     spec: RunSpec, micro_batch_size: int, world_size: int, sharded: bool, activation_checkpointing: bool
 ) -> dict[str, int]:
-    from gptx_cli.model.counts import lora_trainable, memory_estimate
-
     msl = spec.model.max_position_embeddings
     if spec.train_data is not None and spec.train_data.max_sequence_length:
         msl = int(spec.train_data.max_sequence_length)

@@ -249,7 +249,7 @@ def optimizer_learning_rate(spec: OptimizerSpec) -> float | None:
 
 
 def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """An optimizer over `param_groups` (from `model.optimize.optimizer_param_groups`).
+    """An optimizer over `param_groups` (from `model.init.optimizer_param_groups`).
 
     A group's own `weight_decay` (0.0 for biases and normalisation weights) overrides the config's.
     """

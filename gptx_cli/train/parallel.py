@@ -1,5 +1,6 @@
 """Several processes: launching (`--nproc` re-runs gptx under torch.distributed.run), the process group,
-and wrapping the model in DDP or FSDP2 (`fully_shard`) from outside, torchtitan style.
+and what is applied to the model from outside it, torchtitan style: DDP or FSDP2 (`fully_shard`),
+per-block activation checkpointing and per-block `torch.compile`. None of them changes the numbers.
 
 One process needs none of this: `Dist.single()` describes it and every helper is a no-op for it.
 """
@@ -122,6 +123,31 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tupl
         fully_shard(model, mesh=mesh)
         return model
     raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})")
+
+
+def _transformer(model: Any) -> Any:
+    from gptx_cli.model.transformer import Transformer
+
+    inner = unwrap(model)
+    if not isinstance(inner, Transformer):
+        raise TypeError(f"expected a gptx Transformer, got {type(inner).__name__}")
+    return inner
+
+
+def apply_activation_checkpointing(model: Any, enabled: bool = True) -> Any:
+    """Recompute each block in backward instead of keeping its activations (the memory of a block's input
+    per layer instead of all its intermediates); returns the model for chaining."""
+    _transformer(model).activation_checkpointing = enabled
+    return model
+
+
+def compile_model(model: Any, **compile_kwargs: Any) -> Any:
+    """torch.compile each block in place (parameter names are unchanged, so checkpoints and optimizer
+    state keep working; one graph is compiled and reused for every layer); the embedding, final LayerNorm
+    and chunked loss stay eager. kwargs go to torch.compile; returns the model."""
+    for layer in _transformer(model).layers:
+        layer.compile(**compile_kwargs)
+    return model
 
 
 def is_sharded(d: Dist, strategy: str) -> bool:

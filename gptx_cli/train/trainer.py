@@ -33,9 +33,10 @@ from gptx_cli.config.spec import RunSpec
 from gptx_cli.data.loader import model_inputs as loader_model_inputs
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
 from gptx_cli.fsutil import temp_path
-from gptx_cli.model.lora import LoraRun, init_adapters, is_adapter
+from gptx_cli.model.lora import init_adapters, is_adapter
 from gptx_cli.train import parallel, state
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
+from gptx_cli.train.lora import LoraRun
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import AdamW, build_optimizer, optimizer_learning_rate
 from gptx_cli.train.precision import LossScaler, autocast, clip_gradients, precision_notes
@@ -188,11 +189,11 @@ class _Run:
 
     def _resume_source(self) -> tuple[Path | None, set[str]]:
         """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
-        from gptx_cli.checkpoint import is_gptx_checkpoint, latest_checkpoint
+        from gptx_cli.checkpoint import latest_checkpoint, locate
 
         explicit = self.options.checkpoint_path or self.spec.ckpt_path
-        if explicit and not is_gptx_checkpoint(explicit) and latest_checkpoint(explicit) is not None:
-            explicit = str(latest_checkpoint(explicit))  # a model_dir stands for its latest checkpoint
+        if explicit:
+            explicit = str(locate(explicit)[0])  # a model_dir stands for its latest checkpoint
         latest = latest_checkpoint(self.model_dir) if self.spec.checkpoint.autoload_last_checkpoint else None
         if self.options.continue_pretrain:
             if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
@@ -214,22 +215,16 @@ class _Run:
         """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
         tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
         process's shard of it is kept), so neither the host nor the device holds a second model."""
-        from gptx_cli.checkpoint import is_gptx_checkpoint
-        from gptx_cli.model.api import open_weights
+        from gptx_cli.checkpoint import resolve
 
-        if not source.exists():
-            raise CheckpointError(f"{source}: checkpoint not found")
-        if not is_gptx_checkpoint(source) and not (source / "config.json").is_file():
-            raise CheckpointError(
-                f"{source}: neither a gptx checkpoint (gptx.json) nor a Hugging Face dir (config.json)"
-            )
+        found = resolve(source)
         params = {
             n: p for n, p in model.named_parameters() if not is_adapter(n)
         }  # no buffers; adapters: lora
         loaded: set[str] = set()
         extra: list[str] = []
-        with open_weights(source) as (ckpt_cfg, tensors):
-            self._note_config_differences(ckpt_cfg, source)
+        with found.open_weights() as tensors:
+            self._note_config_differences(found.config, source)
             for name, tensor in tensors:
                 param = params.get(name)
                 if param is None:
@@ -283,8 +278,7 @@ class _Run:
                 )
 
     def _build(self) -> None:
-        from gptx_cli.model.api import build_model
-        from gptx_cli.model.init import optimizer_param_groups
+        from gptx_cli.model.init import init_model, optimizer_param_groups
         from gptx_cli.model.transformer import Block
 
         spec = self.spec
@@ -292,7 +286,7 @@ class _Run:
         # FSDP2 builds on the meta device and materialises only each process's shards after wrapping
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
         sharded = parallel.is_sharded(self.dist, self.strategy)
-        model = build_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
+        model = init_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
         self.ckpt_source, self.load_states = self._resume_source()
         self.lora = LoraRun.create(spec, self.ckpt_source, self.load_states, self.seed)
         if self.lora and self.lora.adapter_source is None and self.load_states:
@@ -306,11 +300,11 @@ class _Run:
             self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if self.options.activation_checkpointing or spec.backend.activation_checkpointing:
-            from gptx_cli.model.optimize import apply_activation_checkpointing
+            from gptx_cli.train.parallel import apply_activation_checkpointing
 
             apply_activation_checkpointing(model)
         if self.options.compile or spec.backend.compile:
-            from gptx_cli.model.optimize import compile_model
+            from gptx_cli.train.parallel import compile_model
 
             compile_model(model)  # compiles the blocks in place
         self.model: torch.nn.Module = model
@@ -634,7 +628,8 @@ class _Run:
             )  # fmt: skip
         if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
             self.notes.append(
-                f"use_vsl: document-masked attention ({parallel.unwrap(self.model).vsl_backend(self.device)})"
+                "use_vsl: document-masked attention "
+                f"({parallel.unwrap(self.model).vsl_backend(self.device, msl)})"
             )
         for note in self.notes:
             self._say(f"note: {note}")
@@ -659,8 +654,7 @@ class _Run:
             it = iter(loader)
             while step < end:
                 batch = next(it)
-                if step == start:
-                    _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)
+                _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)  # every batch: CPU
                 lr = self.schedule.lr
                 loss, grad_norm = self._train_step(batch, micro, n_micro)
                 if step == start:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from gptx_testing import run_gptx, shared_path
 
-from gptx_cli.config.validate import exit_code, validate_paths
+from gptx_cli.commands.validate_config import exit_code, validate_paths
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = (REPO / "configs" / "tiny_gptj.yaml").read_text()

@@ -13,8 +13,8 @@ from gptx_testing import run_gptx, shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gptx_cli.commands.validate_config import exit_code, render_json, render_text, validate_paths
 from gptx_cli.config.load import load_yaml
-from gptx_cli.config.validate import exit_code, render_json, render_text, validate_paths
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = [

@@ -11,8 +11,8 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 
 from gptx_cli.config.legacy import RUNCONFIG_KEYS
+from gptx_cli.config.schemas import data_processor_names, load_schemas
 from gptx_cli.config.spec import DataSpec, ModelConfig
-from gptx_cli.config.validate import data_processor_names, load_schemas
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import yaml
 from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.config import load_run_spec
-from gptx_cli.config.legacy import convert_legacy
+from gptx_cli.config.legacy import convert_legacy, trainer_to_legacy
 from gptx_cli.config.load import load_yaml
-from gptx_cli.convert.config import convert_config, trainer_to_legacy
+from gptx_cli.convert.config import convert_config
 from gptx_cli.errors import ConfigError
 from gptx_cli.model.hf import hf_config_from_model_config, model_config_from_hf
 

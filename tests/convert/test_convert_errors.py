@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from gptx_cli.checkpoint import save_checkpoint_dir
 from gptx_cli.config.spec import ModelConfig
-from gptx_cli.convert.checkpoint import convert_checkpoint
+from gptx_cli.convert.weights_convert import convert_checkpoint
 from gptx_cli.errors import CheckpointError, UsageError
 
 hf_dirs = hf_dirs_fixture  # the session-scoped fixture: tiny HF models on disk

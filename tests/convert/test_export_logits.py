@@ -12,7 +12,7 @@ from gptx_testing import REPO, run_gptx, shared_path
 from gptx_cli import build_model
 from gptx_cli.checkpoint import latest_checkpoint, save_checkpoint_dir
 from gptx_cli.config.spec import ModelConfig
-from gptx_cli.convert.checkpoint import convert_checkpoint
+from gptx_cli.convert.weights_convert import convert_checkpoint
 
 BASE = dict(
     vocab_size=96,
@@ -165,7 +165,7 @@ def test_bare_gptx_weights_export_with_a_yaml_config(tmp_path):
     """--config: a weights directory without gptx.json, described by a ModelZoo YAML's model section."""
     import yaml
 
-    from gptx_cli.convert.config import trainer_config_for_model
+    from gptx_cli.config.spec import trainer_config_for_model
     from gptx_cli.weights import save_tensors
 
     cfg = CONFIGS["gpt-neox"]

@@ -10,7 +10,7 @@ from convert_helpers import STORAGES, hf_dirs_fixture
 from gptx_testing import run_gptx
 
 from gptx_cli.checkpoint import read_checkpoint_meta
-from gptx_cli.convert.checkpoint import convert_checkpoint
+from gptx_cli.convert.weights_convert import convert_checkpoint
 from gptx_cli.weights import open_tensors
 
 hf_dirs = hf_dirs_fixture  # the session-scoped fixture: tiny HF models on disk

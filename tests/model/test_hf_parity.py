@@ -10,8 +10,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from gptx_cli.api import load_model  # noqa: E402
 from gptx_cli.errors import CheckpointError  # noqa: E402
-from gptx_cli.model.api import load_model  # noqa: E402
 from gptx_cli.model.hf import hf_config_from_model_config, model_config_from_hf, to_gptx, to_hf  # noqa: E402
 from gptx_cli.model.loss import lm_loss  # noqa: E402
 from gptx_cli.model.transformer import Transformer  # noqa: E402

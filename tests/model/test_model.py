@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from gptx_cli.api import build_model
 from gptx_cli.config.spec import ModelConfig
 from gptx_cli.errors import ConfigError
-from gptx_cli.model.api import build_model
 from gptx_cli.model.init import optimizer_param_groups, resolved_initializers
 from gptx_cli.model.loss import lm_loss
-from gptx_cli.model.optimize import apply_activation_checkpointing, compile_model
 from gptx_cli.model.transformer import Transformer
+from gptx_cli.train.parallel import apply_activation_checkpointing, compile_model
 
 TINY = ModelConfig(
     name="gptj",
@@ -291,9 +291,9 @@ def test_coordinate_check_is_flat_under_mup_and_grows_under_standard_parametrisa
 
 
 def test_load_model_reads_a_gptx_checkpoint_and_the_latest_in_a_model_dir(tmp_path) -> None:
+    from gptx_cli.api import load_model
     from gptx_cli.checkpoint import save_checkpoint_dir
     from gptx_cli.errors import CheckpointError
-    from gptx_cli.model.api import load_model
 
     early, late = build_model(NEOX_TINY, seed=1), build_model(NEOX_TINY, seed=2)
     save_checkpoint_dir(

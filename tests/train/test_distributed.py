@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import read_metrics, run_gptx, tiny_args
 
-from gptx_cli.model.api import load_model
+from gptx_cli.api import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -15,18 +15,45 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from gptx_cli.checkpoint import (
+    META_FILE,
+    MergedSource,
+    hf_family_of,
+    locate,
+    read_checkpoint_meta,
+    read_json,
+    read_lora_meta,
+    save_checkpoint_dir,
+)
+from gptx_cli.checksum import verify_checkpoint
+from gptx_cli.config import load_run_spec
+from gptx_cli.config.spec import ModelConfig, trainer_config_for_model
+from gptx_cli.convert.mup import fold_mup, needs_folding
 from gptx_cli.errors import CheckpointError, ConfigError, UsageError
 from gptx_cli.fsutil import atomic_dir
-
-if TYPE_CHECKING:
-    import torch
-
-    from gptx_cli.config.spec import ModelConfig
-    from gptx_cli.weights import TensorSource
+from gptx_cli.model.hf import (
+    _IGNORED_HF_KEYS,
+    hf_config_from_model_config,
+    model_config_from_hf,
+    to_gptx,
+    to_hf,
+)
+from gptx_cli.model.transformer import parameter_shapes
+from gptx_cli.weights import (
+    ShardedSafetensorsWriter,
+    TensorSource,
+    dtype_name,
+    open_tensors,
+    parse_size,
+    torch_dtype,
+)
 
 FORMATS = ("hf", "gptx")
 FAMILIES = ("gptj", "gpt-neox")
@@ -70,43 +97,17 @@ class ConversionSummary:
 # ---------------------------------------------------------------------------------------- detection
 
 
-def detect_format(path: Path) -> str:
-    """'gptx' for a directory with gptx.json, 'hf' for one with config.json (or a bare weights file)."""
-    from gptx_cli.checkpoint import META_FILE
-
-    if path.is_dir() and (path / META_FILE).is_file():
-        return "gptx"
-    if path.is_dir() and (path / "config.json").is_file():
-        return "hf"
+def locate_source(path: Path, src_fmt: str | None) -> tuple[Path, str]:
+    """(the source: a model_dir's latest checkpoint, its format: 'gptx' or 'hf', or `src_fmt` as given)."""
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
-    raise CheckpointError(
-        f"{path}: neither a gptx checkpoint (gptx.json) nor a Hugging Face model directory (config.json)",
-        hint="pass --src-fmt and --config",
-    )
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot parse {what}: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: {what} is not a JSON object")
-    return data
-
-
-def hf_family_of(config_json: dict[str, Any], config_path: Path) -> str:
-    from gptx_cli.model.hf import hf_family
-
-    try:
-        return hf_family(config_json)
-    except ConfigError as err:
-        raise CheckpointError(
-            f"{config_path}: wrong model family: {err.message.split(': ', 1)[-1]}"
-        ) from None
+        directory, kind = locate(path)
+    except CheckpointError as err:
+        if src_fmt is None:
+            raise CheckpointError(err.message, hint="pass --src-fmt and --config") from None
+        return path, src_fmt  # a bare weights file or directory, described by --config
+    return directory, src_fmt or ("hf" if kind == "hf" else "gptx")
 
 
 def _check_family(requested: str | None, found: str, where: Path) -> str:
@@ -126,10 +127,6 @@ def _source_shapes(src: TensorSource) -> dict[str, tuple[int, ...]]:
 
 def expected_hf_shapes(cfg: ModelConfig, family: str) -> dict[str, tuple[int, ...]]:
     """HF tensor name -> shape for `cfg`, by running the adapter on meta tensors (no data)."""
-    import torch
-
-    from gptx_cli.model.hf import to_hf
-    from gptx_cli.model.transformer import parameter_shapes
 
     shapes = parameter_shapes(cfg)
     return {
@@ -149,7 +146,6 @@ def match_keys(
 ) -> tuple[list[str], list[str]]:
     """(keys to convert, keys dropped). CheckpointError naming the key and its file for a missing key,
     an unmatched key (unless `drop_unmatched`) or a wrong shape."""
-    from gptx_cli.model.hf import _IGNORED_HF_KEYS
 
     missing = [k for k in expected if k not in source_shapes]
     if missing:
@@ -234,13 +230,7 @@ def convert_checkpoint(
     progress: bool = True,
 ) -> ConversionSummary:
     """Convert `src` (HF model dir or gptx checkpoint) into `output_dir`; see the module docstring."""
-    from gptx_cli.checkpoint import META_FILE, latest_checkpoint
-    from gptx_cli.weights import parse_size
-
-    source = Path(src)
-    if source.is_dir() and not (source / META_FILE).is_file() and not (source / "config.json").is_file():
-        source = latest_checkpoint(source) or source  # a model_dir: its latest complete checkpoint
-    src_fmt = src_fmt or detect_format(source)
+    source, src_fmt = locate_source(Path(src), src_fmt)
     if src_fmt not in FORMATS:
         raise UsageError(f"--src-fmt {src_fmt!r}: expected one of {', '.join(FORMATS)}")
     tgt_fmt = tgt_fmt or ("gptx" if src_fmt == "hf" else "hf")
@@ -267,12 +257,6 @@ def convert_checkpoint(
     return summary
 
 
-def _torch_dtype(name: str | None) -> torch.dtype | None:
-    import torch
-
-    return None if name is None else getattr(torch, name)
-
-
 def _hf_to_gptx(
     source: Path,
     model: str | None,
@@ -283,11 +267,6 @@ def _hf_to_gptx(
     drop_unmatched: bool,
     progress: bool,
 ) -> ConversionSummary:
-    from gptx_cli.checkpoint import read_checkpoint_meta, save_checkpoint_dir
-    from gptx_cli.convert.config import trainer_config_for_model
-    from gptx_cli.model.hf import model_config_from_hf, to_gptx
-    from gptx_cli.model.transformer import parameter_shapes
-    from gptx_cli.weights import open_tensors
 
     base = source if source.is_dir() else source.parent
     config_path = Path(config) if config is not None else base / "config.json"
@@ -317,7 +296,7 @@ def _hf_to_gptx(
         drop_unmatched=drop_unmatched,
         what=f"{family} model of {config_path}",
     )
-    items = _cast(to_gptx(cfg, keys, src.get), _torch_dtype(dtype))
+    items = _cast(to_gptx(cfg, keys, src.get), torch_dtype(dtype))
     items = _with_progress(items, len(parameter_shapes(cfg)), "converting", progress)
     extra = {"source": {"format": "hf", "path": str(source), "family": family}, "hf_config": hf_config}
     if gen_config is not None:
@@ -354,12 +333,8 @@ def _hf_to_gptx(
 
 
 def _gptx_model_config(source: Path, config: str | Path | None) -> tuple[ModelConfig, dict[str, Any]]:
-    from gptx_cli.checkpoint import META_FILE, read_checkpoint_meta
-    from gptx_cli.config.spec import ModelConfig
 
     if config is not None:
-        from gptx_cli.config import load_run_spec
-
         spec = load_run_spec(config)
         meta: dict[str, Any] = read_checkpoint_meta(source) if (source / META_FILE).is_file() else {}
         return spec.model, meta
@@ -377,21 +352,12 @@ def _gptx_to_hf(
     drop_unmatched: bool,
     progress: bool,
 ) -> ConversionSummary:
-    from gptx_cli.convert.mup import fold_mup, needs_folding
-    from gptx_cli.model.hf import hf_config_from_model_config, model_config_from_hf, to_hf
-    from gptx_cli.model.transformer import parameter_shapes
-    from gptx_cli.weights import ShardedSafetensorsWriter, open_tensors
-
     cfg, meta = _gptx_model_config(source, config)
     if cfg.name not in FAMILIES:
         raise CheckpointError(f"{source}: model name {cfg.name!r} is neither gptj nor gpt-neox")
     family = _check_family(model, cfg.name, Path(config) if config is not None else source / "gptx.json")
-    from gptx_cli.checksum import verify_checkpoint
-
     verify_checkpoint(source, meta)
     src = open_tensors(source)
-    from gptx_cli.model.lora import MergedSource, read_lora_meta
-
     if read_lora_meta(source) is not None:  # a LoRA checkpoint: export base + adapters merged
         src = MergedSource(source, cfg)  # type: ignore[assignment]
     shapes = _source_shapes(src)
@@ -428,7 +394,7 @@ def _gptx_to_hf(
 
     _check_output(output)
     with atomic_dir(output) as tmp:
-        items = _cast(to_hf(cfg, keys, get, family), _torch_dtype(dtype))  # type: ignore[arg-type]
+        items = _cast(to_hf(cfg, keys, get, family), torch_dtype(dtype))  # type: ignore[arg-type]
         items = _with_progress(items, len(expected_hf_shapes(cfg, family)), "converting", progress)
         with ShardedSafetensorsWriter(tmp, shard_bytes) as writer:
             writer.add_all(items)
@@ -472,9 +438,6 @@ def _same_model(
 
 
 def _dominant_dtype(src: TensorSource, keys: list[str]) -> str:
-    from collections import Counter
-
-    from gptx_cli.weights import dtype_name
 
     counts: Counter[str] = Counter()
     for k in keys:

@@ -1,0 +1,56 @@
+"""The layers of docs/architecture.md hold (`lint-imports`, run by `make lint`), and the contract bites:
+an upward import or a circle put back into a copy of the package makes it fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "gptx_cli", tmp_path / "gptx_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_layers_hold():
+    res = _lint_imports(REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 broken" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("config/spec.py", "from gptx_cli.cli import app", "layers: errors"),  # upward: config -> cli
+        ("model/hf.py", "from gptx_cli.checkpoint import resolve", "layers: errors"),  # model reads files
+        ("config/schemas.py", "from gptx_cli.config.validate import Problem", "config: schemas"),  # circle
+    ],
+)
+def test_an_upward_import_or_a_circle_fails(tmp_path, module, line, broken):
+    root = _copy(tmp_path)
+    path = root / "gptx_cli" / module
+    path.write_text(path.read_text() + f"\n\ndef _injected() -> None:\n    {line}  # noqa\n")
+    res = _lint_imports(root)
+    assert res.returncode == 1, res.stdout
+    assert broken in res.stdout.split("Broken contracts")[-1], res.stdout
