@@ -55,6 +55,12 @@ class Problem:
             where = f"{self.file}:{self.line}:{self.col}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
+    def format_warning(self) -> str:
+        """`file:line:col: warning: key.path: message` (validate-config's and train's text form)."""
+        text = self.format()
+        head, sep, rest = text.partition(f": {self.path}: ") if self.path else (text, "", "")
+        return f"{head}: warning: {self.path}: {rest}" if sep else f"warning: {text}"
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"line": self.line, "col": self.col, "path": self.path, "message": self.message}
         if self.override:
