@@ -478,11 +478,10 @@ def validate_source(
         # The rules assume the shape is right; with shape errors they would only add noise.
         for path, message, severity in semantic_problems(source.data):
             _add(result, source, path, message, severity)
-
         for path, message in callback_problems(source.data):
             _add(result, source, path, message, "error")
-        for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
-            _add(result, source, path, message, "warning")
+    for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
+        _add(result, source, path, message, "warning")
     if check_paths:
         for path, message in data_dir_problems(source.data):
             _add(result, source, path, message, "error" if strict_paths else "warning")
