@@ -35,8 +35,8 @@ def _rss_mib() -> float:
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
+    from gptx_cli.api import build_model
     from gptx_cli.config import load_run_spec
-    from gptx_cli.model.api import build_model
     from gptx_cli.model.init import optimizer_param_groups
     from gptx_cli.model.lora import apply_lora
     from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw
@@ -128,7 +128,9 @@ def main() -> None:
         f"device={args.device} dtype={args.dtype} hidden={args.hidden} layers={args.layers} seq={args.seq} "
         f"batch={args.batch} vocab=50257 lora r={args.r} alpha={args.alpha} targets={args.target_modules or 'all'}"
     )
-    print("| mode | trainable params | total params | optimizer tensors | peak memory MiB | guard estimate MiB | step s |")
+    print(
+        "| mode | trainable params | total params | optimizer tensors | peak memory MiB | guard estimate MiB | step s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(

@@ -74,8 +74,8 @@ def vsl_batch(args: argparse.Namespace, device: str) -> tuple[dict[str, torch.Te
 
 
 def build_model(args: argparse.Namespace, device: str, dtype: torch.dtype) -> Any:
+    from gptx_cli.api import build_model as build
     from gptx_cli.config.spec import ModelConfig
-    from gptx_cli.model.api import build_model as build
 
     neox = args.family == "gpt-neox"
     cfg = ModelConfig(

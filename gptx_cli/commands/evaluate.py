@@ -82,6 +82,9 @@ def eval_cmd(
         1234, "--seed", help="Seed of the few-shot example sampler (the harness's 1234)."
     ),
     output_format: str = typer.Option("table", "--format", help="table, or json (to stdout, for pipelines)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier result file of the same checkpoint."
+    ),
     no_verify: bool = typer.Option(
         False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
     ),
@@ -140,6 +143,7 @@ def eval_cmd(
         output_dir=output_dir,
         overrides=override or (),
         seed=seed,
+        overwrite=overwrite,
     )
     reports = run_eval(opts)
     if parallel.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:

@@ -141,7 +141,8 @@ class Callbacks:
     def __init__(self, entries: list[tuple[str, dict[str, Any]]], run_dir: Path, enabled: bool) -> None:
         self.items: list[Callback] = []
         if enabled:
-            self.items = [REGISTRY[name](run_dir, **params) for name, params in entries]
+            # Names without a class here are run elsewhere (Lora: model/lora.py through the trainer).
+            self.items = [REGISTRY[name](run_dir, **params) for name, params in entries if name in REGISTRY]
         tb = [c for c in self.items if isinstance(c, TensorBoardLogger)]
         self.tensorboard_dir: Path | None = tb[-1].tensorboard_dir if tb else None
         self.sinks = [c for c in self.items if isinstance(c, WandbLogger)]
@@ -162,4 +163,6 @@ class Callbacks:
 
 
 def build_callbacks(spec: Any, run_dir: Path, enabled: bool = True) -> Callbacks:
-    return Callbacks([*spec.callbacks, *spec.loggers], run_dir, enabled)
+    # Lora changes the model before training (model/lora.py, the trainer's LoraRun): no step hooks here.
+    callbacks = [(name, params) for name, params in spec.callbacks if name != "Lora"]
+    return Callbacks([*callbacks, *spec.loggers], run_dir, enabled)

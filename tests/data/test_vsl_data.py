@@ -219,7 +219,7 @@ def test_outputs_without_vsl_layout_refuse_use_vsl(tmp_path, documents, gptx, to
 
 
 def _write_vsl_dir(d: Path) -> np.ndarray:
-    from gptx_cli.data.hdf5 import write_sample_file
+    from gptx_cli.data.hdf5 import mark_complete, write_sample_file
     from gptx_cli.data.vsl import VSLPacker
 
     rng = np.random.default_rng(0)
@@ -229,6 +229,7 @@ def _write_vsl_dir(d: Path) -> np.ndarray:
     samples = np.concatenate([packer.add_documents(tokens, lengths), packer.finish()])
     d.mkdir(parents=True)
     write_sample_file(d / "data-0.h5", samples)
+    mark_complete(d)
     return samples
 
 
@@ -247,10 +248,11 @@ def test_loader_yields_position_ids_and_attention_span(tmp_path) -> None:
 
 
 def test_use_vsl_over_data_without_vsl_rows_names_the_data_dir(tmp_path) -> None:
-    from gptx_cli.data.hdf5 import write_sample_file
+    from gptx_cli.data.hdf5 import mark_complete, write_sample_file
 
     (tmp_path / "plain").mkdir()
     write_sample_file(tmp_path / "plain" / "data-0.h5", np.ones((4, 3, 32), dtype=np.int32))
+    mark_complete(tmp_path / "plain")
     spec = DataSpec(data_dir=[str(tmp_path / "plain")], batch_size=4, use_vsl=True)
     with pytest.raises(DataError) as err:
         build_dataloader(spec)

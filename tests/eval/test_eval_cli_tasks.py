@@ -67,7 +67,7 @@ def test_cli_task_scores_equal_transformers_scoring(checkpoint):
             else:
                 assert result["metrics"][metric] == pytest.approx(value, rel=1e-4), (name, metric)
     # A gptx checkpoint's results land in its model_dir.
-    written = json.loads((ckpt.parent / "eval" / "checkpoint_3.json").read_text())
+    written = json.loads((ckpt.parent / "eval_results" / "checkpoint_3.json").read_text())
     assert written["step"] == 3 and len(written["tasks"]) == 3
 
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from train_helpers import REPO, read_metrics, run_gptx, tiny_args
 
+from gptx_cli.api import build_model, load_model
 from gptx_cli.config import load_run_spec
 from gptx_cli.errors import ConfigError
-from gptx_cli.model.api import build_model, load_model
 from gptx_cli.model.init import optimizer_param_groups
 from gptx_cli.model.lora import apply_lora, is_adapter
 from gptx_cli.model.lora_config import LoraParams, parse_lora_params, plan, trainable_parameters
@@ -166,7 +166,9 @@ def test_lora_checkpoint_holds_only_adapters_and_names_its_base(lora_base):
     tensors = load_file(ckpt / "model.safetensors")
     assert tensors and all(is_adapter(k) for k in tensors)
     meta = json.loads((ckpt / "gptx.json").read_text())["lora"]
-    assert meta["base"] == {"path": str(base.resolve())} and meta["adapters_only"] is True
+    base_meta = json.loads((base / "gptx.json").read_text())
+    assert meta["base"] == {"path": str(base.resolve()), "checksums": base_meta["checksums"]}
+    assert meta["adapters_only"] is True
     assert meta["params"] == [{"r": 4, "alpha": 8.0, "dropout": 0.0, "fan_in_fan_out": False,
                                "merge_weights": False, "target_modules": None}]  # fmt: skip
     losses = read_metrics(lora)
@@ -260,3 +262,35 @@ def test_memory_guard_counts_what_lora_saves_gptj_6b_bf16() -> None:
     assert est_lora["grads"] == 4 * trainable and est_lora["optimizer_state"] == 8 * trainable
     assert run_summary(full)["trainable_parameters"] == run_summary(full)["parameters"]
     assert 0 < trainable < run_summary(full)["parameters"] / 100
+
+
+@pytest.mark.slow
+def test_a_lora_checkpoint_refuses_a_changed_or_missing_base(lora_base, tmp_path):
+    import shutil
+
+    from gptx_cli.errors import CheckpointError
+
+    _, lora = lora_base
+    copy = tmp_path / "checkpoint_4"
+    shutil.copytree(lora / "checkpoint_4", copy)
+    meta = json.loads((copy / "gptx.json").read_text())
+    good = dict(meta["lora"]["base"])
+    meta["lora"]["base"]["checksums"] = {k: "0" * 16 for k in good["checksums"]}
+    (copy / "gptx.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not the one the adapters were trained on"):
+        load_model(copy)
+    meta["lora"]["base"] = {"path": str(tmp_path / "gone")}
+    (copy / "gptx.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(copy)
+
+
+def test_the_lora_callback_of_a_config_is_read_and_not_run_as_a_step_hook(tmp_path) -> None:
+    from gptx_cli.model.lora_config import lora_from_raw
+    from gptx_cli.train.callbacks import build_callbacks
+
+    spec = load_run_spec(REPO / "configs" / "finetune_tiny_gptj.yaml")
+    assert lora_from_raw(spec.raw, spec.source) == [
+        LoraParams(r=8, alpha=16, dropout=0.0, merge_weights=False, target_modules=["GPTJDecoderLayer"])
+    ]
+    build_callbacks(spec, tmp_path)  # the trainer's step hooks: Lora is not one of them
