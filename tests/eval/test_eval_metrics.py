@@ -219,10 +219,9 @@ def test_nproc_2_equals_one_process(setup):
     tasks_dir = Path(__file__).parent / "data"
     args = ["eval", str(cfg), "--checkpoint-path", str(root / "hf"), "--format", "json", "--device", "cpu",
             "--tokenizer", str(shared_path("assets", "tokenizers", "gpt2")), "--tasks-dir", str(tasks_dir),
-            "--tasks", "lambada_tiny,choice_tiny,wiki_tiny", "--output-dir", str(root / "nproc_out"),
-            "--bootstrap-iters", "200"]  # fmt: skip
-    one = run_gptx(*args)
-    two = run_gptx(*args, "--nproc", "2")
+            "--tasks", "lambada_tiny,choice_tiny,wiki_tiny", "--bootstrap-iters", "200"]  # fmt: skip
+    one = run_gptx(*args, "--output-dir", str(root / "nproc_1"))
+    two = run_gptx(*args, "--output-dir", str(root / "nproc_2"), "--nproc", "2")
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     a, b = json.loads(one.stdout), json.loads(two.stdout)
