@@ -31,8 +31,8 @@ from gptx_cli.config.load import (
     load_yaml,
     trainer_sources,
 )
-from gptx_cli.config.schemas import SUPPORTED_MODELS, KeyPath, _show, schema_problems
-from gptx_cli.config.spec import RunSpec
+from gptx_cli.config.schemas import KeyPath, _show, schema_problems
+from gptx_cli.config.spec import ModelConfig, RunSpec
 from gptx_cli.errors import ConfigError
 
 
@@ -184,15 +184,6 @@ def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]
 
 def _model_rules(model: dict[str, Any], M: KeyPath) -> list[tuple[KeyPath, str, str]]:
     out: list[tuple[KeyPath, str, str]] = []
-    name = model.get("name", "gptj")
-    if isinstance(name, str) and name not in SUPPORTED_MODELS:
-        out.append(
-            (
-                M + ("name",),
-                f"model '{name}' is not supported by gptx (supported: {', '.join(SUPPORTED_MODELS)})",
-                "error",
-            )
-        )
     pet = model.get("position_embedding_type", "rotary")
     if "position_embedding_type" in model and pet != "rotary":
         out.append(
@@ -213,41 +204,11 @@ def _model_rules(model: dict[str, Any], M: KeyPath) -> list[tuple[KeyPath, str, 
                 "error",
             )
         )
-    hidden = model.get("hidden_size", 768)
-    heads = model.get("num_heads", 12)
-    head_dim = None
-    if _is_int(hidden) and _is_int(heads) and heads > 0:
-        if hidden % heads:
-            out.append(
-                (
-                    M + ("num_heads",),
-                    f"hidden_size {hidden} is not divisible by num_heads {heads}",
-                    "error",
-                )
-            )
-        else:
-            head_dim = hidden // heads
-    rotary_dim = model.get("rotary_dim")
-    if _is_int(rotary_dim):
-        if rotary_dim % 2:
-            out.append((M + ("rotary_dim",), f"rotary_dim must be even, got {rotary_dim}", "error"))
-        if head_dim is not None and rotary_dim > head_dim:
-            out.append(
-                (
-                    M + ("rotary_dim",),
-                    f"rotary_dim {rotary_dim} is larger than the head dimension {head_dim} "
-                    f"(hidden_size {hidden} / num_heads {heads})",
-                    "error",
-                )
-            )
-    elif rotary_dim is None and head_dim is not None and int(head_dim * 0.25) % 2:
-        out.append(
-            (
-                M + ("hidden_size",),
-                f"the default rotary_dim int(head_dim * 0.25) = {int(head_dim * 0.25)} is odd: set rotary_dim",
-                "error",
-            )
-        )
+    shape: dict[str, Any] = {
+        k: model[k] for k in ("name", "hidden_size", "num_heads", "rotary_dim") if k in model
+    }
+    for key, message in ModelConfig.from_dict(shape).check():  # the model's own rules, one copy
+        out.append((M + (key,), message, "error"))
     has_h = model.get("mup_base_hidden_size") is not None
     has_f = model.get("mup_base_filter_size") is not None
     if has_h != has_f:

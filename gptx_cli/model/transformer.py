@@ -176,17 +176,9 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.hidden_size % cfg.num_heads:
-            raise ConfigError(
-                f"model.num_heads: hidden_size {cfg.hidden_size} is not divisible by {cfg.num_heads}"
-            )
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         self.rotary_dim = cfg.resolved_rotary_dim if cfg.position_embedding_type == "rotary" else 0
-        if self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
-            raise ConfigError(
-                f"model.rotary_dim: {self.rotary_dim} must be even and <= head_dim {self.head_dim}"
-            )
         self.interleaved = cfg.rotary_interleaved
         self.scale = attention_scale(cfg)
         self.dropout = cfg.attention_dropout_rate
@@ -305,6 +297,8 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        for key, message in cfg.check()[:1]:
+            raise ConfigError(f"model.{key}: {message}")
         if cfg.position_embedding_type not in ("rotary", None, "none"):
             raise ConfigError(
                 f"model.position_embedding_type: {cfg.position_embedding_type!r} is not supported (rotary only)"

@@ -263,19 +263,12 @@ class _Run:
             del full
 
     # Settings that change what the same weights compute; shapes are checked tensor by tensor.
-    _FUNCTIONAL_FIELDS = (
-        "position_embedding_type", "resolved_rotary_dim", "rotary_interleaved", "rope_theta",
-        "use_untied_layer_norm", "use_parallel_residual", "nonlinearity", "layer_norm_epsilon",
-        "attention_type", "embeddings_scale", "output_logits_alpha", "scale_qk_dot_by_d",
-    )  # fmt: skip
-
     def _note_config_differences(self, ckpt_cfg: Any, source: Path) -> None:
-        for name in self._FUNCTIONAL_FIELDS:
-            theirs, ours = getattr(ckpt_cfg, name, None), getattr(self.spec.model, name, None)
-            if theirs != ours:
-                self._say(
-                    f"note: {source} was made with model.{name}={theirs!r}; training uses the config's {ours!r}"
-                )
+        for name in self.spec.model.differences(ckpt_cfg):
+            theirs, ours = getattr(ckpt_cfg, name), getattr(self.spec.model, name)
+            self._say(
+                f"note: {source} was made with model.{name}={theirs!r}; training uses the config's {ours!r}"
+            )
 
     def _build(self) -> None:
         from gptx_cli.model.init import init_model, optimizer_param_groups
