@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gptx_cli.errors import UsageError
+from gptx_cli.model.loss import unwrap
+from gptx_cli.model.transformer import Transformer
 
 if TYPE_CHECKING:
     import torch
@@ -126,8 +128,6 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tupl
 
 
 def _transformer(model: Any) -> Any:
-    from gptx_cli.model.transformer import Transformer
-
     inner = unwrap(model)
     if not isinstance(inner, Transformer):
         raise TypeError(f"expected a gptx Transformer, got {type(inner).__name__}")
@@ -136,8 +136,25 @@ def _transformer(model: Any) -> Any:
 
 def apply_activation_checkpointing(model: Any, enabled: bool = True) -> Any:
     """Recompute each block in backward instead of keeping its activations (the memory of a block's input
-    per layer instead of all its intermediates); returns the model for chaining."""
-    _transformer(model).activation_checkpointing = enabled
+    per layer instead of all its intermediates): the block's forward is wrapped from outside, its
+    parameter names unchanged, as torchtitan applies it. Returns the model for chaining."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def recomputed(block: Any) -> Any:
+        forward = type(block).forward.__get__(block)
+
+        def run(*args: Any) -> Any:
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False)
+            return forward(*args)
+
+        return run
+
+    for block in _transformer(model).layers:
+        block.__dict__.pop("forward", None)
+        if enabled:
+            block.forward = recomputed(block)
     return model
 
 
@@ -177,13 +194,6 @@ def reshard(model: Any) -> None:
     for module in model.modules():
         if type(module).__name__.startswith("FSDP") and hasattr(module, "reshard"):
             module.reshard()
-
-
-def unwrap(model: Any) -> Any:
-    """The module under a DDP wrapper or torch.compile (FSDP2 keeps the module class and names)."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
-    return getattr(inner, "_orig_mod", inner)
 
 
 def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
