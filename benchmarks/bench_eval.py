@@ -11,6 +11,15 @@ through `gptx_cli.load_model`, exactly as `gptx eval --checkpoint-path HF_DIR` d
 Runs alternate (gptx, HF, gptx, HF, ...) so machine noise hits both alike; the loss difference between
 the two is printed as a correctness check.
 
+Then, against lm-evaluation-harness itself (`--harness`, default on; needs lm-eval and the GPT-2
+tokenizer under $GPTX_SHARED), on a second model of the GPT-2 vocabulary saved with its tokenizer:
+
+- harness scoring: requests/s of gptx's lm-eval model (`gptx lm-eval`) vs the harness's `hf` model
+  (HFLM) on the same loglikelihood requests (real text: the Python reference topics, contexts split
+  at a word) and the same rolling documents, same batch size;
+- generation: greedy generate_until requests/s with left-padded batches (BatchGenerator, --gen-batch)
+  vs one prompt at a time (batch 1), and HFLM.generate_until batched, on the same prompts.
+
     .venv/bin/python benchmarks/bench_eval.py                                   # small CPU sizes
     .venv/bin/python benchmarks/bench_eval.py --family gptj --hidden 256 --layers 4 --seq 256 --repeats 5
     .venv/bin/python benchmarks/bench_eval.py --device cuda --dtype bfloat16 --hidden 1024 --seq 1024
@@ -75,6 +84,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-harness", dest="harness", action="store_false", help="skip the lm-eval comparison")
+    p.add_argument("--requests", type=int, default=64, help="loglikelihood requests (harness scoring)")
+    p.add_argument("--prompts", type=int, default=32, help="generation prompts")
+    p.add_argument("--gen-tokens", type=int, default=32, help="tokens generated per prompt")
+    p.add_argument("--gen-batch", type=int, default=16)
     args = p.parse_args()
 
     from gptx_cli import load_model
@@ -142,6 +156,110 @@ def main() -> None:
             t_hf.append(timed(hf_fn, sync))
         a, b = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
         print(f"{name:<14} {a:>12.0f} {b:>12.0f} {a / b:>8.2f}")
+    if args.harness:
+        harness_section(args, device, sync)
+
+
+def _instances(kind, args_list):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args_list)]
+
+
+def harness_section(args: argparse.Namespace, device: torch.device, sync) -> None:
+    """gptx's lm-eval model vs the harness's HFLM on the same model, requests and batch size."""
+    import copy
+    import os
+    import re
+    from pydoc_data.topics import topics
+
+    from lm_eval.models.huggingface import HFLM
+    from transformers import PreTrainedTokenizerFast
+
+    from gptx_cli.data.tokenizer import load_tokenizer
+    from gptx_cli.eval.lm_eval_adapter import register
+
+    shared = Path(os.environ.get("GPTX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    tok = load_tokenizer(shared / "assets" / "tokenizers" / "gpt2")
+    hargs = copy.copy(args)
+    hargs.vocab = 50257
+    hf = build_hf(args.family, hargs)
+    text = " ".join(" ".join(topics[k].split()) for k in sorted(topics))
+    words = [w for w in re.split(r" ", text) if w]
+    g = torch.Generator().manual_seed(1)
+    lls, prompts = [], []
+    for _ in range(args.requests):
+        start = int(torch.randint(0, len(words) - 200, (1,), generator=g))
+        n = int(torch.randint(8, args.seq // 2, (1,), generator=g))
+        lls.append((" ".join(words[start : start + n]), " " + " ".join(words[start + n : start + n + 3])))
+    for _ in range(args.prompts):
+        start = int(torch.randint(0, len(words) - 200, (1,), generator=g))
+        n = int(torch.randint(4, args.seq // 4, (1,), generator=g))
+        prompts.append(" ".join(words[start : start + n]))
+    docs = [(" ".join(words[i * 300 : i * 300 + 250]),) for i in range(8)]
+    gen_kwargs = {"until": ["\n\n"], "max_gen_toks": args.gen_tokens, "do_sample": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / "hf"
+        hf.save_pretrained(d)
+        eot = "<|endoftext|>"
+        PreTrainedTokenizerFast(tokenizer_object=tok.hf, eos_token=eot, bos_token=eot).save_pretrained(d)
+        dtype = args.dtype
+        ref = HFLM(
+            pretrained=str(d), batch_size=args.batch, device=str(device), max_length=args.seq, dtype=dtype
+        )
+        ours = register()(
+            checkpoint=str(d), device=str(device), batch_size=args.batch, dtype=dtype, max_length=args.seq
+        )
+        ours_gen = register()(
+            checkpoint=str(d), device=str(device), batch_size=args.gen_batch, dtype=dtype, max_length=args.seq
+        )
+        ours_one = register()(
+            checkpoint=str(d), device=str(device), batch_size=1, dtype=dtype, max_length=args.seq
+        )
+        ref_gen = HFLM(
+            pretrained=str(d), batch_size=args.gen_batch, device=str(device), max_length=args.seq, dtype=dtype
+        )
+    ll_req = _instances("loglikelihood", lls)
+    roll_req = _instances("loglikelihood_rolling", docs)
+    gen_req = _instances("generate_until", [(p, gen_kwargs) for p in prompts])
+    a = [x for x, _ in ours.loglikelihood(ll_req)]
+    b = [x for x, _ in ref.loglikelihood(ll_req, disable_tqdm=True)]
+    worst = max(abs(x - y) / max(abs(y), 1e-9) for x, y in zip(a, b, strict=True))
+    same_text = ours_gen.generate_until(gen_req) == ours_one.generate_until(gen_req)
+    print(
+        f"\nvs lm-eval HFLM: {args.requests} loglikelihood requests (max rel diff {worst:.1e}), {len(docs)} rolling "
+        f"documents, {args.prompts} prompts x {args.gen_tokens} tokens (batched text == one-at-a-time: {same_text})"
+    )
+    cases = {
+        "loglikelihood": (
+            lambda: ours.loglikelihood(ll_req),
+            lambda: ref.loglikelihood(ll_req, disable_tqdm=True),
+            len(ll_req),
+        ),
+        "rolling": (
+            lambda: ours.loglikelihood_rolling(roll_req),
+            lambda: ref.loglikelihood_rolling(roll_req, disable_tqdm=True),
+            len(roll_req),
+        ),
+        "generate (batched vs one-at-a-time)": (
+            lambda: ours_gen.generate_until(gen_req),
+            lambda: ours_one.generate_until(gen_req),
+            len(gen_req),
+        ),
+        "generate (gptx vs HFLM, batched)": (
+            lambda: ours_gen.generate_until(gen_req),
+            lambda: ref_gen.generate_until(gen_req, disable_tqdm=True),
+            len(gen_req),
+        ),
+    }
+    print(f"{'workload':<38} {'gptx req/s':>11} {'ref req/s':>10} {'ratio':>7}")
+    for name, (ours_fn, ref_fn, n) in cases.items():
+        t_ours, t_ref = [], []
+        for _ in range(args.repeats):
+            t_ours.append(timed(ours_fn, sync))
+            t_ref.append(timed(ref_fn, sync))
+        x, y = n / statistics.median(t_ours), n / statistics.median(t_ref)
+        print(f"{name:<38} {x:>11.1f} {y:>10.1f} {x / y:>7.2f}")
 
 
 if __name__ == "__main__":

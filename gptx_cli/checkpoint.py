@@ -64,37 +64,45 @@ def save_checkpoint_dir(
     `state_dict_or_items` may be a generator of (name, tensor): tensors then stream to disk one shard
     at a time. `write_extra_files(tmp_dir)` adds files (e.g. train_state.pt) before the rename.
     """
-    with atomic_dir(path) as tmp:
-        items = (
-            state_dict_or_items.items() if isinstance(state_dict_or_items, Mapping) else state_dict_or_items
-        )
-        dtypes: set[str] = set()
-        with ShardedSafetensorsWriter(tmp, shard_size_bytes) as writer:
-            for name, tensor in items:
-                dtypes.add(dtype_name(tensor.dtype))
-                writer.add(name, tensor)
-        if tokenizer and tokenizer.endswith(".json") and Path(tokenizer).is_file():
-            # Copy a trained tokenizer.json in, so the checkpoint is self-contained.
-            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
-            tokenizer = TOKENIZER_FILE
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "version": VERSION,
-            "step": int(step),
-            "model": model_cfg.to_dict(),
-            "tokenizer": tokenizer,
-            "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
-            "num_parameters": writer.num_params,
-            "checksums": checksums_of(tmp),
-        }
-        for key, value in (extra or {}).items():
-            meta.setdefault(key, value)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if config_yaml_dict is None:
-            config_yaml_dict = trainer_config_for_model(model_cfg)
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_yaml_dict, sort_keys=False))
-        if write_extra_files is not None:
-            write_extra_files(tmp)
+    try:
+        with atomic_dir(path) as tmp:
+            items = (
+                state_dict_or_items.items()
+                if isinstance(state_dict_or_items, Mapping)
+                else state_dict_or_items
+            )
+            dtypes: set[str] = set()
+            with ShardedSafetensorsWriter(tmp, shard_size_bytes) as writer:
+                for name, tensor in items:
+                    dtypes.add(dtype_name(tensor.dtype))
+                    writer.add(name, tensor)
+            if tokenizer and tokenizer.endswith(".json") and Path(tokenizer).is_file():
+                # Copy a trained tokenizer.json in, so the checkpoint is self-contained.
+                shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+                tokenizer = TOKENIZER_FILE
+            meta: dict[str, Any] = {
+                "format": FORMAT,
+                "version": VERSION,
+                "step": int(step),
+                "model": model_cfg.to_dict(),
+                "tokenizer": tokenizer,
+                "dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
+                "num_parameters": writer.num_params,
+                "checksums": checksums_of(tmp),
+            }
+            for key, value in (extra or {}).items():
+                meta.setdefault(key, value)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            if config_yaml_dict is None:
+                config_yaml_dict = trainer_config_for_model(model_cfg)
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_yaml_dict, sort_keys=False))
+            if write_extra_files is not None:
+                write_extra_files(tmp)
+    except OSError as err:  # a full disk, a quota, a file-size limit, a read-only mount
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint: {err.strerror or err}",
+            hint="free some space or choose another --model-dir; earlier checkpoints are intact",
+        ) from None
     return Path(path)
 
 
@@ -107,6 +115,13 @@ def is_gptx_checkpoint(path: str | Path) -> bool:
         return json.loads(meta.read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def check_meta_if_present(path: str | Path) -> None:
+    """A directory whose gptx.json exists but is malformed gets that named (CheckpointError), instead of
+    being reported as 'not a checkpoint'."""
+    if (Path(path) / META_FILE).is_file():
+        read_checkpoint_meta(path)
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
@@ -263,6 +278,7 @@ def locate(path: str | Path) -> tuple[Path, Literal["checkpoint", "model_dir", "
         return asked, "hf"
     latest = latest_checkpoint(asked)
     if latest is None:
+        check_meta_if_present(asked)  # a malformed gptx.json is named as such, not as missing
         raise CheckpointError(
             f"{asked}: not a model directory: neither a gptx checkpoint (gptx.json), a model_dir with "
             f"checkpoint_<step>/ nor a Hugging Face model directory (config.json)"
@@ -318,6 +334,32 @@ def base_of(path: str | Path, lora: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def describe_base(path: Path) -> dict[str, Any]:
+    """How a LoRA checkpoint names its base: the path and, for a gptx checkpoint, its weight checksums."""
+    base: dict[str, Any] = {"path": str(Path(path).resolve())}
+    if is_gptx_checkpoint(path) and read_checkpoint_meta(path).get("checksums"):
+        base["checksums"] = read_checkpoint_meta(path)["checksums"]
+    return base
+
+
+def check_base(owner: Path, base: dict[str, Any]) -> None:
+    """The base a LoRA checkpoint names must be there, with the weights it was trained on."""
+    if "path" not in base:
+        return
+    where = Path(base["path"])
+    if not where.exists():
+        raise CheckpointError(
+            f"{owner}: its LoRA base {where} does not exist",
+            hint="the checkpoint holds only the adapters; restore the base model there",
+        )
+    if base.get("checksums") and is_gptx_checkpoint(where):
+        if read_checkpoint_meta(where).get("checksums") != base["checksums"]:
+            raise CheckpointError(
+                f"{owner}: its LoRA base {where} is not the one the adapters were trained on "
+                "(the weight checksums recorded in gptx.json differ)"
+            )
+
+
 @contextmanager
 def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[Iterator[tuple[str, Tensor]]]:
     """The base tensors of a LoRA checkpoint (from its base checkpoint, its own file, or a seeded init)."""
@@ -327,11 +369,7 @@ def open_base(path: Path, lora: dict[str, Any], cfg: ModelConfig) -> Iterator[It
             yield ((n, t) for n, t in src.items() if not is_adapter(n))
         return
     if "path" in base:
-        if not Path(base["path"]).exists():
-            raise CheckpointError(
-                f"{path}: its LoRA base {base['path']} does not exist",
-                hint="the checkpoint holds only the adapters; restore the base model there",
-            )
+        check_base(path, base)
         with resolve(base["path"]).open_weights() as tensors:
             yield tensors
         return

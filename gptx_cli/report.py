@@ -19,8 +19,14 @@ def read_metrics(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             f"{path}: no metrics file (is {model_dir} a gptx model_dir written by `gptx train`?)"
         )
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x}); is it a metrics file?"
+                ) from None
             if not line.strip():
                 continue
             try:

@@ -50,7 +50,7 @@ cat <<MSG
 
 Done in $(( $(date +%s) - start )) s.
   model checkpoints   $model_dir/checkpoint_*/ (safetensors + gptx.json + config.yaml + tokenizer.json)
-  metrics             $model_dir/metrics.jsonl, eval results in $model_dir/eval/*.json
+  metrics             $model_dir/metrics.jsonl, eval results in $model_dir/eval_results/*.json
   loss plot           $model_dir/report.png
   TensorBoard logs    $model_dir/train and $model_dir/eval   (tensorboard --logdir $model_dir)
 Next:

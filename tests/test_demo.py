@@ -55,7 +55,7 @@ def test_demo_sequence_trains_evaluates_generates_and_reports(tmp_path: Path, ar
         r["loss"] for r in map(json.loads, (model_dir / "metrics.jsonl").open()) if r["split"] == "train"
     ]
     assert losses[-1] < losses[0] - 0.5
-    result = json.loads((model_dir / "eval" / "checkpoint_40.json").read_text())
+    result = json.loads((model_dir / "eval_results" / "checkpoint_40.json").read_text())
     assert result["metrics"]["loss"] < 6.0  # ln(512) = 6.24: it learned something
     assert (model_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "demo check:" in out and ": ok" in out

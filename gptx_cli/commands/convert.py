@@ -86,6 +86,7 @@ def convert_config_cmd(
     model: str = typer.Option(
         None, "--model", help="HF target family: gptj | gpt-neox (default: model.name)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Convert a config: HF config.json <-> ModelZoo model section, legacy <-> trainer layout.
 
@@ -96,7 +97,13 @@ def convert_config_cmd(
     if output is not None and output_dir is not None:
         raise UsageError("give --output or --output-dir, not both")
     written, notes = convert_config(
-        src, src_fmt=src_fmt, tgt_fmt=tgt_fmt, output=output, output_dir=output_dir, family=model
+        src,
+        src_fmt=src_fmt,
+        tgt_fmt=tgt_fmt,
+        output=output,
+        output_dir=output_dir,
+        family=model,
+        overwrite=overwrite,
     )
     for note in notes:
         typer.echo(f"warning: {note}", err=True)

@@ -82,6 +82,9 @@ def eval_cmd(
         1234, "--seed", help="Seed of the few-shot example sampler (the harness's 1234)."
     ),
     output_format: str = typer.Option("table", "--format", help="table, or json (to stdout, for pipelines)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier result file of the same checkpoint."
+    ),
     no_verify: bool = typer.Option(
         False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
     ),
@@ -104,10 +107,15 @@ def eval_cmd(
     from gptx_cli.data.loader import allow_incomplete
 
     allow_incomplete(allow_incomplete_data)
+    from gptx_cli.config.flags import check_at_least, check_config_flag
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.evaluate import EvalOptions, format_table, run_eval
     from gptx_cli.train import parallel
 
+    check_config_flag("--eval-steps", eval_steps)
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--limit", limit, 1)
+    check_at_least("--num-fewshot", num_fewshot, 0)
     if output_format not in ("table", "json"):
         raise UsageError(f"--format must be table or json, got {output_format!r}")
     if nproc is not None and nproc < 1:
@@ -135,6 +143,7 @@ def eval_cmd(
         output_dir=output_dir,
         overrides=override or (),
         seed=seed,
+        overwrite=overwrite,
     )
     reports = run_eval(opts)
     if parallel.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:

@@ -19,7 +19,7 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         return prompt
     if prompt_file is not None:
         if prompt_file == "-":
-            return _strip_newline(sys.stdin.read())
+            return _strip_newline(_read_stdin())
         try:
             with open(prompt_file, encoding="utf-8") as f:
                 return _strip_newline(f.read())
@@ -27,7 +27,19 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
             raise UsageError(f"cannot read --prompt-file {prompt_file}: {err}") from err
     if sys.stdin.isatty():
         raise UsageError("no prompt: pass --prompt TEXT, --prompt-file PATH, or pipe text on stdin")
-    return _strip_newline(sys.stdin.read())
+    return _strip_newline(_read_stdin())
+
+
+def _read_stdin() -> str:
+    from gptx_cli.errors import UsageError
+
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"the prompt on stdin is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x})"
+        ) from None
 
 
 def _strip_newline(text: str) -> str:
@@ -103,6 +115,14 @@ def generate_cmd(
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format must be text or json, got {output_format!r}")
+    from gptx_cli.config.flags import check_finite
+
+    for flag, value in (
+        ("--temperature", temperature),
+        ("--top-p", top_p),
+        ("--repetition-penalty", repetition_penalty),
+    ):
+        check_finite(flag, value)
     wants_sampling = (
         sample or (temperature is not None and temperature > 0) or top_k is not None or top_p is not None
     )

@@ -186,6 +186,11 @@ def preprocess_cmd(
         resolve_special_ids(plan, tokenizer_dir)
         _interruptible(run_v2, plan, given)
         return
+    if given.get("mode") == "finetuning":
+        from gptx_cli.data.finetune import run_from_flags
+
+        _interruptible(run_from_flags, given)
+        return
     _interruptible(run_preprocess, PreprocessOptions(**{**recipe_defaults(dataset), **given}))
 
 

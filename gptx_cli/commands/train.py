@@ -24,8 +24,18 @@ def _run(
 ) -> None:
     """Load the config (errors surface once, before any launch), then train here or on `nproc` processes."""
     from gptx_cli.config import load_run_spec
+    from gptx_cli.config.flags import check_train_flags
     from gptx_cli.train import parallel
 
+    check_train_flags(
+        {
+            "--max-steps": options.get("max_steps"),
+            "--micro-batch-size": options.get("micro_batch_size"),
+            "--strategy": options.get("strategy"),
+            "--target-device": options.get("target_device"),
+            "--nproc": nproc,
+        }
+    )
     spec = load_run_spec(config, overrides=overrides)
     if lora != (None, None):  # --lora-r / --lora-alpha: ModelZoo's Lora callback, written for you
         from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw

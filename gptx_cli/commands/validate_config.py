@@ -138,6 +138,12 @@ def render_text(reports: list[FileReport]) -> tuple[str, str]:
                 + f": {s['parameters']:,} parameters; "
                 f"{s['flops_per_token']:,} training FLOPs/token at seq_len {s['seq_len']}"
             )
+            if s.get("lora"):
+                share = 100 * s["trainable_parameters"] / max(1, s["parameters"])
+                out.append(
+                    f"  trainable: {s['trainable_parameters']:,} LoRA adapter parameters ({share:.3f}%); "
+                    "the base is frozen"
+                )
             out.append(
                 f"  memory per process (micro-batch {mem['micro_batch_size']}, {mem['precision']}, "
                 f"{mem['optimizer']}{', activation checkpointing' if mem['activation_checkpointing'] else ''}): "

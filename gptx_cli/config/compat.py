@@ -157,7 +157,7 @@ def legacy_no_effect_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]
 
 
 # trainer.init.callbacks / loggers gptx runs (gptx_cli/train/callbacks.py), with the settings each takes.
-CALLBACKS: dict[str, tuple[str, ...]] = {"ComputeNorm": ()}
+CALLBACKS: dict[str, tuple[str, ...]] = {"ComputeNorm": (), "Lora": ("lora_params",)}  # Lora: model/lora.py
 LOGGERS: dict[str, tuple[str, ...]] = {
     "TensorBoardLogger": ("summary_dir", "log_dir", "legacy_event_dirs"),
     "WandbLogger": ("project", "group", "run_id", "run_name", "job_type", "tags", "resume", "entity"),

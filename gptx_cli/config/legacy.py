@@ -172,6 +172,9 @@ def convert_legacy(params: dict[str, Any]) -> LegacyConversion:
         if "fp16_type" in model:
             precision["fp16_type"] = model.pop("fp16_type")
             conv.path_map.append((I + ("precision", "fp16_type"), ("model", "fp16_type")))
+        if "lora_params" in model:  # ModelZoo: model.lora_params -> the Lora callback
+            init["callbacks"] = [{"Lora": {"lora_params": model.pop("lora_params")}}]
+            conv.path_map.append((I + ("callbacks", 0, "Lora", "lora_params"), ("model", "lora_params")))
         init["model"] = model
         conv.path_map.append((I + ("model",), ("model",)))
         if precision:

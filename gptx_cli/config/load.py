@@ -119,6 +119,9 @@ def _mark(node: yaml.Node) -> Position:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+MAX_NODES = 100_000  # published configs have a few hundred values
+
+
 class _Builder:
     """Turns a composed node graph into plain data and the position table."""
 
@@ -127,12 +130,19 @@ class _Builder:
         self.file = file
         self.positions: dict[KeyPath, Position] = {}
         self._active: set[int] = set()  # node ids on the current path (recursive aliases)
+        self._built = 0  # nodes built, aliases expanded: bounded (a 300-byte alias bomb is billions)
 
     def fail(self, node: yaml.Node, message: str, path: str | None = None) -> ConfigError:
         line, col = _mark(node)
         return LocatedConfigError(self.file, line, col, path, message)
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self._built += 1
+        if self._built > MAX_NODES:
+            raise self.fail(
+                node,
+                f"the YAML expands to more than {MAX_NODES:,} values through its aliases (an alias bomb?)",
+            )
         if isinstance(node, yaml.ScalarNode):
             try:
                 return self.loader.construct_object(node, deep=True)

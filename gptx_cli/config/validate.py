@@ -130,7 +130,9 @@ MODELZOO_UNSUPPORTED = {
 
 def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]:
     """(path, message, severity) for the rules beyond shape, on one trainer-layout dict `{trainer: ...}`."""
-    out: list[tuple[KeyPath, str, str]] = []
+    from gptx_cli.config.flags import non_finite_problems
+
+    out: list[tuple[KeyPath, str, str]] = list(non_finite_problems(trainer))
     T: KeyPath = ("trainer",)
     I: KeyPath = T + ("init",)  # noqa: E741
     M: KeyPath = I + ("model",)
@@ -179,6 +181,28 @@ def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]
     if sparsity:
         out.append((I + ("sparsity",), "sparsity is not supported by gptx", "error"))
     out += _data_rules(trainer, model if isinstance(model, dict) else {})
+    out += _lora_rules(init if isinstance(init, dict) else {}, I)
+    return out
+
+
+def _lora_rules(init: dict[str, Any], I: KeyPath) -> list[tuple[KeyPath, str, str]]:  # noqa: E741
+    """ModelZoo's Lora callback (gptx_cli.model.lora_config): its lora_params, at the callback's line."""
+    from gptx_cli.model.lora_config import parse_lora_params
+
+    cbs = init.get("callbacks")
+    out: list[tuple[KeyPath, str, str]] = []
+    for i, cb in enumerate(cbs if isinstance(cbs, list) else []):
+        if not (isinstance(cb, dict) and "Lora" in cb):
+            continue
+        path = I + ("callbacks", i, "Lora")
+        body = cb["Lora"]
+        if not isinstance(body, dict) or set(body) != {"lora_params"}:
+            out.append((path, "Lora takes one key, lora_params (a dict or a list of dicts)", "error"))
+            continue
+        try:
+            parse_lora_params(body["lora_params"], "lora_params")
+        except ConfigError as err:
+            out.append((path + ("lora_params",), err.message, "error"))
     return out
 
 
@@ -442,7 +466,11 @@ def validate_file(
         result.add(Problem.from_error(err, str(path)))
         return result
     if isinstance(doc.data, dict) and "trainer" not in doc.data:
-        for p, message in schema_problems("legacy.schema.json", doc.data):
+        legacy = doc.data
+        if isinstance(legacy.get("model"), dict) and "lora_params" in legacy["model"]:
+            # model.lora_params becomes the Lora callback (legacy.convert_legacy), checked there
+            legacy = {**legacy, "model": {k: v for k, v in legacy["model"].items() if k != "lora_params"}}
+        for p, message in schema_problems("legacy.schema.json", legacy):
             line, col = doc.where(p)
             result.add(Problem(doc.file, line, col, format_path(p), message))
 

@@ -55,8 +55,10 @@ def convert_config(
     output: str | Path | None = None,
     output_dir: str | Path | None = None,
     family: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Convert the config at `src`; returns (written path, notes about dropped keys)."""
+    """Convert the config at `src`; returns (written path, notes about dropped keys). An existing output
+    file is replaced only with `overwrite` (--overwrite)."""
     source = Path(src)
     for flag, fmt in (("--src-fmt", src_fmt), ("--tgt-fmt", tgt_fmt)):
         if fmt not in CONFIG_FORMATS:
@@ -71,6 +73,10 @@ def convert_config(
     if out is None:
         default = _default_output(source, src_fmt, tgt_fmt)
         out = Path(output_dir) / default.name if output_dir is not None else default
+    if out.exists() and not overwrite:
+        raise UsageError(
+            f"{out} already exists", hint="pass --overwrite to replace it, or choose another --output"
+        )
     notes: list[str] = []
     header = f"# Converted by `gptx convert config` from {source.name} ({src_fmt} -> {tgt_fmt}).\n"
 

@@ -308,6 +308,7 @@ def _hf_to_gptx(
         cfg,
         step=0,
         config_yaml_dict=trainer_config_for_model(cfg),
+        tokenizer=str(base / "tokenizer.json") if (base / "tokenizer.json").is_file() else None,
         extra=extra,
         shard_size_bytes=shard_bytes,
     )
@@ -378,7 +379,9 @@ def _gptx_to_hf(
     except ConfigError as err:
         raise CheckpointError(f"{source}: cannot export to Hugging Face {family}: {err.message}") from None
     original = meta.get("hf_config")
+    hf_config_source = None  # the original HF config.json when it is given back unchanged
     if isinstance(original, dict) and not folded and _same_model(model_config_from_hf, original, cfg):
+        hf_config_source = original
         # Converted from HF and unchanged: give back its config.json (token ids, versions, key style).
         hf_config = dict(original)
         for key in ("dtype", "torch_dtype"):
@@ -395,6 +398,16 @@ def _gptx_to_hf(
         items = _with_progress(items, len(expected_hf_shapes(cfg, family)), "converting", progress)
         with ShardedSafetensorsWriter(tmp, shard_bytes) as writer:
             writer.add_all(items)
+        from gptx_cli.convert.hf_tokenizer import export_tokenizer
+
+        eos_id, warning = export_tokenizer(tmp, source, meta, cfg.max_position_embeddings)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        if (
+            eos_id is not None and hf_config_source is None
+        ):  # a gptx-made model: its tokenizer decides the ids
+            for conf in (hf_config, gen_config):
+                conf.update(bos_token_id=eos_id, eos_token_id=eos_id)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(gen_config, indent=2, sort_keys=True) + "\n")
     files = sorted(p.name for p in output.iterdir())

@@ -61,12 +61,8 @@ class FinetuneSpec:
     sep_token: str | None = DEFAULT_SEP  # None: no separator
     end_of_turn_token: str | None = None
     use_ftfy: bool = True
-    ftfy_normalizer: str = "NFC"
-    # setup.data_splits: each record goes to one split, drawn with these fractions from a generator
-    # seeded by (split_seed, unit, first line of its batch); a job keeps the records of its split.
-    splits: list[tuple[str, float]] = field(default_factory=list)
-    split_seed: int = 0
-    split_index: int | None = None  # the split this job writes
+    ftfy_normalizer: str | None = "NFC"
+    wikitext_detokenize: bool = False
 
     def columns(self) -> list[str]:
         if self.hook == CHAT_HOOK:
@@ -144,11 +140,14 @@ class Example:
 
 
 def _clean(text: str, spec: FinetuneSpec) -> str:
-    if spec.use_ftfy:
-        import ftfy
+    """ModelZoo's clean_text on every region (ftfy, wikitext detokenizer), as TextCleaning does it."""
+    from gptx_cli.data.textclean import TextCleaning
 
-        return str(ftfy.fix_text(text, normalization=spec.ftfy_normalizer))  # type: ignore[arg-type]
-    return text
+    return TextCleaning(
+        use_ftfy=spec.use_ftfy,
+        ftfy_normalizer=spec.ftfy_normalizer,
+        wikitext_detokenize=spec.wikitext_detokenize,
+    ).clean(text)
 
 
 def _field(rec: dict[str, Any], key: str, where: str, what: str) -> str:
@@ -436,15 +435,6 @@ class FinetuneBatch:
     error: tuple[str, str | None] | None = None
 
 
-def split_choices(spec: FinetuneSpec, unit_index: int, first_line: int, n: int) -> np.ndarray | None:
-    """The split index of each of n records of a batch (None: no data_splits)."""
-    if not spec.splits:
-        return None
-    p = np.array([f for _, f in spec.splits], dtype=np.float64)
-    rng = np.random.default_rng([spec.split_seed, unit_index, first_line])
-    return rng.choice(len(p), size=n, p=p / p.sum())
-
-
 def encode_batch(
     tok: Any, kind: str, location: str, batch: Any, spec: FinetuneSpec, msl: int, min_len: int, pack: bool
 ) -> FinetuneBatch:
@@ -452,11 +442,7 @@ def encode_batch(
     eos_text = tok.hf.id_to_token(tok.eos_id)
     examples: list[Example] = []
     skipped = chars = 0
-    records = parse_records(kind, location, batch)
-    choice = split_choices(spec, batch.unit_index, batch.first_line, len(records))
-    if choice is not None:
-        records = [r for r, c in zip(records, choice, strict=True) if c == spec.split_index]
-    for where, rec in records:
+    for where, rec in parse_records(kind, location, batch):
         ex = encode_record(rec, spec, tok.hf, eos_text, where)
         if ex is None:
             skipped += 1
@@ -466,28 +452,6 @@ def encode_batch(
     samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id, pack)
     st.examples_skipped_chat = skipped
     return FinetuneBatch(samples, st, chars)
-
-
-def split_jobs(spec: FinetuneSpec) -> list[str]:
-    return [name for name, _ in spec.splits]
-
-
-def parse_data_splits(data_splits: Any, where: str) -> list[tuple[str, float]]:
-    """setup.data_splits {name: {split_fraction: f}} -> [(name, f)]; fractions must add up to 1."""
-    if not isinstance(data_splits, dict) or not data_splits:
-        raise ConfigError(f"{where}: data_splits must map split names to {{split_fraction: ...}}")
-    out: list[tuple[str, float]] = []
-    for name, body in data_splits.items():
-        frac = body.get("split_fraction") if isinstance(body, dict) else None
-        if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 <= frac <= 1:
-            raise ConfigError(f"{where}: data_splits.{name}.split_fraction must be a number in [0, 1]")
-        extra = sorted(set(body) - {"split_fraction"})
-        if extra:
-            raise ConfigError(f"{where}: data_splits.{name}: unknown key '{extra[0]}' (only split_fraction)")
-        out.append((str(name), float(frac)))
-    if abs(sum(f for _, f in out) - 1.0) > 1e-6:
-        raise ConfigError(f"{where}: data_splits fractions add up to {sum(f for _, f in out):g}, not 1")
-    return out
 
 
 def check_options(opts: Any) -> None:
@@ -506,6 +470,15 @@ def check_options(opts: Any) -> None:
         raise UsageError("--train-tokenizer is for pretraining corpora, not --mode finetuning")
     if opts.pile_subsets:
         raise UsageError("--pile-subsets is for the Pile, not --mode finetuning")
+    if opts.use_vsl:
+        raise UsageError(
+            "--use-vsl writes pretraining VSL samples; with --mode finetuning use --pack-sequences "
+            "(ModelZoo's VSL finetuning packing rule)"
+        )
+    if opts.text_key != "text":
+        raise UsageError("--text-key has no effect with --mode finetuning (use --prompt-key / --chat-key)")
+    if opts.short_seq_prob:
+        raise UsageError("short_seq_prob is a pretraining setting; ModelZoo's finetuning mode ignores it")
 
 
 def options_from_flags(
@@ -561,78 +534,89 @@ def options_from_flags(
     if spec is None:
         raise UsageError("--mode finetuning needs --prompt-key and --completion-key, or --chat-key")
     if data_splits:
-        pairs = []
+        splits: dict[str, Any] = {}
         for part in data_splits.split(","):
             name, _, frac = part.partition("=")
             try:
-                pairs.append((name.strip(), {"split_fraction": float(frac)}))
+                splits[name.strip()] = {"split_fraction": float(frac)}
             except ValueError:
                 raise UsageError(f"--data-splits: '{part}' is not name=fraction") from None
-        try:
-            spec.splits = parse_data_splits(dict(pairs), "--data-splits")
-        except ConfigError as err:
-            raise UsageError(err.message) from None
-        spec.split_seed = int(values.get("seed") or 0)
+        values["data_splits"] = splits
     values["finetuning"] = spec
 
 
-# ModelZoo v2 keys this module acts on in finetuning mode (v2config reports the others).
-_V2_ACTED = {
-    "mode", "read_hook", "use_ftfy", "ftfy_normalizer", "sep_token", "use_vsl", "data_splits",
-    "data_splits_dir", "split_seed", "end_of_turn_token", "truncate_to_msl", "chat_template",
-}  # fmt: skip
+class _FlagsDoc:
+    """What data.splits.run_splits asks of a plan's YAML document, for --data-splits."""
+
+    file = "--data-splits"
+
+    def error(self, path: Any, message: str) -> Exception:
+        from gptx_cli.errors import UsageError
+
+        return UsageError(f"--data-splits: {message}")
 
 
-def v2_finetuning(
-    out: dict[str, Any],
-    notes: list[str],
-    setup: dict[str, Any],
-    proc: dict[str, Any],
-    ds: dict[str, Any],
-    where: str,
-) -> list[str]:
-    """`setup.mode: finetuning` of a ModelZoo v2 preprocessing YAML -> PreprocessOptions values (in
-    place); returns the notes left after dropping those about keys acted on here."""
-    if ds.get("truncate_to_msl"):
-        raise ConfigError(
-            f"{where}: dataset.truncate_to_msl is not supported by gptx",
-            hint="remove it: examples longer than max_seq_length are then dropped and counted",
-        )
-    if ds.get("chat_template"):
-        raise ConfigError(
-            f"{where}: dataset.chat_template is not supported by gptx (chat records use ChatML, "
-            "ModelZoo's default template)"
-        )
-    if "read_hook" not in proc:
-        raise ConfigError(f"{where}: processing.read_hook is required in finetuning mode")
-    kwargs = proc.get("read_hook_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"{where}: processing.read_hook_kwargs must be a mapping")
+@dataclass
+class _FlagsPlan:
+    data_splits: dict[str, Any]
+    split_seed: int
+    file: str = "--data-splits"
+    doc: Any = field(default_factory=_FlagsDoc)
+    context_splits: Any = None
+    data_splits_dir: str | None = None
+
+
+def run_from_flags(values: dict[str, Any]) -> dict[str, Any]:
+    """`gptx preprocess --mode finetuning ...`: with --data-splits, ModelZoo's data_split semantics
+    (data.splits.run_splits, seeded by --seed as processing.split_seed), else one output directory."""
+    from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
+
+    splits = values.pop("data_splits", None)
+    opts = PreprocessOptions(**values)
+    if not splits:
+        return run_preprocess(opts)
+    from gptx_cli.data.splits import run_splits
+
+    return run_splits(_FlagsPlan(splits, int(values.get("seed") or 0)), opts)
+
+
+def run_v2_finetuning(plan: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """`setup.mode: finetuning` of a ModelZoo v2 YAML (data.v2config.run_v2 calls it)."""
+    from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
+
+    ds = plan.raw.get("dataset") or {}
+    proc = plan.raw.get("processing") or {}
+    for key, why in (
+        ("truncate_to_msl", "remove it: examples longer than max_seq_length are then dropped and counted"),
+        ("chat_template", "chat records use ChatML, ModelZoo's template for tokenizers without one"),
+    ):
+        if ds.get(key):
+            raise plan.doc.error(("dataset", key), f"dataset.{key} is not supported by gptx ({why})")
+    cleaning = values.pop("cleaning", None)
     extra: dict[str, Any] = {}
-    if "sep_token" in ds or "sep_token" in proc:
-        extra["sep_token"] = ds.get("sep_token", proc.get("sep_token"))
-    spec = make_spec(
-        str(proc["read_hook"]),
-        {k: v for k, v in kwargs.items()},
-        where=f"{where}: processing.read_hook_kwargs",
-        end_of_turn_token=proc.get("end_of_turn_token"),
-        use_ftfy=bool(proc.get("use_ftfy", True)),
-        ftfy_normalizer=str(proc.get("ftfy_normalizer", "NFC")),
-        **extra,
-    )
-    if setup.get("data_splits"):
-        spec.splits = parse_data_splits(setup["data_splits"], f"{where}: setup.data_splits")
-        spec.split_seed = int(proc.get("split_seed", 0))
-    out["mode"] = "finetuning"
-    out["finetuning"] = spec
-    # ModelZoo's finetuning generator pads each example; it packs with VSL (dataset.use_vsl).
-    out["pack_sequences"] = bool(ds.get("use_vsl", False))
-    kept = [n for n in notes if not any(f"'{k}' has no effect" in n for k in _V2_ACTED)]
-    if ds.get("use_vsl"):
-        kept.append(
-            f"{where}: dataset.use_vsl packs several examples per sample (ModelZoo's rule); gptx writes no "
-            "attention_span / position_ids rows, so packed examples attend to earlier ones in the sample"
+    if "sep_token" in ds:
+        extra["sep_token"] = ds["sep_token"]
+    try:
+        spec = make_spec(
+            plan.hook,
+            {k: v for k, v in plan.hook_kwargs.items()},
+            where=f"{plan.file}: processing.read_hook_kwargs",
+            end_of_turn_token=ds.get("end_of_turn_token") or proc.get("end_of_turn_token"),
+            use_ftfy=bool(cleaning.use_ftfy) if cleaning is not None else True,
+            ftfy_normalizer=cleaning.ftfy_normalizer if cleaning is not None else "NFC",
+            **extra,
         )
-    if setup.get("data_splits_dir"):
-        kept.append(f"{where}: 'data_splits_dir' has no effect in gptx (records are split in memory)")
-    return kept
+    except ConfigError as err:
+        raise plan.doc.error(("processing", "read_hook_kwargs"), err.message) from None
+    if cleaning is not None:
+        spec.wikitext_detokenize = bool(cleaning.wikitext_detokenize)
+    values["mode"], values["finetuning"] = "finetuning", spec
+    # ModelZoo's finetuning generator pads each example; it packs with VSL (dataset.use_vsl).
+    values["pack_sequences"] = bool(ds.get("use_vsl", False))
+    values.pop("use_vsl", None)
+    opts = PreprocessOptions(**values)
+    if plan.data_splits or plan.context_splits:
+        from gptx_cli.data.splits import run_splits
+
+        return run_splits(plan, opts)
+    return run_preprocess(opts)

@@ -65,7 +65,10 @@ class _H5Samples:
             import h5py
 
             self._handle, self._pid = h5py.File(self.path, "r")["data"], os.getpid()
-        return np.asarray(self._handle[i, : self.rows], dtype=np.int64)
+            check_integer_dtype(self.path, self._handle.dtype)
+        row = np.asarray(self._handle[i, : self.rows], dtype=np.int64)
+        check_sample(self.path, i, row)
+        return row
 
 
 class _TokenWindows:
@@ -89,8 +92,29 @@ class _TokenWindows:
 
                 self._tokens = h5py.File(self.path, "r")["data"]
             self._pid = os.getpid()
+            check_integer_dtype(self.path, self._tokens.dtype)
         w = np.asarray(self._tokens[i * self.msl : i * self.msl + self.msl + 1], dtype=np.int64)
+        if w.size and w.min() < 0:
+            raise DataError(f"{self.path}: window {i}: negative token id {int(w.min())}")
         return np.stack([w[:-1], np.ones(self.msl, dtype=np.int64), w[1:]])
+
+
+def check_integer_dtype(path: Path, dtype: Any) -> None:
+    """Token data must be integers: float ids would be truncated silently."""
+    if np.dtype(dtype).kind not in "iu":
+        raise DataError(f"{path}: dataset 'data' holds {np.dtype(dtype)} values; token ids must be integers")
+
+
+def check_sample(path: Path, i: int, row: np.ndarray) -> None:
+    """One sample's rows input_ids, attention_mask (the loss mask), labels: ids >= 0, mask 0 or 1."""
+    ids = row[[0, 2]]
+    if ids.size and ids.min() < 0:
+        which = "input_ids" if row[0].min() < 0 else "labels"
+        raise DataError(f"{path}: sample {i}: {which} holds token id {int(ids.min())} (token ids are >= 0)")
+    mask = row[1]
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        bad = int(mask[(mask < 0) | (mask > 1)][0])
+        raise DataError(f"{path}: sample {i}: attention_mask holds {bad} (the loss mask is 0 or 1)")
 
 
 def _preprocess_hint(data_dir: str) -> str:

@@ -446,13 +446,6 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
             "--output-dir is required (except with --dataset pile, which knows the published paths)"
         )
     units = expand_inputs(opts.inputs, split=opts.split)
-    if opts.mode == "finetuning" and opts.finetuning is not None and opts.finetuning.splits:
-        from gptx_cli.data.finetune import split_jobs
-
-        return [
-            Job(name, _group_units(units, opts.shard_mb), Path(opts.output_dir) / name)
-            for name in split_jobs(opts.finetuning)
-        ]
     return [Job("data", _group_units(units, opts.shard_mb), Path(opts.output_dir))]
 
 
@@ -917,12 +910,11 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     try:
         base = 0
         for job in jobs:
-            if opts.finetuning is not None and opts.finetuning.splits:  # the split this job writes
-                opts.finetuning.split_index = [n for n, _ in opts.finetuning.splits].index(job.name)
             stats = _run_job(job, opts, tok, pool, progress, base)
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
-            if params["post-process"]["n_examples"] == 0:
+            post = params["post-process"]
+            if (post["n_examples"] if opts.output_format == "hdf5" else post.get("document_tokens", 1)) == 0:
                 raise DataError(
                     f"{job.name}: 0 samples from {stats.documents} document(s) "
                     f"({params['post-process'].get('document_tokens', 0)} tokens) in "

@@ -112,12 +112,13 @@ def assign(
                 yield i, d, named, split, msl
 
 
-def _documents(unit: Any, text_key: str) -> list[dict[str, Any]]:
-    """The raw documents of one input file as ModelZoo's splitter reads them ({text_key: value})."""
+def _documents(unit: Any, text_key: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
+    """The raw documents of one input file as ModelZoo's splitter reads them ({text_key: value}, or
+    the read hook's data keys in finetuning mode)."""
     from gptx_cli.data.sources import iter_record_batches
 
     docs: list[dict[str, Any]] = []
-    for batch in iter_record_batches(unit, 0, text_key=text_key):
+    for batch in iter_record_batches(unit, 0, text_key=text_key, columns=keys):
         for offset, rec in enumerate(batch.records):
             if unit.kind == "jsonl":
                 if not rec.strip():
@@ -126,12 +127,15 @@ def _documents(unit: Any, text_key: str) -> list[dict[str, Any]]:
                     obj = json.loads(rec)
                 except ValueError:
                     raise DataError(f"{unit.location}:{batch.first_line + offset}: malformed JSON") from None
-                docs.append({text_key: obj.get(text_key) if isinstance(obj, dict) else None})
+                if keys:  # finetuning: the records as they are (a missing key is reported on preprocessing)
+                    docs.append({k: obj[k] for k in keys if k in obj} if isinstance(obj, dict) else obj)
+                else:
+                    docs.append({text_key: obj.get(text_key) if isinstance(obj, dict) else None})
             elif unit.kind == "text":
                 text = rec.decode("utf-8", errors="replace") if isinstance(rec, bytes) else rec
                 docs += [{text_key: line} for line in text.splitlines()]
             else:
-                docs.append({text_key: rec})
+                docs.append(rec if keys else {text_key: rec})
     return docs
 
 
@@ -164,7 +168,8 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
                 hint="pass --overwrite to replace it",
             )
         shutil.rmtree(splits_dir)
-    docs = [_documents(u, opts.text_key) for u in units]
+    keys = opts.finetuning.columns() if getattr(opts, "finetuning", None) is not None else None
+    docs = [_documents(u, opts.text_key, keys) for u in units]
     files = [u.location for u in units]
     buckets: dict[Path, list[dict[str, Any]]] = {}
     for i, d, named, split, msl in assign(

@@ -119,7 +119,8 @@ V2_KEYS: dict[str, Key] = {
     "remove_bos_in_chunks": Key(
         _PD, WARN, "it is read only with split_text_to_tokenize, which gptx does not run"
     ),
-    "use_vsl": Key(_D, CHECKED, "variable sequence length (VSL) preprocessing", False),
+    "use_vsl": Key(_D, ACTED),  # pretraining mode: gptx_cli.data.vsl; other modes refuse true
+    "fold_long_doc": Key(_D, ACTED),  # with use_vsl
     "training_objective": Key(_D, CHECKED, "MLM / FIM / BERT objectives", None),
     "is_multimodal": Key(_D, CHECKED, "multimodal data", False),
     "image_token": Key(_D, CHECKED, "multimodal data", None),
@@ -347,6 +348,26 @@ def load_v2_config(path: str | Path) -> V2Plan:
         text_key = nested.get("text_key")
     if text_key:
         out["text_key"] = str(text_key)
+
+    # --- VSL (gptx_cli.data.vsl): ModelZoo's [n, 5, msl] pretraining samples
+    for key in ("use_vsl", "fold_long_doc"):
+        if ds.get(key) is None:
+            continue
+        value = _typed(doc, ("dataset", key), ds[key], bool, "true/false")
+        if plan.mode == "pretraining":
+            out[key] = value
+        elif key == "use_vsl" and value:
+            raise doc.error(
+                ("dataset", key),
+                f"use_vsl: true is not supported by gptx in {plan.mode} mode (VSL pretraining only)",
+            )
+        elif key == "fold_long_doc":
+            line, col = doc.where(("dataset", key))
+            plan.warnings.append(
+                V2Warning(
+                    doc.file, line, col, "dataset.fold_long_doc", f"{NO_EFFECT}: it is read only with use_vsl"
+                )
+            )
 
     # --- keys that only the finetuning mode reads
     if plan.mode != "finetuning":

@@ -153,6 +153,17 @@ class VSLPacker:
 
 def check_vsl_options(opts: Any) -> None:
     """`--use-vsl` with options it cannot honour: one-line errors; options it ignores: a note."""
+    if getattr(opts, "mode", "pretraining") != "pretraining":
+        raise UsageError(
+            f"--use-vsl writes ModelZoo's pretraining VSL samples; --mode {opts.mode} has no VSL layout in gptx",
+            hint="drop --use-vsl",
+        )
+    if getattr(opts, "short_seq_prob", 0.0):
+        raise UsageError(
+            f"short_seq_prob {opts.short_seq_prob} with use_vsl is not supported by gptx (ModelZoo cuts VSL "
+            "documents, not samples)",
+            hint="set short_seq_prob: 0.0, or drop use_vsl",
+        )
     if opts.output_format != "hdf5":
         raise UsageError(
             f"--use-vsl writes HDF5 sample files; --output-format {opts.output_format} (a token stream) "

@@ -66,6 +66,7 @@ class EvalOptions:
     overrides: Sequence[str] = ()
     seed: int = 1234
     write: bool = True
+    overwrite: bool = False  # replace an earlier result file of the same checkpoint (--overwrite)
 
 
 @dataclass
@@ -239,13 +240,27 @@ def _checkpoints_to_run(opts: EvalOptions, spec: Any) -> list[Path]:
     return [latest]
 
 
+# not model_dir/eval/: that is TensorBoard's eval event directory (train/metrics.py)
+RESULTS_DIR = "eval_results"
+
+
+def _refuse_overwrite(out_dir: Path | None, name: str, opts: EvalOptions) -> None:
+    """An earlier result of this checkpoint (e.g. validation metrics, before an `--tasks` run) is not
+    replaced without --overwrite."""
+    if out_dir is not None and not opts.overwrite and (out_dir / f"{name}.json").exists():
+        raise UsageError(
+            f"{out_dir / f'{name}.json'} already exists (an earlier eval of this checkpoint)",
+            hint="pass --overwrite to replace it, or --output-dir to write elsewhere",
+        )
+
+
 def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
     if opts.output_dir:
         return Path(opts.output_dir)
     if opts.model_dir or spec is not None:
-        return Path(opts.model_dir or spec.model_dir) / "eval"
+        return Path(opts.model_dir or spec.model_dir) / RESULTS_DIR
     if is_gptx_checkpoint(checkpoint):  # a gptx checkpoint lives in its model_dir
-        return checkpoint.resolve().parent / "eval"
+        return checkpoint.resolve().parent / RESULTS_DIR
     return None  # a bare Hugging Face directory: print only, write nothing into it
 
 
@@ -350,6 +365,8 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
         out_dir = _output_dir(opts, spec, checkpoint) if opts.write else None
         if opts.log_samples and out_dir is None:
             raise UsageError("--log-samples needs somewhere to write: pass --output-dir")
+        name = source.directory.resolve().name  # results are named as the checkpoint dir they evaluate
+        _refuse_overwrite(out_dir, name, opts)
         model = source.load_model(device, dtype)
         if spec is not None and spec.val_data is not None:
             loader = build_dataloader(spec.val_data, seed=spec.seed, infinite=False)
@@ -365,7 +382,6 @@ def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
                 dist=dist,
             )
             report.metrics = metrics.to_dict()
-        name = checkpoint.name if step is None else f"checkpoint_{step}"
         if tokenizer is not None:
             for result in _run_tasks(opts, tasks, model, tokenizer, device, dist):
                 report.tasks.append(result.to_dict())

@@ -249,6 +249,7 @@ def generate_from_checkpoint(
     if not prompt_tokens:
         raise UsageError("the prompt is empty (it encodes to zero tokens)")
     model = source.load_model(resolve_device(opts.device), resolve_dtype(opts.dtype))
+    _check_ids_fit(prompt_tokens, int(model.cfg.vocab_size), tokenizer)
     context = int(model.cfg.max_position_embeddings)
     notes = []
     if len(prompt_tokens) >= context:
@@ -261,6 +262,18 @@ def generate_from_checkpoint(
     result = generate(decoder, tokenizer, prompt_tokens, cfg, on_text)
     result.notes.extend(notes)
     return result
+
+
+def _check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Any) -> None:
+    """A tokenizer with a larger vocabulary than the model's (e.g. --tokenizer neox-20b on a small model)
+    would index past the embedding: a named error instead."""
+    top = max(ids)
+    if top >= vocab_size:
+        raise UsageError(
+            f"tokenizer {getattr(tokenizer, 'name', '')} gives token id {top}, beyond the model's vocab_size "
+            f"{vocab_size}",
+            hint="use the tokenizer the model was trained with (--tokenizer)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -602,16 +602,16 @@ def evaluate_task(
         for i, (doc, text, ll) in enumerate(zip(docs[lo:hi], scored, lls, strict=True)):
             counted = doc[task.count_from] if task.count_from else doc.get("raw", doc["text"])
             words, nbytes = count_words(counted), count_bytes(counted)
-            pairs = {
+            rolled: dict[str, tuple[float, int]] = {
                 "word_perplexity": (ll, words),
                 "byte_perplexity": (ll, nbytes),
                 "bits_per_byte": (ll, nbytes),
             }
             for m in task.metrics:
-                per_doc[m].append(pairs[m])
+                per_doc[m].append(rolled[m])
             if log_samples:
                 samples.append(
-                    {"doc_id": lo + i, "doc": doc, "arguments": [[text]], "resps": [[ll]], **pairs}
+                    {"doc_id": lo + i, "doc": doc, "arguments": [[text]], "resps": [[ll]], **rolled}
                 )
         return aggregate(result, bootstrap_iters) if doc_range is None else result
 
@@ -652,9 +652,9 @@ def evaluate_task(
         results = scorer.loglikelihood_tokens(requests)
         result.requests = len(requests)
         for i, (doc, (ll, greedy)) in enumerate(zip(docs, results, strict=True)):
-            scores = {"perplexity": ll, "acc": int(greedy)}
+            lw_values: dict[str, float] = {"perplexity": ll, "acc": int(greedy)}
             for m in task.metrics:
-                per_doc[m].append(scores[m])
+                per_doc[m].append(lw_values[m])
             if log_samples:
                 samples.append(
                     {
@@ -662,7 +662,7 @@ def evaluate_task(
                         "doc": doc,
                         "arguments": arguments[i],
                         "resps": [[ll, greedy]],
-                        **scores,
+                        **lw_values,
                     }
                 )
         return aggregate(result, bootstrap_iters) if doc_range is None else result
@@ -689,13 +689,13 @@ def evaluate_task(
         pred = lls.index(max(lls))
         normed = [ll / float(len(c)) for ll, c in zip(lls, doc["choices"], strict=True)]
         pred_norm = normed.index(max(normed))
-        values: dict[str, float] = {"acc": float(pred in golds), "acc_norm": float(pred_norm in golds)}
+        mc_values: dict[str, float] = {"acc": float(pred in golds), "acc_norm": float(pred_norm in golds)}
         if mutual:
             uncond = [ll for ll, _ in results[start + n : end]]
             mi = [c - u for c, u in zip(lls, uncond, strict=True)]
-            values["acc_mutual_info"] = float(mi.index(max(mi)) in golds)
+            mc_values["acc_mutual_info"] = float(mi.index(max(mi)) in golds)
         for m in task.metrics:
-            per_doc[m].append(values[m])
+            per_doc[m].append(mc_values[m])
         if log_samples:
             samples.append(
                 {
@@ -704,7 +704,7 @@ def evaluate_task(
                     "target": gold,
                     "arguments": arguments[i],
                     "resps": [[ll, g] for ll, g in results[start:end]],
-                    **values,
+                    **mc_values,
                 }
             )
     return aggregate(result, bootstrap_iters) if doc_range is None else result

@@ -102,19 +102,24 @@ def memory_estimate(
     precision: PrecisionSpec | None = None,
     optimizer: str = "adamw",
     activation_checkpointing: bool = False,
+    trainable: int | None = None,
 ) -> dict[str, int]:
     """Bytes for training one process that holds the whole model (no sharding).
 
     gptx keeps fp32 master weights and gradients and autocasts the compute, so weights and grads are
     4 bytes per parameter whatever the precision; the optimizer state depends on the optimizer
     (AdamW: two fp32 moments = 8 bytes). Keys: weights, grads, optimizer_state, activations, total.
+
+    `trainable`: a LoRA run's adapter parameters (lora_config.trainable_parameters): they add to the
+    weights, and only they have gradients and optimizer state.
     """
     n = count_parameters(cfg)
     state = OPTIMIZER_STATE_BYTES.get(optimizer.lower(), 8)
+    t = n if trainable is None else trainable
     out = {
-        "weights": 4 * n,
-        "grads": 4 * n,
-        "optimizer_state": state * n,
+        "weights": 4 * (n if trainable is None else n + trainable),
+        "grads": 4 * t,
+        "optimizer_state": state * t,
         "activations": activation_bytes(cfg, micro_batch_size, seq_len, precision, activation_checkpointing),
     }
     out["total"] = sum(out.values())
@@ -128,14 +133,23 @@ def run_summary(spec: RunSpec) -> dict[str, Any]:
     if spec.train_data is not None and spec.train_data.max_sequence_length:
         seq_len = spec.train_data.max_sequence_length
     micro = spec.backend.micro_batch_size or 1
+    trainable = lora_trainable(spec)
     mem = memory_estimate(
-        cfg, micro, seq_len, spec.precision, spec.optimizer.name, spec.backend.activation_checkpointing
+        cfg,
+        micro,
+        seq_len,
+        spec.precision,
+        spec.optimizer.name,
+        spec.backend.activation_checkpointing,
+        trainable,
     )
     return {
         "model": cfg.name,
         # ModelZoo spells NeoX `name: gptj` + untied LayerNorms: say which architecture it is.
         "architecture": "gpt-neox" if cfg.use_untied_layer_norm else "gptj",
         "parameters": count_parameters(cfg),
+        "trainable_parameters": count_parameters(cfg) if trainable is None else trainable,
+        "lora": trainable is not None,
         "parameter_parts": parameter_counts(cfg),
         "seq_len": seq_len,
         "flops_per_token": flops_per_token(cfg, seq_len),
@@ -147,3 +161,10 @@ def run_summary(spec: RunSpec) -> dict[str, Any]:
             "bytes": mem,
         },
     }
+
+
+def lora_trainable(spec: RunSpec) -> int | None:
+    """The adapter parameters of a run with ModelZoo's Lora callback (None without it)."""
+    from gptx_cli.model.lora_config import lora_from_raw, trainable_parameters
+
+    return trainable_parameters(spec.model, lora_from_raw(spec.raw, spec.source))

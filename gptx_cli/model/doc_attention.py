@@ -11,8 +11,8 @@ Two ways to restrict attention beyond plain causality, both keyword arguments of
   includes causality. `causal_padding_mask` builds it for left-padded batches with a KV cache.
 
 The document mask has three implementations (`VSL_BACKENDS`); `select_backend` picks one per device
-from the measurements recorded in docs/benchmarks.md (benchmarks/bench_vsl.py), and
-`Transformer.vsl_attention` overrides it ("auto" by default):
+and sequence length from the measurements recorded in docs/benchmarks.md (benchmarks/bench_vsl.py),
+and `Transformer.vsl_attention` overrides it ("auto" by default):
 
 - `sdpa_mask`: `F.scaled_dot_product_attention` with a [B, 1, T, T] boolean block-diagonal causal mask;
 - `flex`: FlexAttention with a document-causal BlockMask (skips whole blocks across documents);
@@ -34,16 +34,29 @@ from torch import Tensor
 
 VSL_BACKENDS = ("sdpa_mask", "flex", "varlen")
 
-# What "auto" picks, per device type, by measurement (docs/benchmarks.md, benchmarks/bench_vsl.py).
-# CUDA has not been measured yet: it takes the same exact SDPA path until a GPU run says otherwise.
-AUTO_BACKEND = {"cpu": "sdpa_mask", "cuda": "sdpa_mask"}
+# What "auto" picks, by measurement (docs/benchmarks.md, benchmarks/bench_vsl.py). On CPU, SDPA with a
+# mask computes every query-key pair (twice what is_causal does), while varlen computes only pairs
+# within documents: varlen wins from about 512 tokens on (0.99x vs 0.76x plain packing's training
+# tokens/s at 1024), the mask below. Compiled blocks take sdpa_mask (varlen's per-document slices
+# would recompile for every layout). CUDA has not been measured yet: it takes the exact SDPA mask path
+# (memory-efficient kernel) until a GPU run says otherwise.
+CPU_VARLEN_FROM = 512
 
 
-def select_backend(requested: str, device: torch.device, *, dropout: bool = False, grad: bool = False) -> str:
+def select_backend(
+    requested: str,
+    device: torch.device,
+    *,
+    dropout: bool = False,
+    grad: bool = False,
+    seq_len: int | None = None,
+    compiled: bool = False,
+) -> str:
     """The document-mask implementation to use: `requested` unless it is "auto". FlexAttention has no
     attention dropout and no backward on CPU; there the same mask runs through `sdpa_mask`."""
     if requested == "auto":
-        requested = AUTO_BACKEND.get(device.type, "sdpa_mask")
+        long = seq_len is None or seq_len >= CPU_VARLEN_FROM
+        requested = "varlen" if device.type == "cpu" and long and not compiled else "sdpa_mask"
     if requested not in VSL_BACKENDS:
         raise ValueError(f"vsl attention backend {requested!r}: one of auto, {', '.join(VSL_BACKENDS)}")
     if requested == "flex" and (dropout or (grad and device.type == "cpu")):
@@ -115,6 +128,7 @@ class AttentionMask:
         device: torch.device,
         dropout: bool,
         grad: bool = False,
+        compiled: bool = False,
     ) -> AttentionMask | None:
         if attention_span is None:
             if attn_mask is None:
@@ -125,7 +139,9 @@ class AttentionMask:
         span = attention_span.to(device)
         if attn_mask is not None:  # both: intersect them, on the general path
             return cls("mask", mask=document_causal_mask(span) & attn_mask)
-        chosen = select_backend(backend, device, dropout=dropout, grad=grad)
+        chosen = select_backend(
+            backend, device, dropout=dropout, grad=grad, seq_len=span.shape[-1], compiled=compiled
+        )
         if chosen == "flex":
             return cls(chosen, block_mask=_flex_block_mask(span))
         if chosen == "varlen":

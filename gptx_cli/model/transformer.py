@@ -339,13 +339,25 @@ class Transformer(nn.Module):
     def output_weight(self) -> Tensor:
         return self.embed.weight if self.lm_head.weight is None else self.lm_head.weight
 
-    def vsl_backend(self, device: torch.device | str) -> str:
-        """The document-mask implementation `attention_span` inputs use on `device`."""
+    @property
+    def blocks_compiled(self) -> bool:
+        # optimize.compile_model compiles each block in place (nn.Module.compile).
+        return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in self.layers)
+
+    def vsl_backend(self, device: torch.device | str, seq_len: int | None = None) -> str:
+        """The document-mask implementation `attention_span` inputs of length `seq_len` use on `device`."""
         from gptx_cli.model.doc_attention import select_backend
 
         dropout = bool(self.cfg.attention_dropout_rate) and self.training
         grad = torch.is_grad_enabled() and self.training
-        return select_backend(self.vsl_attention, torch.device(device), dropout=dropout, grad=grad)
+        return select_backend(
+            self.vsl_attention,
+            torch.device(device),
+            dropout=dropout,
+            grad=grad,
+            seq_len=seq_len,
+            compiled=self.blocks_compiled,
+        )
 
     def hidden_states(
         self,
@@ -390,6 +402,7 @@ class Transformer(nn.Module):
             device=x.device,
             dropout=bool(self.cfg.attention_dropout_rate) and self.training,
             grad=torch.is_grad_enabled(),
+            compiled=attention_span is not None and self.blocks_compiled,
         )
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.keys[i], kv_cache.values[i]) if kv_cache is not None else None

@@ -162,4 +162,6 @@ class Callbacks:
 
 
 def build_callbacks(spec: Any, run_dir: Path, enabled: bool = True) -> Callbacks:
-    return Callbacks([*spec.callbacks, *spec.loggers], run_dir, enabled)
+    # Lora changes the model before training (model/lora.py, the trainer's LoraRun): no step hooks here.
+    callbacks = [(name, params) for name, params in spec.callbacks if name != "Lora"]
+    return Callbacks([*callbacks, *spec.loggers], run_dir, enabled)

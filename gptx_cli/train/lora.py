@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptx_cli.checkpoint import base_of, open_checkpoint_weights, read_lora_meta
+from gptx_cli.checkpoint import base_of, check_base, describe_base, open_checkpoint_weights, read_lora_meta
 from gptx_cli.errors import CheckpointError
 from gptx_cli.model.lora import apply_lora, is_adapter, lora_meta
 from gptx_cli.model.lora_config import LoraParams, lora_from_raw
@@ -34,9 +34,10 @@ class LoraRun:
                     f"{ckpt_source}: its LoRA base is a fresh initialisation with seed {base['init_seed']}, "
                     f"this run's seed is {seed}"
                 )
+            check_base(ckpt_source, base)  # type: ignore[arg-type]
             return cls(groups, base, ckpt_source)
         if ckpt_source is not None and "model" in load_states:
-            return cls(groups, {"path": str(Path(ckpt_source).resolve())}, None)
+            return cls(groups, describe_base(Path(ckpt_source)), None)
         return cls(groups, {"init_seed": seed}, None)
 
     def base_source(self) -> Path | None:

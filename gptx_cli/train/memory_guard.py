@@ -13,7 +13,7 @@ from typing import Any
 
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import GptxError
-from gptx_cli.model.counts import memory_estimate
+from gptx_cli.model.counts import lora_trainable, memory_estimate
 
 GIB = 2**30
 # Leave room for the allocator, the CUDA context / Python runtime and the data pipeline.
@@ -50,7 +50,13 @@ def estimate_bytes(
         msl = int(spec.train_data.max_sequence_length)
     est = dict(
         memory_estimate(
-            spec.model, micro_batch_size, msl, spec.precision, spec.optimizer.name, activation_checkpointing
+            spec.model,
+            micro_batch_size,
+            msl,
+            spec.precision,
+            spec.optimizer.name,
+            activation_checkpointing,
+            trainable=lora_trainable(spec),  # LoRA: grads and optimizer state for the adapters only
         )
     )
     if sharded and world_size > 1:

@@ -621,7 +621,8 @@ class _Run:
             )  # fmt: skip
         if any(data is not None and data.use_vsl for data in (spec.train_data, spec.val_data)):
             self.notes.append(
-                f"use_vsl: document-masked attention ({parallel.unwrap(self.model).vsl_backend(self.device)})"
+                "use_vsl: document-masked attention "
+                f"({parallel.unwrap(self.model).vsl_backend(self.device, msl)})"
             )
         for note in self.notes:
             self._say(f"note: {note}")
@@ -646,8 +647,7 @@ class _Run:
             it = iter(loader)
             while step < end:
                 batch = next(it)
-                if step == start:
-                    _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)
+                _check_token_ids(batch, spec.model.vocab_size, spec.train_data.data_dir)  # every batch: CPU
                 lr = self.schedule.lr
                 loss, grad_norm = self._train_step(batch, micro, n_micro)
                 if step == start:

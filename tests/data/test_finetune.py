@@ -213,7 +213,9 @@ def test_modelzoo_finetuning_yaml_runs_through_preprocess_config(tmp_path, recor
     (tmp_path / "ft.yaml").write_text(text)
     r = run_gptx("preprocess", "--config", str(tmp_path / "ft.yaml"), env=ENV)
     assert r.returncode == 0, r.stderr
-    assert "'data_splits_dir' has no effect" in r.stderr and "'shuffle' has no effect" in r.stderr
+    assert "warning: processing.read_chunk_size" in r.stderr  # ModelZoo keys without effect are named
+    # ModelZoo's data_split: the records are split into data_splits_dir first, then preprocessed
+    assert list((tmp_path / "splits" / "train").rglob("*.jsonl.zst"))
     train = json.loads((tmp_path / "out" / "train" / "data_params.json").read_text())
     val = json.loads((tmp_path / "out" / "val" / "data_params.json").read_text())
     assert train["processing"]["mode"] == "finetuning" and train["processing"]["max_seq_length"] == 2048
@@ -222,3 +224,38 @@ def test_modelzoo_finetuning_yaml_runs_through_preprocess_config(tmp_path, recor
     assert n == len(records) and val["post-process"]["n_examples"] > 5  # 0.8 / 0.2, nothing over 2048
     sample = _samples(tmp_path / "out" / "train")[0]
     assert sample.shape == (3, 2048) and 0 < sample[1].sum() < (sample[0] != 50256).sum()
+
+
+def test_resume_keeps_a_finished_run_and_refuses_other_keys(tmp_path, records) -> None:
+    jsonl = _jsonl(tmp_path / "qa.jsonl", records)
+    args = (
+        "--mode",
+        "finetuning",
+        "--prompt-key",
+        "prompt",
+        "--completion-key",
+        "completion",
+        "-i",
+        str(jsonl),
+    )
+    out = tmp_path / "out"
+    r = _preprocess(*args, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    first = {f.name: f.read_bytes() for f in out.glob("data-*.h5")}
+    r = _preprocess(*args, "-o", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert {f.name: f.read_bytes() for f in out.glob("data-*.h5")} == first
+    swapped = (
+        "--mode",
+        "finetuning",
+        "--prompt-key",
+        "completion",
+        "--completion-key",
+        "prompt",
+        "-i",
+        str(jsonl),
+    )
+    r = _preprocess(*swapped, "-o", str(out), "--resume")
+    assert r.returncode == 1 and "--resume needs the same" in r.stderr
+    r = _preprocess(*args, "-o", str(tmp_path / "vsl"), "--use-vsl")
+    assert r.returncode == 2 and "--pack-sequences" in r.stderr

@@ -120,7 +120,8 @@ class MZPlacement:
 def vsl_documents() -> list[str]:
     """Real text, lengths from a few tokens (dropped: under min_sequence_len) to several MSLs (folded)."""
     docs = stdlib_documents(40)
-    return [d[: 5 + 211 * i % 1400] for i, d in enumerate(docs)]
+    # stripped, so that the v2 text hook's strip changes nothing
+    return [d[: 5 + 211 * i % 1400].strip() for i, d in enumerate(docs)]
 
 
 def _read_dir(d: Path) -> np.ndarray:
@@ -169,6 +170,7 @@ def test_vsl_hdf5_equals_modelzoo_rules_on_real_text(
     (tmp_path / "v2.yaml").write_text(
         "setup:\n  data: {source: in.jsonl}\n  output_dir: v2\n"
         f"processing:\n  huggingface_tokenizer: gpt2\n  max_seq_length: {MSL}\n  files_per_record: {PER_FILE}\n"
+        "  use_ftfy: false\n  read_hook_kwargs: {data_keys: {text_key: text}}\n"
         "dataset:\n  use_vsl: true\n"
     )
     res = gptx("preprocess", "--config", "v2.yaml", cwd=tmp_path, env=tokenizer_env)
@@ -194,21 +196,30 @@ def test_modelzoo_accounting_overflows_where_gptx_opens_a_new_sample() -> None:
     assert len(out) == 2 and out.tobytes() == fixed.finish().tobytes()
 
 
-@pytest.mark.parametrize("fmt", ["corpus", "mmidx"])
-def test_token_stream_outputs_refuse_use_vsl(tmp_path, documents, gptx, tokenizer_env, fmt):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--output-format", "corpus"), "--use-vsl writes HDF5 sample files; --output-format corpus"),
+        (("--output-format", "mmidx"), "--use-vsl writes HDF5 sample files; --output-format mmidx"),
+        (
+            ("--mode", "finetuning", "--prompt-key", "p", "--completion-key", "c"),
+            "--use-vsl writes ModelZoo's pretraining VSL samples; --mode finetuning",
+        ),
+    ],
+)
+def test_outputs_without_vsl_layout_refuse_use_vsl(tmp_path, documents, gptx, tokenizer_env, args, message):
     (tmp_path / "in.jsonl").write_bytes(jsonl_bytes(documents[:3]))
-    res = gptx("preprocess", "-i", "in.jsonl", "-o", "out", "--use-vsl", "--output-format", fmt, cwd=tmp_path, env=tokenizer_env)  # fmt: skip
-    assert res.returncode == 2
-    assert (
-        res.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"error: --use-vsl writes HDF5 sample files; --output-format {fmt}")
+    res = gptx(
+        "preprocess", "-i", "in.jsonl", "-o", "out", "--use-vsl", *args, cwd=tmp_path, env=tokenizer_env
     )
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {message}"), res.stderr
     assert "Traceback" not in res.stderr
 
 
 def _write_vsl_dir(d: Path) -> np.ndarray:
-    from gptx_cli.data.hdf5 import write_sample_file
+    from gptx_cli.data.hdf5 import mark_complete, write_sample_file
     from gptx_cli.data.vsl import VSLPacker
 
     rng = np.random.default_rng(0)
@@ -218,6 +229,7 @@ def _write_vsl_dir(d: Path) -> np.ndarray:
     samples = np.concatenate([packer.add_documents(tokens, lengths), packer.finish()])
     d.mkdir(parents=True)
     write_sample_file(d / "data-0.h5", samples)
+    mark_complete(d)
     return samples
 
 
@@ -236,12 +248,46 @@ def test_loader_yields_position_ids_and_attention_span(tmp_path) -> None:
 
 
 def test_use_vsl_over_data_without_vsl_rows_names_the_data_dir(tmp_path) -> None:
-    from gptx_cli.data.hdf5 import write_sample_file
+    from gptx_cli.data.hdf5 import mark_complete, write_sample_file
 
     (tmp_path / "plain").mkdir()
     write_sample_file(tmp_path / "plain" / "data-0.h5", np.ones((4, 3, 32), dtype=np.int32))
+    mark_complete(tmp_path / "plain")
     spec = DataSpec(data_dir=[str(tmp_path / "plain")], batch_size=4, use_vsl=True)
     with pytest.raises(DataError) as err:
         build_dataloader(spec)
     assert f"use_vsl: data_dir {tmp_path / 'plain'} holds samples without VSL rows" in err.value.message
     assert "\n" not in err.value.message
+
+
+def test_use_vsl_on_a_gpthdf5mapdataprocessor_section_validates(gptx) -> None:
+    from gptx_testing import REPO
+
+    from gptx_cli.config import load_run_spec
+
+    config = str(REPO / "configs" / "tiny_gptj.yaml")
+    res = gptx("validate-config", config, "--set", "train_dataloader.use_vsl=true")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "tiny_gptj.yaml: ok" in res.stdout
+    spec = load_run_spec(config, overrides=("train_dataloader.use_vsl=true",))
+    assert spec.train_data is not None and spec.train_data.use_vsl
+    assert spec.val_data is not None and not spec.val_data.use_vsl
+
+
+def test_v2_use_vsl_outside_pretraining_is_refused_with_its_line(tmp_path, gptx, tokenizer_env) -> None:
+    (tmp_path / "in.jsonl").write_text('{"p": "a", "c": "b"}\n')
+    (tmp_path / "ft.yaml").write_text(
+        "setup:\n  data: {source: in.jsonl}\n  output_dir: out\n  mode: finetuning\n"
+        "processing:\n  huggingface_tokenizer: gpt2\n  read_hook: prompt_completion_text_read_hook\n"
+        "  read_hook_kwargs: {prompt_key: p, completion_key: c}\n"
+        "dataset:\n  use_vsl: true\n"
+    )
+    res = gptx("preprocess", "--config", "ft.yaml", cwd=tmp_path, env=tokenizer_env)
+    assert res.returncode != 0
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: ft.yaml:10:3: dataset.use_vsl: use_vsl: true is not supported by gptx in finetuning mode"
+        )
+    ), res.stderr

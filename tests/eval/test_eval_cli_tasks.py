@@ -62,9 +62,12 @@ def test_cli_task_scores_equal_transformers_scoring(checkpoint):
         assert result["num_docs"] == 3
         assert result["metrics"].keys() == ref.metrics.keys()
         for metric, value in ref.metrics.items():
-            assert result["metrics"][metric] == pytest.approx(value, rel=1e-4), (name, metric)
+            if isinstance(value, str):  # "N/A" stderrs
+                assert result["metrics"][metric] == value, (name, metric)
+            else:
+                assert result["metrics"][metric] == pytest.approx(value, rel=1e-4), (name, metric)
     # A gptx checkpoint's results land in its model_dir.
-    written = json.loads((ckpt.parent / "eval" / "checkpoint_3.json").read_text())
+    written = json.loads((ckpt.parent / "eval_results" / "checkpoint_3.json").read_text())
     assert written["step"] == 3 and len(written["tasks"]) == 3
 
 

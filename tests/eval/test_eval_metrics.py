@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from eval_helpers import tiny_neox
-from gptx_testing import run_gptx
+from gptx_testing import run_gptx, shared_path
 
 from gptx_cli.errors import CheckpointError, DataError
 from gptx_cli.eval.evaluate import EvalOptions, run_eval
@@ -98,7 +98,7 @@ def reference_metrics(model, samples: np.ndarray, batch_size: int = 3) -> dict[s
 def test_hf_dir_metrics_equal_transformers_on_the_same_batches(setup):
     root, model, samples = setup
     cfg = write_config(root, root / "val")
-    res = run_gptx("eval", str(cfg), "--checkpoint-path", str(root / "hf"), "--format", "json")
+    res = run_gptx("eval", str(cfg), "--checkpoint-path", str(root / "hf"), "--format", "json", "--overwrite")
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
     ref = reference_metrics(model, samples)
@@ -109,7 +109,7 @@ def test_hf_dir_metrics_equal_transformers_on_the_same_batches(setup):
     assert m["accuracy"] == ref["accuracy"]
     # Perplexity weighs the ragged last batch by its tokens: it is not exp(mean of step losses).
     assert m["lm_perplexity"] != pytest.approx(math.exp(ref["loss"]), rel=1e-6)
-    written = json.loads((root / "model_dir" / "eval" / "hf.json").read_text())
+    written = json.loads((root / "model_dir" / "eval_results" / "hf.json").read_text())
     assert written["metrics"] == m
 
 
@@ -117,7 +117,10 @@ def test_eval_steps_limits_the_batches(setup):
     root, model, samples = setup
     reports = run_eval(
         EvalOptions(
-            config=str(write_config(root, root / "val")), checkpoint_path=str(root / "hf"), eval_steps=1
+            config=str(write_config(root, root / "val")),
+            checkpoint_path=str(root / "hf"),
+            eval_steps=1,
+            overwrite=True,
         ),
         log=lambda _m: None,
     )
@@ -132,14 +135,19 @@ def test_shape_mismatch_is_an_error_naming_the_field(setup):
     with pytest.raises(
         CheckpointError, match=r"shapes differ\): model\.hidden_size: 64 in .*, 32 in the checkpoint"
     ):
-        run_eval(EvalOptions(config=str(cfg), checkpoint_path=str(root / "hf")), log=lambda _m: None)
+        run_eval(
+            EvalOptions(overwrite=True, config=str(cfg), checkpoint_path=str(root / "hf")),
+            log=lambda _m: None,
+        )
 
 
 def test_non_shape_difference_follows_the_checkpoint_with_a_warning(setup):
     root, model, samples = setup
     cfg = write_config(root, root / "val", eps="1.0e-03")
     warnings: list[str] = []
-    reports = run_eval(EvalOptions(config=str(cfg), checkpoint_path=str(root / "hf")), log=warnings.append)
+    reports = run_eval(
+        EvalOptions(overwrite=True, config=str(cfg), checkpoint_path=str(root / "hf")), log=warnings.append
+    )
     assert any("model.layer_norm_epsilon" in w for w in warnings)
     assert reports[0].warnings == [w.removeprefix("warning: ") for w in warnings]
     assert reports[0].metrics["loss"] == pytest.approx(reference_metrics(model, samples)["loss"], abs=1e-5)
@@ -149,7 +157,10 @@ def test_empty_eval_set_is_a_clear_error(setup):
     root, _, _ = setup
     cfg = write_config(root, root / "empty")
     with pytest.raises(DataError, match="0 samples|empty"):
-        run_eval(EvalOptions(config=str(cfg), checkpoint_path=str(root / "hf")), log=lambda _m: None)
+        run_eval(
+            EvalOptions(overwrite=True, config=str(cfg), checkpoint_path=str(root / "hf")),
+            log=lambda _m: None,
+        )
 
 
 def test_all_evaluates_every_checkpoint_in_step_order(setup):
@@ -165,14 +176,20 @@ def test_all_evaluates_every_checkpoint_in_step_order(setup):
         )
     (model_dir / "checkpoint_5.tmp-123").mkdir()  # an interrupted save is not a checkpoint
     cfg = write_config(root, root / "val")
-    reports = run_eval(EvalOptions(config=str(cfg), all_checkpoints=True), log=lambda _m: None)
+    reports = run_eval(
+        EvalOptions(overwrite=True, config=str(cfg), all_checkpoints=True), log=lambda _m: None
+    )
     assert [r.step for r in reports] == [2, 10]
     ref = reference_metrics(model, samples)
     for r in reports:
         assert r.metrics["loss"] == pytest.approx(ref["loss"], abs=1e-5)
-        assert Path(r.output or "") == model_dir / "eval" / f"checkpoint_{r.step}.json"
+        assert Path(r.output or "") == model_dir / "eval_results" / f"checkpoint_{r.step}.json"
     with pytest.raises(CheckpointError, match="no checkpoints"):
-        run_eval(EvalOptions(config=str(cfg), all_checkpoints=True, model_dir=str(root / "nowhere")))
+        run_eval(
+            EvalOptions(
+                overwrite=True, config=str(cfg), all_checkpoints=True, model_dir=str(root / "nowhere")
+            )
+        )
 
 
 def test_config_comparison_separates_shape_fields_from_the_rest():
@@ -192,3 +209,34 @@ def test_config_comparison_separates_shape_fields_from_the_rest():
         CheckpointError, match=r"model\.vocab_size: 100 in c\.yaml, 128 .*; model\.use_ffn_bias"
     ):
         compare_model_configs(yaml_cfg, biased, config_name="c.yaml", checkpoint="ck")
+
+
+def test_nproc_2_equals_one_process(setup):
+    """`gptx eval --nproc 2` (gloo on the CPU) shards the validation batches and the task documents;
+    the metrics equal one process's: loss and perplexity within 1e-6, accuracies exactly."""
+    root = setup[0]
+    cfg = write_config(root, root / "val")
+    tasks_dir = Path(__file__).parent / "data"
+    args = ["eval", str(cfg), "--checkpoint-path", str(root / "hf"), "--format", "json", "--device", "cpu",
+            "--tokenizer", str(shared_path("assets", "tokenizers", "gpt2")), "--tasks-dir", str(tasks_dir),
+            "--tasks", "lambada_tiny,choice_tiny,wiki_tiny", "--output-dir", str(root / "nproc_out"),
+            "--bootstrap-iters", "200"]  # fmt: skip
+    one = run_gptx(*args)
+    two = run_gptx(*args, "--nproc", "2")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    for key in ("loss", "lm_perplexity"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-6, abs=1e-6)
+    for key in ("accuracy", "num_tokens", "eval_steps", "num_samples"):
+        assert b["metrics"][key] == a["metrics"][key]
+    assert len(a["tasks"]) == len(b["tasks"]) == 3
+    for ta, tb in zip(a["tasks"], b["tasks"], strict=True):
+        assert ta["num_docs"] == tb["num_docs"]
+        for name, value in ta["metrics"].items():
+            if name.startswith("acc"):
+                assert tb["metrics"][name] == value, name
+            elif isinstance(value, float):
+                assert tb["metrics"][name] == pytest.approx(value, rel=1e-6), name
+            else:
+                assert tb["metrics"][name] == value, name

@@ -228,3 +228,19 @@ def test_left_padded_batch_with_kv_cache_matches_unpadded(name: str) -> None:
             alone = model(torch.cat([p, steps[r]])[None])[0, len(p) - 1 :]
             got = torch.stack([o[r] for o in outs])
             assert (got - alone).abs().max().item() <= 1e-5
+
+
+def test_auto_picks_the_measured_implementation() -> None:
+    from gptx_cli.model.doc_attention import select_backend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert select_backend("auto", cpu, seq_len=2048) == "varlen"  # docs/benchmarks.md, bench_vsl.py
+    assert select_backend("auto", cpu, seq_len=128) == "sdpa_mask"
+    assert select_backend("auto", cpu, seq_len=2048, compiled=True) == "sdpa_mask"
+    assert select_backend("auto", cuda, seq_len=2048) == "sdpa_mask"
+    assert select_backend("flex", cpu, grad=True) == "sdpa_mask"  # no FlexAttention backward on CPU
+    assert select_backend("flex", cpu) == "flex"
+    model = _model("gptj", "auto").train()
+    assert model.vsl_backend("cpu", 2048) == "varlen"
+    with pytest.raises(ValueError, match="one of auto, sdpa_mask, flex, varlen"):
+        select_backend("fast", cpu)

@@ -202,3 +202,51 @@ def test_train_refuses_preprocess_output_without_its_completion_marker(tiny_data
     assert not (tmp_path / "md").exists()
     anyway = run_gptx("train", *args, "--allow-incomplete")
     assert anyway.returncode == 0, anyway.stderr
+
+
+def test_eval_does_not_overwrite_earlier_results_and_keeps_out_of_tensorboards_dir(
+    tiny_data, reference_run, tmp_path
+):
+    """Problem 8 / papercut 6: eval wrote model_dir/eval/checkpoint_N.json (TensorBoard's eval dir), and
+    an `--tasks` run replaced the earlier validation metrics."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "evalrun"
+    shutil.copytree(reference_run / "checkpoint_25", model_dir / "checkpoint_25")
+    args = tiny_args(tiny_data, model_dir)
+    args = ["eval", *args, "--checkpoint-path", str(model_dir / "checkpoint_25")]
+    first = run_gptx(*args)
+    assert first.returncode == 0, first.stderr
+    result = model_dir / "eval_results" / "checkpoint_25.json"
+    before = result.read_text()
+    assert json.loads(before)["metrics"]["loss"] > 0
+    assert not (model_dir / "eval").exists()
+    again = run_gptx(*args)
+    assert again.returncode == 2
+    assert again.stderr.startswith(f"error: {result} already exists") and "--overwrite" in again.stderr
+    assert result.read_text() == before
+    assert run_gptx(*args, "--overwrite").returncode == 0
+
+
+def test_a_checkpoint_write_that_runs_out_of_space_is_a_named_error(tiny_data, tmp_path):
+    """Problem 10: a full disk during a checkpoint write was 'internal error: OSError'. The kernel's
+    file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes the write fail as a full disk would: with an
+    OSError from write(2) in the middle of the checkpoint."""
+    import resource
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    model_dir = tmp_path / "full"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptx_cli.cli", "train", *tiny_args(tiny_data, model_dir, "--max-steps", "2")],
+        capture_output=True, text=True, cwd=REPO, env=popen_env(), preexec_fn=limit_file_size, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f"error: {model_dir / 'checkpoint_2'}: cannot write the checkpoint: File too large"
+    )
+    assert proc.stderr.count("\n") == 1 and "internal error" not in proc.stderr
+    assert not [p for p in model_dir.iterdir() if ".tmp-" in p.name]  # nothing half-written left

@@ -41,7 +41,7 @@ def test_preprocess_use_vsl_then_train_then_eval(tiny_data, tmp_path) -> None:
     config = tiny_args(data, model_dir, *vsl)
     r = run_gptx("eval", *config, "--checkpoint-path", str(model_dir / "checkpoint_25"), "--format", "json")
     assert r.returncode == 0, r.stderr
-    result = json.loads((model_dir / "eval" / "checkpoint_25.json").read_text())
+    result = json.loads((model_dir / "eval_results" / "checkpoint_25.json").read_text())
     assert result["metrics"]["loss"] < first
 
     # the same config over data without the VSL rows: one line naming the data dir

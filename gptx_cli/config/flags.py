@@ -1,0 +1,87 @@
+"""Command-line flags that override a config value get the YAML key's checks: the value is validated by
+the same JSON Schema rule as the key (schemas/*.json), and a failure is a one-line UsageError naming the
+flag ("--micro-batch-size -4: must be >= 1, got -4"). Flags without a config key (--nproc, sampling
+settings) are checked here with the same wording. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gptx_cli.errors import UsageError
+
+KeyPath = tuple[str, ...]
+
+# flag -> the trainer-layout key it overrides (under trainer.init)
+TRAIN_FLAG_KEYS: dict[str, KeyPath] = {
+    "--max-steps": ("loop", "max_steps"),
+    "--micro-batch-size": ("backend", "micro_batch_size"),
+    "--strategy": ("backend", "strategy"),
+    "--target-device": ("backend", "backend_type"),
+    "--eval-steps": ("loop", "eval_steps"),
+}
+
+
+def _nest(path: KeyPath, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for key in reversed(path):
+        out = {key: out}
+    return out  # type: ignore[no-any-return]
+
+
+def check_config_flag(flag: str, value: Any, key: KeyPath | None = None) -> None:
+    """Validate `value` of `flag` against the schema rule of the config key it overrides."""
+    if value is None:
+        return
+    from gptx_cli.config.validate import schema_problems
+
+    path = ("trainer", "init", *(key or TRAIN_FLAG_KEYS[flag]))
+    for where, message in schema_problems("trainer.schema.json", _nest(path, value)):
+        if tuple(where) == path:
+            raise UsageError(f"{flag} {value}: {message}")
+
+
+def check_train_flags(values: dict[str, Any]) -> None:
+    """`gptx train` / `continue-pretrain` flags; `values` maps flag -> the value given (None: not given)."""
+    for flag, value in values.items():
+        if value is None:
+            continue
+        if flag == "--nproc":
+            check_at_least(flag, value, 1)
+        elif flag == "--strategy":
+            check_config_flag(flag, str(value).lower())
+        elif flag == "--target-device":
+            check_config_flag(flag, str(value).upper())
+        else:
+            check_config_flag(flag, value)
+
+
+def check_at_least(flag: str, value: int | float | None, minimum: int | float) -> None:
+    if value is not None and not value >= minimum:  # also NaN
+        raise UsageError(f"{flag} {value}: must be >= {minimum}, got {value}")
+
+
+def check_finite(flag: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise UsageError(f"{flag} {value}: must be a finite number, got {value}")
+
+
+# keys where an infinite value means something (truncated-normal bounds, "no clipping" limits)
+_INF_OK = frozenset({"a", "b", "max_gradient_norm", "max_gradient_value", "max_loss_scale"})
+
+
+def non_finite_problems(data: Any, path: KeyPath = ()) -> list[tuple[KeyPath, str, str]]:
+    """(path, message, "error") for each NaN anywhere in a config, and each +-inf outside `_INF_OK`
+    (a learning rate, weight decay, epsilon or std of inf trains nothing the user meant)."""
+    out: list[tuple[KeyPath, str, str]] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out += non_finite_problems(value, (*path, str(key)))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            out += non_finite_problems(value, (*path, str(i)))
+    elif isinstance(data, float) and not math.isfinite(data):
+        if math.isnan(data) or not path or path[-1] not in _INF_OK:
+            out.append((path, f"must be a finite number, got {data}", "error"))
+    return out

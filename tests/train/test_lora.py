@@ -1,0 +1,296 @@
+"""LoRA (ModelZoo's `Lora` callback, `--lora-r`) and the completion-only loss.
+
+In process: only the adapters train (the base is bit-identical, the optimizer holds no state for it),
+q/k/v get three ModelZoo adapters, target_modules select by ModelZoo class names, and the loss averages
+over loss-mask tokens only. End to end (the real CLI): a LoRA run on a base checkpoint writes adapter-only
+checkpoints naming the base, resumes bit-exactly, runs the same under DDP and FSDP2 as one process, and
+exports merged Hugging Face weights whose logits equal base + adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from train_helpers import REPO, read_metrics, run_gptx, tiny_args
+
+from gptx_cli.api import build_model, load_model
+from gptx_cli.config import load_run_spec
+from gptx_cli.errors import ConfigError
+from gptx_cli.model.init import optimizer_param_groups
+from gptx_cli.model.lora import apply_lora, is_adapter
+from gptx_cli.model.lora_config import LoraParams, parse_lora_params, plan, trainable_parameters
+from gptx_cli.model.loss import lm_loss
+from gptx_cli.train.optim import build_optimizer
+
+SMALL = ["model.vocab_size=96", "model.hidden_size=32", "model.num_heads=2", "model.filter_size=64"]
+
+
+def _spec(*extra: str):
+    return load_run_spec(REPO / "configs" / "tiny_gptj.yaml", overrides=[*SMALL, *extra])
+
+
+def _batch(seed: int = 0, b: int = 2, t: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 96, (b, t + 1), generator=g)
+    mask = torch.zeros(b, t, dtype=torch.int64)
+    mask[:, t // 2 :] = 1  # a "prompt" half (mask 0) and a "completion" half (mask 1)
+    return ids[:, :-1], ids[:, 1:].clone(), mask
+
+
+def test_only_adapters_train_and_the_base_stays_bit_identical() -> None:
+    spec = _spec()
+    model = build_model(spec.model, seed=1)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = parse_lora_params({"r": 4, "alpha": 8})
+    adapted = apply_lora(model, groups, seed=1)
+    assert len(adapted) == 2 + 4 * spec.model.num_hidden_layers  # embed, lm_head, qkv/out/fc_in/fc_out
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(is_adapter(n) for n in trainable)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable_parameters(
+        spec.model, groups
+    )
+    # Fresh adapters leave the model's function unchanged (B = 0; the embedding's A = 0).
+    ids, labels, mask = _batch()
+    ref = build_model(spec.model, seed=1).eval()
+    assert torch.equal(model.eval()(ids), ref(ids))
+    model.train()
+    opt = build_optimizer(
+        spec.optimizer, optimizer_param_groups(model, spec.model)
+    )  # AdamW, weight decay 0.1
+    for step in range(3):
+        ids, labels, mask = _batch(step)
+        opt.zero_grad()
+        lm_loss(model, ids, labels, mask).loss.backward()
+        opt.step()
+    state = opt.state_dict()["state"]
+    assert len(state) == len(trainable)  # no optimizer state for the frozen base
+    now = model.state_dict()
+    for k, v in base.items():
+        assert torch.equal(now[k], v), k  # bit-identical base
+    assert all(now[k].abs().sum() > 0 for k in now if k.endswith("lora_B") and not k.startswith("embed"))
+    assert not torch.equal(model.eval()(ids), ref(ids))
+
+
+def test_qkv_holds_three_modelzoo_adapters_and_merge_weights_folds_them() -> None:
+    spec = _spec()
+    model = build_model(spec.model, seed=1)
+    apply_lora(model, parse_lora_params({"r": 2, "alpha": 4, "target_modules": ["MultiheadAttention"]}))
+    qkv = model.layers[0].attn.qkv
+    torch.nn.init.normal_(qkv.lora_B)
+    h, r = spec.model.hidden_size, 2
+    a, b = qkv.lora_A.view(3, r, h), qkv.lora_B.view(3, h, r)
+    expected = torch.cat([b[i] @ a[i] for i in range(3)]) * 2.0  # q, k, v: one rank-2 adapter each
+    assert torch.allclose(qkv.lora_delta_weight(), expected)
+    x = torch.randn(3, 5, h)
+    unmerged = qkv(x)
+    qkv.merge_weights = True
+    qkv.eval()
+    assert torch.allclose(qkv(x), unmerged, atol=1e-6)  # the folded weight computes the same
+    assert torch.allclose(qkv(x), F.linear(x, qkv.weight + expected), atol=1e-6)
+
+
+def test_target_modules_select_by_modelzoo_class_names() -> None:
+    cfg = _spec().model
+
+    def targets(tm):
+        return set(plan(cfg, [LoraParams(r=2, target_modules=tm)]))
+
+    attn = {f"layers.{i}.attn.{p}" for i in range(2) for p in ("qkv", "out")}
+    ffn = {f"layers.{i}.mlp.{p}" for i in range(2) for p in ("fc_in", "fc_out")}
+    assert targets(["MultiheadAttention"]) == attn
+    assert targets(["FeedForwardNetwork", "Linear"]) == ffn
+    assert targets(["GPTJDecoderLayer"]) == attn | ffn
+    assert targets(["Embedding"]) == {"embed"}
+    assert targets(None) == attn | ffn | {"embed", "lm_head"}
+    with pytest.raises(ConfigError, match="no modules were converted"):
+        targets(["TransformerDecoderLayer"])  # GPT-J's layers are GPTJDecoderLayer in ModelZoo too
+    with pytest.raises(ConfigError, match="fan_in_fan_out"):
+        parse_lora_params({"r": 2, "fan_in_fan_out": True})
+    with pytest.raises(ConfigError, match="unknown key 'rank'"):
+        parse_lora_params([{"r": 2}, {"rank": 2}])
+
+
+def test_loss_averages_over_completion_tokens_only() -> None:
+    spec = _spec()
+    model = build_model(spec.model, seed=1).eval()
+    ids, labels, mask = _batch()
+    out = lm_loss(model, ids, labels, mask, loss_scaling="num_tokens")
+    # The prompt half's labels do not matter ...
+    other = labels.clone()
+    other[mask == 0] = (other[mask == 0] + 7) % 96
+    assert torch.equal(lm_loss(model, ids, other, mask).loss, out.loss)
+    # ... and the loss is the mean cross-entropy over the completion tokens.
+    with torch.no_grad():
+        ce = F.cross_entropy(model(ids).reshape(-1, 96).double(), labels.reshape(-1), reduction="none")
+    hand = (ce * mask.reshape(-1)).sum() / mask.sum()
+    assert out.num_tokens == int(mask.sum())
+    assert out.loss.item() == pytest.approx(hand.item(), rel=1e-6)
+    changed = labels.clone()
+    changed[mask == 1] = (changed[mask == 1] + 7) % 96
+    assert lm_loss(model, ids, changed, mask).loss != out.loss
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def _lora_args(tiny_data, model_dir, *extra):
+    return tiny_args(
+        tiny_data, model_dir, "--lora-r", "4", "--lora-alpha", "8", "--set", "checkpoint.steps=2",
+        "--set", "loop.eval_frequency=100", *extra,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lora_base(tiny_data, tmp_path_factory):
+    """A 2-step base checkpoint, and a 4-step LoRA run on it (checkpoints at 2 and 4)."""
+    root = tmp_path_factory.mktemp("lora")
+    r = run_gptx(
+        "train", *tiny_args(tiny_data, root / "base", "--max-steps", "2", "--set", "checkpoint.steps=2")
+    )
+    assert r.returncode == 0, r.stderr
+    base = root / "base" / "checkpoint_2"
+    r = run_gptx(
+        "train", *_lora_args(tiny_data, root / "lora", "--checkpoint-path", str(base), "--max-steps", "4")
+    )
+    assert r.returncode == 0, r.stderr
+    return base, root / "lora"
+
+
+@pytest.mark.slow
+def test_lora_checkpoint_holds_only_adapters_and_names_its_base(lora_base):
+    base, lora = lora_base
+    ckpt = lora / "checkpoint_4"
+    tensors = load_file(ckpt / "model.safetensors")
+    assert tensors and all(is_adapter(k) for k in tensors)
+    meta = json.loads((ckpt / "gptx.json").read_text())["lora"]
+    base_meta = json.loads((base / "gptx.json").read_text())
+    assert meta["base"] == {"path": str(base.resolve()), "checksums": base_meta["checksums"]}
+    assert meta["adapters_only"] is True
+    assert meta["params"] == [{"r": 4, "alpha": 8.0, "dropout": 0.0, "fan_in_fan_out": False,
+                               "merge_weights": False, "target_modules": None}]  # fmt: skip
+    losses = read_metrics(lora)
+    assert losses[4]["loss"] < losses[1]["loss"]
+
+
+@pytest.mark.slow
+def test_lora_resumes_bit_exactly(tiny_data, lora_base, tmp_path):
+    base, lora = lora_base
+    resumed = tmp_path / "resumed"
+    r = run_gptx("train", *_lora_args(tiny_data, resumed, "--checkpoint-path", str(base), "--max-steps", "2"))
+    assert r.returncode == 0, r.stderr
+    r = run_gptx("train", *_lora_args(tiny_data, resumed, "--max-steps", "4"))  # autoload checkpoint_2
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stdout
+    got, want = (
+        load_file(resumed / "checkpoint_4" / "model.safetensors"),
+        load_file(lora / "checkpoint_4" / "model.safetensors"),
+    )
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert [read_metrics(resumed)[s]["loss"] for s in (3, 4)] == [
+        read_metrics(lora)[s]["loss"] for s in (3, 4)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_lora_on_two_processes_equals_one(tiny_data, lora_base, tmp_path, strategy):
+    base, lora = lora_base
+    r = run_gptx("train", *_lora_args(tiny_data, tmp_path / strategy, "--checkpoint-path", str(base),
+                                       "--max-steps", "4", "--nproc", "2", "--strategy", strategy))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"on 2 x cpu ({strategy})" in r.stdout
+    got, want = read_metrics(tmp_path / strategy), read_metrics(lora)
+    for s in range(1, 5):
+        assert got[s]["loss"] == pytest.approx(want[s]["loss"], abs=1e-5), s
+    a = load_file(tmp_path / strategy / "checkpoint_4" / "model.safetensors")
+    b = load_file(lora / "checkpoint_4" / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(torch.allclose(a[k], b[k], atol=1e-5) for k in b)
+
+
+@pytest.mark.slow
+def test_merged_hf_export_equals_base_plus_adapters(lora_base, tmp_path):
+    from transformers import GPTJForCausalLM
+
+    base, lora = lora_base
+    ckpt = lora / "checkpoint_4"
+    r = run_gptx("convert", "checkpoint", str(ckpt), "--tgt-fmt", "hf", "--output-dir", str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    hf = GPTJForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32).eval()
+    # base + adapters, unmerged: the base model, the Lora callback's adapters, the trained values
+    model = load_model(base).train()
+    apply_lora(model, parse_lora_params({"r": 4, "alpha": 8}))
+    adapters = load_file(ckpt / "model.safetensors")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if is_adapter(n):
+                p.copy_(adapters[n])
+    model.eval()
+    ids = torch.randint(0, int(model.cfg.vocab_size), (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+        plain = load_model(base)(ids)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert (ours - plain).abs().max().item() > 1e-4  # the adapters did change the model
+    # gptx's own loader (eval / generate) reads the LoRA checkpoint as base + adapters too
+    assert (load_model(ckpt)(ids) - ours).abs().max().item() <= 1e-5
+    r = run_gptx(
+        "generate", "--checkpoint-path", str(lora), "--prompt", "alpha beta", "--max-new-tokens", "4"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_memory_guard_counts_what_lora_saves_gptj_6b_bf16() -> None:
+    """GPT-J-6B in bf16 (the published config, micro-batch 1, activation checkpointing): full fine-tuning
+    does not fit an 80 GiB GPU, LoRA (r 8 on the attention) does; validate-config --summary says so."""
+    from gptx_cli.model.counts import run_summary
+    from gptx_cli.train.memory_guard import GIB, HEADROOM, estimate_bytes
+
+    path = REPO / "configs" / "params_gptj_6B.yaml"
+    full = load_run_spec(path)
+    lora = load_run_spec(path)
+    from gptx_cli.model.lora_config import add_lora_shortcut
+
+    add_lora_shortcut(lora.raw, 8, 16)
+    budget = 80 * GIB * HEADROOM
+    est_full = estimate_bytes(full, 1, 1, False, True)
+    est_lora = estimate_bytes(lora, 1, 1, False, True)
+    assert est_full["total"] > budget > est_lora["total"]
+    trainable = run_summary(lora)["trainable_parameters"]
+    assert est_lora["grads"] == 4 * trainable and est_lora["optimizer_state"] == 8 * trainable
+    assert run_summary(full)["trainable_parameters"] == run_summary(full)["parameters"]
+    assert 0 < trainable < run_summary(full)["parameters"] / 100
+
+
+@pytest.mark.slow
+def test_a_lora_checkpoint_refuses_a_changed_or_missing_base(lora_base, tmp_path):
+    import shutil
+
+    from gptx_cli.errors import CheckpointError
+
+    _, lora = lora_base
+    copy = tmp_path / "checkpoint_4"
+    shutil.copytree(lora / "checkpoint_4", copy)
+    meta = json.loads((copy / "gptx.json").read_text())
+    good = dict(meta["lora"]["base"])
+    meta["lora"]["base"]["checksums"] = {k: "0" * 16 for k in good["checksums"]}
+    (copy / "gptx.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not the one the adapters were trained on"):
+        load_model(copy)
+    meta["lora"]["base"] = {"path": str(tmp_path / "gone")}
+    (copy / "gptx.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(copy)
+
+
+def test_the_lora_callback_of_a_config_is_read_and_not_run_as_a_step_hook(tmp_path) -> None:
+    from gptx_cli.model.lora_config import lora_from_raw
+    from gptx_cli.train.callbacks import build_callbacks
+
+    spec = load_run_spec(REPO / "configs" / "finetune_tiny_gptj.yaml")
+    assert lora_from_raw(spec.raw, spec.source) == [
+        LoraParams(r=8, alpha=16, dropout=0.0, merge_weights=False, target_modules=["GPTJDecoderLayer"])
+    ]
+    build_callbacks(spec, tmp_path)  # the trainer's step hooks: Lora is not one of them
