@@ -38,7 +38,7 @@ def _run(
     )
     spec = load_run_spec(config, overrides=overrides)
     if lora != (None, None):  # --lora-r / --lora-alpha: ModelZoo's Lora callback, written for you
-        from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw
+        from gptx_cli.config.lora import add_lora_shortcut, lora_from_raw
 
         add_lora_shortcut(spec.raw, *lora)
         lora_from_raw(spec.raw, "--lora-r/--lora-alpha")

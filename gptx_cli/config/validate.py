@@ -31,6 +31,7 @@ from gptx_cli.config.load import (
     load_yaml,
     trainer_sources,
 )
+from gptx_cli.config.lora import parse_lora_params
 from gptx_cli.config.schemas import KeyPath, _show, schema_problems
 from gptx_cli.config.spec import ModelConfig, RunSpec
 from gptx_cli.errors import ConfigError
@@ -186,9 +187,7 @@ def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]
 
 
 def _lora_rules(init: dict[str, Any], I: KeyPath) -> list[tuple[KeyPath, str, str]]:  # noqa: E741
-    """ModelZoo's Lora callback (gptx_cli.model.lora_config): its lora_params, at the callback's line."""
-    from gptx_cli.model.lora_config import parse_lora_params
-
+    """ModelZoo's Lora callback (gptx_cli.config.lora): its lora_params, at the callback's line."""
     cbs = init.get("callbacks")
     out: list[tuple[KeyPath, str, str]] = []
     for i, cb in enumerate(cbs if isinstance(cbs, list) else []):
