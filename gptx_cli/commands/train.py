@@ -7,6 +7,7 @@ level; torch is imported by the library when it runs.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Any
@@ -118,25 +119,24 @@ def train_cmd(
     _run(**locals())
 
 
-def continue_pretrain_cmd(
-    config: Config,
-    checkpoint_path: CheckpointPath,  # required here: the weights to start from
-    model_dir: ModelDir = None,
-    max_steps: MaxSteps = None,
-    target_device: TargetDevice = None,
-    overrides: Overrides = None,
-    compile: Compile = False,
-    activation_checkpointing: ActivationCheckpointing = False,
-    nproc: Nproc = None,
-    strategy: Strategy = None,
-    micro_batch_size: MicroBatchSize = None,
-    lora_r: LoraR = None,
-    lora_alpha: LoraAlpha = None,
-    no_verify: NoVerify = False,
-    allow_incomplete: AllowIncomplete = False,
-) -> None:
+def continue_pretrain_cmd(**params: Any) -> None:
     """Continue pretraining from a checkpoint's weights: step 0, fresh optimizer and schedule.
 
     Example: gptx continue-pretrain configs/params_gptj_6B_TRC2.yaml --checkpoint-path ./gpt-j-6b
     """
-    _run(**locals(), continue_pretrain=True)
+    _run(**params, continue_pretrain=True)
+
+
+def _continue_pretrain_signature() -> inspect.Signature:
+    """train's flags, with --checkpoint-path required (the weights to start from) and no
+    --load-checkpoint-states (weights only): the flags are written once, in train_cmd."""
+    train = inspect.signature(train_cmd, eval_str=True)
+    params = [p for p in train.parameters.values() if p.name != "load_checkpoint_states"]
+    params = [
+        p.replace(default=inspect.Parameter.empty) if p.name == "checkpoint_path" else p for p in params
+    ]
+    params.sort(key=lambda p: p.default is not inspect.Parameter.empty)  # required ones first
+    return train.replace(parameters=params)
+
+
+continue_pretrain_cmd.__signature__ = _continue_pretrain_signature()  # type: ignore[attr-defined]
