@@ -29,16 +29,26 @@ from typing import Any
 
 import torch
 
+from gptx_cli.checkpoint import latest_checkpoint, list_checkpoints, locate, resolve, save_checkpoint_dir
 from gptx_cli.config.spec import RunSpec
+from gptx_cli.data.loader import build_dataloader
 from gptx_cli.data.loader import model_inputs as loader_model_inputs
+from gptx_cli.data.tokenizer import recorded_tokenizer
 from gptx_cli.errors import CheckpointError, ConfigError, DataError, GptxError, UsageError
 from gptx_cli.fsutil import temp_path
+from gptx_cli.model.counts import flops_per_token
+from gptx_cli.model.init import init_model, initialize_tensor, optimizer_param_groups, resolved_initializers
 from gptx_cli.model.lora import init_adapters, is_adapter
+from gptx_cli.model.loss import lm_loss
+from gptx_cli.model.transformer import Block
 from gptx_cli.train import parallel, state
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
+from gptx_cli.train.lock import model_dir_lock
 from gptx_cli.train.lora import LoraRun
+from gptx_cli.train.memory_guard import check_memory
 from gptx_cli.train.metrics import MetricsLogger, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import AdamW, build_optimizer, optimizer_learning_rate
+from gptx_cli.train.parallel import apply_activation_checkpointing, compile_model
 from gptx_cli.train.precision import LossScaler, autocast, clip_gradients, precision_notes
 from gptx_cli.train.schedulers import LRSchedule, build_schedule
 
@@ -88,8 +98,6 @@ class LossModule(torch.nn.Module):
         loss_mask: torch.Tensor,
         **model_inputs: Any,
     ) -> tuple[Any, ...]:
-        from gptx_cli.model.loss import lm_loss
-
         out = lm_loss(
             self.model,
             input_ids,
@@ -129,8 +137,6 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = parallel.init_distributed(target)
     try:
-        from gptx_cli.train.lock import model_dir_lock
-
         with model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else nullcontext():
             run = _Run(spec, options, dist)
             if target == "CSX":
@@ -189,8 +195,6 @@ class _Run:
 
     def _resume_source(self) -> tuple[Path | None, set[str]]:
         """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
-        from gptx_cli.checkpoint import latest_checkpoint, locate
-
         explicit = self.options.checkpoint_path or self.spec.ckpt_path
         if explicit:
             explicit = str(locate(explicit)[0])  # a model_dir stands for its latest checkpoint
@@ -215,8 +219,6 @@ class _Run:
         """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
         tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
         process's shard of it is kept), so neither the host nor the device holds a second model."""
-        from gptx_cli.checkpoint import resolve
-
         found = resolve(source)
         params = {
             n: p for n, p in model.named_parameters() if not is_adapter(n)
@@ -251,8 +253,6 @@ class _Run:
     def _initialize_shards(self, model: torch.nn.Module) -> None:
         """FSDP2: each parameter's full initial value is drawn on the device exactly as a single process
         draws it (`initialize_tensor`), and only this process's shard of it is kept."""
-        from gptx_cli.model.init import initialize_tensor, resolved_initializers
-
         inits = resolved_initializers(self.spec.model)
         for name, param in model.named_parameters():
             if is_adapter(name):
@@ -271,9 +271,6 @@ class _Run:
             )
 
     def _build(self) -> None:
-        from gptx_cli.model.init import init_model, optimizer_param_groups
-        from gptx_cli.model.transformer import Block
-
         spec = self.spec
         state.seed_everything(self.seed)
         # FSDP2 builds on the meta device and materialises only each process's shards after wrapping
@@ -293,12 +290,8 @@ class _Run:
             self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if self.options.activation_checkpointing or spec.backend.activation_checkpointing:
-            from gptx_cli.train.parallel import apply_activation_checkpointing
-
             apply_activation_checkpointing(model)
         if self.options.compile or spec.backend.compile:
-            from gptx_cli.train.parallel import compile_model
-
             compile_model(model)  # compiles the blocks in place
         self.model: torch.nn.Module = model
         loss_module = LossModule(model, spec.model.loss_scaling, spec.model.loss_weight)
@@ -352,9 +345,6 @@ class _Run:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _save(self, step: int, samples_seen: int) -> Path:
-        from gptx_cli.checkpoint import list_checkpoints, save_checkpoint_dir
-        from gptx_cli.data.tokenizer import recorded_tokenizer
-
         d = self.dist
         path = self.model_dir / checkpoint_dir_name(self.spec, step)
         rngs = parallel.all_gather_object(state.capture_rng(), d)
@@ -473,8 +463,6 @@ class _Run:
         mean of the step losses (each the global batch's, in the model's loss_scaling), `lm_perplexity`
         exp(token cross-entropy sum / loss tokens), `accuracy` over loss tokens. It runs through the
         wrapped model so that FSDP2 gathers its shards."""
-        from gptx_cli.data.loader import build_dataloader
-
         spec, d = self.spec, self.dist
         if spec.val_data is None:
             return None
@@ -549,9 +537,6 @@ class _Run:
     def check_fits(self) -> tuple[int, int, int]:
         """Before anything is allocated: the batch layout, the memory guard, then the data (a missing
         data_dir names the `gptx preprocess` command). Returns the batch layout."""
-        from gptx_cli.data.loader import build_dataloader
-        from gptx_cli.train.memory_guard import check_memory
-
         spec = self.spec
         assert spec.train_data is not None
         layout = self._batch_layout()
@@ -589,8 +574,6 @@ class _Run:
             signal.signal(sig, handler)
 
     def run(self) -> TrainResult:
-        from gptx_cli.data.loader import build_dataloader
-
         spec, d = self.spec, self.dist
         assert spec.train_data is not None
         global_batch, micro, n_micro = self.check_fits()
@@ -758,8 +741,6 @@ def _check_token_ids(batch: dict[str, torch.Tensor], vocab_size: int, data_dirs:
 
 
 def _flops_per_token(spec: RunSpec, msl: int) -> float:
-    from gptx_cli.model.counts import flops_per_token
-
     return float(flops_per_token(spec.model, msl))
 
 
