@@ -90,6 +90,7 @@ def eval_cmd(
     """
     import sys
 
+    from gptx_cli import distributed
     from gptx_cli.checksum import skip_verification
     from gptx_cli.config.flags import check_at_least, check_config_flag
     from gptx_cli.data.loader import allow_incomplete as allow_incomplete_data
@@ -107,14 +108,14 @@ def eval_cmd(
         raise UsageError(f"--format must be table or json, got {output_format!r}")
     if nproc is not None and nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-    if nproc is not None and nproc > 1 and not parallel.under_torchrun():
+    if nproc is not None and nproc > 1 and not distributed.under_torchrun():
         code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
         raise typer.Exit(code)
     opts = EvalOptions(
         **fields_of(EvalOptions, locals(), tasks=_split_tasks(tasks), overrides=overrides or ())
     )
     reports = run_eval(opts)
-    if parallel.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
+    if distributed.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 prints for all
     if output_format == "json":
         payload = [r.to_dict() for r in reports]

@@ -45,6 +45,7 @@ def _run(
     **params: Any,
 ) -> None:
     """Load the config (errors surface once, before any launch), then train here or on `nproc` processes."""
+    from gptx_cli import distributed
     from gptx_cli.checksum import skip_verification
     from gptx_cli.config import load_run_spec
     from gptx_cli.config.flags import check_train_flags
@@ -65,15 +66,15 @@ def _run(
         }
     )
     spec = load_run_spec(config, overrides=overrides or ())
-    if (lora_r, lora_alpha) != (
-        None,
-        None,
-    ):  # --lora-r / --lora-alpha: ModelZoo's Lora callback, written for you
+    if os.environ.get("RANK", "0") == "0":  # once, not per torchrun process
+        for warning in spec.warnings:  # keys accepted without effect (config/compat.py): never silent
+            typer.echo(warning, err=True)
+    if (lora_r, lora_alpha) != (None, None):  # ModelZoo's Lora callback, written for you
         from gptx_cli.config.lora import add_lora_shortcut, lora_from_raw
 
         add_lora_shortcut(spec.raw, lora_r, lora_alpha)
         lora_from_raw(spec.raw, "--lora-r/--lora-alpha")
-    if nproc is not None and nproc > 1 and not parallel.under_torchrun():
+    if nproc is not None and nproc > 1 and not distributed.under_torchrun():
         from gptx_cli.train.lock import model_dir_lock
         from gptx_cli.train.trainer import preflight
 
@@ -111,6 +112,9 @@ def train_cmd(
     lora_alpha: LoraAlpha = None,
     no_verify: NoVerify = False,
     allow_incomplete: AllowIncomplete = False,
+    fp8: bool = typer.Option(
+        False, "--fp8", help="FP8 matmuls in the blocks (torchao float8, rowwise; H100/H200 only)."
+    ),
 ) -> None:
     """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir).
 
