@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 
 from gptx_cli.config.build import build_run_spec
 from gptx_cli.config.compat import callback_problems, legacy_no_effect_problems, no_effect_problems
+from gptx_cli.config.flags import non_finite_problems
 from gptx_cli.config.load import (
     ConfigSource,
     LocatedConfigError,
@@ -137,8 +138,6 @@ MODELZOO_UNSUPPORTED = {
 
 def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]:
     """(path, message, severity) for the rules beyond shape, on one trainer-layout dict `{trainer: ...}`."""
-    from gptx_cli.config.flags import non_finite_problems
-
     out: list[tuple[KeyPath, str, str]] = list(non_finite_problems(trainer))
     T: KeyPath = ("trainer",)
     I: KeyPath = T + ("init",)  # noqa: E741
