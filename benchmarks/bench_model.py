@@ -62,15 +62,18 @@ def build_pair(family: str, args: argparse.Namespace, device: str, dtype: torch.
     return ours.to(device, dtype), hf.to(device, dtype)
 
 
-def train_step_gptx(model, opt, inputs, labels, mask) -> None:
-    from gptx_cli.model.loss import lm_loss
-    from gptx_cli.train.precision import clip_gradients
+def gptx_stepper(model, opt, device: str):
+    """gptx's own train step (`train.step.Stepper`, what `gptx train` runs): lm_loss, backward,
+    clipping at 1.0 and the optimizer step, on one batch."""
+    from gptx_cli.config.spec import PrecisionSpec
+    from gptx_cli.train.step import LossModule, Stepper
 
-    out = lm_loss(model, inputs, labels, mask)
-    opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    _, multiplier = clip_gradients(list(model.parameters()), 1.0, None, scale_grads=False)
-    opt.step(grad_multiplier=multiplier)
+    module = LossModule(model, "num_tokens", 1.0)
+    return Stepper(module, opt, device=device, precision=PrecisionSpec(max_gradient_norm=1.0))
+
+
+def train_step_gptx(stepper, batch) -> None:
+    stepper(batch)
 
 
 def train_step_hf(model, opt, inputs, labels) -> None:
@@ -142,7 +145,8 @@ def main() -> None:
         opt_ours = gptx_optimizer(ours)
         opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
 
-        step_ours = functools.partial(train_step_gptx, ours, opt_ours, inputs, labels, mask)
+        batch = {"input_ids": inputs, "labels": labels, "attention_mask": mask}
+        step_ours = functools.partial(train_step_gptx, gptx_stepper(ours, opt_ours, args.device), batch)
         step_hf = functools.partial(train_step_hf, hf, opt_hf, inputs, labels)
         fwd_ours = functools.partial(forward, ours, inputs)
         fwd_hf = functools.partial(forward, hf, inputs)

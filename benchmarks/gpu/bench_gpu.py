@@ -403,6 +403,30 @@ def gptx_optimizer(model: torch.nn.Module, cfg: ModelConfig, which: str) -> torc
     return torch_adamw(groups)
 
 
+def gptx_train_step(
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    settings: Settings,
+) -> Callable[[], torch.Tensor]:
+    """gptx's own train step (`train.step.Stepper`, what `gptx train` runs): bf16 autocast, lm_loss,
+    backward, clipping at 1.0, the optimizer step with the clip multiplier folded in, no host sync."""
+    from gptx_cli.config.spec import PrecisionSpec
+    from gptx_cli.train.step import LossModule, Stepper
+
+    module = LossModule(model, cfg.loss_scaling, cfg.loss_weight, chunk_logits=settings.chunk_logits)
+    precision = PrecisionSpec(enabled=True, fp16_type="bfloat16", max_gradient_norm=1.0)
+    stepper = Stepper(module, optimizer, device=device, precision=precision)
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "labels": batch["labels"],
+        "attention_mask": batch["loss_mask"],
+    }
+    return lambda: stepper(inputs).loss
+
+
 def make_batch(cfg_vocab: int, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
     gen = torch.Generator(device="cpu").manual_seed(1234)
     tokens = torch.randint(0, cfg_vocab, (batch, seq + 1), generator=gen)
@@ -477,21 +501,18 @@ def prepare_case(
 
     if case.mode == "train":
         model.train()
+        if case.impl == "gptx" and case.optimizer == "gptx":
+            step = gptx_train_step(model, cfg, optimizer, batch, device, settings)
+        else:  # Hugging Face's loop: torch's clip_grad_norm_ and torch AdamW(fused=True)
 
-        def step() -> torch.Tensor:
-            with autocast():
-                loss = forward_loss()
-            loss.backward()
-            if case.optimizer == "gptx":  # the trainer's own clipping and step
-                from gptx_cli.train.precision import clip_gradients
-
-                _, multiplier = clip_gradients(params, 1.0, None, scale_grads=False)
-                optimizer.step(grad_multiplier=multiplier)
-            else:
+            def step() -> torch.Tensor:
+                with autocast():
+                    loss = forward_loss()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
                 optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.detach()
+                optimizer.zero_grad(set_to_none=True)
+                return loss.detach()
 
     else:
 

@@ -1,4 +1,4 @@
-"""Why is a `gptx train` step slower than bench_gpu.py's step for the same model? Profile both.
+"""Where does a `gptx train` loop iteration spend time beyond its step? Profile both.
 
     PYTHONPATH=. python3 benchmarks/gpu/profile_trainer.py --data DIR          # GPU, GPT-J-6B at 4 layers
     PYTHONPATH=. python3 benchmarks/gpu/profile_trainer.py --data DIR --tiny   # toy width on the CPU
@@ -7,15 +7,16 @@ DIR holds `train/` HDF5 at 2048 tokens per sample, e.g. from
 `gptx preprocess --dataset python-docs --train-tokenizer 4096 --max-seq-length 2048`.
 
 Runs the real trainer (`gptx_cli.train.trainer.train`) on configs/params_gptj_6B.yaml cut to
-`--layers` layers (batch 4 x 2048, bf16), and at step `--at` profiles (1) the trainer's own step and
-(2) right after it, on the same model, optimizer and batch, the step bench_gpu.py times (lm_loss,
-backward, clip_gradients, the optimizer step). For each it prints the wall time, the device's kernel
-time (its busy share of the wall time), the host-device synchronisations and copies, and the top
-operators by host time, so that what the trainer adds shows as a difference. Also writes the two
-profiler tables to $OUT/trainer_profile.txt when OUT is set.
+`--layers` layers (batch 4 x 2048, bf16), and profiles (1) one whole loop iteration at step `--at`
+(from the end of the previous step to the end of this one: the data loader, the loop's bookkeeping and
+the step) and (2) right after it, on the same model, optimizer and batch, the bare step alone: the
+same `train.step.Stepper` call that bench_gpu.py and bench_train.py time. For each it prints the wall
+time, the device's kernel time (its busy share of the wall time), the host-device synchronisations
+and copies, and the top operators by host time, so that what the loop adds shows as a difference.
+Also writes the two profiler tables to $OUT/trainer_profile.txt when OUT is set.
 
-The trainer's step is wrapped from outside (the script swaps `_Run._train_step` for a profiling
-wrapper): nothing in gptx changes for this measurement.
+The profiler is attached from outside (the script wraps `Stepper.__call__`): nothing in gptx changes
+for this measurement.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from gptx_cli.config import load_run_spec  # noqa: E402
+from gptx_cli.train import step as step_mod  # noqa: E402
 from gptx_cli.train import trainer as trainer_mod  # noqa: E402
 
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
@@ -92,44 +94,42 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     reports: list[str] = []
-    original = trainer_mod._Run._train_step
+    original = step_mod.Stepper.__call__
     calls = [0]
+    state: dict[str, Any] = {}
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    def profiled_step(self: Any, batch: dict[str, torch.Tensor], micro: int, n_micro: int) -> Any:
+    def profiled_step(self: Any, batch: dict[str, torch.Tensor]) -> Any:
         calls[0] += 1
-        if calls[0] != args.at:
-            return original(self, batch, micro, n_micro)
-        from gptx_cli.model.loss import lm_loss
-        from gptx_cli.train.precision import autocast, clip_gradients
-
+        if calls[0] < args.at - 1 or calls[0] > args.at:
+            return original(self, batch)
+        if calls[0] == args.at - 1:  # the iteration at `at` starts when this step ends
+            out = original(self, batch)
+            sync()
+            state["prof"] = torch.profiler.profile(activities=activities)
+            state["prof"].start()
+            state["t0"] = time.perf_counter()
+            return out
+        out = original(self, batch)
+        sync()
+        wall = time.perf_counter() - state["t0"]
+        state["prof"].stop()
+        reports.append(
+            summarize("gptx train loop iteration (loader + loop + step)", state["prof"], wall, cuda, args.top)
+        )
         sync()
         with torch.profiler.profile(activities=activities) as prof:
             t0 = time.perf_counter()
-            out = original(self, batch, micro, n_micro)
+            original(self, batch)
             sync()
             wall = time.perf_counter() - t0
-        reports.append(summarize("gptx train step (_Run._train_step)", prof, wall, cuda, args.top))
-        ids, labels, mask = (batch[k].to(self.device) for k in ("input_ids", "labels", "attention_mask"))
-        params = [q for g in self.optimizer.param_groups for q in g["params"]]
-        sync()
-        with torch.profiler.profile(activities=activities) as prof:
-            t0 = time.perf_counter()
-            with autocast(self.spec.precision, self.device.type):
-                loss = lm_loss(self.model, ids, labels, mask).loss
-            loss.backward()
-            _, multiplier = clip_gradients(params, 1.0, None, scale_grads=False)
-            self.optimizer.step(grad_multiplier=multiplier)
-            self.optimizer.zero_grad(set_to_none=True)
-            sync()
-            wall = time.perf_counter() - t0
-        reports.append(summarize("bench_gpu.py-style step, same model and batch", prof, wall, cuda, args.top))
+        reports.append(summarize("bare Stepper call, same model and batch", prof, wall, cuda, args.top))
         return out
 
-    trainer_mod._Run._train_step = profiled_step  # type: ignore[method-assign]
+    step_mod.Stepper.__call__ = profiled_step  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as model_dir:
         trainer_mod.train(
             spec,

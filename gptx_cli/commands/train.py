@@ -37,6 +37,9 @@ def _run(
         }
     )
     spec = load_run_spec(config, overrides=overrides)
+    if os.environ.get("RANK", "0") == "0":  # once, not per torchrun process
+        for warning in spec.warnings:  # keys accepted without effect (config/compat.py): never silent
+            typer.echo(warning, err=True)
     if lora != (None, None):  # --lora-r / --lora-alpha: ModelZoo's Lora callback, written for you
         from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw
 
@@ -114,6 +117,9 @@ def train_cmd(
         "--allow-incomplete",
         help="Read data dirs without data_params.json (an unfinished preprocess).",
     ),
+    fp8: bool = typer.Option(
+        False, "--fp8", help="FP8 matmuls in the blocks (torchao float8, rowwise; H100/H200 only)."
+    ),
 ) -> None:
     """Train a model from a ModelZoo config (resumes from the latest checkpoint in model_dir).
 
@@ -139,6 +145,7 @@ def train_cmd(
         strategy=strategy,
         micro_batch_size=micro_batch_size,
         lora=(lora_r, lora_alpha),
+        fp8=fp8,
     )
 
 

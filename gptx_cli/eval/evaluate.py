@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,21 +153,33 @@ def loss_metrics(
     loss_weight: float = 1.0,
     source: str = "the eval data",
     dist: Any = None,
+    forward: Callable[..., tuple[Any, ...]] | None = None,
+    all_reduce: Callable[[Any], None] | None = None,
 ) -> LossMetrics:
-    """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels).
+    """ModelZoo eval metrics over `batches` (dicts with input_ids, attention_mask = loss mask, labels;
+    further keys, e.g. VSL's position_ids, go to the model as keyword arguments).
+
+    `loss` is the mean of the step losses (each batch's, in the model's loss_scaling), `lm_perplexity`
+    exp(token cross-entropy sum / loss tokens), `accuracy` over loss tokens.
 
     With `dist` (several processes) every process reads the same batches and runs batch i when
     i % world_size == rank; the sums (float64) are added over processes once at the end, so the
-    metrics are those of one process up to the order of float64 additions."""
+    metrics are those of one process up to the order of float64 additions.
+
+    Hooks for the trainer, whose processes each hold a share of every batch: `forward(input_ids,
+    labels, mask, **extra) -> (loss, loss_sum, num_tokens, num_correct)` replaces `lm_loss(model, ...)`
+    (the wrapped loss module, so FSDP2 gathers its shards), and `all_reduce(t)` sums a device tensor
+    over the processes in place, so each step's loss is the global batch's."""
     import torch
 
     vocab = model.cfg.vocab_size
     rank, world = (dist.rank, dist.world_size) if dist is not None and dist.enabled else (0, 1)
-    # Sums stay on the device and are read once at the end: no host sync per batch.
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, CE sum, loss tokens, correct
+    # Per-batch sums stay on the device and are read once at the end: no host sync per batch.
+    per_step: list[Any] = []  # [CE sum, loss tokens, rows, correct] per batch
     samples = steps = seen_tokens = 0
     start = time.perf_counter()
-    with torch.inference_mode():
+    # FSDP2 re-gathers parameters into buffers that training reuses: no inference tensors there.
+    with torch.no_grad() if forward is not None else torch.inference_mode():
         for index, batch in enumerate(batches):
             if eval_steps is not None and index >= eval_steps:
                 break
@@ -181,14 +193,34 @@ def loss_metrics(
             labels = batch["labels"].to(device, non_blocking=True)
             mask = batch["attention_mask"].to(device, non_blocking=True)
             extra = model_inputs(batch, device)  # e.g. VSL's position_ids and attention_span
-            out = lm_loss(
-                model, input_ids, labels, mask, loss_scaling=loss_scaling, loss_weight=loss_weight, **extra
-            )
-            sums += torch.stack([out.loss, out.loss_sum, out.num_tokens, out.num_correct]).to(sums.dtype)
+            if forward is not None:
+                _, loss_sum, ntok, ncorrect = forward(input_ids, labels, mask, **extra)
+            else:
+                out = lm_loss(
+                    model,
+                    input_ids,
+                    labels,
+                    mask,
+                    loss_scaling=loss_scaling,
+                    loss_weight=loss_weight,
+                    **extra,
+                )
+                loss_sum, ntok, ncorrect = out.loss_sum, out.num_tokens, out.num_correct
+            rows = torch.full((), float(input_ids.shape[0]), dtype=torch.float64, device=loss_sum.device)
+            per_step.append(torch.stack([loss_sum.double(), ntok.double(), rows, ncorrect.double()]))
             samples += int(input_ids.shape[0])
             seen_tokens += int(input_ids.numel())
             steps += 1
-    loss_total, ce_sum, tokens_f, correct_f = sums.tolist()
+    table = torch.stack(per_step) if per_step else torch.zeros(0, 4, dtype=torch.float64, device=device)
+    if all_reduce is not None:
+        all_reduce(table)
+    rows_ = table.tolist()
+    if loss_scaling == "num_tokens":
+        step_losses = [ce / max(t, 1.0) for ce, t, _, _ in rows_]
+    else:
+        step_losses = [ce / n * loss_weight for ce, _, n, _ in rows_]
+    loss_total = sum(step_losses)
+    ce_sum, tokens_f, correct_f = (sum(r[i] for r in rows_) for i in (0, 1, 3))
     if world > 1:
         loss_total, ce_sum, tokens_f, correct_f, samples_f, steps_f, seen_f = all_reduce_sum(
             [loss_total, ce_sum, tokens_f, correct_f, float(samples), float(steps), float(seen_tokens)], dist

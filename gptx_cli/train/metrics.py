@@ -9,10 +9,12 @@ Only rank 0 creates a MetricsLogger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,46 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class ThroughputWindow:
+    """tokens/s, TFLOP/s and MFU over the steps between two train logs. Time spent in eval and in
+    checkpoints (inside `paused()`) is left out. The caller reads its device results before asking
+    for the rates, so the window's end is when the device finished the work."""
+
+    def __init__(
+        self,
+        *,
+        tokens_per_step: int,
+        flops_per_token: float | None,
+        peak_tflops: float | None,
+        world_size: int,
+        start_step: int,
+    ) -> None:
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.peak_tflops, self.world_size = peak_tflops, world_size
+        self.last_step, self.started = start_step, time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - t0
+
+    def rates(self, step: int) -> dict[str, float | None]:
+        """The window since the last call (or the start), ending now at `step`; starts the next one."""
+        now = time.perf_counter()
+        tokens_per_s = self.tokens_per_step * (step - self.last_step) / max(now - self.started, 1e-9)
+        tflops = tokens_per_s * self.flops_per_token / 1e12 if self.flops_per_token else None
+        peak = self.peak_tflops * self.world_size if self.peak_tflops else None
+        self.last_step, self.started = step, now
+        return {
+            "tokens_per_s": tokens_per_s,
+            "tflops": tflops,
+            "mfu": tflops / peak if tflops and peak else None,
+        }
+
+
 class MetricsLogger:
     def __init__(
         self,
@@ -86,10 +128,12 @@ class MetricsLogger:
         tensorboard: bool = True,
         tensorboard_dir: Path | None = None,
         sinks: list[Any] | None = None,
+        window: ThroughputWindow | None = None,
     ) -> None:
         self.model_dir = model_dir
         self._tb_dir = tensorboard_dir or model_dir  # TensorBoardLogger's summary_dir (train/callbacks.py)
         self._sinks = list(sinks or [])  # loggers that get every record (WandbLogger)
+        self.window = window
         model_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(model_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115 - closed in close()
         self._writers: dict[str, Any] = {}
@@ -160,6 +204,15 @@ class MetricsLogger:
                 self._progress.console.print(f"eval step {step}: {text}")
         else:
             print(f"{split} step {step}/{self.total_steps}  {text}", flush=True)
+
+    def log_train(self, step: int, record: dict[str, Any]) -> None:
+        """A train record with the throughput window's tokens/s, TFLOP/s and MFU added."""
+        rates = self.window.rates(step) if self.window is not None else {}
+        self.log({"step": step, "split": "train", **record, **rates})
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """Time inside is left out of the throughput window (eval, checkpoints)."""
+        return self.window.paused() if self.window is not None else contextlib.nullcontext()
 
     def advance(self, step: int) -> None:
         if self._progress is not None:

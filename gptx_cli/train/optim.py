@@ -13,6 +13,17 @@ eps_t = eps / sqrt(1 - b2^t) (divide numerator and denominator by sqrt(1 - b2^t)
 tensors the step runs as torch's fused AdamW kernel (Adam's L2 variant as its fused Adam): one pass
 over the parameters instead of a dozen foreach passes, equal to the formula above to float rounding.
 A gradient-clipping multiplier can be folded into that pass (`step(grad_multiplier=...)`).
+
+One step call for every optimizer. Every optimizer `build_optimizer` returns takes
+`step(grad_multiplier=1.0, found_inf=None)`: `grad_multiplier` (a float or a device scalar) scales the
+gradients first (the clipping multiplier) and `found_inf` (a device scalar, 1.0 = skip) skips the
+whole update on the device, as torch's GradScaler does with fused optimizers, so the train step never
+reads a device value on the host. Fused kernels (AdamW/Adam, SGD) take both inside the kernel; Lion
+skips with a device-side select; only AdamW's term-by-term fallback (no bias correction, both decay
+kinds, other devices) reads `found_inf` on the host, as GradScaler does for non-fused optimizers.
+A skipped AdamW step still counts in its step count t: the train step only skips on the device where
+the run then stops (a non-finite loss or gradient without dynamic loss scaling); the steps dynamic
+loss scaling skips never reach the optimizer.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from gptx_cli.config.spec import OptimizerSpec
 from gptx_cli.errors import ConfigError
@@ -52,17 +64,38 @@ class AdamW(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.fused = fused  # False: always the term-by-term foreach path
+        # The step count t per group, kept on the host: eps_t is a Python float of t, and reading the
+        # per-parameter step tensor would be a host read every step. Filled from the state once
+        # (after construction or a load), then counted here alongside the state's tensors.
+        self._host_steps: dict[int, int] = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._host_steps.clear()
 
     @torch.no_grad()
-    def step(self, closure: Any = None, *, grad_multiplier: float = 1.0) -> Any:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Any = None, *, grad_multiplier: float | Tensor = 1.0, found_inf: Tensor | None = None
+    ) -> Any:
         """One update; `grad_multiplier` scales the gradients first (gradient clipping): inside the
-        fused kernel's one pass, or, on the foreach path, in place."""
+        fused kernel's one pass, or, on the foreach path, in place. `found_inf` (1.0) skips it."""
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        groups = [
+            (i, g, [p for p in g["params"] if p.grad is not None]) for i, g in enumerate(self.param_groups)
+        ]
+        fused = self.fused and all(_fusable(g, ps) for _, g, ps in groups if ps)
+        if found_inf is not None and not fused and bool(found_inf):  # host read: foreach fallback only
+            return loss
+        for gi, group, params in groups:
             if not params:
                 continue
             grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
+            t = self._host_steps.get(gi)
+            if t is None:
+                first = self.state[params[0]]
+                t = int(first["step"]) if "step" in first else 0
+            t += 1
+            self._host_steps[gi] = t
             exp_avgs, exp_avg_sqs = [], []
             for p in params:
                 state = self.state[p]
@@ -73,13 +106,12 @@ class AdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
-            step = float(self.state[params[0]]["step"])
-            if self.fused and _fusable(group, params):
-                _fused_step(group, params, grads, exp_avgs, exp_avg_sqs, step, grad_multiplier)
+            if fused:
+                _fused_step(group, params, grads, exp_avgs, exp_avg_sqs, float(t), grad_multiplier, found_inf)
             else:
-                if grad_multiplier != 1.0:
+                if isinstance(grad_multiplier, Tensor) or grad_multiplier != 1.0:
                     torch._foreach_mul_(grads, grad_multiplier)
-                _foreach_step(group, params, grads, exp_avgs, exp_avg_sqs, step)
+                _foreach_step(group, params, grads, exp_avgs, exp_avg_sqs, float(t))
         return loss
 
 
@@ -104,7 +136,8 @@ def _fused_step(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     step: float,
-    grad_multiplier: float,
+    grad_multiplier: float | Tensor,
+    found_inf: Tensor | None = None,
 ) -> None:
     beta1, beta2 = group["betas"]
     eps_t = group["eps"] / math.sqrt(1.0 - beta2**step)  # ModelZoo's eps on the uncorrected sqrt(v)
@@ -118,9 +151,8 @@ def _fused_step(
         # The kernel reads the step count per tensor; one device scalar serves them all (made with a
         # fill kernel: a host-to-device copy would wait for the queued work).
         step_t = torch.full((), step, dtype=torch.float32, device=device)
-        scale = None
-        if grad_multiplier != 1.0:  # the kernel divides gradients by grad_scale
-            scale = torch.full((), 1.0 / grad_multiplier, dtype=torch.float32, device=device)
+        scale = _grad_scale(grad_multiplier, device)
+        inf = None if found_inf is None else found_inf.to(device=device, dtype=torch.float32)
         kernel(
             [params[i] for i in idx],
             [grads[i] for i in idx],
@@ -136,8 +168,17 @@ def _fused_step(
             amsgrad=False,
             maximize=False,
             grad_scale=scale,
-            found_inf=None,
+            found_inf=inf,
         )
+
+
+def _grad_scale(grad_multiplier: float | Tensor, device: torch.device) -> Tensor | None:
+    """A fused kernel's `grad_scale` (it divides the gradients by it) for a clipping multiplier."""
+    if isinstance(grad_multiplier, Tensor):  # computed on the device: no host read
+        return torch.reciprocal(grad_multiplier.to(device=device, dtype=torch.float32))
+    if grad_multiplier == 1.0:
+        return None
+    return torch.full((), 1.0 / grad_multiplier, dtype=torch.float32, device=device)
 
 
 def _foreach_step(
@@ -202,22 +243,66 @@ class Lion(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Any = None, *, grad_multiplier: float | Tensor = 1.0, found_inf: Tensor | None = None
+    ) -> Any:
         loss = closure() if closure is not None else None
+        scaled = isinstance(grad_multiplier, Tensor) or grad_multiplier != 1.0
+        skip = None if found_inf is None else found_inf > 0
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                grad = p.grad * grad_multiplier if scaled else p.grad
                 state = self.state[p]
                 if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(p)
                 exp_avg = state["exp_avg"]
-                update = (exp_avg * beta1 + p.grad * (1.0 - beta1)).sign_()
-                p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
-                exp_avg.mul_(beta2).add_(p.grad, alpha=1.0 - beta2)
+                update = (exp_avg * beta1 + grad * (1.0 - beta1)).sign_()
+                new_p = p.mul(1.0 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"])
+                new_avg = exp_avg.mul(beta2).add_(grad, alpha=1.0 - beta2)
+                if skip is not None:  # skipped on the device: keep the old values
+                    new_p, new_avg = torch.where(skip, p, new_p), torch.where(skip, exp_avg, new_avg)
+                p.copy_(new_p)
+                exp_avg.copy_(new_avg)
         return loss
+
+
+class SGD(torch.optim.SGD):
+    """torch's SGD with the common step call: fused (where torch has the kernel) so the clipping
+    multiplier and `found_inf` act on the device."""
+
+    def __init__(self, params: Any, lr: float = 0.0, **kwargs: Any) -> None:
+        if "fused" not in kwargs and "foreach" not in kwargs:
+            try:
+                super().__init__(params, lr=lr, fused=True, **kwargs)
+                return
+            except RuntimeError:  # a device or dtype without the fused kernel: torch's default
+                pass
+        super().__init__(params, lr=lr, **kwargs)
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self, closure: Any = None, *, grad_multiplier: float | Tensor = 1.0, found_inf: Tensor | None = None
+    ) -> Any:
+        scaled = isinstance(grad_multiplier, Tensor) or grad_multiplier != 1.0
+        if all(g.get("fused") for g in self.param_groups):
+            devices = {p.device for g in self.param_groups for p in g["params"]}
+            device = next(iter(devices)) if len(devices) == 1 else None
+            if device is not None:  # torch's fused SGD reads these attributes (as GradScaler sets them)
+                self.grad_scale = _grad_scale(grad_multiplier, device) if scaled else None
+                self.found_inf = None if found_inf is None else found_inf.to(device, torch.float32)
+                try:
+                    return super().step(closure)
+                finally:
+                    del self.grad_scale, self.found_inf
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if scaled and grads:
+            torch._foreach_mul_(grads, grad_multiplier)
+        if found_inf is not None and bool(found_inf):  # host read: no fused kernel here
+            return None
+        return super().step(closure)
 
 
 def _adam(params: Any, weight_decay: float = 0.0, **kw: Any) -> AdamW:
@@ -228,7 +313,7 @@ def _adam(params: Any, weight_decay: float = 0.0, **kw: Any) -> AdamW:
 _OPTIMIZERS: dict[str, Any] = {
     "AdamW": AdamW,
     "Adam": _adam,
-    "SGD": torch.optim.SGD,
+    "SGD": SGD,
     "Lion": Lion,
 }
 
@@ -261,8 +346,6 @@ def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> 
         kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
     if spec.name in ("AdamW", "Adam"):
         kwargs.setdefault("eps", 1e-6)
-    if spec.name == "SGD":
-        kwargs.setdefault("lr", 0.0)  # the schedule sets it before the first step
     default_wd = float(kwargs.get("weight_decay", 0.0))
     groups = []
     for group in param_groups:

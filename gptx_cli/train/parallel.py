@@ -96,6 +96,8 @@ def init_distributed(target_device: str) -> Dist:
 
 
 def shutdown(d: Dist) -> None:
+    global _HOST_GROUP
+    _HOST_GROUP = None
     if d.enabled:
         import torch.distributed as dist
 
@@ -196,6 +198,35 @@ def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=d.device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_tensor(t: torch.Tensor) -> None:
+    """Sum a device tensor over ranks in place, on the device (no host read)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(t)
+
+
+_HOST_GROUP: Any = None
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """Whether `flag` is set on any rank, agreed over a CPU (gloo) collective: no device sync, also
+    beside NCCL (a gloo group is made on first use; every rank reaches it at the same step)."""
+    if not d.enabled:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    global _HOST_GROUP
+    group = None
+    if d.device != "cpu":
+        if _HOST_GROUP is None:
+            _HOST_GROUP = dist.new_group(backend="gloo")
+        group = _HOST_GROUP
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, group=group)
+    return bool(t.tolist()[0])
 
 
 def all_gather_object(obj: Any, d: Dist) -> list[Any]:

@@ -98,24 +98,41 @@ def clip_gradients(
 ) -> tuple[float, float]:
     """Clip by value, then by global norm (ModelZoo order, torch's `clip_grad_norm_` coefficient).
 
-    Returns (global grad norm before norm clipping, the norm-clipping multiplier). With
-    `scale_grads=False` the gradients are left unscaled and the caller folds the multiplier into its
-    optimizer step (gptx's AdamW applies it inside its fused kernel instead of a separate pass).
+    Returns (global grad norm before norm clipping, the norm-clipping multiplier) as floats (a host
+    read; the train step uses `clip_gradients_on_device`). With `scale_grads=False` the gradients are
+    left unscaled and the caller folds the multiplier into its optimizer step.
     """
+    params = [p for p in params if p.grad is not None]
+    norm, multiplier = clip_gradients_on_device(params, max_norm, max_value, scale_grads=scale_grads)
+    return float(norm), float(multiplier)
+
+
+def clip_gradients_on_device(
+    params: Iterable[torch.nn.Parameter],
+    max_norm: float | None,
+    max_value: float | None,
+    *,
+    scale_grads: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`clip_gradients` without a host read: (norm, multiplier) as fp32 device scalars. The multiplier
+    is min(1, max_norm / (norm + 1e-6)), and 1 where the norm is not finite (that step is skipped)."""
     params = [p for p in params if p.grad is not None]
     if max_value is not None:
         torch.nn.utils.clip_grad_value_(params, max_value)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return 0.0, 1.0
+        zero = torch.zeros((), dtype=torch.float32)
+        return zero, zero + 1.0
     get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
     if get_total_norm is None:  # older torch: clip_grad_norm_ with no limit only measures
-        norm = float(_local(torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)))
+        norm = _local(torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True))
     else:
-        norm = float(_local(get_total_norm(grads, 2.0, foreach=True)))
-    multiplier = 1.0
-    if max_norm is not None and math.isfinite(norm):
-        multiplier = min(1.0, max_norm / (norm + 1e-6))
-    if scale_grads and multiplier < 1.0:
+        norm = _local(get_total_norm(grads, 2.0, foreach=True))
+    norm = norm.float()
+    one = torch.ones((), dtype=torch.float32, device=norm.device)
+    if max_norm is None:
+        return norm, one
+    multiplier = torch.where(torch.isfinite(norm), (max_norm / (norm + 1e-6)).clamp(max=1.0), one)
+    if scale_grads:
         torch._foreach_mul_(grads, multiplier)
     return norm, multiplier

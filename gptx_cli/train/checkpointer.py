@@ -1,0 +1,258 @@
+"""Checkpointing for the trainer as one component: which checkpoint a run starts from, loading its
+weights and training state, and writing checkpoints (one process, DDP, FSDP2) with keep-last-N.
+
+    ckpt = Checkpointer(spec, dist=..., model_dir=..., strategy=..., seed=..., ...)
+    ckpt.load_weights(model)            # when ckpt.loads_weights (before or after FSDP2 wrapping)
+    ckpt.attach(model, wrapped, optimizer, schedule, scaler)
+    step, samples_seen = ckpt.load()    # optimizer, schedule, loss scaler, RNG, data position
+    ckpt.save(step, samples_seen)       # -> the checkpoint directory; ckpt.last is the latest one
+
+The resume source, in ModelZoo's order: an explicit checkpoint path (a model_dir stands for its latest
+checkpoint), else the latest checkpoint in model_dir when `autoload_last_checkpoint`; continue-pretrain
+takes only the weights of its path, unless its own model_dir already holds a checkpoint (an
+interrupted continue-pretrain run resumes from it). The checkpoint directory layout is described in
+`gptx_cli.checkpoint`; the train state in `train.state`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptx_cli.config.spec import RunSpec
+from gptx_cli.errors import CheckpointError, UsageError
+from gptx_cli.fsutil import temp_path
+from gptx_cli.model.lora import is_adapter
+from gptx_cli.train import parallel, state
+from gptx_cli.train.lora import LoraRun
+
+
+def checkpoint_dir_name(spec: RunSpec, step: int) -> str:
+    name = spec.checkpoint.checkpoint_name or "checkpoint_{step}"
+    name = name.format(step=step) if "{step}" in name else f"{name}_{step}"
+    return name[: -len(".mdl")] if name.endswith(".mdl") else name
+
+
+# Settings that change what the same weights compute; shapes are checked tensor by tensor.
+_FUNCTIONAL_FIELDS = (
+    "position_embedding_type", "resolved_rotary_dim", "rotary_interleaved", "rope_theta",
+    "use_untied_layer_norm", "use_parallel_residual", "nonlinearity", "layer_norm_epsilon",
+    "attention_type", "embeddings_scale", "output_logits_alpha", "scale_qk_dot_by_d",
+)  # fmt: skip
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        spec: RunSpec,
+        *,
+        dist: parallel.Dist,
+        model_dir: Path,
+        strategy: str,
+        seed: int,
+        checkpoint_path: str | None = None,
+        load_checkpoint_states: str | None = None,
+        continue_pretrain: bool = False,
+        notes: list[str] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.spec, self.dist, self.model_dir = spec, dist, model_dir
+        self.strategy, self.seed = strategy, seed
+        self.notes = notes if notes is not None else []
+        self.say = say
+        self.progress: dict[str, Any] = {"best_eval_loss": None}  # saved with the train state
+        self.last: Path | None = None  # the latest checkpoint written or resumed from
+        self._objects: tuple[Any, ...] | None = None
+        self.lora: Any = None  # model.lora.LoraRun: weights from its base, adapter-only checkpoints
+        self.source, self.load_states = self._resume_source(
+            checkpoint_path, load_checkpoint_states, continue_pretrain
+        )
+
+    # ------------------------------------------------------------------------------------ source
+    def _resume_source(
+        self, checkpoint_path: str | None, load_states: str | None, continue_pretrain: bool
+    ) -> tuple[Path | None, set[str]]:
+        """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
+        from gptx_cli.checkpoint import latest_checkpoint, locate
+
+        explicit = checkpoint_path or self.spec.ckpt_path
+        if explicit:
+            explicit = str(locate(explicit)[0])  # a model_dir stands for its latest checkpoint
+        latest = latest_checkpoint(self.model_dir) if self.spec.checkpoint.autoload_last_checkpoint else None
+        if continue_pretrain:
+            if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
+                self.notes.append(f"resuming the continued pretraining from {latest}")
+                return latest, state.parse_load_states("all")
+            if not explicit:
+                raise UsageError(
+                    "continue-pretrain needs --checkpoint-path (a gptx checkpoint or a Hugging Face dir)"
+                )
+            return Path(explicit), {"model"}
+        if explicit:
+            return Path(explicit), state.parse_load_states(load_states)
+        if latest is not None:
+            self.notes.append(f"autoload_last_checkpoint: resuming from {latest}")
+            return latest, state.parse_load_states(load_states)
+        return None, set()
+
+    @property
+    def loads_weights(self) -> bool:
+        source = self.lora.base_source() if self.lora else self.source
+        return source is not None and "model" in self.load_states
+
+    # ------------------------------------------------------------------------------------ loading
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
+        tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
+        process's shard of it is kept), so neither the host nor the device holds a second model."""
+        from gptx_cli.checkpoint import resolve
+
+        source = self.lora.base_source() if self.lora else self.source
+        assert source is not None
+        found = resolve(source)
+        device = torch.device(self.dist.device)
+        params = {n: p for n, p in model.named_parameters() if not is_adapter(n)}  # no buffers; LoRA adapters
+        loaded: set[str] = set()
+        extra: list[str] = []
+        with found.open_weights() as tensors:
+            self._note_config_differences(found.config, source)
+            for name, tensor in tensors:
+                param = params.get(name)
+                if param is None:
+                    extra.append(name)
+                    continue
+                if tuple(tensor.shape) != tuple(param.shape):
+                    hint = ""
+                    if name in ("embed.weight", "lm_head.weight", "lm_head.bias"):
+                        hint = f" (vocab_size: checkpoint {tensor.shape[0]}, config {param.shape[0]})"
+                    raise CheckpointError(
+                        f"{source}: {name} has shape {tuple(tensor.shape)}, the config's model "
+                        f"{tuple(param.shape)}{hint}"
+                    )
+                parallel.copy_full_into(param, tensor.to(device, param.dtype))
+                loaded.add(name)
+        missing = [name for name in params if name not in loaded]
+        if missing:
+            raise CheckpointError(f"{source}: weight {missing[0]} missing (the config's model has it)")
+        if extra:
+            raise CheckpointError(
+                f"{source}: weights the config's model does not have: {', '.join(sorted(extra)[:5])}"
+            )
+
+    def _note_config_differences(self, ckpt_cfg: Any, source: Path) -> None:
+        for name in _FUNCTIONAL_FIELDS:
+            theirs, ours = getattr(ckpt_cfg, name, None), getattr(self.spec.model, name, None)
+            if theirs != ours and self.dist.is_main:
+                self.say(
+                    f"note: {source} was made with model.{name}={theirs!r}; training uses the config's {ours!r}"
+                )
+
+    def attach(
+        self,
+        model: torch.nn.Module,
+        wrapped: Any,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any,
+        scaler: Any,
+    ) -> None:
+        """The objects whose state a checkpoint holds (the bare model, its DDP/FSDP2 wrapper, ...)."""
+        self._objects = (model, wrapped, optimizer, schedule, scaler)
+
+    def load(self) -> tuple[int, int]:
+        """Load optimizer/schedule/scaler/RNG/data position; returns (start step, samples seen)."""
+        assert self._objects is not None, "attach() first"
+        _, wrapped, optimizer, schedule, scaler = self._objects
+        state.seed_everything(self.seed + self.dist.rank)
+        if self.source is None or self.load_states <= {"model"}:
+            return 0, 0
+        train_state = state.read_train_state(self.source)
+        step = int(train_state["step"]) if "global_step" in self.load_states else 0
+        if "optimizer" in self.load_states:
+            state.load_optimizer_state(wrapped, optimizer, self.source, train_state)
+        if "lr_scheduler" in self.load_states:
+            schedule.load_state_dict(train_state["scheduler"])
+        else:
+            schedule.load_state_dict({"step": step})
+        if "grad_scaler" in self.load_states and train_state.get("loss_scaler"):
+            scaler.load_state_dict(train_state["loss_scaler"])
+        if "rng" in self.load_states:
+            rngs = train_state.get("rng") or []
+            if self.dist.rank < len(rngs) and train_state.get("world_size") == self.dist.world_size:
+                state.restore_rng(rngs[self.dist.rank])
+            else:
+                self.notes.append(
+                    f"checkpoint written by {train_state.get('world_size')} processes; RNG reseeded for "
+                    f"{self.dist.world_size}"
+                )
+        samples = int(train_state.get("samples_seen", 0)) if "dataloader" in self.load_states else 0
+        self.progress.update(train_state.get("progress") or {})
+        return step, samples
+
+    # ------------------------------------------------------------------------------------ saving
+    def save(self, step: int, samples_seen: int) -> Path:
+        """Write `checkpoint_<step>` (collective: every rank calls it) and prune to keep_last_n."""
+        from gptx_cli.checkpoint import save_checkpoint_dir
+        from gptx_cli.data.tokenizer import recorded_tokenizer
+
+        assert self._objects is not None, "attach() first"
+        model, wrapped, optimizer, schedule, scaler = self._objects
+        d, spec = self.dist, self.spec
+        path = self.model_dir / checkpoint_dir_name(spec, step)
+        rngs = parallel.all_gather_object(state.capture_rng(), d)
+        staged: Path | None = None
+        optim_state: dict[str, Any] | None = None
+        weights: Any
+        if parallel.is_sharded(d, self.strategy):
+            staged = temp_path(self.model_dir / f"optim-{step}", "dcp")  # one name on every rank
+            state.save_sharded_optimizer(wrapped, optimizer, staged)
+            # Gathered one tensor at a time on every rank (the same order everywhere) and streamed to
+            # rank 0's shard writer: rank 0 never holds more than a shard of the full model.
+            weights = state.gathered_weights(parallel.unwrap(model), d.is_main)
+        else:
+            optim_state = state.optimizer_state(wrapped, optimizer)
+            weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(model).state_dict().items()}
+        saved = LoraRun.select(weights) if self.lora else weights  # LoRA: the adapters only
+        if d.is_main:
+            train_state = {
+                "step": step,
+                "world_size": d.world_size,
+                "global_batch_size": int(spec.train_data.batch_size),  # type: ignore[union-attr]
+                "samples_seen": samples_seen,
+                "optimizer": optim_state,
+                "scheduler": schedule.state_dict(),
+                "loss_scaler": scaler.state_dict(),
+                "rng": rngs,
+                "progress": dict(self.progress),
+            }
+            try:
+                save_checkpoint_dir(
+                    path,
+                    saved,
+                    spec.model,
+                    step=step,
+                    config_yaml_dict=spec.raw or None,
+                    tokenizer=recorded_tokenizer(spec.train_data.data_dir) if spec.train_data else None,
+                    extra={"trained_by": "gptx train", "world_size": d.world_size}
+                    | ({"lora": self.lora.meta()} if self.lora else {}),
+                    write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
+                )
+            finally:  # a failed write still takes part in the other ranks' gathers, then raises
+                state.drain(weights)
+            self._prune()
+        else:
+            state.drain(weights)  # the gathers rank 0's writer pulls
+        parallel.barrier(d)
+        self.last = path
+        return path
+
+    def _prune(self) -> None:
+        from gptx_cli.checkpoint import list_checkpoints
+
+        keep = self.spec.checkpoint.keep_last_n
+        if keep:
+            for _, old in list_checkpoints(self.model_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
