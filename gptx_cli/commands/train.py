@@ -37,6 +37,9 @@ def _run(
         }
     )
     spec = load_run_spec(config, overrides=overrides)
+    if os.environ.get("RANK", "0") == "0":  # once, not per torchrun process
+        for warning in spec.warnings:  # keys accepted without effect (config/compat.py): never silent
+            typer.echo(warning, err=True)
     if lora != (None, None):  # --lora-r / --lora-alpha: ModelZoo's Lora callback, written for you
         from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw
 

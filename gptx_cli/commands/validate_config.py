@@ -120,9 +120,7 @@ def render_text(reports: list[FileReport]) -> tuple[str, str]:
         for p in r.result.errors:
             out.append(p.format())
         for p in r.result.warnings:
-            text = p.format()
-            head, _, rest = text.partition(f": {p.path}: ") if p.path else (text, "", "")
-            out.append(f"{head}: warning: {p.path}: {rest}" if rest else f"warning: {text}")
+            out.append(p.format_warning())
         for note in r.result.notes:
             out.append(f"{r.file}: note: {note}")
         n_err += len(r.result.errors)

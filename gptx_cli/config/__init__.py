@@ -71,4 +71,6 @@ def load_run_spec(path: str | Path, overrides: Iterable[str] = (), trainer_index
         more = len(result.errors) - 1
         hint = f"{more} more problem(s): run gptx validate-config {path}" if more else None
         raise ConfigError(result.errors[0].format(), hint=hint)
-    return result.specs[0]
+    spec = result.specs[0]
+    spec.warnings = [w.format_warning() for w in result.warnings]
+    return spec

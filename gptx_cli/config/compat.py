@@ -78,7 +78,6 @@ CHECKED: dict[tuple[str, str], str] = {
     ("model", "alibi_trainable_slopes"): "validate.MODELZOO_UNSUPPORTED",
     ("model", "extra_attention_params"): "validate._model_rules",
     ("model", "norm_type"): "schema enum: layernorm",
-    ("data", "use_vsl"): "validate._data_rules",
     ("data", "dataset_map_fn"): "validate._data_rules",
 }
 
@@ -137,8 +136,13 @@ def no_effect_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     """(trainer-layout path, warning) for every key written that gptx accepts without acting on it."""
     out: list[tuple[KeyPath, str]] = []
     for section, path, body in _sections(trainer):
-        for key in body:
-            if (section, key) in NO_EFFECT:
+        for key, value in body.items():
+            if (section, key) not in NO_EFFECT:
+                continue
+            if key == "cluster_config" and isinstance(value, dict) and value:
+                # one warning per setting: a legacy config wrote each as its own runconfig key
+                out += [(path + (key, sub), no_effect_message(section, key)) for sub in value]
+            else:
                 out.append((path + (key,), no_effect_message(section, key)))
     return out
 

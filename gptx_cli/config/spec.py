@@ -223,3 +223,5 @@ class RunSpec:
     # trainer.init.callbacks / loggers: [(name, params)], e.g. ("ComputeNorm", {}) (train/callbacks.py)
     callbacks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     loggers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # validate-config's warnings for this trainer (`file:line:col: warning: key: ...`), shown when a run starts
+    warnings: list[str] = field(default_factory=list)

@@ -55,6 +55,12 @@ class Problem:
             where = f"{self.file}:{self.line}:{self.col}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
+    def format_warning(self) -> str:
+        """`file:line:col: warning: key.path: message` (validate-config's and train's text form)."""
+        text = self.format()
+        head, sep, rest = text.partition(f": {self.path}: ") if self.path else (text, "", "")
+        return f"{head}: warning: {self.path}: {rest}" if sep else f"warning: {text}"
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"line": self.line, "col": self.col, "path": self.path, "message": self.message}
         if self.override:
@@ -472,11 +478,10 @@ def validate_source(
         # The rules assume the shape is right; with shape errors they would only add noise.
         for path, message, severity in semantic_problems(source.data):
             _add(result, source, path, message, severity)
-
         for path, message in callback_problems(source.data):
             _add(result, source, path, message, "error")
-        for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
-            _add(result, source, path, message, "warning")
+    for path, message in no_effect_problems(source.data):  # never silent: config/compat.py
+        _add(result, source, path, message, "warning")
     if check_paths:
         for path, message in data_dir_problems(source.data):
             _add(result, source, path, message, "error" if strict_paths else "warning")

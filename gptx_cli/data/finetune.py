@@ -470,11 +470,6 @@ def check_options(opts: Any) -> None:
         raise UsageError("--train-tokenizer is for pretraining corpora, not --mode finetuning")
     if opts.pile_subsets:
         raise UsageError("--pile-subsets is for the Pile, not --mode finetuning")
-    if opts.use_vsl:
-        raise UsageError(
-            "--use-vsl writes pretraining VSL samples; with --mode finetuning use --pack-sequences "
-            "(ModelZoo's VSL finetuning packing rule)"
-        )
     if opts.text_key != "text":
         raise UsageError("--text-key has no effect with --mode finetuning (use --prompt-key / --chat-key)")
     if opts.short_seq_prob:

@@ -91,6 +91,10 @@ def run_nlg(plan: Any, opts: Any) -> dict[str, Any]:
                     samples, k = [], k + 1
     if samples:
         write_sample_file(out / f"data-00000-{k:04d}.h5", np.stack(samples))
+    if opts.shuffle and records:  # ModelZoo shuffles the written files in every mode
+        from gptx_cli.data.shuffle import shuffle_sample_files
+
+        shuffle_sample_files(sorted(out.glob("data-*.h5")), opts.shuffle_seed)
     if not records:
         raise DataError(f"no records in {', '.join(inputs)}: the input is empty")
     params = {
@@ -103,6 +107,6 @@ def run_nlg(plan: Any, opts: Any) -> dict[str, Any]:
             "num_tokens": records * msl,
         },
     }
-    write_json(out / "data_params.json", params)
+    write_json(out / "data_params.json", params, sort_keys=True)
     print(f"nlg: {records:,} samples -> {out}", file=sys.stderr)
     return {"nlg": params}

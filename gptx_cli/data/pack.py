@@ -150,3 +150,85 @@ class ShortSequences:
                     stats.loss_valid_tokens -= real - keep
                     stats.num_pad_tokens += real - keep
         return samples
+
+
+def concat_documents(docs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate documents as they are (no EOS) -> (tokens, lengths)."""
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    if not docs:
+        return np.zeros(0, dtype=np.int32), lengths
+    return np.concatenate(docs).astype(np.int32, copy=False), lengths
+
+
+@dataclass
+class ModelZooV2Packer:
+    """ModelZoo v2's PretrainingTokenGenerator (chop_doc_into_msl, process_docs, encode_leftover_prefix)
+    for text documents, fed documents without EOS:
+
+    - a document's tokens (after the carried prefix, with pack_sequences) are cut into chunks of msl+1
+      at stride msl+1: consecutive samples share no token;
+    - with pack_sequences the last short chunk is carried to the next document, else it is a chunk too;
+    - EOS goes on the document's last chunk: appended when that chunk is short, written over its last
+      token when it is full, and not at all when the document gave no chunk (a short document packed
+      into the carried prefix gets none);
+    - a chunk under min_sequence_len tokens gives no sample; the prefix left at the end gets EOS and is
+      the last sample.
+    """
+
+    msl: int
+    eos_id: int
+    pad_id: int
+    pack_sequences: bool = True
+    min_sequence_len: int = 10
+    stats: SampleStats = field(default_factory=SampleStats)
+
+    def __post_init__(self) -> None:
+        self._prefix = np.zeros(0, dtype=np.int32)
+
+    def _samples(self, chunks: list[np.ndarray]) -> np.ndarray:
+        kept = [c for c in chunks if len(c) >= max(2, self.min_sequence_len)]
+        self.stats.dropped_tokens += sum(len(c) for c in chunks if len(c) < max(2, self.min_sequence_len))
+        out = samples_from_chunks(kept, self.msl, self.pad_id)
+        real = int(out[:, 1].sum())
+        self.stats.n_examples += len(out)
+        self.stats.num_tokens += len(out) * self.msl
+        self.stats.non_pad_tokens += real
+        self.stats.num_pad_tokens += len(out) * self.msl - real
+        self.stats.loss_valid_tokens += real
+        return out
+
+    def _eos_on_last(self, chunks: list[np.ndarray]) -> None:
+        if chunks and chunks[-1][-1] != self.eos_id:
+            last = chunks[-1]
+            if len(last) < self.msl + 1:
+                chunks[-1] = np.append(last, np.int32(self.eos_id)).astype(np.int32)
+            else:
+                chunks[-1] = last.copy()
+                chunks[-1][-1] = self.eos_id
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        self.stats.document_tokens += len(tokens)
+        size = self.msl + 1
+        chunks_all: list[np.ndarray] = []
+        for doc in np.split(tokens.astype(np.int32), np.cumsum(lengths)[:-1]):
+            if not len(doc):
+                continue
+            seq = np.concatenate([self._prefix, doc]) if self.pack_sequences else doc
+            full = len(seq) // size
+            chunks = [seq[i * size : (i + 1) * size] for i in range(full)]
+            rest = seq[full * size :]
+            if self.pack_sequences:
+                self._prefix = rest
+            elif len(rest):
+                chunks.append(rest)
+            self._eos_on_last(chunks)
+            chunks_all += chunks
+        return self._samples(chunks_all)
+
+    def finish(self) -> np.ndarray:
+        if not self.pack_sequences or not len(self._prefix):
+            return np.zeros((0, 3, self.msl), dtype=np.int32)
+        chunks = [self._prefix]
+        self._prefix = np.zeros(0, dtype=np.int32)
+        self._eos_on_last(chunks)
+        return self._samples(chunks)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gptx_cli.data.pack import Packer, SampleStats, append_eos
+from gptx_cli.data.pack import ModelZooV2Packer, Packer, SampleStats, append_eos, concat_documents
 from gptx_cli.data.sources import (
     InputUnit,
     RecordBatch,
@@ -92,6 +92,9 @@ class PreprocessOptions:
     pad_id: int | None = None
     shuffle: bool = False  # ModelZoo's two-pass shuffle of the written samples (data/shuffle.py)
     shuffle_seed: int = 0
+    # "gptx": EOS after every document, msl+1 windows at stride msl (ModelZoo's create_hdf5_dataset);
+    # "modelzoo-v2": v2 PretrainingTokenGenerator's chunks at stride msl+1 and its EOS rule (pack.py).
+    packing: str = "gptx"
     # --dataset trc2: split_trc_dataset.py's --buffer_len and --val_split_ratio.
     buffer_len: int = 10_000
     val_split_ratio: float = 0.1
@@ -204,6 +207,7 @@ def _encode_batch(
     text_key: str,
     subsets: Any,
     cleaning: TextCleaning | None = None,
+    add_eos: bool = True,
 ) -> EncodedBatch:
     tok = _WORKER["tok"]
     try:
@@ -214,7 +218,10 @@ def _encode_batch(
     if cleaning is not None and cleaning.active:
         tb.texts, emptied = cleaning.apply(tb.texts, kind)
         tb.empty += emptied
-    tokens, lengths = append_eos(tok.encode_batch_arrays(tb.texts), tok.eos_id)
+    if add_eos:
+        tokens, lengths = append_eos(tok.encode_batch_arrays(tb.texts), tok.eos_id)
+    else:  # the ModelZoo v2 packer places EOS itself
+        tokens, lengths = concat_documents(tok.encode_batch_arrays(tb.texts))
     return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, sum(len(t) for t in tb.texts))
 
 
@@ -512,6 +519,7 @@ def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
     return {
         "cleaning": asdict(opts.cleaning),
         "short_seq_prob": opts.short_seq_prob,
+        "packing": opts.packing,
         "shuffle": opts.shuffle,
         "shuffle_seed": opts.shuffle_seed if opts.shuffle else None,
     }
@@ -641,7 +649,8 @@ def _run_unit(
     base_bytes: int,
 ) -> JobStats:
     stats = JobStats()
-    packer: Any = Packer(
+    v2 = opts.packing == "modelzoo-v2" and not opts.use_vsl  # VSL packs its own way (data/vsl.py)
+    packer: Any = (ModelZooV2Packer if v2 else Packer)(
         opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len
     )
     if opts.use_vsl:
@@ -682,7 +691,7 @@ def _run_unit(
             stats.input_files += 1
             continue
         tasks = (
-            (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning)
+            (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning, not v2)
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
         )
         consumed = 0
@@ -854,6 +863,10 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         raise UsageError("--max-seq-length, --processes and --samples-per-file must be positive")
     if opts.overwrite and opts.resume:
         raise UsageError("--overwrite and --resume exclude each other")
+    if opts.packing not in ("gptx", "modelzoo-v2") or (
+        opts.packing != "gptx" and opts.output_format != "hdf5"
+    ):
+        raise UsageError("ModelZoo v2 pretraining configs write HDF5 samples (--output-format hdf5)")
     if opts.use_vsl:
         from gptx_cli.data.vsl import check_vsl_options
 

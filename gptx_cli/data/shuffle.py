@@ -20,11 +20,12 @@ import numpy as np
 def shuffle_sample_files(files: list[Path], shuffle_seed: int) -> None:
     """Shuffle the samples of these HDF5 sample files across and within them (ModelZoo's two passes)."""
     from gptx_cli.data.hdf5 import read_samples, write_sample_file
+    from gptx_cli.fsutil import temp_path
 
     if not files:
         return
     n_files = len(files)
-    raw = [f.with_name(f".{f.name}.shuffle-{os.getpid()}") for f in files]
+    raw = [temp_path(f, f"shuffle-{os.getpid()}") for f in files]
     shape: tuple[int, ...] | None = None
     np.random.seed(shuffle_seed)
     handles = [open(r, "wb") for r in raw]  # noqa: SIM115 - closed below

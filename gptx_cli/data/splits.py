@@ -145,6 +145,7 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
 
     from gptx_cli.data.preprocess import run_preprocess
     from gptx_cli.data.sources import expand_inputs
+    from gptx_cli.fsutil import write_bytes
 
     if not opts.output_dir:
         raise ConfigError(f"{plan.file}: setup.output_dir is required with data_splits")
@@ -189,9 +190,8 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
             where = where / f"msl_{msl}"
         buckets.setdefault(where / f"{doc_path}.jsonl.zst", []).append(docs[i][d])
     for path, bucket in buckets.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = b"".join(json.dumps(doc).encode("utf-8") + b"\n" for doc in bucket)
-        path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
+        write_bytes(path, zstandard.ZstdCompressor(level=3).compress(data))
     results: dict[str, Any] = {}
     for split, msl in outputs:
         src, out = splits_dir, Path(opts.output_dir)

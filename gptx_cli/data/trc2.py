@@ -25,13 +25,12 @@ Output: `<base>/train` and `<base>/eval` (HDF5 samples and data_params.json), ba
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from gptx_cli.errors import DataError, UsageError
+from gptx_cli.fsutil import atomic_dir
 
 TRC2_FILE = "TRC2-headlines-docs-TRECBLOG.v2"
 DEFAULT_BASE = "./language/datasets/model_studio/TRC2/gpt2-tokenized"
@@ -86,9 +85,11 @@ def split_trc2(source: Path, split_dir: Path, buffer_len: int, val_split_ratio: 
     """Clean `source` and write ModelZoo's split files and meta files into `split_dir` (atomically)."""
     if buffer_len < 1 or not 0.0 <= val_split_ratio < 1.0:
         raise UsageError("--buffer-len must be positive and --val-split-ratio in [0, 1)")
-    tmp = split_dir.with_name(f".{split_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_dir(split_dir) as tmp:
+        return _split(source, split_dir, tmp, buffer_len, val_split_ratio)
+
+
+def _split(source: Path, split_dir: Path, tmp: Path, buffer_len: int, val_split_ratio: float) -> Trc2Split:
     prefix = f"{source.name}.clean"
     files: list[Path] = []
     buf: list[str] = []
@@ -111,10 +112,7 @@ def split_trc2(source: Path, split_dir: Path, buffer_len: int, val_split_ratio: 
     final = [split_dir / f.name for f in files]
     (tmp / "train_meta.txt").write_text("".join(f"{split_dir / f.name}\n" for f in train))
     (tmp / "val_meta.txt").write_text("".join(f"{split_dir / f.name}\n" for f in evals))
-    if split_dir.exists():
-        shutil.rmtree(split_dir)
-    os.replace(tmp, split_dir)
-    if not lines or all(not f.stat().st_size for f in final):
+    if not lines or all(not (tmp / f.name).stat().st_size for f in files):
         raise DataError(f"TRC2 input {source} holds no text after the clean-up")
     return Trc2Split(final[: len(train)], final[len(train) :], lines, left_out)
 

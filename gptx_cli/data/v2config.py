@@ -131,7 +131,7 @@ V2_KEYS: dict[str, Key] = {
     "sep_token": Key(_D, FINETUNING),
     "truncate_to_msl": Key(_D, FINETUNING),
     "chat_template": Key(_D, FINETUNING),
-    "end_of_turn_token": Key(_D, FINETUNING),
+    "end_of_turn_token": Key(_PD, FINETUNING),
 }
 SECTIONS = ("setup", "processing", "dataset")
 DATA_KEYS = {"source", "type", "split"}
@@ -342,6 +342,8 @@ def load_v2_config(path: str | Path) -> V2Plan:
         wikitext_detokenize=wikitext,
         lines=True,  # ModelZoo's v2 reader reads .txt files line by line (datasets' text builder)
     )
+    if plan.mode == "pretraining":
+        out["packing"] = "modelzoo-v2"  # PretrainingTokenGenerator's chunks and EOS rule (data/pack.py)
     text_key = ds.get("text_key") or proc.get("jsonl_key") or plan.hook_kwargs.get("text_key")
     nested = plan.hook_kwargs.get("data_keys")
     if not text_key and isinstance(nested, dict):
@@ -369,6 +371,8 @@ def load_v2_config(path: str | Path) -> V2Plan:
                 )
             )
 
+    _mode_keys(doc, plan, setup, proc, ds)
+
     # --- keys that only the finetuning mode reads
     if plan.mode != "finetuning":
         for key, value in ds.items():
@@ -381,6 +385,38 @@ def load_v2_config(path: str | Path) -> V2Plan:
                     )
                 )  # fmt: skip
     return plan
+
+
+# Keys a mode's ModelZoo token generator never reads (its DataPreprocessor logs them as unused).
+NLG_UNREAD = (
+    "use_ftfy", "ftfy_normalizer", "wikitext_detokenize", "short_seq_prob", "min_sequence_len",
+    "pack_sequences", "eos_id", "pad_id", "seed",
+)  # fmt: skip
+
+
+def _mode_keys(
+    doc: YamlDoc, plan: V2Plan, setup: dict[str, Any], proc: dict[str, Any], ds: dict[str, Any]
+) -> None:
+    """What a mode cannot honour is an error; what its generator never reads is a warning."""
+    if plan.mode == "finetuning":
+        if setup.get("context_splits"):
+            raise doc.error(
+                ("setup", "context_splits"), "context_splits in finetuning mode is not supported by gptx"
+            )
+        if proc.get("wikitext_detokenize"):
+            raise doc.error(
+                ("processing", "wikitext_detokenize"),
+                "wikitext_detokenize in finetuning mode is not supported by gptx",
+            )
+    unread = NLG_UNREAD if plan.mode == "nlg" else ()
+    for section, body in (("processing", proc), ("dataset", ds)):
+        for key in body:
+            if key in unread:
+                line, col = doc.where((section, key))
+                why = f"ModelZoo's {plan.mode} token generator does not read it"
+                plan.warnings.append(
+                    V2Warning(doc.file, line, col, f"{section}.{key}", f"{NO_EFFECT}: {why}")
+                )
 
 
 def _metadata_inputs(doc: YamlDoc, files: str) -> list[str]:

@@ -16,9 +16,9 @@ weights the layer computes with in eval mode (ModelZoo folds them in place on `e
 `train()`; gptx computes the folded weight without touching the base, so the base stays bit-exact).
 
 Checkpoints (read by `gptx_cli.checkpoint`, written through `gptx_cli.train.lora.LoraRun`): a LoRA run's
-checkpoint holds only the adapters (`--lora-save-base` adds the base) and names its base in gptx.json
-(`lora.base`: the checkpoint or Hugging Face directory it started from, or the seed of a fresh
-initialisation).
+checkpoint holds only the adapters and names its base in gptx.json (`lora.base`: the checkpoint or
+Hugging Face directory it started from, with the base's weight checksums when it is a gptx checkpoint,
+or the seed of a fresh initialisation).
 """
 
 from __future__ import annotations

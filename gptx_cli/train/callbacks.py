@@ -141,7 +141,8 @@ class Callbacks:
     def __init__(self, entries: list[tuple[str, dict[str, Any]]], run_dir: Path, enabled: bool) -> None:
         self.items: list[Callback] = []
         if enabled:
-            self.items = [REGISTRY[name](run_dir, **params) for name, params in entries]
+            # Names without a class here are run elsewhere (Lora: model/lora.py through the trainer).
+            self.items = [REGISTRY[name](run_dir, **params) for name, params in entries if name in REGISTRY]
         tb = [c for c in self.items if isinstance(c, TensorBoardLogger)]
         self.tensorboard_dir: Path | None = tb[-1].tensorboard_dir if tb else None
         self.sinks = [c for c in self.items if isinstance(c, WandbLogger)]

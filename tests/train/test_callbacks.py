@@ -20,7 +20,7 @@ def test_compute_norm_tensorboard_and_wandb_offline(tiny_data, tmp_path):
     r = gptx_testing.run_gptx(
         "train", *tiny_args(
             tiny_data, model_dir, "--max-steps", "2",
-            "--set", "checkpoint.save_initial_checkpoint=true",
+            "--set", "checkpoint.save_initial_checkpoint=true", "--set", "logging.enable_act_frequency=true",
             "--set", "init.callbacks=[{ComputeNorm: {}}]",
             "--set", f"init.loggers=[{{TensorBoardLogger: {{summary_dir: {tb_dir}}}}}, "
                      "{WandbLogger: {project: gptx-test, run_name: tiny}}]",
@@ -28,6 +28,11 @@ def test_compute_norm_tensorboard_and_wandb_offline(tiny_data, tmp_path):
         env={**TEST_ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
+    # A key accepted without effect is said at the start of the run, as validate-config says it.
+    assert (
+        "warning: trainer.init.logging.enable_act_frequency: accepted for ModelZoo compatibility; "
+        in r.stderr
+    )
     m = read_metrics(model_dir)
     # ModelZoo's names; the grad norm is the one gptx clips with (before clipping), the params norm the
     # weights before the step: checkpoint_0's for step 1.
