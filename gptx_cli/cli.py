@@ -82,7 +82,8 @@ def _global_flags(argv: list[str]) -> list[str]:
         os.environ["GPTX_DEBUG"] = "1"
         argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     if ("--help" in argv[:end] or "-h" in argv[:end]) and not sys.stdout.isatty():
-        os.environ.setdefault("COLUMNS", "200")
+        if not os.environ.get("COLUMNS", "").strip():
+            os.environ["COLUMNS"] = "200"
     return argv
 
 

@@ -117,6 +117,25 @@ def check_sample(path: Path, i: int, row: np.ndarray) -> None:
         raise DataError(f"{path}: sample {i}: attention_mask holds {bad} (the loss mask is 0 or 1)")
 
 
+def tokenizer_for_vocab(vocab_size: int) -> str:
+    """The preset a model's vocab_size points at (padded NeoX vocabularies included), for hints."""
+    if vocab_size == 50257:
+        return "gpt2"
+    if 50277 <= vocab_size <= 50432:
+        return "neox-20b"
+    return f"TOKENIZER_OF_VOCAB_{vocab_size}"
+
+
+def with_model_preprocess_args(err: DataError, vocab_size: int, msl: int) -> DataError:
+    """A missing-data hint completed with the config's --tokenizer and --max-seq-length, so following it
+    gives data the next run accepts."""
+    hint = err.hint or ""
+    if "gptx preprocess" not in hint or "--max-seq-length" in hint or not hint.endswith("`"):
+        return err
+    extra = "" if "--tokenizer" in hint else f" --tokenizer {tokenizer_for_vocab(vocab_size)}"
+    return DataError(err.message, hint=f"{hint[:-1]}{extra} --max-seq-length {msl}`")
+
+
 def _preprocess_hint(data_dir: str) -> str:
     if "pile_original" in data_dir:
         neox = "neox" in data_dir

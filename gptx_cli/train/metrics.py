@@ -68,12 +68,15 @@ def truncate_metrics(model_dir: Path, after_step: int) -> None:
 
 
 def _fmt(value: Any) -> str:
+    """One format for every console number: 5 significant digits, fixed notation with thousands
+    separators (2.9676, 697.65, 3,824.1, 1,234,567), scientific only below 1e-3 (1.0000e-04)."""
     if isinstance(value, float):
-        if abs(value) >= 1000:  # throughputs: 12,345
-            return f"{value:,.0f}"
-        if value == 0.0 or 1e-3 <= abs(value) < 1000:
-            return f"{value:.4f}"
-        return f"{value:.3e}"
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        if value != 0.0 and abs(value) < 1e-3:
+            return f"{value:.4e}"
+        digits = len(str(int(abs(value)))) if abs(value) >= 1 else 1
+        return f"{value:,.{max(0, 5 - digits)}f}"
     return str(value)
 
 

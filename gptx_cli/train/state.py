@@ -97,10 +97,21 @@ def load_optimizer_state(
 
     optim_dir = ckpt_dir / OPTIM_DIR
     if optim_dir.is_dir():
+        import warnings
+
+        import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
 
         holder = {"optim": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(holder, checkpoint_id=str(optim_dir))
+        if dist.is_available() and dist.is_initialized():
+            dcp.load(holder, checkpoint_id=str(optim_dir))
+        else:  # DCP warns that it assumes one process: that is what we mean, say it as a note
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                dcp.load(holder, checkpoint_id=str(optim_dir))
+            print(
+                f"note: {optim_dir}: the sharded optimizer state is loaded into this one process", flush=True
+            )
         set_optimizer_state_dict(model, optimizer, holder["optim"])
         return
     state = train_state.get("optimizer")

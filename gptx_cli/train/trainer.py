@@ -263,6 +263,8 @@ class _Run:
         start, samples_seen = self.ckpt.load()
         loader.load_state_dict({"position": samples_seen})
         end = self._end_step(start)
+        if start >= end:
+            return loader, start, end  # nothing to train: run() says so
         msl = loader.max_sequence_length
         if msl > spec.model.max_position_embeddings:
             raise DataError(
@@ -417,7 +419,7 @@ class _Run:
     def check_fits(self) -> tuple[int, int, int]:
         """Before anything is allocated: --fp8's needs, the batch layout, the memory guard, then the data (a missing
         data_dir names the `gptx preprocess` command). Returns the batch layout."""
-        from gptx_cli.data.loader import build_dataloader
+        from gptx_cli.data.loader import build_dataloader, with_model_preprocess_args
         from gptx_cli.train.memory_guard import check_memory
 
         spec = self.spec
@@ -436,9 +438,13 @@ class _Run:
                 self.options.activation_checkpointing or spec.backend.activation_checkpointing
             ),
         )
-        build_dataloader(spec.train_data, world_size=self.dist.world_size)
-        if spec.val_data is not None and spec.loop.eval_frequency:
-            build_dataloader(spec.val_data, world_size=self.dist.world_size, infinite=False)
+        try:
+            build_dataloader(spec.train_data, world_size=self.dist.world_size)
+            if spec.val_data is not None and spec.loop.eval_frequency:
+                build_dataloader(spec.val_data, world_size=self.dist.world_size, infinite=False)
+        except DataError as err:  # the hint's preprocess command gets the config's tokenizer and length
+            msl = spec.train_data.max_sequence_length or spec.model.max_position_embeddings
+            raise with_model_preprocess_args(err, spec.model.vocab_size, msl) from None
         return layout
 
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -466,6 +472,13 @@ class _Run:
     def run(self) -> TrainResult:
         loader, start, end = self._prepare()
         assert self.spec.train_data is not None
+        if start >= end:  # a finished run re-run: say so instead of an empty summary
+            last = str(self.ckpt.source) if self.ckpt.source else None
+            self._say(
+                f"already at max_steps: {self.model_dir} is at step {start} (max_steps {end}); nothing to "
+                f"train (raise --max-steps to go on); last checkpoint {last}"
+            )
+            return TrainResult(start, start, None, None, 0, 0.0, last_checkpoint=last)
         step, samples_seen, stopped_by = start, loader.position, "completed"
         pending: list[tuple[int, float, StepOutput]] = []  # device results since the last sync
         previous_handlers = self._install_signal_handlers()

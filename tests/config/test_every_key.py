@@ -104,10 +104,14 @@ def factory_parameters(section: str, name: str) -> set[str]:
         return {"schedulers", "milestones"}  # config/build.py and schedulers._build_one
     else:
         factory, extra = schedulers._FACTORIES[name], set()
-    params = inspect.signature(factory).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # Adam forwards the rest to AdamW
-        params = {**params, **inspect.signature(optim.AdamW).parameters}
-    return set(params) | extra
+    names = set(inspect.signature(factory).parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
+        # **kwargs go on: a class to its base classes (gptx's SGD -> torch's SGD), Adam to AdamW
+        targets = factory.__mro__[1:] if inspect.isclass(factory) else (optim.AdamW,)
+        for target in targets:
+            if target is not object:
+                names |= set(inspect.signature(target).parameters)
+    return names | extra
 
 
 def classify(path: tuple[str, ...]) -> list[str]:

@@ -294,3 +294,18 @@ def test_the_lora_callback_of_a_config_is_read_and_not_run_as_a_step_hook(tmp_pa
         LoraParams(r=8, alpha=16, dropout=0.0, merge_weights=False, target_modules=["GPTJDecoderLayer"])
     ]
     build_callbacks(spec, tmp_path)  # the trainer's step hooks: Lora is not one of them
+
+
+@pytest.mark.slow
+def test_gptx_eval_reads_base_plus_adapters(tiny_data, lora_base):
+    """`gptx eval` on the LoRA run's model_dir gives the loss the run itself measured on the same
+    validation batches at its last step (base + adapters), not the base's."""
+    base, lora = lora_base
+    r = run_gptx("eval", *tiny_args(tiny_data, lora, "--checkpoint-path", str(lora)))
+    assert r.returncode == 0, r.stderr
+    got = json.loads((lora / "eval_results" / "checkpoint_4.json").read_text())["metrics"]["loss"]
+    assert got == pytest.approx(read_metrics(lora, "eval")[4]["loss"], abs=1e-5)
+    r = run_gptx("eval", *tiny_args(tiny_data, base.parent, "--checkpoint-path", str(base)))
+    assert r.returncode == 0, r.stderr
+    plain = json.loads((base.parent / "eval_results" / "checkpoint_2.json").read_text())["metrics"]["loss"]
+    assert abs(plain - got) > 1e-4

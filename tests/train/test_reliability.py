@@ -250,3 +250,17 @@ def test_a_checkpoint_write_that_runs_out_of_space_is_a_named_error(tiny_data, t
     )
     assert proc.stderr.count("\n") == 1 and "internal error" not in proc.stderr
     assert not [p for p in model_dir.iterdir() if ".tmp-" in p.name]  # nothing half-written left
+
+
+def test_rerunning_a_finished_run_says_already_at_max_steps(tiny_data, reference_run, tmp_path):
+    """Papercut: a finished run re-run printed `steps 50 -> 50 ... last checkpoint -`."""
+    import shutil
+
+    model_dir = tmp_path / "done"
+    model_dir.mkdir()
+    shutil.copytree(reference_run / "checkpoint_50", model_dir / "checkpoint_50")
+    r = run_gptx("train", *tiny_args(tiny_data, model_dir))
+    assert r.returncode == 0, r.stderr
+    assert "already at max_steps" in r.stdout and "nothing to train" in r.stdout
+    assert "last checkpoint -" not in r.stdout
+    assert not (model_dir / "metrics.jsonl").exists()
