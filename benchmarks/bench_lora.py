@@ -37,9 +37,9 @@ def run_one(args: argparse.Namespace) -> dict:
 
     from gptx_cli.api import build_model
     from gptx_cli.config import load_run_spec
+    from gptx_cli.config.lora import add_lora_shortcut, lora_from_raw
     from gptx_cli.model.init import optimizer_param_groups
     from gptx_cli.model.lora import apply_lora
-    from gptx_cli.model.lora_config import add_lora_shortcut, lora_from_raw
     from gptx_cli.model.loss import lm_loss
     from gptx_cli.train.memory_guard import estimate_bytes
     from gptx_cli.train.optim import build_optimizer

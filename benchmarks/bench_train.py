@@ -91,7 +91,7 @@ def load_spec(args: argparse.Namespace, data_dir: Path) -> Any:
 
 def make_run(args: argparse.Namespace, data_dir: Path, model_dir: Path, fp8: bool = False) -> Any:
     """The trainer's own run object (components built by `_prepare()` inside run())."""
-    from gptx_cli.train import parallel
+    from gptx_cli import distributed
     from gptx_cli.train.trainer import TrainOptions, _Run
 
     options = TrainOptions(
@@ -101,7 +101,7 @@ def make_run(args: argparse.Namespace, data_dir: Path, model_dir: Path, fp8: boo
         compile=args.compile or None,
         fp8=fp8,
     )
-    dist = parallel.Dist(device="cuda:0" if args.device == "cuda" else "cpu")
+    dist = distributed.Dist(device="cuda:0" if args.device == "cuda" else "cpu")
     return _Run(load_spec(args, data_dir), options, dist)
 
 

@@ -28,13 +28,13 @@ import yaml
 from torch import Tensor
 
 from gptx_cli.checksum import checksums_of, verify_checkpoint
+from gptx_cli.config.lora import parse_lora_params
 from gptx_cli.config.spec import ModelConfig, trainer_config_for_model
 from gptx_cli.errors import CheckpointError, ConfigError, UsageError
 from gptx_cli.fsutil import atomic_dir, is_temp
 from gptx_cli.model.hf import hf_family, model_config_from_hf, to_gptx
 from gptx_cli.model.init import init_model
 from gptx_cli.model.lora import is_adapter, merged_tensors
-from gptx_cli.model.lora_config import parse_lora_params
 from gptx_cli.model.transformer import Transformer
 from gptx_cli.weights import ShardedSafetensorsWriter, TensorSource, dtype_name, open_tensors
 

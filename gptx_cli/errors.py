@@ -38,10 +38,3 @@ class DataError(GptxError):
 
 class CheckpointError(GptxError):
     """Missing, corrupt or mismatching checkpoint (exit 1)."""
-
-
-class NotImplementedYet(GptxError):
-    exit_code = 2
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}: not implemented yet")

@@ -111,6 +111,8 @@ def test_resolve_opens_a_checkpoint_a_model_dir_and_a_hugging_face_dir(tmp_path)
 
     small = ModelConfig(
         name="gptj",
+        use_projection_bias_in_attention=False,  # GPT-J has none (ModelZoo's default has them)
+        use_ffn_bias_in_attention=False,
         vocab_size=32,
         hidden_size=16,
         num_hidden_layers=1,

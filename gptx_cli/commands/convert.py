@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from gptx_cli.commands.options import NoVerify
 from gptx_cli.errors import UsageError
 
 app = typer.Typer(
@@ -43,9 +44,7 @@ def convert_checkpoint_cmd(
         False, "--info", help="Describe SRC (format, family, parameters, dtypes) and exit."
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    no_verify: bool = typer.Option(
-        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
-    ),
+    no_verify: NoVerify = False,
 ) -> None:
     """Convert a checkpoint between Hugging Face (GPT-J / GPT-NeoX) and gptx, one tensor at a time.
 

@@ -8,6 +8,20 @@ from typing import Optional
 
 import typer
 
+from gptx_cli.commands.options import (
+    AllowIncomplete,
+    CheckpointPath,
+    Device,
+    Dtype,
+    MaxLength,
+    ModelDir,
+    NoVerify,
+    Nproc,
+    Overrides,
+    Tokenizer,
+    fields_of,
+)
+
 
 def _split_tasks(values: list[str] | None) -> list[str]:
     """--tasks may repeat and each value may be a comma-separated list."""
@@ -18,12 +32,7 @@ def eval_cmd(
     config: Optional[str] = typer.Argument(
         None, help="ModelZoo YAML whose validation dataloader to evaluate."
     ),
-    checkpoint_path: Optional[str] = typer.Option(
-        None,
-        "--checkpoint-path",
-        "--checkpoint_path",
-        help="A gptx checkpoint or a Hugging Face model directory.",
-    ),
+    checkpoint_path: CheckpointPath = None,
     all_checkpoints: bool = typer.Option(
         False, "--all", help="Evaluate every checkpoint in model_dir, in step order (ModelZoo validate_all)."
     ),
@@ -39,9 +48,7 @@ def eval_cmd(
     limit: Optional[float] = typer.Option(
         None, "--limit", help="Score only the first N documents of each task (below 1.0: that fraction)."
     ),
-    max_length: Optional[int] = typer.Option(
-        None, "--max-length", "--max_length", help="Context for tasks (default: max_position_embeddings)."
-    ),
+    max_length: MaxLength = None,
     bootstrap_iters: int = typer.Option(
         100000,
         "--bootstrap-iters",
@@ -51,48 +58,30 @@ def eval_cmd(
     log_samples: bool = typer.Option(
         False, "--log-samples", "--log_samples", help="Write per-document results as JSONL next to the JSON."
     ),
-    nproc: Optional[int] = typer.Option(
-        None, "--nproc", "--nproc-per-node", "--nproc_per_node", help="Evaluate on N local processes."
-    ),
+    nproc: Nproc = None,
     batch_size: int = typer.Option(
         8, "--batch-size", "--batch_size", help="Sequences per forward pass for tasks."
     ),
     num_fewshot: int = typer.Option(
         0, "--num-fewshot", "--num_fewshot", help="Solved examples before each item."
     ),
-    tokenizer: Optional[str] = typer.Option(
-        None, "--tokenizer", help="Tokenizer for tasks (default: the one the checkpoint records)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    model_dir: Optional[str] = typer.Option(
-        None, "--model-dir", "--model_dir", help="Override the config's model_dir."
-    ),
+    tokenizer: Tokenizer = None,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    model_dir: ModelDir = None,
     output_dir: Optional[str] = typer.Option(
         None, "--output-dir", "--output_dir", help="Where the JSON results go (default: model_dir/eval)."
     ),
-    override: Optional[list[str]] = typer.Option(
-        None,
-        "--set",
-        "--override",
-        "-o",
-        help="Config override key=value (repeatable), e.g. -o val_dataloader.batch_size=4.",
+    overrides: Overrides = None,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier result file of the same checkpoint."
     ),
     seed: int = typer.Option(
         1234, "--seed", help="Seed of the few-shot example sampler (the harness's 1234)."
     ),
     output_format: str = typer.Option("table", "--format", help="table, or json (to stdout, for pipelines)."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an earlier result file of the same checkpoint."
-    ),
-    no_verify: bool = typer.Option(
-        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
-    ),
-    allow_incomplete_data: bool = typer.Option(
-        False,
-        "--allow-incomplete",
-        help="Read data dirs without data_params.json (an unfinished preprocess).",
-    ),
+    no_verify: NoVerify = False,
+    allow_incomplete: AllowIncomplete = False,
 ) -> None:
     """Evaluate a checkpoint: eval loss, lm_perplexity and accuracy on the config's validation data, and
     zero-shot tasks scored as lm-evaluation-harness does.
@@ -101,17 +90,16 @@ def eval_cmd(
     """
     import sys
 
+    from gptx_cli import distributed
     from gptx_cli.checksum import skip_verification
-
-    skip_verification(no_verify)
-    from gptx_cli.data.loader import allow_incomplete
-
-    allow_incomplete(allow_incomplete_data)
     from gptx_cli.config.flags import check_at_least, check_config_flag
+    from gptx_cli.data.loader import allow_incomplete as allow_incomplete_data
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.evaluate import EvalOptions, format_table, run_eval
     from gptx_cli.train import parallel
 
+    skip_verification(no_verify)
+    allow_incomplete_data(allow_incomplete)
     check_config_flag("--eval-steps", eval_steps)
     check_at_least("--batch-size", batch_size, 1)
     check_at_least("--limit", limit, 1)
@@ -120,33 +108,14 @@ def eval_cmd(
         raise UsageError(f"--format must be table or json, got {output_format!r}")
     if nproc is not None and nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-    if nproc is not None and nproc > 1 and not parallel.under_torchrun():
+    if nproc is not None and nproc > 1 and not distributed.under_torchrun():
         code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
         raise typer.Exit(code)
     opts = EvalOptions(
-        config=config,
-        checkpoint_path=checkpoint_path,
-        all_checkpoints=all_checkpoints,
-        eval_steps=eval_steps,
-        tasks=_split_tasks(tasks),
-        tasks_dir=tasks_dir,
-        limit=limit,
-        batch_size=batch_size,
-        max_length=max_length,
-        bootstrap_iters=bootstrap_iters,
-        log_samples=log_samples,
-        num_fewshot=num_fewshot,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-        model_dir=model_dir,
-        output_dir=output_dir,
-        overrides=override or (),
-        seed=seed,
-        overwrite=overwrite,
+        **fields_of(EvalOptions, locals(), tasks=_split_tasks(tasks), overrides=overrides or ())
     )
     reports = run_eval(opts)
-    if parallel.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
+    if distributed.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 prints for all
     if output_format == "json":
         payload = [r.to_dict() for r in reports]

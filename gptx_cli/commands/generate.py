@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from gptx_cli.commands.options import CheckpointPath, Device, Dtype, NoVerify, Tokenizer, fields_of
+
 
 def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
     """--prompt verbatim; a file or stdin loses one trailing newline (the one `echo` and editors add)."""
@@ -47,12 +49,7 @@ def _strip_newline(text: str) -> str:
 
 
 def generate_cmd(
-    checkpoint_path: str = typer.Option(
-        ...,
-        "--checkpoint-path",
-        "--checkpoint_path",
-        help="A gptx checkpoint or a Hugging Face model directory.",
-    ),
+    checkpoint_path: CheckpointPath,
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt text."),
     prompt_file: Optional[str] = typer.Option(
         None, "--prompt-file", "--prompt_file", help="Read the prompt from a file ('-' for stdin)."
@@ -90,18 +87,14 @@ def generate_cmd(
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling: same seed, same text."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep going past the end-of-text token."),
-    tokenizer: Optional[str] = typer.Option(
-        None, "--tokenizer", help="Tokenizer (default: the one the checkpoint records)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    tokenizer: Tokenizer = None,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
     echo: bool = typer.Option(False, "--echo", help="Print the prompt before the generated text."),
     output_format: str = typer.Option(
         "text", "--format", help="text (streamed), or json (prompt and generated token ids and text)."
     ),
-    no_verify: bool = typer.Option(
-        False, "--no-verify", help="Skip checking the weight files against the checksums in gptx.json."
-    ),
+    no_verify: NoVerify = False,
 ) -> None:
     """Generate text after a prompt: greedy, or sampled with temperature / top-k / top-p, using the KV cache.
 
@@ -145,15 +138,7 @@ def generate_cmd(
         seed=seed,
         stop=tuple(stop or ()),
     )
-    opts = GenerateOptions(
-        checkpoint_path=checkpoint_path,
-        prompt=text,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-        sampling=sampling,
-        ignore_eos=ignore_eos,
-    )
+    opts = GenerateOptions(**fields_of(GenerateOptions, locals(), prompt=text))
     if prompts_file is not None:
         from gptx_cli.eval.generate import generate_many_from_checkpoint, read_prompts_file
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
+
+from gptx_cli.commands.options import CheckpointPath, Dtype, MaxLength, Tokenizer
 
 
 def lm_eval_cmd(
     ctx: typer.Context,
-    checkpoint_path: str = typer.Option(
-        ...,
-        "--checkpoint-path",
-        "--checkpoint_path",
-        help="A gptx checkpoint, a model_dir (its latest checkpoint) or a Hugging Face model directory.",
-    ),
-    tokenizer: Optional[str] = typer.Option(
-        None, "--tokenizer", help="Tokenizer (default: the one the checkpoint records)."
-    ),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    max_length: Optional[int] = typer.Option(
-        None, "--max-length", "--max_length", help="Context length (default: max_position_embeddings)."
-    ),
+    checkpoint_path: CheckpointPath,
+    tokenizer: Tokenizer = None,
+    dtype: Dtype = "float32",
+    max_length: MaxLength = None,
     online: bool = typer.Option(
         False, "--online", help="Let the harness download datasets from the hub (default: offline)."
     ),
@@ -35,7 +26,7 @@ def lm_eval_cmd(
     from gptx_cli.eval.lm_eval_adapter import run_lm_eval
 
     run_lm_eval(
-        checkpoint_path,
+        str(checkpoint_path),  # required: Typer never passes None
         list(ctx.args),
         tokenizer=tokenizer,
         dtype=dtype,

@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from gptx_cli.commands.options import fields_of
+
 
 def preprocess_cmd(
     input: list[str] = typer.Option(
@@ -143,36 +145,19 @@ def preprocess_cmd(
 
     if (buffer_len is not None or val_split_ratio is not None) and dataset != "trc2":
         raise UsageError("--buffer-len and --val-split-ratio go with --dataset trc2")
-    cli = {
-        "inputs": list(input) if input else None,
-        "output_dir": output_dir,
-        "dataset": dataset,
-        "input_dir": input_dir,
-        "pile_splits": [s.strip() for s in splits.split(",") if s.strip()] if splits else None,
-        "pile_subsets": [s.strip() for s in pile_subsets.split(",") if s.strip()] if pile_subsets else None,
-        "tokenizer": tokenizer,
-        "tokenizer_dir": tokenizer_dir,
-        "tokenizer_backend": tokenizer_backend,
-        "train_tokenizer": train_tokenizer,
-        "text_key": text_key,
-        "split": split,
-        "max_seq_length": max_seq_length,
-        "pack_sequences": pack_sequences,
-        "min_sequence_len": min_sequence_len,
-        "output_format": output_format,
-        "use_vsl": use_vsl or None,
-        "samples_per_file": samples_per_file,
-        "processes": processes,
-        "seed": seed,
-        "shard_mb": shard_mb,
-        "strict": strict or None,
-        "resume": resume or None,
-        "overwrite": overwrite or None,
-        "progress": progress,
-        "buffer_len": buffer_len,
-        "val_split_ratio": val_split_ratio,
-    }
-    given = {k: v for k, v in cli.items() if v is not None}
+    given = fields_of(
+        PreprocessOptions,
+        locals(),
+        inputs=list(input) if input else None,
+        pile_splits=[s.strip() for s in splits.split(",") if s.strip()] if splits else None,
+        pile_subsets=[s.strip() for s in pile_subsets.split(",") if s.strip()] if pile_subsets else None,
+        use_vsl=use_vsl or None,
+        strict=strict or None,
+        resume=resume or None,
+        overwrite=overwrite or None,
+        mode=None,  # finetuning flags: options_from_flags below
+    )
+    given = {k: v for k, v in given.items() if v is not None}  # flags left out keep the recipe's defaults
     if mode or prompt_key or completion_key or chat_key or data_splits:
         from gptx_cli.data.finetune import options_from_flags
 

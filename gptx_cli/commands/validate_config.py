@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from gptx_cli.commands.options import Overrides
 from gptx_cli.config.validate import ValidationResult, validate_file
 from gptx_cli.errors import UsageError
 from gptx_cli.model.counts import run_summary
@@ -30,12 +31,7 @@ def validate_config_cmd(
         "--strict_paths",
         help="Missing data_dir directories are errors, not warnings.",
     ),
-    overrides: list[str] = typer.Option(
-        [],
-        "--set",
-        "--override",
-        help="Config override key.path=value (repeatable), e.g. model.hidden_size=64.",
-    ),
+    overrides: Overrides = None,
 ) -> None:
     """Validate ModelZoo YAML configs (trainer or legacy layout): exit 0 all valid, 1 invalid, 2 usage error.
 
@@ -44,7 +40,7 @@ def validate_config_cmd(
     if output_format not in ("text", "json"):
         raise UsageError(f"--format must be text or json, got {output_format!r}")
     paths = list(configs) if configs else default_config_paths()
-    reports = validate_paths(paths, overrides, strict_paths=strict_paths, summary=summary)
+    reports = validate_paths(paths, overrides or (), strict_paths=strict_paths, summary=summary)
     if output_format == "json":
         sys.stdout.write(render_json(reports))
     else:

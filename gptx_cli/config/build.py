@@ -4,7 +4,7 @@ The schema and the semantic rules (validate.py) run first, so the checks here ar
 that still reports `file:line:col: key.path: message` instead of a Python error. Torch-free.
 
 Mapping (trainer layout -> RunSpec):
-  init.model                        -> model (ModelConfig; keys left out take ModelZoo's defaults from
+  init.model                        -> model (ModelConfig; keys left out take ModelConfig's defaults, ModelZoo's = those of
                                        schemas/model.schema.json, `gpt-neox` NeoX's, see below)
   init.optimizer {adamw: {...}}     -> optimizer = OptimizerSpec("AdamW", {...})
   init.schedulers [{Name: {...}}]   -> schedulers (SchedulerSpec; SequentialLR children from `schedulers`,
@@ -21,7 +21,6 @@ Mapping (trainer layout -> RunSpec):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import types
 import typing
@@ -33,7 +32,6 @@ from gptx_cli.config.schemas import (
     canonical_optimizer_name,
     canonical_scheduler_name,
     did_you_mean,
-    load_schemas,
     optimizer_names,
     scheduler_names,
 )
@@ -133,19 +131,12 @@ def _mapping(src: ConfigSource, parent: dict[str, Any], key: str, path: KeyPath)
     return value
 
 
-def modelzoo_model_defaults() -> dict[str, Any]:
-    """ModelZoo's GPTJModelConfig defaults, read from the `default`s in schemas/model.schema.json."""
-    props = load_schemas()["model.schema.json"]["properties"]
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return {k: copy.deepcopy(p["default"]) for k, p in props.items() if "default" in p and k in names}
-
-
 def build_model_config(src: ConfigSource, model: dict[str, Any], path: KeyPath) -> ModelConfig:
     """A key the YAML leaves out takes ModelZoo's default (as ModelZoo would run the same file),
     or GPT-NeoX's for `name: gpt-neox`; `attention_dropout_rate: null` means residual_dropout_rate."""
-    preset = {k: v for k, v in modelzoo_model_defaults().items() if k not in model}
+    preset = {}  # the rest are ModelConfig's defaults: ModelZoo's (= schemas/model.schema.json's)
     if model.get("name") == "gpt-neox":
-        preset.update({k: v for k, v in NEOX_MODEL_DEFAULTS.items() if k not in model})
+        preset = {k: v for k, v in NEOX_MODEL_DEFAULTS.items() if k not in model}
     cfg = _fill(
         src,
         ModelConfig,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gptx_cli.config.schemas import schema_problems
 from gptx_cli.errors import UsageError
 
 KeyPath = tuple[str, ...]
@@ -34,8 +35,6 @@ def check_config_flag(flag: str, value: Any, key: KeyPath | None = None) -> None
     """Validate `value` of `flag` against the schema rule of the config key it overrides."""
     if value is None:
         return
-    from gptx_cli.config.validate import schema_problems
-
     path = ("trainer", "init", *(key or TRAIN_FLAG_KEYS[flag]))
     for where, message in schema_problems("trainer.schema.json", _nest(path, value)):
         if tuple(where) == path:

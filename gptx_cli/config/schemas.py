@@ -20,7 +20,6 @@ KeyPath = tuple  # tuple[str | int, ...]: where a key sits in a config
 # gptx_cli/schemas links to the repo's top-level schemas/ (a wheel holds a copy): one source of truth.
 SCHEMA_DIR = Path(os.environ.get("GPTX_SCHEMAS") or Path(__file__).resolve().parents[1] / "schemas")
 SCHEMA_BASE = "https://gptx.invalid/schemas/"
-SUPPORTED_MODELS = ("gptj", "gpt-neox")
 # ModelZoo names gptx knows but cannot run: reported as "not supported" rather than "unknown".
 MODELZOO_ONLY_OPTIMIZERS = (
     "Adafactor",

@@ -4,16 +4,22 @@ Nothing outside `gptx_cli.config` reads raw YAML dicts: model, data, train and e
 dataclasses. This module is torch-free (validate-config must not import torch).
 
 Field names follow ModelZoo's YAML keys so that a reader can map one to the other at a glance.
-Defaults are ModelZoo's (GPT-J model config, trainer defaults) unless noted "gptx extension".
+Defaults are ModelZoo's (GPT-J model config, trainer defaults) unless noted "gptx extension"; the
+`default`s in schemas/model.schema.json are the same values (tests/config checks it), so a YAML file and
+`ModelConfig(...)` that leave a key out get the same model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ModelName = Literal["gptj", "gpt-neox"]
+# Field metadata: the field shapes training only (dropout, initialisation, muP's filter base, which only
+# scales learning rates); a trained model computes the same function whatever its value.
+TRAINING_ONLY = {"training_only": True}
 
 
 @dataclass
@@ -22,11 +28,11 @@ class ModelConfig:
 
     name: str = "gptj"
     vocab_size: int = 50257
-    hidden_size: int = 4096
-    num_hidden_layers: int = 28
-    num_heads: int = 16
-    filter_size: int = 16384
-    max_position_embeddings: int = 2048
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_heads: int = 12
+    filter_size: int = 3072
+    max_position_embeddings: int = 1024
     position_embedding_type: str = "rotary"
     rotary_dim: int | None = None  # None -> int(head_dim * 0.25)
     rope_theta: float = 10000.0
@@ -37,8 +43,8 @@ class ModelConfig:
     use_untied_layer_norm: bool = False
     use_parallel_residual: bool = True  # gptx extension (HF GPT-NeoX `use_parallel_residual`)
     # Biases.
-    use_projection_bias_in_attention: bool = False  # q/k/v
-    use_ffn_bias_in_attention: bool = False  # attention output projection
+    use_projection_bias_in_attention: bool = True  # q/k/v
+    use_ffn_bias_in_attention: bool = True  # attention output projection
     use_ffn_bias: bool = False
     use_bias_in_output: bool = False  # LM head
     share_embedding_weights: bool = True
@@ -46,19 +52,19 @@ class ModelConfig:
     layer_norm_epsilon: float = 1e-5
     attention_type: str = "scaled_dot_product"  # or "dot_product" (no 1/sqrt(d))
     attention_softmax_fp32: bool = True
-    embedding_dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    residual_dropout_rate: float = 0.0
+    embedding_dropout_rate: float = field(default=0.1, metadata=TRAINING_ONLY)
+    attention_dropout_rate: float = field(default=0.1, metadata=TRAINING_ONLY)
+    residual_dropout_rate: float = field(default=0.1, metadata=TRAINING_ONLY)
     # Initialisers: dicts as in the YAML ({name: truncated_normal, mean, std, a, b}, ...), None = default.
-    initializer_range: float = 0.02
-    embedding_initializer: dict[str, Any] | None = None
-    initializer: dict[str, Any] | None = None
-    output_layer_initializer: dict[str, Any] | None = None
-    ffn_initializer: dict[str, Any] | None = None
-    ffn_output_initializer: dict[str, Any] | None = None
+    initializer_range: float = field(default=0.02, metadata=TRAINING_ONLY)
+    embedding_initializer: dict[str, Any] | None = field(default=None, metadata=TRAINING_ONLY)
+    initializer: dict[str, Any] | None = field(default=None, metadata=TRAINING_ONLY)
+    output_layer_initializer: dict[str, Any] | None = field(default=None, metadata=TRAINING_ONLY)
+    ffn_initializer: dict[str, Any] | None = field(default=None, metadata=TRAINING_ONLY)
+    ffn_output_initializer: dict[str, Any] | None = field(default=None, metadata=TRAINING_ONLY)
     # muP (ModelZoo semantics).
     mup_base_hidden_size: int | None = None
-    mup_base_filter_size: int | None = None
+    mup_base_filter_size: int | None = field(default=None, metadata=TRAINING_ONLY)
     embeddings_scale: float = 1.0
     output_logits_alpha: float | None = None
     scale_qk_dot_by_d: bool = False
@@ -79,6 +85,52 @@ class ModelConfig:
     @property
     def uses_mup(self) -> bool:
         return self.mup_base_hidden_size is not None
+
+    def check(self) -> list[tuple[str, str]]:
+        """(key, message) for every rule the model's shape needs: validate-config reports each at its
+        key, and the model refuses to be built with the first (one set of rules for both)."""
+        out: list[tuple[str, str]] = []
+        if self.name not in typing.get_args(ModelName):
+            supported = ", ".join(typing.get_args(ModelName))
+            out.append(("name", f"model '{self.name}' is not supported by gptx (supported: {supported})"))
+        hidden, heads = self.hidden_size, self.num_heads
+        if heads <= 0 or hidden % heads:
+            out.append(("num_heads", f"hidden_size {hidden} is not divisible by num_heads {heads}"))
+            return out
+        if self.position_embedding_type != "rotary":
+            return out
+        rotary, head_dim = self.resolved_rotary_dim, hidden // heads
+        if self.rotary_dim is None and rotary % 2:
+            out.append(
+                (
+                    "hidden_size",
+                    f"the default rotary_dim int(head_dim * 0.25) = {rotary} is odd: set rotary_dim",
+                )
+            )
+        elif rotary % 2:
+            out.append(("rotary_dim", f"rotary_dim must be even, got {rotary}"))
+        if rotary > head_dim:
+            out.append(
+                (
+                    "rotary_dim",
+                    f"rotary_dim {rotary} is larger than the head dimension {head_dim} "
+                    f"(hidden_size {hidden} / num_heads {heads})",
+                )
+            )
+        return out
+
+    def differences(self, other: ModelConfig) -> list[str]:
+        """The fields whose values differ between the two configs and change what the model computes
+        (TRAINING_ONLY fields left out; rotary_dim compared as the model uses it)."""
+
+        def value(cfg: ModelConfig, name: str) -> Any:
+            return cfg.resolved_rotary_dim if name == "rotary_dim" else getattr(cfg, name)
+
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if not f.metadata.get("training_only") and value(self, f.name) != value(other, f.name)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

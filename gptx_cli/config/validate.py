@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 
 from gptx_cli.config.build import build_run_spec
 from gptx_cli.config.compat import callback_problems, legacy_no_effect_problems, no_effect_problems
+from gptx_cli.config.flags import non_finite_problems
 from gptx_cli.config.load import (
     ConfigSource,
     LocatedConfigError,
@@ -31,8 +32,9 @@ from gptx_cli.config.load import (
     load_yaml,
     trainer_sources,
 )
-from gptx_cli.config.schemas import SUPPORTED_MODELS, KeyPath, _show, schema_problems
-from gptx_cli.config.spec import RunSpec
+from gptx_cli.config.lora import parse_lora_params
+from gptx_cli.config.schemas import KeyPath, _show, schema_problems
+from gptx_cli.config.spec import ModelConfig, RunSpec
 from gptx_cli.errors import ConfigError
 
 
@@ -136,8 +138,6 @@ MODELZOO_UNSUPPORTED = {
 
 def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]:
     """(path, message, severity) for the rules beyond shape, on one trainer-layout dict `{trainer: ...}`."""
-    from gptx_cli.config.flags import non_finite_problems
-
     out: list[tuple[KeyPath, str, str]] = list(non_finite_problems(trainer))
     T: KeyPath = ("trainer",)
     I: KeyPath = T + ("init",)  # noqa: E741
@@ -192,9 +192,7 @@ def semantic_problems(trainer: dict[str, Any]) -> list[tuple[KeyPath, str, str]]
 
 
 def _lora_rules(init: dict[str, Any], I: KeyPath) -> list[tuple[KeyPath, str, str]]:  # noqa: E741
-    """ModelZoo's Lora callback (gptx_cli.model.lora_config): its lora_params, at the callback's line."""
-    from gptx_cli.model.lora_config import parse_lora_params
-
+    """ModelZoo's Lora callback (gptx_cli.config.lora): its lora_params, at the callback's line."""
     cbs = init.get("callbacks")
     out: list[tuple[KeyPath, str, str]] = []
     for i, cb in enumerate(cbs if isinstance(cbs, list) else []):
@@ -214,15 +212,6 @@ def _lora_rules(init: dict[str, Any], I: KeyPath) -> list[tuple[KeyPath, str, st
 
 def _model_rules(model: dict[str, Any], M: KeyPath) -> list[tuple[KeyPath, str, str]]:
     out: list[tuple[KeyPath, str, str]] = []
-    name = model.get("name", "gptj")
-    if isinstance(name, str) and name not in SUPPORTED_MODELS:
-        out.append(
-            (
-                M + ("name",),
-                f"model '{name}' is not supported by gptx (supported: {', '.join(SUPPORTED_MODELS)})",
-                "error",
-            )
-        )
     pet = model.get("position_embedding_type", "rotary")
     if "position_embedding_type" in model and pet != "rotary":
         out.append(
@@ -243,41 +232,11 @@ def _model_rules(model: dict[str, Any], M: KeyPath) -> list[tuple[KeyPath, str, 
                 "error",
             )
         )
-    hidden = model.get("hidden_size", 768)
-    heads = model.get("num_heads", 12)
-    head_dim = None
-    if _is_int(hidden) and _is_int(heads) and heads > 0:
-        if hidden % heads:
-            out.append(
-                (
-                    M + ("num_heads",),
-                    f"hidden_size {hidden} is not divisible by num_heads {heads}",
-                    "error",
-                )
-            )
-        else:
-            head_dim = hidden // heads
-    rotary_dim = model.get("rotary_dim")
-    if _is_int(rotary_dim):
-        if rotary_dim % 2:
-            out.append((M + ("rotary_dim",), f"rotary_dim must be even, got {rotary_dim}", "error"))
-        if head_dim is not None and rotary_dim > head_dim:
-            out.append(
-                (
-                    M + ("rotary_dim",),
-                    f"rotary_dim {rotary_dim} is larger than the head dimension {head_dim} "
-                    f"(hidden_size {hidden} / num_heads {heads})",
-                    "error",
-                )
-            )
-    elif rotary_dim is None and head_dim is not None and int(head_dim * 0.25) % 2:
-        out.append(
-            (
-                M + ("hidden_size",),
-                f"the default rotary_dim int(head_dim * 0.25) = {int(head_dim * 0.25)} is odd: set rotary_dim",
-                "error",
-            )
-        )
+    shape: dict[str, Any] = {
+        k: model[k] for k in ("name", "hidden_size", "num_heads", "rotary_dim") if k in model
+    }
+    for key, message in ModelConfig.from_dict(shape).check():  # the model's own rules, one copy
+        out.append((M + (key,), message, "error"))
     has_h = model.get("mup_base_hidden_size") is not None
     has_f = model.get("mup_base_filter_size") is not None
     if has_h != has_f:

@@ -31,6 +31,7 @@ from gptx_cli.checkpoint import (
 )
 from gptx_cli.config import load_run_spec
 from gptx_cli.data.loader import build_dataloader, model_inputs
+from gptx_cli.distributed import Dist, all_gather_object, all_reduce_sum, init_distributed, under_torchrun
 from gptx_cli.errors import CheckpointError, DataError, UsageError
 from gptx_cli.eval.generate import BatchGenerator
 from gptx_cli.eval.harness import HarnessTokenizer
@@ -39,21 +40,6 @@ from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, l
 from gptx_cli.fsutil import write_json, write_text
 from gptx_cli.model.loss import lm_loss
 from gptx_cli.model.transformer import parameter_shapes
-from gptx_cli.train.parallel import Dist, all_gather_object, all_reduce_sum, init_distributed, under_torchrun
-
-# Fields that only matter for training: a difference here is neither an error nor worth a warning.
-_TRAINING_ONLY_FIELDS = {
-    "embedding_dropout_rate",
-    "attention_dropout_rate",
-    "residual_dropout_rate",
-    "initializer_range",
-    "embedding_initializer",
-    "initializer",
-    "output_layer_initializer",
-    "ffn_initializer",
-    "ffn_output_initializer",
-    "mup_base_filter_size",
-}
 
 
 @dataclass
@@ -108,16 +94,7 @@ def compare_model_configs(yaml_cfg: Any, ckpt_cfg: Any, *, config_name: str, che
     device) is an error naming the field; other differences follow the checkpoint and come back as
     warnings. Training-only fields (dropout, initializers) are ignored.
     """
-
-    def effective(cfg: Any, name: str) -> Any:
-        # rotary_dim None means "25% of head_dim": compare what the model will use.
-        return cfg.resolved_rotary_dim if name == "rotary_dim" else getattr(cfg, name)
-
-    differing = [
-        f.name
-        for f in dataclasses.fields(yaml_cfg)
-        if f.name not in _TRAINING_ONLY_FIELDS and effective(yaml_cfg, f.name) != effective(ckpt_cfg, f.name)
-    ]
+    differing = yaml_cfg.differences(ckpt_cfg)
     if not differing:
         return []
     base = parameter_shapes(ckpt_cfg)

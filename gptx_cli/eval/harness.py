@@ -14,6 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# lm_eval/tasks/wikitext/preprocess_wikitext.py `wikitext_detokenizer` has ModelZoo's (Megatron's) rules,
+# character for character: one copy.
+from gptx_cli.data.textclean import wikitext_detokenizer
+
 DEFAULT_BOOTSTRAP_ITERS = 100000  # lm_eval.evaluator.simple_evaluate(bootstrap_iters=100000)
 
 
@@ -92,36 +96,6 @@ def as_harness_tokenizer(tokenizer: Any) -> HarnessTokenizer:
 
 # ---------------------------------------------------------------------------------------------------
 # WikiText (lm_eval/tasks/wikitext/preprocess_wikitext.py)
-
-
-def wikitext_detokenizer(page: str) -> str:
-    """lm_eval/tasks/wikitext/preprocess_wikitext.py `wikitext_detokenizer`, character for character."""
-    s = page
-    s = s.replace("s '", "s'")
-    s = re.sub(r"/' [0-9]/", r"/'[0-9]/", s)
-    s = s.replace(" @-@ ", "-")
-    s = s.replace(" @,@ ", ",")
-    s = s.replace(" @.@ ", ".")
-    s = s.replace(" : ", ": ")
-    s = s.replace(" ; ", "; ")
-    s = s.replace(" . ", ". ")
-    s = s.replace(" ! ", "! ")
-    s = s.replace(" ? ", "? ")
-    s = s.replace(" , ", ", ")
-    s = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", s)
-    s = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", s)
-    s = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", s)
-    s = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', s)
-    s = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", s)
-    s = s.replace("= = = =", "====")
-    s = s.replace("= = =", "===")
-    s = s.replace("= =", "==")
-    s = s.replace(" " + chr(176) + " ", chr(176))
-    s = s.replace(" \n", "\n")
-    s = s.replace("\n ", "\n")
-    s = s.replace(" N ", " 1 ")
-    s = s.replace(" 's", "'s")
-    return s
 
 
 DETOKENIZERS: dict[str, Callable[[str], str]] = {"none": lambda s: s, "wikitext": wikitext_detokenizer}

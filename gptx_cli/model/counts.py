@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gptx_cli.config.lora import lora_from_raw, trainable_parameters
 from gptx_cli.config.spec import ModelConfig, PrecisionSpec, RunSpec
 
 # Optimizer state in bytes per parameter (fp32 state): Adam-style keep two moments.
@@ -110,7 +111,7 @@ def memory_estimate(
     4 bytes per parameter whatever the precision; the optimizer state depends on the optimizer
     (AdamW: two fp32 moments = 8 bytes). Keys: weights, grads, optimizer_state, activations, total.
 
-    `trainable`: a LoRA run's adapter parameters (lora_config.trainable_parameters): they add to the
+    `trainable`: a LoRA run's adapter parameters (config.lora.trainable_parameters): they add to the
     weights, and only they have gradients and optimizer state.
     """
     n = count_parameters(cfg)
@@ -165,6 +166,4 @@ def run_summary(spec: RunSpec) -> dict[str, Any]:
 
 def lora_trainable(spec: RunSpec) -> int | None:
     """The adapter parameters of a run with ModelZoo's Lora callback (None without it)."""
-    from gptx_cli.model.lora_config import lora_from_raw, trainable_parameters
-
     return trainable_parameters(spec.model, lora_from_raw(spec.raw, spec.source))

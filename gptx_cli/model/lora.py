@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gptx_cli.config.lora import LoraParams, adapter_shapes, plan
 from gptx_cli.config.spec import ModelConfig
 from gptx_cli.errors import CheckpointError
-from gptx_cli.model.lora_config import LoraParams, adapter_shapes, plan
 
 ADAPTER_SUFFIXES = (".lora_A", ".lora_B")
 

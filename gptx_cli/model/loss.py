@@ -148,7 +148,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         )
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: Any) -> Any:
     """The Transformer inside torch.compile / DDP wrappers."""
     while hasattr(model, "_orig_mod") or hasattr(model, "module"):
         model = getattr(model, "_orig_mod", None) or model.module  # type: ignore[assignment]

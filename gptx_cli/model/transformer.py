@@ -45,7 +45,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from gptx_cli.config.spec import ModelConfig
 from gptx_cli.errors import ConfigError
@@ -176,17 +175,9 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.hidden_size % cfg.num_heads:
-            raise ConfigError(
-                f"model.num_heads: hidden_size {cfg.hidden_size} is not divisible by {cfg.num_heads}"
-            )
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         self.rotary_dim = cfg.resolved_rotary_dim if cfg.position_embedding_type == "rotary" else 0
-        if self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
-            raise ConfigError(
-                f"model.rotary_dim: {self.rotary_dim} must be even and <= head_dim {self.head_dim}"
-            )
         self.interleaved = cfg.rotary_interleaved
         self.scale = attention_scale(cfg)
         self.dropout = cfg.attention_dropout_rate
@@ -305,6 +296,8 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        for key, message in cfg.check()[:1]:
+            raise ConfigError(f"model.{key}: {message}")
         if cfg.position_embedding_type not in ("rotary", None, "none"):
             raise ConfigError(
                 f"model.position_embedding_type: {cfg.position_embedding_type!r} is not supported (rotary only)"
@@ -322,8 +315,6 @@ class Transformer(nn.Module):
             else 0
         )
         self._rope: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
-        # Recompute each block in backward instead of storing its activations (train.parallel sets it).
-        self.activation_checkpointing = False
         # Implementation of the document (VSL) mask: "auto" (per device, by measurement) or one of
         # doc_attention.VSL_BACKENDS; `vsl_backend(device)` names the one in use.
         self.vsl_attention = "auto"
@@ -415,10 +406,7 @@ class Transformer(nn.Module):
         )
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.keys[i], kv_cache.values[i]) if kv_cache is not None else None
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, cache, start_pos, masking, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, cache, start_pos, masking)
+            x = layer(x, cos, sin, cache, start_pos, masking)
         return self.ln_f(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -478,20 +466,6 @@ class Transformer(nn.Module):
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
         )
-
-    @torch.no_grad()
-    def generate_greedy(self, input_ids: Tensor, max_new_tokens: int) -> Tensor:
-        """Greedy continuation with the KV cache: returns [B, T + max_new_tokens]."""
-        b, t = input_ids.shape
-        cache = self.new_kv_cache(b, t + max_new_tokens)
-        logits = self(input_ids, kv_cache=cache, start_pos=0)
-        tokens = [input_ids]
-        for step in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            tokens.append(nxt)
-            if step + 1 < max_new_tokens:
-                logits = self(nxt, kv_cache=cache, start_pos=t + step)
-        return torch.cat(tokens, dim=1)
 
 
 def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from gptx_cli import distributed
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import CheckpointError, UsageError
 from gptx_cli.fsutil import temp_path
@@ -37,20 +38,12 @@ def checkpoint_dir_name(spec: RunSpec, step: int) -> str:
     return name[: -len(".mdl")] if name.endswith(".mdl") else name
 
 
-# Settings that change what the same weights compute; shapes are checked tensor by tensor.
-_FUNCTIONAL_FIELDS = (
-    "position_embedding_type", "resolved_rotary_dim", "rotary_interleaved", "rope_theta",
-    "use_untied_layer_norm", "use_parallel_residual", "nonlinearity", "layer_norm_epsilon",
-    "attention_type", "embeddings_scale", "output_logits_alpha", "scale_qk_dot_by_d",
-)  # fmt: skip
-
-
 class Checkpointer:
     def __init__(
         self,
         spec: RunSpec,
         *,
-        dist: parallel.Dist,
+        dist: distributed.Dist,
         model_dir: Path,
         strategy: str,
         seed: int,
@@ -144,12 +137,11 @@ class Checkpointer:
             )
 
     def _note_config_differences(self, ckpt_cfg: Any, source: Path) -> None:
-        for name in _FUNCTIONAL_FIELDS:
-            theirs, ours = getattr(ckpt_cfg, name, None), getattr(self.spec.model, name, None)
-            if theirs != ours and self.dist.is_main:
-                self.say(
-                    f"note: {source} was made with model.{name}={theirs!r}; training uses the config's {ours!r}"
-                )
+        for name in self.spec.model.differences(ckpt_cfg) if self.dist.is_main else ():
+            theirs, ours = getattr(ckpt_cfg, name), getattr(self.spec.model, name)
+            self.say(
+                f"note: {source} was made with model.{name}={theirs!r}; training uses the config's {ours!r}"
+            )
 
     def attach(
         self,
@@ -202,7 +194,7 @@ class Checkpointer:
         model, wrapped, optimizer, schedule, scaler = self._objects
         d, spec = self.dist, self.spec
         path = self.model_dir / checkpoint_dir_name(spec, step)
-        rngs = parallel.all_gather_object(state.capture_rng(), d)
+        rngs = distributed.all_gather_object(state.capture_rng(), d)
         staged: Path | None = None
         optim_state: dict[str, Any] | None = None
         weights: Any
@@ -245,7 +237,7 @@ class Checkpointer:
             self._prune()
         else:
             state.drain(weights)  # the gathers rank 0's writer pulls
-        parallel.barrier(d)
+        distributed.barrier(d)
         self.last = path
         return path
 

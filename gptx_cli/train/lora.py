@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from gptx_cli.checkpoint import base_of, check_base, describe_base, open_checkpoint_weights, read_lora_meta
+from gptx_cli.config.lora import LoraParams, lora_from_raw
 from gptx_cli.errors import CheckpointError
 from gptx_cli.model.lora import apply_lora, is_adapter, lora_meta
-from gptx_cli.model.lora_config import LoraParams, lora_from_raw
 
 
 class LoraRun:

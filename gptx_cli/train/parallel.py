@@ -1,42 +1,23 @@
-"""Several processes: launching (`--nproc` re-runs gptx under torch.distributed.run), the process group,
-and what is applied to the model from outside it, torchtitan style: DDP or FSDP2 (`fully_shard`),
-per-block activation checkpointing and per-block `torch.compile`. None of them changes the numbers.
-
-One process needs none of this: `Dist.single()` describes it and every helper is a no-op for it.
+"""Several processes and the model: launching (`--nproc` re-runs gptx under torch.distributed.run; the
+process group itself is `gptx_cli.distributed`), and what is applied to the model from outside it,
+torchtitan style: DDP or FSDP2 (`fully_shard`), per-block activation checkpointing and per-block
+`torch.compile`. None of them changes the numbers.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gptx_cli.distributed import Dist
 from gptx_cli.errors import UsageError
+from gptx_cli.model.loss import unwrap
+from gptx_cli.model.transformer import Transformer
 
 if TYPE_CHECKING:
     import torch
 
 STRATEGIES = ("ddp", "fsdp")
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: str = "cpu"
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -73,38 +54,6 @@ def strip_launch_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def init_distributed(target_device: str) -> Dist:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); a single process otherwise."""
-    import torch
-
-    if target_device == "GPU" and not torch.cuda.is_available():
-        raise UsageError("--target-device GPU: no CUDA device is visible")
-    use_cuda = target_device == "GPU" or (target_device != "CPU" and torch.cuda.is_available())
-    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return Dist(device="cuda:0" if use_cuda else "cpu")
-    import torch.distributed as dist
-
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-    else:
-        device = "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
-
-
-def shutdown(d: Dist) -> None:
-    global _HOST_GROUP
-    _HOST_GROUP = None
-    if d.enabled:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tuple[type, ...] = ()) -> Any:
     """DDP, or FSDP2 with one shard group per transformer block plus the root (torchtitan's recipe)."""
     if not d.enabled:
@@ -128,8 +77,6 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tupl
 
 
 def _transformer(model: Any) -> Any:
-    from gptx_cli.model.transformer import Transformer
-
     inner = unwrap(model)
     if not isinstance(inner, Transformer):
         raise TypeError(f"expected a gptx Transformer, got {type(inner).__name__}")
@@ -138,8 +85,25 @@ def _transformer(model: Any) -> Any:
 
 def apply_activation_checkpointing(model: Any, enabled: bool = True) -> Any:
     """Recompute each block in backward instead of keeping its activations (the memory of a block's input
-    per layer instead of all its intermediates); returns the model for chaining."""
-    _transformer(model).activation_checkpointing = enabled
+    per layer instead of all its intermediates): the block's forward is wrapped from outside, its
+    parameter names unchanged, as torchtitan applies it. Returns the model for chaining."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def recomputed(block: Any) -> Any:
+        forward = type(block).forward.__get__(block)
+
+        def run(*args: Any) -> Any:
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False)
+            return forward(*args)
+
+        return run
+
+    for block in _transformer(model).layers:
+        block.__dict__.pop("forward", None)
+        if enabled:
+            block.forward = recomputed(block)
     return model
 
 
@@ -179,81 +143,6 @@ def reshard(model: Any) -> None:
     for module in model.modules():
         if type(module).__name__.startswith("FSDP") and hasattr(module, "reshard"):
             module.reshard()
-
-
-def unwrap(model: Any) -> Any:
-    """The module under a DDP wrapper or torch.compile (FSDP2 keeps the module class and names)."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
-    return getattr(inner, "_orig_mod", inner)
-
-
-def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
-    """Sum a few float64 scalars over ranks (one collective)."""
-    if not d.enabled:
-        return values
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def all_reduce_tensor(t: torch.Tensor) -> None:
-    """Sum a device tensor over ranks in place, on the device (no host read)."""
-    import torch.distributed as dist
-
-    dist.all_reduce(t)
-
-
-_HOST_GROUP: Any = None
-
-
-def any_rank(flag: bool, d: Dist) -> bool:
-    """Whether `flag` is set on any rank, agreed over a CPU (gloo) collective: no device sync, also
-    beside NCCL (a gloo group is made on first use; every rank reaches it at the same step)."""
-    if not d.enabled:
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    global _HOST_GROUP
-    group = None
-    if d.device != "cpu":
-        if _HOST_GROUP is None:
-            _HOST_GROUP = dist.new_group(backend="gloo")
-        group = _HOST_GROUP
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t, group=group)
-    return bool(t.tolist()[0])
-
-
-def all_gather_object(obj: Any, d: Dist) -> list[Any]:
-    if not d.enabled:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * d.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, d: Dist) -> Any:
-    if not d.enabled:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def set_grad_sync(model: Any, enabled: bool) -> Any:

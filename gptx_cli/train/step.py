@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gptx_cli import distributed
 from gptx_cli.config.spec import PrecisionSpec
 from gptx_cli.data.loader import model_inputs
 from gptx_cli.errors import GptxError
@@ -96,7 +97,7 @@ class Stepper:
         scaler: LossScaler | None = None,
         micro_batch_size: int | None = None,
         loss_scaling: str = "num_tokens",
-        dist: parallel.Dist | None = None,
+        dist: distributed.Dist | None = None,
         start_step: int = 0,
         before_backward: Callable[[], None] | None = None,
         before_optimizer_step: Callable[[], None] | None = None,
@@ -108,7 +109,7 @@ class Stepper:
         self.scaler = scaler or LossScaler(self.precision)
         self.micro = micro_batch_size
         self.by_tokens = loss_scaling == "num_tokens"
-        self.dist = dist or parallel.Dist(device=str(self.device))
+        self.dist = dist or distributed.Dist(device=str(self.device))
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.global_step = start_step  # the steps taken so far (the next one is global_step + 1)
         # Callback hooks (ModelZoo's ComputeNorm: train/callbacks.py); None: nothing runs
@@ -132,7 +133,7 @@ class Stepper:
             local = torch.full((n_micro,), float(micro), dtype=torch.float64, device=dev)
         denom = local.sum()
         if d.enabled:
-            parallel.all_reduce_tensor(denom)
+            distributed.all_reduce_tensor(denom)
         weights = (local * d.world_size / denom.clamp(min=1.0)).float()
         loss_acc = torch.zeros((), dtype=torch.float64, device=dev)
         if self.before_backward is not None:
@@ -148,7 +149,7 @@ class Stepper:
             loss_acc += weighted.detach().double() / d.world_size
         stats = torch.stack([loss_acc, mask.sum(dtype=torch.float64)])
         if d.enabled:
-            parallel.all_reduce_tensor(stats)
+            distributed.all_reduce_tensor(stats)
         step_loss, tokens = stats[0], stats[1]
         grad_norm, finite = self._optimizer_step(step_loss)
         self.global_step += 1

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from gptx_cli import distributed
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import ConfigError, DataError, UsageError
 from gptx_cli.model.lora import init_adapters, is_adapter
@@ -93,14 +94,14 @@ def preflight(spec: RunSpec, options: TrainOptions, nproc: int) -> None:
     checks every process makes before it builds anything)."""
     target = resolve_device(spec, options)
     gpu = target == "GPU" or (target == "CSX" and torch.cuda.is_available())
-    _Run(spec, options, parallel.Dist(world_size=nproc, device="cuda:0" if gpu else "cpu")).check_fits()
+    _Run(spec, options, distributed.Dist(world_size=nproc, device="cuda:0" if gpu else "cpu")).check_fits()
 
 
 def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
     target = resolve_device(spec, options)
     if spec.train_data is None:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
-    dist = parallel.init_distributed(target)
+    dist = distributed.init_distributed(target)
     try:
         from gptx_cli.train.lock import model_dir_lock
 
@@ -114,11 +115,11 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
                 )
             return run.run()
     finally:
-        parallel.shutdown(dist)
+        distributed.shutdown(dist)
 
 
 class _Run:
-    def __init__(self, spec: RunSpec, options: TrainOptions, dist: parallel.Dist) -> None:
+    def __init__(self, spec: RunSpec, options: TrainOptions, dist: distributed.Dist) -> None:
         self.spec, self.options, self.dist = spec, options, dist
         self.device = torch.device(dist.device)
         self.model_dir = Path(options.model_dir or spec.model_dir)
@@ -370,7 +371,7 @@ class _Run:
                     loss_weight=spec.model.loss_weight,
                     source=", ".join(spec.val_data.data_dir),
                     forward=self.wrapped,
-                    all_reduce=parallel.all_reduce_tensor if d.enabled else None,
+                    all_reduce=distributed.all_reduce_tensor if d.enabled else None,
                 )
         finally:
             self.wrapped.train()
@@ -496,7 +497,7 @@ class _Run:
                 if step == start:
                     _freeze_gc()
                 step, samples_seen = step + 1, loader.position
-                stop = parallel.any_rank(self.stop_signal is not None, self.dist)
+                stop = distributed.any_rank(self.stop_signal is not None, self.dist)
                 log_now, eval_now = self._is_log_step(step, end), self._is_eval_step(step, start, end)
                 save_now = stop or self._is_checkpoint_step(step, end)
                 if log_now or eval_now or save_now or len(pending) >= _MAX_PENDING:

@@ -61,3 +61,18 @@ def test_config_reference_is_generated_and_fresh():
     text = (REPO / "docs" / "config-reference.md").read_text()
     for anchor in ("## model", "## data loader", "### AdamW", "### CosineDecayLR", "## Legacy layout"):
         assert anchor in text
+
+
+def test_model_defaults_come_from_one_place():
+    """schemas/model.schema.json's defaults (what a YAML file that leaves a key out gets, and what
+    docs/config-reference.md shows) are ModelConfig's defaults (what the Python API gets)."""
+    import dataclasses
+
+    from gptx_cli.config.spec import ModelConfig
+
+    props = load_schemas()["model.schema.json"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    in_schema = {k: p["default"] for k, p in props.items() if "default" in p and k in fields}
+    assert in_schema == {k: fields[k] for k in in_schema}
+    # every field with a value default states it in the schema too (None means "derived" / "unset")
+    assert {k for k, v in fields.items() if v is not None} <= set(in_schema)

@@ -135,6 +135,8 @@ def test_gptx_checkpoint_with_foreign_key_or_family(tmp_path):
         filter_size=16,
         rotary_dim=2,
         share_embedding_weights=False,
+        use_projection_bias_in_attention=False,
+        use_ffn_bias_in_attention=False,
     )
     from gptx_cli import build_model
 

@@ -21,6 +21,9 @@ BASE = dict(
     num_heads=4,
     filter_size=64,
     max_position_embeddings=32,
+    embedding_dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    residual_dropout_rate=0.0,
 )
 CONFIGS = {
     "gptj": ModelConfig(
@@ -29,6 +32,8 @@ CONFIGS = {
         use_ffn_bias=True,
         use_bias_in_output=True,
         share_embedding_weights=False,
+        use_projection_bias_in_attention=False,
+        use_ffn_bias_in_attention=False,
         **BASE,
     ),
     "gpt-neox": ModelConfig(
@@ -48,6 +53,8 @@ CONFIGS = {
         use_ffn_bias=True,
         use_bias_in_output=True,
         share_embedding_weights=True,
+        use_projection_bias_in_attention=False,
+        use_ffn_bias_in_attention=False,
         mup_base_hidden_size=16,
         mup_base_filter_size=32,
         embeddings_scale=10.0,

@@ -220,7 +220,7 @@ def test_nproc_2_equals_one_process(setup):
     args = ["eval", str(cfg), "--checkpoint-path", str(root / "hf"), "--format", "json", "--device", "cpu",
             "--tokenizer", str(shared_path("assets", "tokenizers", "gpt2")), "--tasks-dir", str(tasks_dir),
             "--tasks", "lambada_tiny,choice_tiny,wiki_tiny", "--output-dir", str(root / "nproc_out"),
-            "--bootstrap-iters", "200"]  # fmt: skip
+            "--bootstrap-iters", "200", "--overwrite"]  # fmt: skip
     one = run_gptx(*args)
     two = run_gptx(*args, "--nproc", "2")
     assert one.returncode == 0, one.stderr

@@ -27,6 +27,11 @@ GPTJ = ModelConfig(
     use_ffn_bias=True,
     use_bias_in_output=True,
     share_embedding_weights=False,
+    use_projection_bias_in_attention=False,
+    use_ffn_bias_in_attention=False,
+    embedding_dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    residual_dropout_rate=0.0,
 )
 NEOX = dataclasses.replace(
     GPTJ, name="gpt-neox", use_untied_layer_norm=True, use_projection_bias_in_attention=True, rotary_dim=8

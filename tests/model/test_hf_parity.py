@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from gptx_cli.api import load_model  # noqa: E402
 from gptx_cli.errors import CheckpointError  # noqa: E402
+from gptx_cli.eval.generate import SamplingConfig, generate_batch  # noqa: E402
 from gptx_cli.model.hf import hf_config_from_model_config, model_config_from_hf, to_gptx, to_hf  # noqa: E402
 from gptx_cli.model.loss import lm_loss  # noqa: E402
 from gptx_cli.model.transformer import Transformer  # noqa: E402
@@ -113,7 +114,10 @@ def test_logits_and_loss_match_hf(pair) -> None:
 def test_greedy_continuation_with_kv_cache_matches_hf_generate(pair) -> None:
     hf_model, model = pair
     prompt = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
-    ours = model.generate_greedy(prompt, 32)
+    rows = generate_batch(
+        model, prompt.tolist(), SamplingConfig(max_new_tokens=32)
+    )  # eval/generate's decoder
+    ours = torch.cat([prompt, torch.tensor([r.tokens for r in rows])], dim=1)
     ref = hf_model.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, min_new_tokens=32, do_sample=False
     )

@@ -28,6 +28,11 @@ TINY = ModelConfig(
     use_ffn_bias=True,
     use_bias_in_output=True,
     share_embedding_weights=False,
+    use_projection_bias_in_attention=False,
+    use_ffn_bias_in_attention=False,
+    embedding_dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    residual_dropout_rate=0.0,
 )
 NEOX_TINY = dataclasses.replace(
     TINY, name="gpt-neox", use_untied_layer_norm=True, use_projection_bias_in_attention=True, rotary_dim=8
@@ -187,6 +192,32 @@ def test_seeded_training_steps_are_deterministic_and_learn() -> None:
 def test_activation_checkpointing_does_not_change_the_numbers() -> None:
     plain, ckpt = train_losses(NEOX_TINY), train_losses(NEOX_TINY, checkpointing=True)
     assert max(abs(a - b) for a, b in zip(plain, ckpt, strict=True)) < 1e-6
+
+
+def test_activation_checkpointing_is_applied_from_outside_and_recomputes_each_block() -> None:
+    model = build_model(TINY, seed=0)
+    names = list(model.state_dict())
+    calls = []
+    mlp = model.layers[0].mlp
+    mlp_forward = mlp.forward
+    mlp.forward = lambda x: calls.append(1) or mlp_forward(x)  # counts recomputation too (hooks do not)
+    ids = batch(TINY)
+
+    def forward_backward() -> int:
+        calls.clear()
+        lm_loss(model, ids[:, :-1], ids[:, 1:], torch.ones_like(ids[:, 1:])).loss.backward()
+        return len(calls)
+
+    assert forward_backward() == 1
+    apply_activation_checkpointing(model)
+    assert forward_backward() == 2  # the block runs again in backward
+    assert list(model.state_dict()) == names
+    with torch.no_grad():
+        calls.clear()
+        model(ids)
+    assert len(calls) == 1  # nothing to recompute without gradients
+    apply_activation_checkpointing(model, enabled=False)
+    assert forward_backward() == 1
 
 
 def test_compiled_blocks_give_the_same_logits_and_names() -> None:

@@ -18,10 +18,10 @@ from train_helpers import REPO, read_metrics, run_gptx, tiny_args
 
 from gptx_cli.api import build_model, load_model
 from gptx_cli.config import load_run_spec
+from gptx_cli.config.lora import LoraParams, parse_lora_params, plan, trainable_parameters
 from gptx_cli.errors import ConfigError
 from gptx_cli.model.init import optimizer_param_groups
 from gptx_cli.model.lora import apply_lora, is_adapter
-from gptx_cli.model.lora_config import LoraParams, parse_lora_params, plan, trainable_parameters
 from gptx_cli.model.loss import lm_loss
 from gptx_cli.train.optim import build_optimizer
 
@@ -251,7 +251,7 @@ def test_memory_guard_counts_what_lora_saves_gptj_6b_bf16() -> None:
     path = REPO / "configs" / "params_gptj_6B.yaml"
     full = load_run_spec(path)
     lora = load_run_spec(path)
-    from gptx_cli.model.lora_config import add_lora_shortcut
+    from gptx_cli.config.lora import add_lora_shortcut
 
     add_lora_shortcut(lora.raw, 8, 16)
     budget = 80 * GIB * HEADROOM
@@ -286,7 +286,7 @@ def test_a_lora_checkpoint_refuses_a_changed_or_missing_base(lora_base, tmp_path
 
 
 def test_the_lora_callback_of_a_config_is_read_and_not_run_as_a_step_hook(tmp_path) -> None:
-    from gptx_cli.model.lora_config import lora_from_raw
+    from gptx_cli.config.lora import lora_from_raw
     from gptx_cli.train.callbacks import build_callbacks
 
     spec = load_run_spec(REPO / "configs" / "finetune_tiny_gptj.yaml")

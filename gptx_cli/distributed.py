@@ -1,0 +1,135 @@
+"""The process group of a run on several processes (torchrun): who this process is (`Dist`), starting and
+ending the group, and the few collectives the trainer and eval need. One process needs none of this:
+`Dist()` describes it and every helper is a no-op for it. Torch is imported only when a group runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gptx_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(target_device: str) -> Dist:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); a single process otherwise."""
+    import torch
+
+    if target_device == "GPU" and not torch.cuda.is_available():
+        raise UsageError("--target-device GPU: no CUDA device is visible")
+    use_cuda = target_device == "GPU" or (target_device != "CPU" and torch.cuda.is_available())
+    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return Dist(device="cuda:0" if use_cuda else "cpu")
+    import torch.distributed as dist
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    else:
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown(d: Dist) -> None:
+    global _HOST_GROUP
+    _HOST_GROUP = None
+    if d.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
+    """Sum a few float64 scalars over ranks (one collective)."""
+    if not d.enabled:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_tensor(t: torch.Tensor) -> None:
+    """Sum a device tensor over ranks in place, on the device (no host read)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(t)
+
+
+_HOST_GROUP: Any = None
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """Whether `flag` is set on any rank, agreed over a CPU (gloo) collective: no device sync, also
+    beside NCCL (a gloo group is made on first use; every rank reaches it at the same step)."""
+    if not d.enabled:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    global _HOST_GROUP
+    group = None
+    if d.device != "cpu":
+        if _HOST_GROUP is None:
+            _HOST_GROUP = dist.new_group(backend="gloo")
+        group = _HOST_GROUP
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, group=group)
+    return bool(t.tolist()[0])
+
+
+def all_gather_object(obj: Any, d: Dist) -> list[Any]:
+    if not d.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, d: Dist) -> Any:
+    if not d.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
