@@ -329,10 +329,8 @@ def main() -> None:
     print(f"\n{started}: training tokens/s on {device}, torch {torch.__version__} ({shape}; median of "
           f"{args.window}-step windows after the first, {args.repeats} alternating runs each)")  # fmt: skip
     print("| side | tokens/s | tokens / CPU-s | MFU | peak memory GiB |\n|---|---:|---:|---:|---:|")
-    table: list[tuple[str, str]] = [
-        ("loop", "`gptx train` loop"),
-        ("bare", "bare `Stepper` (same components)"),
-    ]
+    table: list[tuple[str, str]] = [("loop", "`gptx train` loop")]
+    table += [("bare", "bare `Stepper` (same components)")] if args.bare else []
     table += [("fp8", "`gptx train --fp8` loop")] if args.fp8 else []
     table += [("hf", "transformers + torch AdamW loop")] if args.hf else []
     for side, label in table:

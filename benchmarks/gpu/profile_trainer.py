@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             "model.num_heads=4",
             "model.filter_size=1024",
             "model.rotary_dim=16",
+            "model.vocab_size=4096",
+            "precision.enabled=false",  # bf16 matmuls are slow on most CPUs
         ]
     spec = load_run_spec(REPO / "configs" / "params_gptj_6B.yaml", overrides=overrides)
     spec.val_data, spec.loop.eval_frequency, spec.checkpoint.steps = None, None, None

@@ -43,7 +43,7 @@ else  # toy width, a few steps: checks the script, measures nothing
     layers="${LAYERS:-2}" full="${FULL_LAYERS:-3}" seq="${SEQ:-128}" steps="${STEPS:-4}" fp8_steps="${FP8_STEPS:-4}"
     bench=(--device cpu --batch 4 --seq "$seq" --window 2 --repeats 1)
     shape=(--set model.hidden_size=64 --set model.num_heads=4 --set model.filter_size=256 --set model.rotary_dim=4
-           --set train_dataloader.num_workers=0)
+           --set model.vocab_size=4096 --set precision.enabled=false --set train_dataloader.num_workers=0)
 fi
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S') UTC  target $target  commit ${GPTX_COMMIT:-$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 "$python" -c "import torch, importlib.util as u; print('torch', torch.__version__, '| torchao', 'yes' if u.find_spec('torchao') else 'no')"

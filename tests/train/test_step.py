@@ -28,12 +28,19 @@ class ScalarReads(TorchDispatchMode):
         super().__init__()
         self.reads: list[str] = []
         self.host_reads = 0
-        self.host: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
+        self._host: dict[int, weakref.ref] = {}  # id -> weak reference (tensors compare elementwise)
+
+    def mark(self, t: torch.Tensor) -> None:
+        self._host[id(t)] = weakref.ref(t)
+
+    def marked(self, t: torch.Tensor) -> bool:
+        ref = self._host.get(id(t))
+        return ref is not None and ref() is t
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         inputs = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        from_host = bool(inputs) and all(t in self.host for t in inputs)
+        from_host = bool(inputs) and all(self.marked(t) for t in inputs)
         if func is torch.ops.aten._local_scalar_dense.default:
             if from_host:
                 self.host_reads += 1
@@ -43,7 +50,7 @@ class ScalarReads(TorchDispatchMode):
         if from_host:
             for t in pytree.tree_leaves(out):
                 if isinstance(t, torch.Tensor):
-                    self.host.add(t)
+                    self.mark(t)
         return out
 
 
@@ -57,7 +64,7 @@ def marked_batches(mode: ScalarReads):
     def marking(self):
         for batch in original(self):
             for tensor in batch.values():
-                mode.host.add(tensor)
+                mode.mark(tensor)
             yield batch
 
     GptxDataLoader.__iter__ = marking
