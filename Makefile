@@ -22,8 +22,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# One intra-op thread per process: two xdist workers (and the ranks they launch) share 2 cores.
 test: $(STAMP) lint
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist worksteal -q
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_reference.py

@@ -38,9 +38,11 @@ def unigram_entropy(data_dir: Path) -> float:
 
 def main() -> int:
     model_dir, data_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    results = sorted((model_dir / "eval").glob("checkpoint_*.json"), key=lambda p: int(p.stem.split("_")[-1]))
+    results = sorted(
+        (model_dir / "eval_results").glob("checkpoint_*.json"), key=lambda p: int(p.stem.split("_")[-1])
+    )
     if not results:
-        print(f"demo check: no eval results in {model_dir / 'eval'}", file=sys.stderr)
+        print(f"demo check: no eval results in {model_dir / 'eval_results'}", file=sys.stderr)
         return 1
     metrics = json.loads(results[-1].read_text())
     loss = float(metrics["metrics"]["loss"] if "metrics" in metrics else metrics["loss"])
