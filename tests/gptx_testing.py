@@ -7,12 +7,15 @@ skipping it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from gptx_cli.config.spec import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GPTX_SHARED", str(REPO.parent / "shared"))).resolve()
@@ -43,3 +46,27 @@ def run_gptx(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
         text=True,
         timeout=timeout,
     )
+
+
+# A tiny GPT-J and GPT-NeoX for model-level tests (fp32, no dropout).
+TINY = ModelConfig(
+    name="gptj",
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_heads=4,
+    filter_size=64,
+    max_position_embeddings=64,
+    rotary_dim=4,
+    use_ffn_bias=True,
+    use_bias_in_output=True,
+    share_embedding_weights=False,
+    use_projection_bias_in_attention=False,
+    use_ffn_bias_in_attention=False,
+    embedding_dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    residual_dropout_rate=0.0,
+)
+NEOX_TINY = dataclasses.replace(
+    TINY, name="gpt-neox", use_untied_layer_norm=True, use_projection_bias_in_attention=True, rotary_dim=8
+)

@@ -6,36 +6,15 @@ import dataclasses
 
 import pytest
 import torch
+from gptx_testing import NEOX_TINY, TINY
 
 from gptx_cli.api import build_model
-from gptx_cli.config.spec import ModelConfig
 from gptx_cli.model.doc_attention import VSL_BACKENDS, causal_padding_mask, document_causal_mask
 from gptx_cli.model.loss import lm_loss
 from gptx_cli.model.transformer import Transformer
 from gptx_cli.train.parallel import apply_activation_checkpointing
 
-GPTJ = ModelConfig(
-    name="gptj",
-    vocab_size=97,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_heads=4,
-    filter_size=64,
-    max_position_embeddings=64,
-    rotary_dim=4,
-    rotary_interleaved=False,
-    use_ffn_bias=True,
-    use_bias_in_output=True,
-    share_embedding_weights=False,
-    use_projection_bias_in_attention=False,
-    use_ffn_bias_in_attention=False,
-    embedding_dropout_rate=0.0,
-    attention_dropout_rate=0.0,
-    residual_dropout_rate=0.0,
-)
-NEOX = dataclasses.replace(
-    GPTJ, name="gpt-neox", use_untied_layer_norm=True, use_projection_bias_in_attention=True, rotary_dim=8
-)
+GPTJ, NEOX = TINY, NEOX_TINY
 FAMILIES = {
     "gptj": GPTJ,
     "neox-parallel": NEOX,

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from gptx_testing import NEOX_TINY, TINY
 
 from gptx_cli.api import build_model
 from gptx_cli.config.spec import ModelConfig
@@ -15,28 +16,6 @@ from gptx_cli.model.init import optimizer_param_groups, resolved_initializers
 from gptx_cli.model.loss import lm_loss
 from gptx_cli.model.transformer import Transformer
 from gptx_cli.train.parallel import apply_activation_checkpointing, compile_model
-
-TINY = ModelConfig(
-    name="gptj",
-    vocab_size=97,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_heads=4,
-    filter_size=64,
-    max_position_embeddings=64,
-    rotary_dim=4,
-    use_ffn_bias=True,
-    use_bias_in_output=True,
-    share_embedding_weights=False,
-    use_projection_bias_in_attention=False,
-    use_ffn_bias_in_attention=False,
-    embedding_dropout_rate=0.0,
-    attention_dropout_rate=0.0,
-    residual_dropout_rate=0.0,
-)
-NEOX_TINY = dataclasses.replace(
-    TINY, name="gpt-neox", use_untied_layer_norm=True, use_projection_bias_in_attention=True, rotary_dim=8
-)
 
 
 def batch(cfg: ModelConfig, b: int = 2, t: int = 16, seed: int = 0) -> torch.Tensor:
