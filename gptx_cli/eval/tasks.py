@@ -132,22 +132,64 @@ class LoglikelihoodScorer:
         self.batch_size = batch_size
         self.device = device
         self.tokens_scored = 0  # model input tokens, for throughput reports
+        self._logits_buffer: Any = None  # fp32 logits of the fused head (greedy=False), reused per batch
 
-    # Scored positions go through the LM head and log_softmax this many at a time ([chunk, vocab] floats).
+    # Scored positions go through the LM head and log_softmax at most this many at a time, and at most
+    # _CHUNK_LOGITS logits (128 MiB of fp32) at a time on a gptx model, whose head's size is known.
     _CHUNK = 2048
+    _CHUNK_LOGITS = 1 << 25
 
-    def _scored_logits(self, batch: Any, rows: Any, positions: Any) -> Callable[[int, int], Any]:
-        """Run the batch; returns part(lo, hi) -> logits [hi - lo, V] of scored positions lo..hi.
+    def _chunk_rows(self) -> int:
+        weight = getattr(self.logits_fn, "output_weight", None)
+        return (
+            self._CHUNK if weight is None else min(self._CHUNK, max(1, self._CHUNK_LOGITS // weight.shape[0]))
+        )
+
+    def _scorer(
+        self, batch: Any, rows: Any, positions: Any, targets: Any, greedy: bool
+    ) -> Callable[[int, int], Any]:
+        """Run the batch; returns part(lo, hi) -> (log p(target) [n], wrong [n] or None) for the scored
+        positions lo..hi (n = hi - lo; wrong: 1.0 where the target is not the argmax, greedy only).
 
         A gptx Transformer (it has `hidden_states` and `logits`) projects only the scored positions
-        through the LM head, so [B, T, vocab] logits never exist; any other callable returns them all.
+        through the LM head, so [B, T, vocab] logits never exist. Without greedy, not even [n, vocab]
+        logits do: `head_target_logits` runs the vocabulary through in cache-sized chunks and takes
+        log p = target logit - logsumexp. Any other callable returns all logits, which are then sliced.
         """
-        model = self.logits_fn
+        import torch
+
+        model: Any = self.logits_fn
         if hasattr(model, "hidden_states") and hasattr(model, "logits"):
             hidden = model.hidden_states(batch)[rows, positions]
-            return lambda lo, hi: model.logits(hidden[lo:hi])
-        logits = model(batch)
-        return lambda lo, hi: logits[rows[lo:hi], positions[lo:hi]]
+            if not greedy:
+                from gptx_cli.model.loss import head_log_probs
+
+                weight, bias, scale = model.output_weight, model.lm_head.bias, model.logits_scale
+
+                def fused(lo: int, hi: int) -> tuple[Any, None]:
+                    lp, self._logits_buffer = head_log_probs(
+                        hidden[lo:hi], weight, bias, scale, targets[lo:hi], self._logits_buffer
+                    )
+                    return lp, None
+
+                return fused
+
+            def slice_logits(lo: int, hi: int) -> Any:
+                return model.logits(hidden[lo:hi])
+        else:
+            all_logits = model(batch)
+
+            def slice_logits(lo: int, hi: int) -> Any:
+                return all_logits[rows[lo:hi], positions[lo:hi]]
+
+        def part(lo: int, hi: int) -> tuple[Any, Any]:
+            logits, tgt = slice_logits(lo, hi).float(), targets[lo:hi, None]
+            if not greedy:
+                return logits.gather(-1, tgt)[:, 0] - torch.logsumexp(logits, dim=-1), None
+            logp = logits.log_softmax(dim=-1)
+            return logp.gather(-1, tgt)[:, 0], (logp.argmax(dim=-1) != tgt[:, 0]).float()
+
+        return part
 
     def loglikelihood_tokens(
         self, requests: Sequence[tuple[list[int], list[int]]], greedy: bool = True
@@ -156,7 +198,8 @@ class LoglikelihoodScorer:
 
         All scored positions of a batch are gathered into one [N, hidden] block: one LM-head matmul and
         one float32 log_softmax per batch (in chunks), per-request sums by index_add, one host sync.
-        `greedy=False` (rolling windows) skips the argmax and takes log p = logit - logsumexp."""
+        `greedy=False` (rolling windows) skips the argmax (the flag is then always False) and takes
+        log p = logit - logsumexp, on a gptx model without [N, vocab] logits (`_scorer`)."""
         import torch
 
         prepared = []
@@ -169,6 +212,7 @@ class LoglikelihoodScorer:
             prepared.append((inp, cont))
         order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(prepared)
+        chunk = self._chunk_rows()
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -187,23 +231,20 @@ class LoglikelihoodScorer:
                 rows_t = torch.tensor(rows, dtype=torch.long, device=dev)
                 pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
                 tgt_t = torch.tensor(targets, dtype=torch.long, device=dev)
-                part = self._scored_logits(batch.to(dev), rows_t, pos_t)
+                part = self._scorer(batch.to(dev), rows_t, pos_t, tgt_t, greedy)
                 self.tokens_scored += sum(len(prepared[i][0]) for i in idx)
                 token_lp, wrong = [], []
-                for lo in range(0, len(targets), self._CHUNK):
-                    hi = min(lo + self._CHUNK, len(targets))
-                    logits = part(lo, hi).float()
-                    if not greedy:
-                        picked = logits.gather(-1, tgt_t[lo:hi, None])[:, 0]
-                        token_lp.append(picked - torch.logsumexp(logits, dim=-1))
-                        wrong.append(torch.ones_like(picked))
-                        continue
-                    logp = logits.log_softmax(dim=-1)
-                    token_lp.append(logp.gather(-1, tgt_t[lo:hi, None])[:, 0])
-                    wrong.append((logp.argmax(dim=-1) != tgt_t[lo:hi]).float())
+                for lo in range(0, len(targets), chunk):
+                    lp, miss = part(lo, min(lo + chunk, len(targets)))
+                    token_lp.append(lp)
+                    wrong.append(miss)
                 sums = torch.zeros(len(idx), dtype=torch.float32, device=dev).index_add_(
                     0, rows_t, torch.cat(token_lp)
                 )
+                if not greedy:  # rolling windows: no greedy check, one host sync per batch
+                    for i, ll in zip(idx, sums.tolist(), strict=True):
+                        results[i] = (float(ll), False)
+                    continue
                 misses = torch.zeros(len(idx), dtype=torch.float32, device=dev).index_add_(
                     0, rows_t, torch.cat(wrong)
                 )

@@ -85,7 +85,9 @@ def _head_chunks(
             # CPU; the two differ only on exact ties, where argmax picks the lowest id.
             label_logit = logits.gather(1, y[:, None]).squeeze(1)
             correct += ((label_logit >= logits.amax(1)) & (m > 0)).sum()
-            log_probs = logits.log_softmax(1)  # what F.cross_entropy computes, so the values are its own
+            # What F.cross_entropy computes, so the values are its own; in place, since the logits are not
+            # needed again: one [chunk, vocab] tensor fewer to allocate (and page-fault in on the CPU).
+            log_probs = torch.log_softmax(logits, 1, out=logits)
             del logits
             ce_sum += (-log_probs.gather(1, y[:, None]).squeeze(1) * m).sum()
             if grads is None:
@@ -104,6 +106,40 @@ def _head_chunks(
                 grads[1].add_(grad_logits.t() @ h)
             del log_probs, grad_logits
         return ce_sum, correct, grads
+
+
+def head_log_probs(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    scale: float | None,
+    targets: Tensor,
+    buffer: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """log p(target) [N] (fp32, no gradients) of the LM head (weight [V, H], bias, muP scale) on
+    hidden [N, H], and the fp32 buffer that held the logits, for the next call to reuse.
+
+    The head's matmul writes the [N, V] logits into `buffer` (when it has at least N * V elements) and
+    log_softmax overwrites them in place, so a batch allocates no [N, V] tensor: on the CPU a fresh one
+    costs a page fault per 4 KiB (more than the log_softmax itself), and a second one would double the
+    memory traffic. The values are F.log_softmax's, bit for bit."""
+    n, v = hidden.shape[0], weight.shape[0]
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        if buffer is None or buffer.numel() < n * v or buffer.device != hidden.device:
+            buffer = torch.empty(n * v, dtype=torch.float32, device=hidden.device)
+        logits = buffer[: n * v].view(n, v)
+        weight = weight.to(hidden.dtype)
+        bias = None if bias is None else bias.to(hidden.dtype)
+        if hidden.dtype != torch.float32:
+            logits.copy_(F.linear(hidden, weight, bias))
+        elif bias is None:
+            torch.mm(hidden, weight.t(), out=logits)
+        else:
+            torch.addmm(bias, hidden, weight.t(), out=logits)
+        if scale is not None:
+            logits.mul_(scale)
+        torch.log_softmax(logits, 1, out=logits)
+        return logits.gather(1, targets[:, None]).squeeze(1), buffer
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):

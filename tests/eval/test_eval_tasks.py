@@ -185,6 +185,48 @@ def test_rolling_equals_non_windowed_when_the_document_fits(neox_and_tok):
     assert res.metrics["bits_per_byte"] == pytest.approx(-total / nbytes / math.log(2), rel=1e-5)
 
 
+def test_fused_head_log_probs_are_log_softmax_of_the_heads_logits():
+    """Rolling windows on a gptx model take log p(target) from `head_log_probs` (logits written into a
+    reused buffer, log_softmax in place): the values of log_softmax on the head's logits, with bias,
+    muP scale, a reused or grown buffer, and bf16."""
+    import torch.nn.functional as F
+
+    from gptx_cli.model.loss import head_log_probs
+
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(37, 16, generator=g), torch.randn(300, 16, generator=g)
+    bias, targets = torch.randn(300, generator=g), torch.randint(0, 300, (37,), generator=g)
+    buffer = None
+    for n, b, scale in [(20, None, None), (37, bias, 0.5), (5, bias, None)]:
+        logits = F.linear(hidden[:n], weight, b) * (1.0 if scale is None else scale)
+        ref = logits.log_softmax(-1).gather(1, targets[:n, None])[:, 0]
+        got, new_buffer = head_log_probs(hidden[:n], weight, b, scale, targets[:n], buffer)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+        assert new_buffer.numel() >= n * 300
+        assert (new_buffer is buffer) == (buffer is not None and buffer.numel() >= n * 300)
+        buffer = new_buffer
+    hb, wb = hidden.bfloat16(), weight.bfloat16()
+    ref = F.linear(hb, wb).float().log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    got, _ = head_log_probs(hb, wb, None, None, targets, buffer)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
+def test_rolling_on_a_gptx_model_equals_the_transformers_logits(neox_and_tok, tmp_path):
+    from gptx_cli import load_model
+
+    model, tok = neox_and_tok
+    model.save_pretrained(tmp_path / "hf")
+    ours = load_model(str(tmp_path / "hf"))
+    docs = [tok.encode(d["text"]) for d in load_task(str(DATA / "wiki_tiny.jsonl")).docs]
+    ref = LoglikelihoodScorer(hf_logits_fn(model), max_length=8, batch_size=3).loglikelihood_rolling(
+        docs, tok.eos_id
+    )
+    scorer = LoglikelihoodScorer(ours, max_length=8, batch_size=3)
+    scorer._CHUNK_LOGITS = 5 * 50257  # several head chunks per batch, through one reused buffer
+    got = scorer.loglikelihood_rolling(docs, tok.eos_id)
+    assert got == pytest.approx(ref, rel=1e-5)
+
+
 def test_malformed_task_line_names_file_and_line():
     with pytest.raises(DataError, match=r"bad_line\.jsonl:2: not valid JSON"):
         load_task(str(DATA / "bad_line.jsonl"))
