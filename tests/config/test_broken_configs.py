@@ -48,6 +48,14 @@ VARIANTS = [
         "hidden_size: big",
         "expected an integer, got 'big'",
     ),
+    Broken(  # a null here once crashed the model's shape rules (found by test_mutations)
+        "null-hidden-size",
+        "hidden_size: 64",
+        "hidden_size: null",
+        "trainer.init.model.hidden_size",
+        "hidden_size: null",
+        "expected an integer, got null",
+    ),
     Broken(
         "bad-enum-nonlinearity",
         "nonlinearity: gelu",
