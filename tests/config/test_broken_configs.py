@@ -414,6 +414,15 @@ VARIANTS = [
         "hidden_size 4096 is not divisible by num_heads 15",
         legacy=True,
     ),
+    Broken(  # a null here once crashed the model's shape rules (found by test_mutations)
+        "legacy-null-hidden-size",
+        "hidden_size: 4096",
+        "hidden_size: null",
+        "model.hidden_size",
+        "hidden_size: null",
+        "expected an integer, got null",
+        legacy=True,
+    ),
     Broken(
         "legacy-cbfloat16-static-scale",
         'loss_scaling_factor: "dynamic"',
