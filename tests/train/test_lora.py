@@ -4,7 +4,8 @@ In process: only the adapters train (the base is bit-identical, the optimizer ho
 q/k/v get three ModelZoo adapters, target_modules select by ModelZoo class names, and the loss averages
 over loss-mask tokens only. End to end (the real CLI): a LoRA run on a base checkpoint writes adapter-only
 checkpoints naming the base, resumes bit-exactly, runs the same under DDP and FSDP2 as one process, and
-exports merged Hugging Face weights whose logits equal base + adapters."""
+exports merged Hugging Face weights whose logits equal base + adapters. With --lora-save-base the
+checkpoints also hold the base, bit for bit, and eval, the HF export and resume work with the base gone."""
 
 from __future__ import annotations
 
