@@ -22,6 +22,7 @@ from gptx_cli.commands.options import (
     Config,
     LoraAlpha,
     LoraR,
+    LoraSaveBase,
     MaxSteps,
     MicroBatchSize,
     ModelDir,
@@ -110,6 +111,7 @@ def train_cmd(
     micro_batch_size: MicroBatchSize = None,
     lora_r: LoraR = None,
     lora_alpha: LoraAlpha = None,
+    lora_save_base: LoraSaveBase = False,
     no_verify: NoVerify = False,
     allow_incomplete: AllowIncomplete = False,
     fp8: bool = typer.Option(
