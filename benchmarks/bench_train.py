@@ -5,7 +5,7 @@ same model, optimizer, schedule and `train.step.Stepper`. The loop side is the r
 loader, CheckLoss reads, metrics.jsonl, schedule, throughput window); its tokens/s are the median of
 its logged windows after the first. The bare side calls the same `Stepper` on batches fetched
 beforehand, timed over the same windows, reading the loss once per window as the loop's log step
-does. Runs alternate (loop, bare, loop, ...) so machine noise hits both alike. The ratio loop / bare
+does. Runs alternate (loop, bare, bare, loop, loop, ...) so machine noise and drift hit both alike. The ratio loop / bare
 is what the loop costs (target >= 0.97 on CPU, within 5% on a GPU). `--hf` adds the usual Hugging
 Face loop (transformers GPT-J, masked cross-entropy, clip_grad_norm_, torch AdamW(fused=True)) for
 the CPU shapes. `--fp8` adds the loop with torchao float8 (H100/H200 only) and compares its loss.
@@ -301,8 +301,12 @@ def main() -> None:
         if not args.data:
             write_data(data_dir, args.steps * args.batch, args.seq, args.vocab)
         for i in range(args.repeats):  # alternate so machine noise hits both sides alike
+            # ... in the order loop, bare, bare, loop, loop, ...: neither side is always the first run
+            # of the process (cold) nor always the one after the other (drift)
+            if args.bare and i % 2:
+                rows["bare"].append(run_bare(args, data_dir, Path(tmp) / f"bare_{i}"))
             rows["loop"].append(run_loop(args, data_dir, Path(tmp) / f"loop_{i}"))
-            if args.bare:
+            if args.bare and not i % 2:
                 rows["bare"].append(run_bare(args, data_dir, Path(tmp) / f"bare_{i}"))
             if args.fp8:
                 rows["fp8"].append(run_loop(args, data_dir, Path(tmp) / f"fp8_{i}", fp8=True))

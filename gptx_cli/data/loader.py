@@ -535,15 +535,21 @@ class GptxDataLoader:
             if spec.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = int(spec.prefetch_factor)
         end = self._pass_end()
-        sampler = _IterSampler(self._rank_batches(self.position, end))
-        loader: Any = DataLoader(
-            cast(Any, self._dataset),
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=self.pin_memory,
-            **kwargs,
-        )
+        loader: Any
+        if workers == 0 and not self.pin_memory:
+            # In this process: what torch's DataLoader does without workers (fetch a batch's samples,
+            # collate them) without its per-batch machinery (part of a train step's loader cost).
+            keys = self._rank_batches(self.position, end)
+            loader = (_collate(self._dataset.__getitems__(k)) for k in keys)
+        else:
+            loader = DataLoader(
+                cast(Any, self._dataset),
+                batch_sampler=_IterSampler(self._rank_batches(self.position, end)),
+                num_workers=workers,
+                collate_fn=_collate,
+                pin_memory=self.pin_memory,
+                **kwargs,
+            )
         for batch in loader:
             self.position += self.global_batch_size
             if end is not None:
