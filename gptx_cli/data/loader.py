@@ -44,6 +44,7 @@ from gptx_cli.errors import DataError
 
 DEFAULT_MSL = 2048
 MIXTURE_BLOCK = 1024
+READ_AHEAD = 64  # samples per HDF5 read when batches read consecutive samples (_H5Samples.get_many)
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -56,9 +57,10 @@ class _H5Samples:
         self.path, self.n, self.msl, self.rows = path, n, msl, rows
         self._handle: Any = None
         self._pid = -1
+        self._block: tuple[int, int, np.ndarray] | None = None  # samples [lo, hi) read ahead
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handle": None, "_pid": -1}
+        return {**self.__dict__, "_handle": None, "_pid": -1, "_block": None}
 
     def _open(self) -> None:
         if self._pid != os.getpid():
@@ -74,11 +76,16 @@ class _H5Samples:
         return row
 
     def get_many(self, ids: list[int]) -> list[np.ndarray]:
-        """`get` of each id; a run of consecutive ids is one read (a batch of unshuffled data)."""
+        """`get` of each id. A run of consecutive ids (a batch of unshuffled data) comes from one read
+        of at least READ_AHEAD samples, kept for the next batches (each HDF5 read has a fixed cost)."""
         if len(ids) < 2 or ids != list(range(ids[0], ids[0] + len(ids))):
             return [self.get(i) for i in ids]
-        self._open()
-        rows = np.asarray(self._handle[ids[0] : ids[-1] + 1, : self.rows], dtype=np.int64)
+        lo, hi = ids[0], ids[-1] + 1
+        if self._block is None or not (self._block[0] <= lo and hi <= self._block[1]):
+            self._open()
+            end = min(self.n, max(hi, lo + READ_AHEAD))
+            self._block = (lo, end, np.asarray(self._handle[lo:end, : self.rows], dtype=np.int64))
+        rows = self._block[2][lo - self._block[0] : hi - self._block[0]]
         ids_ok = rows[:, [0, 2]].min(initial=0) >= 0
         mask = rows[:, 1]
         if not (ids_ok and mask.min(initial=0) >= 0 and mask.max(initial=0) <= 1):
