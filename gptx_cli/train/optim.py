@@ -175,20 +175,20 @@ class AdamW(torch.optim.Optimizer):
             for p in params:
                 self.state[p]["step"] = t  # one device count for the group (saved with the state)
             grads: list[Tensor] = [p.grad for p in params if p.grad is not None]
-            group_lr = lr.to(device, torch.float32) * group.get("lr_scale", 1.0)
+            group_lr = lr.to(device, torch.float64) * group.get("lr_scale", 1.0)
             if not fused:
                 if isinstance(grad_multiplier, Tensor) or grad_multiplier != 1.0:
                     torch._foreach_mul_(grads, grad_multiplier)
-                _foreach_step(group, params, grads, exp_avgs, exp_avg_sqs, t, group_lr)
+                _foreach_step(group, params, grads, exp_avgs, exp_avg_sqs, t, group_lr.float())
                 continue
             beta1, beta2 = group["betas"]
             # float64: 1 - beta2**t in float32 loses digits for small t. t = 0 only when the first
             # step is skipped (the kernel skips it).
             counted = t.double().clamp(min=1.0)
-            lr_t = (group_lr.double() * torch.sqrt(1.0 - beta2**counted) / (1.0 - beta1**counted)).float()
+            lr_t = (group_lr * torch.sqrt(1.0 - beta2**counted) / (1.0 - beta1**counted)).float()
             decoupled = not group["l2_regularization_rate"]
             if decoupled and group["weight_decay"]:
-                torch._foreach_mul_(params, 1.0 - group_lr * group["weight_decay"] * keep)
+                torch._foreach_mul_(params, (1.0 - group_lr * group["weight_decay"] * keep).float())
             kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
             no_correction = torch.full((), 1e30, dtype=torch.float32, device=device)  # beta**t = 0
             kernel(
@@ -407,7 +407,7 @@ class SGD(torch.optim.SGD):
         # The learning rate on the device: torch's SGD takes a tensor `lr` (fused: no host read).
         floats = [g["lr"] for g in self.param_groups]
         for g in self.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
+            g["lr"] = lr.float() * g.get("lr_scale", 1.0)
         try:
             return self._step(closure, grad_multiplier, found_inf)
         finally:

@@ -260,7 +260,7 @@ class LRSchedule:
         self.schedule = schedule
         self.step_count = step
         self._device_step: Any = None  # torch int64 scalar in device mode
-        self._table: Any = None  # lr_at(0 .. len - 1), float32 on the device
+        self._table: Any = None  # lr_at(0 .. len - 1), float64 on the device
         self.apply()
 
     @property
@@ -284,16 +284,16 @@ class LRSchedule:
     def on_device_mode(self) -> bool:
         return self._device_step is not None
 
-    def device_lr(self, upper: int | None = None) -> Any:
-        """The learning rate at the device step count, as a float32 device scalar. `upper`: a bound the
-        count cannot exceed (the host's count of steps taken), so the table covers it."""
+    def device_lr(self) -> Any:
+        """The learning rate at the device step count, as a float64 device scalar (the table covers
+        `step_count`, the steps taken, which the device count of applied steps cannot exceed)."""
         import torch
 
-        needed = max(upper if upper is not None else self.step_count, self.step_count) + 1
+        needed = self.step_count + 1
         if self._table is None or len(self._table) < needed:
             # Grown by doubling (a host-to-device copy from pinned memory: queued, no sync).
             size = max(self._TABLE_MIN, 2 * needed)
-            table = torch.tensor([self.schedule.lr_at(s) for s in range(size)], dtype=torch.float32)
+            table = torch.tensor([self.schedule.lr_at(s) for s in range(size)], dtype=torch.float64)
             device = self._device_step.device
             if device.type == "cuda":
                 table = table.pin_memory()
