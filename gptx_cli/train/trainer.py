@@ -67,6 +67,7 @@ class TrainOptions:
     continue_pretrain: bool = False  # weights only from checkpoint_path, step 0, fresh optimizer
     console: str = "auto"  # auto | rich | plain
     fp8: bool = False  # torchao float8 rowwise matmuls in the blocks (H100/H200 only)
+    lora_save_base: bool = False  # LoRA checkpoints hold the base weights too (gptx extension)
 
 
 @dataclass
@@ -200,7 +201,13 @@ class _Run:
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
         sharded = parallel.is_sharded(self.dist, self.strategy)
         model = init_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
-        self.lora = LoraRun.create(spec, self.ckpt.source, self.ckpt.load_states, self.seed)
+        self.lora = LoraRun.create(
+            spec, self.ckpt.source, self.ckpt.load_states, self.seed, save_base=options.lora_save_base
+        )
+        if self.lora and self.lora.base_in is not None and not options.lora_save_base:
+            self.notes.append(
+                f"LoRA: {self.lora.base_in} holds its base weights; its checkpoints keep holding them"
+            )
         if self.lora and self.lora.adapter_source is None and self.ckpt.load_states:
             self.ckpt.load_states = {"model"}  # a new LoRA run on a base model: its weights only
             self.notes.append(f"LoRA on the base model {self.lora.base_source()}: weights only, step 0")
@@ -419,13 +426,16 @@ class _Run:
         return bool(every and step % every == 0) or step == end
 
     def check_fits(self) -> tuple[int, int, int]:
-        """Before anything is allocated: --fp8's needs, the batch layout, the memory guard, then the data (a missing
-        data_dir names the `gptx preprocess` command). Returns the batch layout."""
+        """Before anything is allocated: --lora-save-base's and --fp8's needs, the batch layout, the memory
+        guard, then the data (a missing data_dir names the `gptx preprocess` command). Returns the batch layout."""
+        from gptx_cli.config.lora import lora_from_raw
         from gptx_cli.data.loader import build_dataloader, with_model_preprocess_args
         from gptx_cli.train.memory_guard import check_memory
 
         spec = self.spec
         assert spec.train_data is not None
+        if self.options.lora_save_base and lora_from_raw(spec.raw, spec.source) is None:
+            raise UsageError("--lora-save-base needs LoRA: --lora-r or a Lora callback in the config")
         if self.options.fp8:
             from gptx_cli.train.fp8 import check_fp8
 
