@@ -67,11 +67,11 @@ def marked_batches(mode: ScalarReads):
                 mode.mark(tensor)
             yield batch
 
-    GptxDataLoader.__iter__ = marking
+    GptxDataLoader.__iter__ = marking  # type: ignore[method-assign]
     try:
         yield
     finally:
-        GptxDataLoader.__iter__ = original
+        GptxDataLoader.__iter__ = original  # type: ignore[method-assign]
 
 
 def reads_in_run(tiny_data, model_dir, steps: int, extra: tuple[str, ...] = ()) -> list[str]:
