@@ -323,18 +323,19 @@ class _Run:
         return loader, start, end
 
     # ------------------------------------------------------------------------------------ components
-    def _sync(self, pending: list[tuple[int, float, StepOutput]], log: bool) -> None:
+    def _sync(self, pending: list[tuple[int, StepOutput]], log: bool) -> None:
         """Read the steps since the last sync (one host read), stop on a non-finite one (CheckLoss),
         and log the last of them when `log`."""
         if not pending:
             return
         values = torch.stack(
-            [torch.stack([o.loss, o.grad_norm.double(), o.tokens]) for _, _, o in pending]
+            [torch.stack([o.loss, o.grad_norm.double(), o.tokens]) for _, o in pending]
         ).tolist()
         last = self.ckpt.last
         self.stepper.check_finite(hint=f"resume from {last}" if last else None)
         self.losses += [v[0] for v in values]
-        step, lr, _ = pending[-1]
+        step, out = pending[-1]
+        lr = float(out.lr) if out.lr is not None else None  # a device scalar with dynamic loss scaling
         pending.clear()
         if log and self.log is not None:
             loss, grad_norm, _ = values[-1]
@@ -491,7 +492,7 @@ class _Run:
             )
             return TrainResult(start, start, None, None, 0, 0.0, last_checkpoint=last)
         step, samples_seen, stopped_by = start, loader.position, "completed"
-        pending: list[tuple[int, float, StepOutput]] = []  # device results since the last sync
+        pending: list[tuple[int, StepOutput]] = []  # device results since the last sync
         previous_handlers = self._install_signal_handlers()
         try:
             if self.spec.checkpoint.save_initial_checkpoint and start == 0:
@@ -503,7 +504,7 @@ class _Run:
                 _check_token_ids(
                     batch, self.spec.model.vocab_size, self.spec.train_data.data_dir
                 )  # host copy
-                pending.append((step + 1, self.schedule.lr, self.stepper(batch)))
+                pending.append((step + 1, self.stepper(batch)))
                 if step == start:
                     _freeze_gc()
                 step, samples_seen = step + 1, loader.position
