@@ -43,8 +43,10 @@ class LossScaler:
     the train step does), updated from the step's device-side finite flag with device-side selects
     (as torch's GradScaler does in `torch._amp_update_scale_`, which keeps the scale in float32 only
     and has no floor or cap). ModelZoo's rule: a non-finite step is skipped, halves the scale
-    (never below min_loss_scale) and resets the count; `steps_per_increase` good steps in a row double
-    it (never above max_loss_scale). `scale` and `state_dict()` read them (one host read: log and
+    (never below min_loss_scale) and resets the count; the good step that takes the count past
+    `steps_per_increase` doubles it (never above max_loss_scale) and resets the count (cstorch.amp.
+    GradScaler.update_scale: `steps_per_increase < steps_since_rescale`, one step later than torch's
+    GradScaler). `scale` and `state_dict()` read them (one host read: log and
     checkpoint steps); the state dict keeps its Python numbers, so checkpoints read both ways.
     """
 
@@ -111,7 +113,7 @@ class LossScaler:
             return finite
         flag = torch.as_tensor(finite, device=self._scale.device)
         good = torch.where(flag, self._good + 1, 0)
-        grow = good >= self.steps_per_increase
+        grow = good > self.steps_per_increase  # ModelZoo: the count must exceed steps_per_increase
         scale = torch.where(flag, torch.where(grow, self._scale * 2.0, self._scale), self._scale * 0.5)
         self._scale = scale.clamp(min=self.min_scale, max=self.max_scale)
         self._good = torch.where(grow, 0, good)

@@ -163,8 +163,8 @@ def power_stepper(precision):
 def test_fp16_dynamic_loss_scaling_skips_overflows_halves_the_scale_and_holds_the_schedule_on_the_device():
     """ModelZoo's dynamic loss scaling, by hand: scale 1024, steps_per_increase 2. Steps 2 and 3
     overflow: they are skipped (the weights stay bit for bit), each halves the scale and resets the
-    count of good steps, and neither advances the schedule or AdamW's step count. Two good steps in a
-    row (4, 5) double the scale. The weights equal a run of only the applied batches (steps 1, 4, 5, 6)
+    count of good steps, and neither advances the schedule or AdamW's step count. The third good step
+    in a row (6) takes the count past steps_per_increase and doubles the scale (ModelZoo's rule). The weights equal a run of only the applied batches (steps 1, 4, 5, 6)
     without loss scaling, and no step after the first reads a device value on the host."""
     from gptx_cli.config.spec import PrecisionSpec
 
@@ -185,13 +185,13 @@ def test_fp16_dynamic_loss_scaling_skips_overflows_halves_the_scale_and_holds_th
         finite.append(bool(out.finite))
     assert mode.reads == [], mode.reads[-1]
     assert finite == [True, False, False, True, True, True]
-    assert scales == [1024.0, 512.0, 256.0, 256.0, 512.0, 512.0]
+    assert scales == [1024.0, 512.0, 256.0, 256.0, 256.0, 512.0]
     # the schedule's step before each step: 0, 1, 1 (held), 1 (held), 2, 3
     assert lrs == pytest.approx([0.1, 0.09, 0.09, 0.09, 0.08, 0.07], rel=1e-6)
     assert torch.equal(weights[1], weights[0]) and torch.equal(weights[2], weights[0])
     assert not torch.equal(weights[3], weights[2])
     assert schedule.state_dict() == {"step": 4}
-    assert stepper.scaler.state_dict() == {"scale": 512.0, "good_steps": 1, "skipped_steps": 2}
+    assert stepper.scaler.state_dict() == {"scale": 512.0, "good_steps": 0, "skipped_steps": 2}
     assert float(optimizer.state[model.w]["step"]) == 4.0  # AdamW's t: the applied steps
 
     # the same updates as the applied batches alone, no loss scaling (AdamW's host-side step count)
@@ -215,7 +215,7 @@ def test_dynamic_loss_scaling_state_resumes_and_reads_old_checkpoints():
         enabled=True, fp16_type="float16", loss_scaling_factor="dynamic", steps_per_increase=2
     )
     _, _, schedule, stepper = power_stepper(fp16)
-    stepper.scaler.load_state_dict({"scale": 64.0, "good_steps": 1, "skipped_steps": 3})  # the old format
+    stepper.scaler.load_state_dict({"scale": 64.0, "good_steps": 2, "skipped_steps": 3})  # the old format
     schedule.load_state_dict({"step": 5})
     stepper(power_batch(0))
     assert stepper.scaler.state_dict() == {"scale": 128.0, "good_steps": 0, "skipped_steps": 3}
