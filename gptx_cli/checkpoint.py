@@ -350,7 +350,8 @@ def check_base(owner: Path, base: dict[str, Any]) -> None:
     if not where.exists():
         raise CheckpointError(
             f"{owner}: its LoRA base {where} does not exist",
-            hint="the checkpoint holds only the adapters; restore the base model there",
+            hint="the checkpoint holds only the adapters; restore the base model there "
+            "(train with --lora-save-base for checkpoints that hold their base)",
         )
     if base.get("checksums") and is_gptx_checkpoint(where):
         if read_checkpoint_meta(where).get("checksums") != base["checksums"]:

@@ -95,8 +95,7 @@ def eval_cmd(
     from gptx_cli.config.flags import check_at_least, check_config_flag
     from gptx_cli.data.loader import allow_incomplete as allow_incomplete_data
     from gptx_cli.errors import UsageError
-    from gptx_cli.eval.evaluate import EvalOptions, format_table, run_eval
-    from gptx_cli.train import parallel
+    from gptx_cli.eval.options import EvalOptions, prepare
 
     skip_verification(no_verify)
     allow_incomplete_data(allow_incomplete)
@@ -108,13 +107,18 @@ def eval_cmd(
         raise UsageError(f"--format must be table or json, got {output_format!r}")
     if nproc is not None and nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-    if nproc is not None and nproc > 1 and not distributed.under_torchrun():
-        code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
-        raise typer.Exit(code)
     opts = EvalOptions(
         **fields_of(EvalOptions, locals(), tasks=_split_tasks(tasks), overrides=overrides or ())
     )
-    reports = run_eval(opts)
+    prepared = prepare(opts)  # flags, config and task files, before torch is imported
+    if nproc is not None and nproc > 1 and not distributed.under_torchrun():
+        from gptx_cli.train import parallel
+
+        code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
+        raise typer.Exit(code)
+    from gptx_cli.eval.evaluate import format_table, run_eval
+
+    reports = run_eval(opts, prepared=prepared)
     if distributed.under_torchrun() and int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 prints for all
     if output_format == "json":

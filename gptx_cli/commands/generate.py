@@ -104,7 +104,6 @@ def generate_cmd(
 
     skip_verification(no_verify)
     from gptx_cli.errors import UsageError
-    from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format must be text or json, got {output_format!r}")
@@ -128,6 +127,9 @@ def generate_cmd(
     if prompts_file is not None and (prompt is not None or prompt_file is not None or echo):
         raise UsageError("--prompts-file cannot be combined with --prompt, --prompt-file or --echo")
     text = _read_prompt(prompt, prompt_file) if prompts_file is None else ""
+    # torch from here on: the checks above answer a mistyped flag in a fraction of a second
+    from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
+
     sampling = SamplingConfig(
         max_new_tokens=max_new_tokens,
         do_sample=wants_sampling,

@@ -93,6 +93,14 @@ LoraR = Annotated[
     ),
 ]
 LoraAlpha = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA alpha (default: the rank).")]
+LoraSaveBase = Annotated[
+    bool,
+    typer.Option(
+        "--lora-save-base",
+        help="LoRA: checkpoints hold the frozen base weights too, not only the adapters, so they work "
+        "without the base model (gptx extension).",
+    ),
+]
 
 
 def fields_of(cls: Any, params: dict[str, Any], **values: Any) -> dict[str, Any]:

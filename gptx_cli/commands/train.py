@@ -22,6 +22,7 @@ from gptx_cli.commands.options import (
     Config,
     LoraAlpha,
     LoraR,
+    LoraSaveBase,
     MaxSteps,
     MicroBatchSize,
     ModelDir,
@@ -44,24 +45,22 @@ def _run(
     allow_incomplete: bool,
     **params: Any,
 ) -> None:
-    """Load the config (errors surface once, before any launch), then train here or on `nproc` processes."""
+    """Load the config (errors surface once, before any launch), then train here or on `nproc` processes.
+    Flag and config errors come before torch is imported: a typo costs a fraction of a second."""
     from gptx_cli import distributed
     from gptx_cli.checksum import skip_verification
     from gptx_cli.config import load_run_spec
     from gptx_cli.config.flags import check_train_flags
     from gptx_cli.data.loader import allow_incomplete as allow_incomplete_data
-    from gptx_cli.train import parallel
-    from gptx_cli.train.trainer import TrainOptions
 
     skip_verification(no_verify)
     allow_incomplete_data(allow_incomplete)
-    options = TrainOptions(**fields_of(TrainOptions, params))
     check_train_flags(
         {
-            "--max-steps": options.max_steps,
-            "--micro-batch-size": options.micro_batch_size,
-            "--strategy": options.strategy,
-            "--target-device": options.target_device,
+            "--max-steps": params.get("max_steps"),
+            "--micro-batch-size": params.get("micro_batch_size"),
+            "--strategy": params.get("strategy"),
+            "--target-device": params.get("target_device"),
             "--nproc": nproc,
         }
     )
@@ -74,6 +73,10 @@ def _run(
 
         add_lora_shortcut(spec.raw, lora_r, lora_alpha)
         lora_from_raw(spec.raw, "--lora-r/--lora-alpha")
+    from gptx_cli.train import parallel  # torch from here on
+    from gptx_cli.train.trainer import TrainOptions
+
+    options = TrainOptions(**fields_of(TrainOptions, params))
     if nproc is not None and nproc > 1 and not distributed.under_torchrun():
         from gptx_cli.train.lock import model_dir_lock
         from gptx_cli.train.trainer import preflight
@@ -110,6 +113,7 @@ def train_cmd(
     micro_batch_size: MicroBatchSize = None,
     lora_r: LoraR = None,
     lora_alpha: LoraAlpha = None,
+    lora_save_base: LoraSaveBase = False,
     no_verify: NoVerify = False,
     allow_incomplete: AllowIncomplete = False,
     fp8: bool = typer.Option(

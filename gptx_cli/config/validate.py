@@ -232,8 +232,10 @@ def _model_rules(model: dict[str, Any], M: KeyPath) -> list[tuple[KeyPath, str, 
                 "error",
             )
         )
+    # Only well-typed values: a null or a string here is already the schema's error at its key.
+    types = {"name": str, "hidden_size": int, "num_heads": int, "rotary_dim": int}
     shape: dict[str, Any] = {
-        k: model[k] for k in ("name", "hidden_size", "num_heads", "rotary_dim") if k in model
+        k: v for k, t in types.items() if isinstance(v := model.get(k), t) and not isinstance(v, bool)
     }
     for key, message in ModelConfig.from_dict(shape).check():  # the model's own rules, one copy
         out.append((M + (key,), message, "error"))

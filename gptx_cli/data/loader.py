@@ -44,6 +44,7 @@ from gptx_cli.errors import DataError
 
 DEFAULT_MSL = 2048
 MIXTURE_BLOCK = 1024
+READ_AHEAD = 64  # samples per HDF5 read when batches read consecutive samples (_H5Samples.get_many)
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -56,19 +57,41 @@ class _H5Samples:
         self.path, self.n, self.msl, self.rows = path, n, msl, rows
         self._handle: Any = None
         self._pid = -1
+        self._block: tuple[int, int, np.ndarray] | None = None  # samples [lo, hi) read ahead
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handle": None, "_pid": -1}
+        return {**self.__dict__, "_handle": None, "_pid": -1, "_block": None}
 
-    def get(self, i: int) -> np.ndarray:
+    def _open(self) -> None:
         if self._pid != os.getpid():
             import h5py
 
             self._handle, self._pid = h5py.File(self.path, "r")["data"], os.getpid()
             check_integer_dtype(self.path, self._handle.dtype)
+
+    def get(self, i: int) -> np.ndarray:
+        self._open()
         row = np.asarray(self._handle[i, : self.rows], dtype=np.int64)
         check_sample(self.path, i, row)
         return row
+
+    def get_many(self, ids: list[int]) -> list[np.ndarray]:
+        """`get` of each id. A run of consecutive ids (a batch of unshuffled data) comes from one read
+        of at least READ_AHEAD samples, kept for the next batches (each HDF5 read has a fixed cost)."""
+        if len(ids) < 2 or ids != list(range(ids[0], ids[0] + len(ids))):
+            return [self.get(i) for i in ids]
+        lo, hi = ids[0], ids[-1] + 1
+        if self._block is None or not (self._block[0] <= lo and hi <= self._block[1]):
+            self._open()
+            end = min(self.n, max(hi, lo + READ_AHEAD))
+            self._block = (lo, end, np.asarray(self._handle[lo:end, : self.rows], dtype=np.int64))
+        rows = self._block[2][lo - self._block[0] : hi - self._block[0]]
+        ids_ok = rows[:, [0, 2]].min(initial=0) >= 0
+        mask = rows[:, 1]
+        if not (ids_ok and mask.min(initial=0) >= 0 and mask.max(initial=0) <= 1):
+            for i, row in zip(ids, rows, strict=True):  # the first bad sample, with its message
+                check_sample(self.path, i, row)
+        return list(rows)
 
 
 class _TokenWindows:
@@ -303,6 +326,22 @@ class SampleStore:
         k = bisect.bisect_right(self._offsets, i) - 1
         return self.sources[k].get(i - self._offsets[k])
 
+    def get_many(self, ids: list[int]) -> list[np.ndarray]:
+        """`get` of each id; consecutive ids in one file read at once (`_H5Samples.get_many`)."""
+        if self._subset is not None:
+            ids = [int(self._subset[i]) for i in ids]
+        if ids:
+            k = bisect.bisect_right(self._offsets, min(ids)) - 1
+            source, lo = self.sources[k], self._offsets[k]
+            if max(ids) < self._offsets[k + 1] and hasattr(source, "get_many"):  # all in one file
+                return cast(list[np.ndarray], source.get_many([i - lo for i in ids]))
+        return [self.get_unmapped(i) for i in ids]
+
+    def get_unmapped(self, i: int) -> np.ndarray:
+        """`get` of an index already through data_subset."""
+        k = bisect.bisect_right(self._offsets, i) - 1
+        return self.sources[k].get(i - self._offsets[k])
+
 
 # ----------------------------------------------------------------------------------------------- order
 
@@ -376,6 +415,12 @@ class _MapDataset:
     def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
         k, i = key
         return self.stores[k].get(i)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[np.ndarray]:
+        """A batch's samples (torch's fetcher calls this): one store's keys go through `get_many`."""
+        if keys and all(k == keys[0][0] for k, _ in keys):
+            return self.stores[keys[0][0]].get_many([i for _, i in keys])
+        return [self[key] for key in keys]
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.stores)
@@ -497,15 +542,21 @@ class GptxDataLoader:
             if spec.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = int(spec.prefetch_factor)
         end = self._pass_end()
-        sampler = _IterSampler(self._rank_batches(self.position, end))
-        loader: Any = DataLoader(
-            cast(Any, self._dataset),
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=self.pin_memory,
-            **kwargs,
-        )
+        loader: Any
+        if workers == 0 and not self.pin_memory:
+            # In this process: what torch's DataLoader does without workers (fetch a batch's samples,
+            # collate them) without its per-batch machinery (part of a train step's loader cost).
+            keys = self._rank_batches(self.position, end)
+            loader = (_collate(self._dataset.__getitems__(k)) for k in keys)
+        else:
+            loader = DataLoader(
+                cast(Any, self._dataset),
+                batch_sampler=_IterSampler(self._rank_batches(self.position, end)),
+                num_workers=workers,
+                collate_fn=_collate,
+                pin_memory=self.pin_memory,
+                **kwargs,
+            )
         for batch in loader:
             self.position += self.global_batch_size
             if end is not None:

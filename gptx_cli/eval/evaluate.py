@@ -29,44 +29,17 @@ from gptx_cli.checkpoint import (
     list_checkpoints,
     resolve,
 )
-from gptx_cli.config import load_run_spec
 from gptx_cli.data.loader import build_dataloader, model_inputs
 from gptx_cli.distributed import Dist, all_gather_object, all_reduce_sum, init_distributed, under_torchrun
 from gptx_cli.errors import CheckpointError, DataError, UsageError
 from gptx_cli.eval.generate import BatchGenerator
 from gptx_cli.eval.harness import HarnessTokenizer
+from gptx_cli.eval.options import EvalOptions, Prepared, prepare
 from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
-from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, limit_docs, load_task
+from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, limit_docs
 from gptx_cli.fsutil import write_json, write_text
 from gptx_cli.model.loss import lm_loss
 from gptx_cli.model.transformer import parameter_shapes
-
-
-@dataclass
-class EvalOptions:
-    """What `gptx eval` was asked to do (the CLI fills this; tests and scripts may too)."""
-
-    config: str | None = None
-    checkpoint_path: str | None = None
-    all_checkpoints: bool = False
-    eval_steps: int | None = None
-    tasks: Sequence[str] = ()
-    tasks_dir: str | None = None
-    limit: float | None = None  # a count, or a fraction below 1.0 (the harness's --limit)
-    batch_size: int = 8
-    max_length: int | None = None  # context for tasks (default: the model's max_position_embeddings)
-    bootstrap_iters: int = 100000  # the harness's default; 0 skips the bootstrapped stderrs
-    log_samples: bool = False
-    num_fewshot: int = 0
-    tokenizer: str | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    model_dir: str | None = None
-    output_dir: str | None = None
-    overrides: Sequence[str] = ()
-    seed: int = 1234
-    write: bool = True
-    overwrite: bool = False  # replace an earlier result file of the same checkpoint (--overwrite)
 
 
 @dataclass
@@ -346,33 +319,14 @@ def _write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
 
 
-def run_eval(opts: EvalOptions, log: Any = None) -> list[CheckpointReport]:
+def run_eval(opts: EvalOptions, log: Any = None, prepared: Prepared | None = None) -> list[CheckpointReport]:
     """Evaluate the chosen checkpoint(s); writes model_dir/eval/<checkpoint>.json for each one.
 
     Under torchrun (`gptx eval --nproc N`) each process scores its share of the validation batches and
     of each task's documents; the sums and per-document items are joined on every rank, rank 0 writes.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if opts.config is None and not opts.tasks:
-        raise UsageError("nothing to evaluate: give a CONFIG (validation data) and/or --tasks")
-    if opts.eval_steps is not None and opts.eval_steps < 1:
-        raise UsageError(f"--eval-steps must be at least 1, got {opts.eval_steps}")
-    if opts.limit is not None and opts.limit <= 0:
-        raise UsageError(f"--limit must be > 0, got {opts.limit}")
-    if opts.limit is not None and opts.limit >= 1.0 and opts.limit != int(opts.limit):
-        raise UsageError(f"--limit {opts.limit}: a count must be whole (a fraction must be below 1.0)")
-    if opts.bootstrap_iters < 0:
-        raise UsageError(f"--bootstrap-iters must be >= 0, got {opts.bootstrap_iters}")
-    spec = None
-    if opts.config is not None:
-        spec = load_run_spec(opts.config, overrides=opts.overrides)
-        if spec.val_data is None:
-            if not opts.tasks:
-                raise UsageError(
-                    f"{opts.config}: no validation data (validate.val_dataloader or eval_input)",
-                    hint="add one, or pass --tasks",
-                )
-    tasks = [load_task(t, opts.tasks_dir) for t in opts.tasks]  # fail on a bad file before loading a model
+    spec, tasks = prepared or prepare(opts)
     dist = Dist()
     if under_torchrun():
         target = {"auto": "auto", "cpu": "CPU"}.get(opts.device, "GPU")

@@ -18,7 +18,8 @@ weights the layer computes with in eval mode (ModelZoo folds them in place on `e
 Checkpoints (read by `gptx_cli.checkpoint`, written through `gptx_cli.train.lora.LoraRun`): a LoRA run's
 checkpoint holds only the adapters and names its base in gptx.json (`lora.base`: the checkpoint or
 Hugging Face directory it started from, with the base's weight checksums when it is a gptx checkpoint,
-or the seed of a fresh initialisation).
+or the seed of a fresh initialisation); with `--lora-save-base` it holds the base weights as well
+(`lora.adapters_only: false`) and is read without its base.
 """
 
 from __future__ import annotations

@@ -291,6 +291,15 @@ class LMHead(nn.Module):
         self.bias = nn.Parameter(torch.empty(cfg.vocab_size)) if cfg.use_bias_in_output else None
 
 
+class _Embedding(nn.Embedding):
+    """nn.Embedding without its default init on the meta device, where it is a no-op anyway: torch's
+    meta-device normal_ imports torch._dynamo (seconds at the start of every eval, generate and convert)."""
+
+    def reset_parameters(self) -> None:
+        if self.weight.device.type != "meta":
+            super().reset_parameters()
+
+
 class Transformer(nn.Module):
     """GPT-J / GPT-NeoX decoder: `forward(input_ids [B, T]) -> logits [B, T, vocab]`."""
 
@@ -303,7 +312,7 @@ class Transformer(nn.Module):
                 f"model.position_embedding_type: {cfg.position_embedding_type!r} is not supported (rotary only)"
             )
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed = _Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
         self.lm_head = LMHead(cfg)

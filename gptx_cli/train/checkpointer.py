@@ -60,7 +60,7 @@ class Checkpointer:
         self.progress: dict[str, Any] = {"best_eval_loss": None}  # saved with the train state
         self.last: Path | None = None  # the latest checkpoint written or resumed from
         self._objects: tuple[Any, ...] | None = None
-        self.lora: Any = None  # model.lora.LoraRun: weights from its base, adapter-only checkpoints
+        self.lora: LoraRun | None = None  # weights from its base; checkpoints of the adapters (and the base)
         self.source, self.load_states = self._resume_source(
             checkpoint_path, load_checkpoint_states, continue_pretrain
         )
@@ -111,7 +111,7 @@ class Checkpointer:
         params = {n: p for n, p in model.named_parameters() if not is_adapter(n)}  # no buffers; LoRA adapters
         loaded: set[str] = set()
         extra: list[str] = []
-        with found.open_weights() as tensors:
+        with self.lora.open_base(found.config) if self.lora else found.open_weights() as tensors:
             self._note_config_differences(found.config, source)
             for name, tensor in tensors:
                 param = params.get(name)
@@ -207,7 +207,7 @@ class Checkpointer:
         else:
             optim_state = state.optimizer_state(wrapped, optimizer)
             weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(model).state_dict().items()}
-        saved = LoraRun.select(weights) if self.lora else weights  # LoRA: the adapters only
+        saved = self.lora.select(weights) if self.lora else weights  # LoRA: the adapters (and the base)
         if d.is_main:
             train_state = {
                 "step": step,

@@ -15,15 +15,23 @@ over the parameters instead of a dozen foreach passes, equal to the formula abov
 A gradient-clipping multiplier can be folded into that pass (`step(grad_multiplier=...)`).
 
 One step call for every optimizer. Every optimizer `build_optimizer` returns takes
-`step(grad_multiplier=1.0, found_inf=None)`: `grad_multiplier` (a float or a device scalar) scales the
+`step(grad_multiplier=1.0, found_inf=None, lr=None)`: `grad_multiplier` (a float or a device scalar) scales the
 gradients first (the clipping multiplier) and `found_inf` (a device scalar, 1.0 = skip) skips the
 whole update on the device, as torch's GradScaler does with fused optimizers, so the train step never
 reads a device value on the host. Fused kernels (AdamW/Adam, SGD) take both inside the kernel; Lion
 skips with a device-side select; only AdamW's term-by-term fallback (no bias correction, both decay
 kinds, other devices) reads `found_inf` on the host, as GradScaler does for non-fused optimizers.
 A skipped AdamW step still counts in its step count t: the train step only skips on the device where
-the run then stops (a non-finite loss or gradient without dynamic loss scaling); the steps dynamic
-loss scaling skips never reach the optimizer.
+the run then stops (a non-finite loss or gradient without dynamic loss scaling).
+
+Float16 dynamic loss scaling skips steps and goes on, holding the schedule back (ModelZoo never calls
+the optimizer for a skipped step). Only the device knows which steps were skipped, so there the train
+step passes the schedule's learning rate as a device scalar, `step(..., lr=...)`: each group uses
+`lr * lr_scale` (not its `lr`), and AdamW keeps its step count t on the device, where a skipped step
+does not count. The fused kernel then runs with its own bias correction off (a step count whose
+powers of beta are 0) and the correction folded into a device learning rate,
+lr * sqrt(1 - b2^t) / (1 - b1^t), with eps on the uncorrected sqrt(v) as ModelZoo has it; decoupled
+weight decay, p *= 1 - lr * weight_decay, is a separate pass (times 1 on a skipped step).
 """
 
 from __future__ import annotations
@@ -68,23 +76,35 @@ class AdamW(torch.optim.Optimizer):
         # per-parameter step tensor would be a host read every step. Filled from the state once
         # (after construction or a load), then counted here alongside the state's tensors.
         self._host_steps: dict[int, int] = {}
+        self._device_steps: dict[int, Tensor] = {}  # the same with the learning rate on the device
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._host_steps.clear()
+        self._device_steps.clear()
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: Any = None, *, grad_multiplier: float | Tensor = 1.0, found_inf: Tensor | None = None
+        self,
+        closure: Any = None,
+        *,
+        grad_multiplier: float | Tensor = 1.0,
+        found_inf: Tensor | None = None,
+        lr: Tensor | None = None,
     ) -> Any:
         """One update; `grad_multiplier` scales the gradients first (gradient clipping): inside the
-        fused kernel's one pass, or, on the foreach path, in place. `found_inf` (1.0) skips it."""
+        fused kernel's one pass, or, on the foreach path, in place. `found_inf` (1.0) skips it. `lr`
+        (a device scalar): the schedule's learning rate on the device, and the step count with it (see
+        the module docstring)."""
         loss = closure() if closure is not None else None
         groups = [
             (i, g, [p for p in g["params"] if p.grad is not None]) for i, g in enumerate(self.param_groups)
         ]
         fused = self.fused and all(_fusable(g, ps) for _, g, ps in groups if ps)
         if found_inf is not None and not fused and bool(found_inf):  # host read: foreach fallback only
+            return loss
+        if lr is not None:
+            self._step_on_device(groups, fused, grad_multiplier, found_inf, lr)
             return loss
         for gi, group, params in groups:
             if not params:
@@ -113,6 +133,81 @@ class AdamW(torch.optim.Optimizer):
                     torch._foreach_mul_(grads, grad_multiplier)
                 _foreach_step(group, params, grads, exp_avgs, exp_avg_sqs, float(t))
         return loss
+
+    def _state_lists(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        exp_avgs, exp_avg_sqs = [], []
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+        return exp_avgs, exp_avg_sqs
+
+    def _step_on_device(
+        self,
+        groups: list[tuple[int, dict[str, Any], list[Tensor]]],
+        fused: bool,
+        grad_multiplier: float | Tensor,
+        found_inf: Tensor | None,
+        lr: Tensor,
+    ) -> None:
+        """The step with the learning rate and the step count t on the device (a skipped step does not
+        count in t); nothing is read on the host (the foreach fallback read `found_inf` above)."""
+        for gi, group, params in groups:
+            if not params:
+                continue
+            device = params[0].device
+            keep = torch.ones((), device=device) if found_inf is None else 1.0 - found_inf.to(device)
+            t = self._device_steps.get(gi)
+            if t is None:  # from the state (a copy queued on the device: no read)
+                first = self.state[params[0]]
+                step = first.get("step")
+                t = (
+                    torch.zeros((), device=device)
+                    if step is None
+                    else step.to(device, torch.float32, copy=True)
+                )
+            t = t + keep
+            self._device_steps[gi] = t
+            exp_avgs, exp_avg_sqs = self._state_lists(params)
+            for p in params:
+                self.state[p]["step"] = t  # one device count for the group (saved with the state)
+            grads: list[Tensor] = [p.grad for p in params if p.grad is not None]
+            group_lr = lr.to(device, torch.float64) * group.get("lr_scale", 1.0)
+            if not fused:
+                if isinstance(grad_multiplier, Tensor) or grad_multiplier != 1.0:
+                    torch._foreach_mul_(grads, grad_multiplier)
+                _foreach_step(group, params, grads, exp_avgs, exp_avg_sqs, t, group_lr.float())
+                continue
+            beta1, beta2 = group["betas"]
+            # float64: 1 - beta2**t in float32 loses digits for small t. t = 0 only when the first
+            # step is skipped (the kernel skips it).
+            counted = t.double().clamp(min=1.0)
+            lr_t = (group_lr * torch.sqrt(1.0 - beta2**counted) / (1.0 - beta1**counted)).float()
+            decoupled = not group["l2_regularization_rate"]
+            if decoupled and group["weight_decay"]:
+                torch._foreach_mul_(params, (1.0 - group_lr * group["weight_decay"] * keep).float())
+            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            no_correction = torch.full((), 1e30, dtype=torch.float32, device=device)  # beta**t = 0
+            kernel(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                [no_correction] * len(params),
+                lr=lr_t,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0 if decoupled else group["l2_regularization_rate"],
+                eps=group["eps"],
+                amsgrad=False,
+                maximize=False,
+                grad_scale=_grad_scale(grad_multiplier, device),
+                found_inf=None if found_inf is None else found_inf.to(device=device, dtype=torch.float32),
+            )
 
 
 def _fusable(group: dict[str, Any], params: list[torch.Tensor]) -> bool:
@@ -187,9 +282,12 @@ def _foreach_step(
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
-    step: float,
+    step: float | Tensor,
+    lr: float | Tensor | None = None,
 ) -> None:
-    """ModelZoo's rule term by term with foreach ops (no bias correction, mixed decay, other devices)."""
+    """ModelZoo's rule term by term with foreach ops (no bias correction, mixed decay, other devices).
+    `step` and `lr` (default: the group's) may be device scalars."""
+    lr = group["lr"] if lr is None else lr
     beta1, beta2 = group["betas"]
     if group["l2_regularization_rate"] > 0.0:
         grads = list(torch._foreach_add(grads, params, alpha=group["l2_regularization_rate"]))
@@ -206,11 +304,15 @@ def _foreach_step(
         updates = torch._foreach_div(m_, denom)
         del denom
         if group["correct_bias"]:
-            step_size = math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+            if isinstance(step, Tensor):
+                t = step.double()  # float64: 1 - beta2**t in float32 loses digits for small t
+                step_size: float | Tensor = (torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)).float()
+            else:
+                step_size = math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
             torch._foreach_mul_(updates, step_size)
         if group["weight_decay"]:
             torch._foreach_add_(updates, p_, alpha=group["weight_decay"])
-        torch._foreach_mul_(updates, group["lr"])
+        torch._foreach_mul_(updates, lr)
         torch._foreach_sub_(p_, updates)
 
 
@@ -244,13 +346,19 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: Any = None, *, grad_multiplier: float | Tensor = 1.0, found_inf: Tensor | None = None
+        self,
+        closure: Any = None,
+        *,
+        grad_multiplier: float | Tensor = 1.0,
+        found_inf: Tensor | None = None,
+        lr: Tensor | None = None,
     ) -> Any:
         loss = closure() if closure is not None else None
         scaled = isinstance(grad_multiplier, Tensor) or grad_multiplier != 1.0
         skip = None if found_inf is None else found_inf > 0
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            group_lr = group["lr"] if lr is None else lr * group.get("lr_scale", 1.0)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -260,7 +368,10 @@ class Lion(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                 exp_avg = state["exp_avg"]
                 update = (exp_avg * beta1 + grad * (1.0 - beta1)).sign_()
-                new_p = p.mul(1.0 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"])
+                if isinstance(group_lr, Tensor):  # the learning rate on the device
+                    new_p = p.mul(1.0 - group_lr * group["weight_decay"]).sub_(update * group_lr)
+                else:
+                    new_p = p.mul(1.0 - group_lr * group["weight_decay"]).add_(update, alpha=-group_lr)
                 new_avg = exp_avg.mul(beta2).add_(grad, alpha=1.0 - beta2)
                 if skip is not None:  # skipped on the device: keep the old values
                     new_p, new_avg = torch.where(skip, p, new_p), torch.where(skip, exp_avg, new_avg)
@@ -284,8 +395,26 @@ class SGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: Any = None, *, grad_multiplier: float | Tensor = 1.0, found_inf: Tensor | None = None
+        self,
+        closure: Any = None,
+        *,
+        grad_multiplier: float | Tensor = 1.0,
+        found_inf: Tensor | None = None,
+        lr: Tensor | None = None,
     ) -> Any:
+        if lr is None:
+            return self._step(closure, grad_multiplier, found_inf)
+        # The learning rate on the device: torch's SGD takes a tensor `lr` (fused: no host read).
+        floats = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = lr.float() * g.get("lr_scale", 1.0)
+        try:
+            return self._step(closure, grad_multiplier, found_inf)
+        finally:
+            for g, value in zip(self.param_groups, floats, strict=True):
+                g["lr"] = value
+
+    def _step(self, closure: Any, grad_multiplier: float | Tensor, found_inf: Tensor | None) -> Any:
         scaled = isinstance(grad_multiplier, Tensor) or grad_multiplier != 1.0
         if all(g.get("fused") for g in self.param_groups):
             devices = {p.device for g in self.param_groups for p in g["params"]}

@@ -36,52 +36,106 @@ def autocast(spec: PrecisionSpec, device_type: str) -> contextlib.AbstractContex
 class LossScaler:
     """Static or dynamic loss scaling for float16 (ModelZoo: loss_scaling_factor, initial_loss_scale,
     steps_per_increase, min_loss_scale, max_loss_scale). With bfloat16 or fp32 the scale is 1 and the
-    scaler only reports whether the gradients are finite."""
+    scaler only reports whether the gradients are finite.
+
+    Dynamic scaling lives on the device, so a step never reads it: the scale, the count of good steps
+    since the last change and the count of skipped steps are device tensors (`to(device)` moves them;
+    the train step does), updated from the step's device-side finite flag with device-side selects
+    (as torch's GradScaler does in `torch._amp_update_scale_`, which keeps the scale in float32 only
+    and has no floor or cap). ModelZoo's rule: a non-finite step is skipped, halves the scale
+    (never below min_loss_scale) and resets the count; the good step that takes the count past
+    `steps_per_increase` doubles it (never above max_loss_scale) and resets the count (cstorch.amp.
+    GradScaler.update_scale: `steps_per_increase < steps_since_rescale`, one step later than torch's
+    GradScaler). `scale` and `state_dict()` read them (one host read: log and
+    checkpoint steps); the state dict keeps its Python numbers, so checkpoints read both ways.
+    """
 
     def __init__(self, spec: PrecisionSpec) -> None:
         self.fp16 = spec.enabled and spec.fp16_type == "float16"
         self.dynamic = self.fp16 and spec.loss_scaling_factor == "dynamic"
-        if self.dynamic:
-            self.scale = float(spec.initial_loss_scale)
-        elif self.fp16:
-            self.scale = float(spec.loss_scaling_factor)
-        else:
-            self.scale = 1.0
         self.steps_per_increase = int(spec.steps_per_increase)
         self.min_scale = float(spec.min_loss_scale)
         self.max_scale = float(spec.max_loss_scale)
-        self.good_steps = 0
-        self.skipped_steps = 0
+        if self.dynamic:
+            initial = min(float(spec.initial_loss_scale), self.max_scale)  # ModelZoo: min(max, initial)
+        elif self.fp16:
+            initial = float(spec.loss_scaling_factor)
+        else:
+            initial = 1.0
+        self._static = initial  # the scale when not dynamic
+        # Dynamic: the scale (float64, as the host value was), good steps since the last change, skipped steps
+        self._scale = torch.tensor(initial, dtype=torch.float64)
+        self._good = torch.zeros((), dtype=torch.int32)
+        self._skipped = torch.zeros((), dtype=torch.int32)
+
+    def to(self, device: torch.device | str) -> LossScaler:
+        """Keep the dynamic scale and counters on `device` (a copy queued on the device, no read)."""
+        self._scale, self._good, self._skipped = (
+            t.to(device) for t in (self._scale, self._good, self._skipped)
+        )
+        return self
+
+    @property
+    def scale(self) -> float:
+        """The current scale (with dynamic scaling a host read of the device value)."""
+        return float(self._scale) if self.dynamic else self._static
+
+    @property
+    def scale_tensor(self) -> torch.Tensor:
+        """The dynamic scale as a device scalar (read it where a sync is wanted)."""
+        return self._scale
+
+    @property
+    def good_steps(self) -> int:
+        return int(self._good)
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self._skipped)
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scale if self.scale != 1.0 else loss
+        if self.dynamic:
+            return loss * self._scale.to(loss.dtype)
+        return loss * self._static if self._static != 1.0 else loss
 
     def unscale_(self, grads: list[torch.Tensor]) -> None:
-        if self.scale != 1.0 and grads:
-            torch._foreach_mul_(grads, 1.0 / self.scale)
+        if not grads:
+            return
+        if self.dynamic:
+            torch._foreach_mul_(grads, torch.reciprocal(self._scale).float())
+        elif self._static != 1.0:
+            torch._foreach_mul_(grads, 1.0 / self._static)
 
-    def update(self, finite: bool) -> bool:
-        """Record one step's outcome; returns whether the optimizer step should run."""
+    def update(self, finite: bool | torch.Tensor) -> bool | torch.Tensor:
+        """Record one step's outcome (a bool, or a device bool: no host read); returns whether the
+        optimizer step should run (the same kind of value)."""
         if not self.dynamic:
             return finite
-        if not finite:
-            self.scale = max(self.scale / 2.0, self.min_scale)
-            self.good_steps = 0
-            self.skipped_steps += 1
-            return False
-        self.good_steps += 1
-        if self.good_steps >= self.steps_per_increase:
-            self.scale = min(self.scale * 2.0, self.max_scale)
-            self.good_steps = 0
-        return True
+        flag = torch.as_tensor(finite, device=self._scale.device)
+        good = torch.where(flag, self._good + 1, 0)
+        grow = good > self.steps_per_increase  # ModelZoo: the count must exceed steps_per_increase
+        scale = torch.where(flag, torch.where(grow, self._scale * 2.0, self._scale), self._scale * 0.5)
+        self._scale = scale.clamp(min=self.min_scale, max=self.max_scale)
+        self._good = torch.where(grow, 0, good)
+        self._skipped = self._skipped + (~flag).to(self._skipped.dtype)
+        return finite
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "good_steps": self.good_steps, "skipped_steps": self.skipped_steps}
+        if not self.dynamic:
+            return {"scale": self._static, "good_steps": 0, "skipped_steps": 0}
+        scale, good, skipped = torch.stack(
+            [self._scale.double(), self._good.double(), self._skipped.double()]
+        ).tolist()
+        return {"scale": scale, "good_steps": int(good), "skipped_steps": int(skipped)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scale = float(state["scale"])
-        self.good_steps = int(state["good_steps"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
+        scale, device = float(state["scale"]), self._scale.device
+        if self.dynamic:
+            self._scale = torch.tensor(scale, dtype=torch.float64, device=device)
+        else:
+            self._static = scale
+        self._good = torch.tensor(int(state["good_steps"]), dtype=torch.int32, device=device)
+        self._skipped = torch.tensor(int(state.get("skipped_steps", 0)), dtype=torch.int32, device=device)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -243,30 +243,79 @@ def build_schedule(specs: list[SchedulerSpec], default_lr: float | None = None) 
 
 
 class LRSchedule:
-    """Drives an optimizer's per-group learning rate from a `Schedule` and the global step."""
+    """Drives an optimizer's per-group learning rate from a `Schedule` and the global step.
+
+    `on_device(device)` moves the step count to the device (float16 dynamic loss scaling, where a
+    skipped step holds the schedule back and only the device knows which steps were skipped): the
+    schedule is then a table of `lr_at(0..)` on the device, `device_lr()` indexes it with the device
+    step count, `step(applied)` advances that count by a device 0/1, and the optimizer takes the
+    learning rate from the step call (`train.optim`) instead of its groups. Nothing is read on the
+    host but at `lr` and `state_dict()` (log and checkpoint steps).
+    """
+
+    _TABLE_MIN = 1024
 
     def __init__(self, optimizer: Any, schedule: Schedule, step: int = 0) -> None:
         self.optimizer = optimizer
         self.schedule = schedule
         self.step_count = step
+        self._device_step: Any = None  # torch int64 scalar in device mode
+        self._table: Any = None  # lr_at(0 .. len - 1), float64 on the device
         self.apply()
 
     @property
     def lr(self) -> float:
+        if self._device_step is not None:
+            return float(self.device_lr())  # a host read
         return self.schedule.lr_at(self.step_count)
 
     def apply(self) -> None:
-        lr = self.lr
+        lr = self.schedule.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
-    def step(self) -> None:
+    def on_device(self, device: Any) -> None:
+        import torch
+
+        self._device_step = torch.full((), self.step_count, dtype=torch.int64, device=device)
+        self._table = None
+
+    @property
+    def on_device_mode(self) -> bool:
+        return self._device_step is not None
+
+    def device_lr(self) -> Any:
+        """The learning rate at the device step count, as a float64 device scalar (the table covers
+        `step_count`, the steps taken, which the device count of applied steps cannot exceed)."""
+        import torch
+
+        needed = self.step_count + 1
+        if self._table is None or len(self._table) < needed:
+            # Grown by doubling (a host-to-device copy from pinned memory: queued, no sync).
+            size = max(self._TABLE_MIN, 2 * needed)
+            table = torch.tensor([self.schedule.lr_at(s) for s in range(size)], dtype=torch.float64)
+            device = self._device_step.device
+            if device.type == "cuda":
+                table = table.pin_memory()
+            self._table = table.to(device, non_blocking=True)
+        return torch.take(self._table, self._device_step.clamp(max=len(self._table) - 1))
+
+    def step(self, applied: Any = None) -> None:
+        """One step taken; in device mode `applied` (a device bool/0-1) says whether it counts."""
+        if self._device_step is not None:
+            self._device_step += 1 if applied is None else applied.to(self._device_step.dtype)
+            self.step_count += 1  # an upper bound of the device count (steps taken)
+            return
         self.step_count += 1
         self.apply()
 
     def state_dict(self) -> dict[str, Any]:
+        if self._device_step is not None:
+            return {"step": int(self._device_step)}  # a host read (checkpoint steps)
         return {"step": self.step_count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step"])
+        if self._device_step is not None:
+            self._device_step.fill_(self.step_count)
         self.apply()

@@ -15,11 +15,12 @@ checkpoint steps; `check_finite()` then raises ModelZoo's CheckLoss error naming
 loss (or, without dynamic loss scaling, gradient) was not finite.
 
 Dynamic loss scaling (float16 only) keeps ModelZoo's semantics: an overflowing step is skipped, the
-scale halves and the schedule is held back. The scale, the schedule and the optimizer's step count
-live on the host, so with dynamic loss scaling the step reads its finite flag once (one sync per step,
-float16 only; bfloat16 and fp32 need no loss scaling).
+scale halves and the schedule is held back (the skipped step does not advance the learning rate, nor
+AdamW's step count). That needs no host read either: the scale and its counters (`LossScaler`), the
+schedule's step count (`LRSchedule.on_device`) and the optimizer's step count live on the device, and
+the step passes the learning rate to the optimizer as a device scalar (`optimizer.step(lr=...)`).
 
-Every optimizer takes the same call, `optimizer.step(grad_multiplier=..., found_inf=...)` (see
+Every optimizer takes the same call, `optimizer.step(grad_multiplier=..., found_inf=..., lr=...)` (see
 `train.optim`); the step never looks at the optimizer's class. Batch keys beyond input_ids, labels
 and attention_mask (e.g. VSL's position_ids) go to the loss module, and through it to the model, as
 keyword arguments.
@@ -80,6 +81,7 @@ class StepOutput:
     tokens: Tensor  # float64: loss tokens in the global batch
     grad_norm: Tensor  # float32: the global gradient norm before clipping
     finite: Tensor  # bool: the update was applied (loss and gradients finite)
+    lr: float | Tensor | None = None  # the step's learning rate (a device scalar when the schedule is)
 
 
 class Stepper:
@@ -107,6 +109,15 @@ class Stepper:
         self.device = torch.device(device)
         self.precision = precision or PrecisionSpec()
         self.scaler = scaler or LossScaler(self.precision)
+        self._device_lr: Tensor | None = None  # dynamic loss scaling: the learning rate on the device
+        if self.scaler.dynamic:
+            self.scaler.to(self.device)
+            if schedule is not None:
+                schedule.on_device(self.device)
+            else:  # no schedule: the groups' fixed learning rate (each group scales it by its lr_scale)
+                group = optimizer.param_groups[0]
+                lr = float(group["lr"]) / group.get("lr_scale", 1.0)
+                self._device_lr = torch.full((), lr, dtype=torch.float32, device=self.device)
         self.micro = micro_batch_size
         self.by_tokens = loss_scaling == "num_tokens"
         self.dist = dist or distributed.Dist(device=str(self.device))
@@ -151,16 +162,23 @@ class Stepper:
         if d.enabled:
             distributed.all_reduce_tensor(stats)
         step_loss, tokens = stats[0], stats[1]
-        grad_norm, finite = self._optimizer_step(step_loss)
+        lr = self._learning_rate()
+        grad_norm, finite = self._optimizer_step(step_loss, lr)
         self.global_step += 1
         # The first step whose loss (or, without dynamic loss scaling, gradient) was not finite.
         bad = ~torch.isfinite(step_loss) if self.scaler.dynamic else ~finite
         at = torch.full((), float(self.global_step), dtype=torch.float64, device=dev)  # a fill, no copy
         record = torch.stack([at, step_loss, grad_norm.double().to(dev)])
         self._first_bad = torch.where(bad & (self._first_bad[0] < 0), record, self._first_bad)
-        return StepOutput(loss=step_loss, tokens=tokens, grad_norm=grad_norm, finite=finite)
+        return StepOutput(loss=step_loss, tokens=tokens, grad_norm=grad_norm, finite=finite, lr=lr)
 
-    def _optimizer_step(self, step_loss: Tensor) -> tuple[Tensor, Tensor]:
+    def _learning_rate(self) -> float | Tensor | None:
+        """The learning rate this step uses: the schedule's (a device scalar with dynamic loss scaling)."""
+        if self.scaler.dynamic:
+            return self.schedule.device_lr() if self.schedule is not None else self._device_lr
+        return self.schedule.lr if self.schedule is not None else None
+
+    def _optimizer_step(self, step_loss: Tensor, lr: float | Tensor | None) -> tuple[Tensor, Tensor]:
         """Unscale, clip and step (skipped on the device when not finite); returns (norm, finite)."""
         self.scaler.unscale_([p.grad for p in self.params if p.grad is not None])
         if self.before_optimizer_step is not None:
@@ -169,15 +187,16 @@ class Stepper:
             self.params, self.precision.max_gradient_norm, self.precision.max_gradient_value
         )
         finite = torch.isfinite(step_loss) & torch.isfinite(norm).to(step_loss.device)
+        found_inf = (~finite).to(torch.float32)
         if self.scaler.dynamic:
-            # float16 dynamic loss scaling: the scale, the schedule and the optimizer's step count are
-            # host state, so this mode reads the flag (ModelZoo: skip, halve, hold the schedule back).
-            if self.scaler.update(bool(finite)):
-                self.optimizer.step(grad_multiplier=multiplier)
-                if self.schedule is not None:
-                    self.schedule.step()
+            # ModelZoo's dynamic loss scaling, on the device: a non-finite step is skipped, does not
+            # count in the optimizer's or the schedule's step, halves the scale and resets its count.
+            assert isinstance(lr, Tensor)
+            self.optimizer.step(grad_multiplier=multiplier, found_inf=found_inf, lr=lr)
+            if self.schedule is not None:
+                self.schedule.step(finite)
+            self.scaler.update(finite)
         else:
-            found_inf = (~finite).to(torch.float32)
             self.optimizer.step(grad_multiplier=multiplier, found_inf=found_inf)
             if self.schedule is not None:
                 self.schedule.step()

@@ -67,6 +67,7 @@ class TrainOptions:
     continue_pretrain: bool = False  # weights only from checkpoint_path, step 0, fresh optimizer
     console: str = "auto"  # auto | rich | plain
     fp8: bool = False  # torchao float8 rowwise matmuls in the blocks (H100/H200 only)
+    lora_save_base: bool = False  # LoRA checkpoints hold the base weights too (gptx extension)
 
 
 @dataclass
@@ -200,7 +201,13 @@ class _Run:
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
         sharded = parallel.is_sharded(self.dist, self.strategy)
         model = init_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
-        self.lora = LoraRun.create(spec, self.ckpt.source, self.ckpt.load_states, self.seed)
+        self.lora = LoraRun.create(
+            spec, self.ckpt.source, self.ckpt.load_states, self.seed, save_base=options.lora_save_base
+        )
+        if self.lora and self.lora.base_in is not None and not options.lora_save_base:
+            self.notes.append(
+                f"LoRA: {self.lora.base_in} holds its base weights; its checkpoints keep holding them"
+            )
         if self.lora and self.lora.adapter_source is None and self.ckpt.load_states:
             self.ckpt.load_states = {"model"}  # a new LoRA run on a base model: its weights only
             self.notes.append(f"LoRA on the base model {self.lora.base_source()}: weights only, step 0")
@@ -316,18 +323,19 @@ class _Run:
         return loader, start, end
 
     # ------------------------------------------------------------------------------------ components
-    def _sync(self, pending: list[tuple[int, float, StepOutput]], log: bool) -> None:
+    def _sync(self, pending: list[tuple[int, StepOutput]], log: bool) -> None:
         """Read the steps since the last sync (one host read), stop on a non-finite one (CheckLoss),
         and log the last of them when `log`."""
         if not pending:
             return
         values = torch.stack(
-            [torch.stack([o.loss, o.grad_norm.double(), o.tokens]) for _, _, o in pending]
+            [torch.stack([o.loss, o.grad_norm.double(), o.tokens]) for _, o in pending]
         ).tolist()
         last = self.ckpt.last
         self.stepper.check_finite(hint=f"resume from {last}" if last else None)
         self.losses += [v[0] for v in values]
-        step, lr, _ = pending[-1]
+        step, out = pending[-1]
+        lr = float(out.lr) if out.lr is not None else None  # a device scalar with dynamic loss scaling
         pending.clear()
         if log and self.log is not None:
             loss, grad_norm, _ = values[-1]
@@ -418,13 +426,16 @@ class _Run:
         return bool(every and step % every == 0) or step == end
 
     def check_fits(self) -> tuple[int, int, int]:
-        """Before anything is allocated: --fp8's needs, the batch layout, the memory guard, then the data (a missing
-        data_dir names the `gptx preprocess` command). Returns the batch layout."""
+        """Before anything is allocated: --lora-save-base's and --fp8's needs, the batch layout, the memory
+        guard, then the data (a missing data_dir names the `gptx preprocess` command). Returns the batch layout."""
+        from gptx_cli.config.lora import lora_from_raw
         from gptx_cli.data.loader import build_dataloader, with_model_preprocess_args
         from gptx_cli.train.memory_guard import check_memory
 
         spec = self.spec
         assert spec.train_data is not None
+        if self.options.lora_save_base and lora_from_raw(spec.raw, spec.source) is None:
+            raise UsageError("--lora-save-base needs LoRA: --lora-r or a Lora callback in the config")
         if self.options.fp8:
             from gptx_cli.train.fp8 import check_fp8
 
@@ -481,7 +492,7 @@ class _Run:
             )
             return TrainResult(start, start, None, None, 0, 0.0, last_checkpoint=last)
         step, samples_seen, stopped_by = start, loader.position, "completed"
-        pending: list[tuple[int, float, StepOutput]] = []  # device results since the last sync
+        pending: list[tuple[int, StepOutput]] = []  # device results since the last sync
         previous_handlers = self._install_signal_handlers()
         try:
             if self.spec.checkpoint.save_initial_checkpoint and start == 0:
@@ -493,7 +504,7 @@ class _Run:
                 _check_token_ids(
                     batch, self.spec.model.vocab_size, self.spec.train_data.data_dir
                 )  # host copy
-                pending.append((step + 1, self.schedule.lr, self.stepper(batch)))
+                pending.append((step + 1, self.stepper(batch)))
                 if step == start:
                     _freeze_gc()
                 step, samples_seen = step + 1, loader.position

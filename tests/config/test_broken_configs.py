@@ -48,6 +48,14 @@ VARIANTS = [
         "hidden_size: big",
         "expected an integer, got 'big'",
     ),
+    Broken(  # a null here once crashed the model's shape rules (found by test_mutations)
+        "null-hidden-size",
+        "hidden_size: 64",
+        "hidden_size: null",
+        "trainer.init.model.hidden_size",
+        "hidden_size: null",
+        "expected an integer, got null",
+    ),
     Broken(
         "bad-enum-nonlinearity",
         "nonlinearity: gelu",
@@ -404,6 +412,15 @@ VARIANTS = [
         "model.num_heads",
         "num_heads: 15",
         "hidden_size 4096 is not divisible by num_heads 15",
+        legacy=True,
+    ),
+    Broken(  # a null here once crashed the model's shape rules (found by test_mutations)
+        "legacy-null-hidden-size",
+        "hidden_size: 4096",
+        "hidden_size: null",
+        "model.hidden_size",
+        "hidden_size: null",
+        "expected an integer, got null",
         legacy=True,
     ),
     Broken(

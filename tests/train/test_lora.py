@@ -4,7 +4,8 @@ In process: only the adapters train (the base is bit-identical, the optimizer ho
 q/k/v get three ModelZoo adapters, target_modules select by ModelZoo class names, and the loss averages
 over loss-mask tokens only. End to end (the real CLI): a LoRA run on a base checkpoint writes adapter-only
 checkpoints naming the base, resumes bit-exactly, runs the same under DDP and FSDP2 as one process, and
-exports merged Hugging Face weights whose logits equal base + adapters."""
+exports merged Hugging Face weights whose logits equal base + adapters. With --lora-save-base the
+checkpoints also hold the base, bit for bit, and eval, the HF export and resume work with the base gone."""
 
 from __future__ import annotations
 
@@ -309,3 +310,103 @@ def test_gptx_eval_reads_base_plus_adapters(tiny_data, lora_base):
     assert r.returncode == 0, r.stderr
     plain = json.loads((base.parent / "eval_results" / "checkpoint_2.json").read_text())["metrics"]["loss"]
     assert abs(plain - got) > 1e-4
+
+
+# ------------------------------------------------------------------ --lora-save-base (gptx extension)
+
+
+@pytest.fixture(scope="module")
+def lora_saved_base(tiny_data, lora_base, tmp_path_factory):
+    """lora_base's LoRA run again with --lora-save-base, on a copy of its base that is then deleted."""
+    import shutil
+
+    base, _ = lora_base
+    root = tmp_path_factory.mktemp("lora_save_base")
+    copy = root / "base" / "checkpoint_2"
+    shutil.copytree(base, copy)
+    r = run_gptx("train", *_lora_args(tiny_data, root / "lora", "--checkpoint-path", str(copy),
+                                       "--max-steps", "4", "--lora-save-base"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(root / "base")
+    return copy, root / "lora"
+
+
+@pytest.mark.slow
+def test_lora_save_base_checkpoint_holds_the_base_bit_for_bit_and_the_adapters(lora_base, lora_saved_base):
+    from gptx_cli.checksum import verify_checkpoint
+
+    base, lora = lora_base
+    gone, saved = lora_saved_base
+    ckpt = saved / "checkpoint_4"
+    got = load_file(ckpt / "model.safetensors")
+    want_base = load_file(base / "model.safetensors")
+    want_adapters = load_file(lora / "checkpoint_4" / "model.safetensors")  # the adapters-only run's
+    assert sorted(got) == sorted([*want_base, *want_adapters])
+    assert all(torch.equal(got[k], want_base[k]) for k in want_base)  # the base as trained: unchanged
+    assert all(torch.equal(got[k], want_adapters[k]) for k in want_adapters)  # the same adapters
+    meta = json.loads((ckpt / "gptx.json").read_text())
+    assert meta["lora"]["adapters_only"] is False
+    assert meta["lora"]["base"] == {  # still named, for provenance
+        "path": str(gone.resolve()),
+        "checksums": json.loads((base / "gptx.json").read_text())["checksums"],
+    }
+    assert not gone.exists()
+    verify_checkpoint(ckpt, meta)  # the checksums cover the base weights too
+    ids = torch.randint(0, 50, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # gptx's loader (eval / generate): base + adapters from the checkpoint alone
+        diff = load_model(ckpt)(ids) - load_model(lora / "checkpoint_4")(ids)
+    assert diff.abs().max().item() <= 1e-5
+
+
+@pytest.mark.slow
+def test_lora_save_base_checkpoint_works_without_its_base(tiny_data, lora_base, lora_saved_base, tmp_path):
+    """eval, generate and the merged Hugging Face export read the base from the checkpoint itself."""
+    from transformers import GPTJForCausalLM
+
+    _, lora = lora_base
+    _, saved = lora_saved_base
+    r = run_gptx("eval", *tiny_args(tiny_data, saved, "--checkpoint-path", str(saved)))
+    assert r.returncode == 0, r.stderr
+    got = json.loads((saved / "eval_results" / "checkpoint_4.json").read_text())["metrics"]["loss"]
+    assert got == pytest.approx(read_metrics(lora, "eval")[4]["loss"], abs=1e-5)
+    ckpt = saved / "checkpoint_4"
+    r = run_gptx("convert", "checkpoint", str(ckpt), "--tgt-fmt", "hf", "--output-dir", str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    hf = GPTJForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32).eval()
+    ids = torch.randint(0, hf.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the adapters-only run's base + adapters (its export: test_merged_hf_export_...)
+        assert (hf(ids).logits - load_model(lora / "checkpoint_4")(ids)).abs().max().item() <= 1e-5
+    r = run_gptx(
+        "generate", "--checkpoint-path", str(saved), "--prompt", "alpha beta", "--max-new-tokens", "4"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_lora_save_base_resumes_bit_exactly_without_its_base(tiny_data, lora_saved_base, tmp_path):
+    """Resumed from its step-2 checkpoint (whose named base is gone), without the flag: the base comes
+    from the checkpoint, the checkpoints keep holding it, and step 4 equals the uninterrupted run's."""
+    import shutil
+
+    _, saved = lora_saved_base
+    shutil.copytree(saved / "checkpoint_2", tmp_path / "resumed" / "checkpoint_2")
+    r = run_gptx("train", *_lora_args(tiny_data, tmp_path / "resumed", "--max-steps", "4"))
+    assert r.returncode == 0, r.stderr
+    assert "holds its base weights; its checkpoints keep holding them" in r.stdout
+    got = load_file(tmp_path / "resumed" / "checkpoint_4" / "model.safetensors")
+    want = load_file(saved / "checkpoint_4" / "model.safetensors")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    meta = json.loads((tmp_path / "resumed" / "checkpoint_4" / "gptx.json").read_text())["lora"]
+    assert meta["adapters_only"] is False
+    assert [read_metrics(tmp_path / "resumed")[s]["loss"] for s in (3, 4)] == [
+        read_metrics(saved)[s]["loss"] for s in (3, 4)
+    ]
+
+
+def test_lora_save_base_without_lora_is_an_error(tiny_data, tmp_path):
+    r = run_gptx("train", *tiny_args(tiny_data, tmp_path / "m", "--max-steps", "1", "--lora-save-base"))
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[0] == (
+        "error: --lora-save-base needs LoRA: --lora-r or a Lora callback in the config"
+    )
+    assert not list((tmp_path / "m").glob("checkpoint_*"))

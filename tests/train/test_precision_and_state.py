@@ -26,7 +26,8 @@ def test_dynamic_loss_scale_halves_on_overflow_and_doubles_after_steps_per_incre
     assert scaler.scale == 8.0
     assert scaler.update(finite=False) is False and scaler.scale == 4.0  # step skipped
     assert scaler.update(finite=True) and scaler.scale == 4.0
-    assert scaler.update(finite=True) and scaler.scale == 8.0  # 2 good steps
+    assert scaler.update(finite=True) and scaler.scale == 4.0  # 2 good steps: not past steps_per_increase
+    assert scaler.update(finite=True) and scaler.scale == 8.0  # 3: ModelZoo doubles (torch would at 2)
     for _ in range(4):
         scaler.update(finite=True)
     assert scaler.scale == 16.0  # capped at max_loss_scale

@@ -67,23 +67,23 @@ def marked_batches(mode: ScalarReads):
                 mode.mark(tensor)
             yield batch
 
-    GptxDataLoader.__iter__ = marking
+    GptxDataLoader.__iter__ = marking  # type: ignore[method-assign]
     try:
         yield
     finally:
-        GptxDataLoader.__iter__ = original
+        GptxDataLoader.__iter__ = original  # type: ignore[method-assign]
 
 
-def reads_in_run(tiny_data, model_dir, steps: int) -> list[str]:
+def reads_in_run(tiny_data, model_dir, steps: int, extra: tuple[str, ...] = ()) -> list[str]:
     """Scalar reads of device-side results in a real in-process `gptx train` run of `steps` steps that
     logs, evaluates and checkpoints only at its end (so every step but the first and the last is an
-    ordinary one)."""
+    ordinary one). `extra`: more config overrides."""
     from gptx_cli.config import load_run_spec
     from gptx_cli.train.trainer import TrainOptions, train
 
     args = tiny_args(tiny_data, model_dir)
     overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    overrides += ["logging.log_steps=1000", "checkpoint.steps=1000", "loop.eval_frequency=1000"]
+    overrides += ["logging.log_steps=1000", "checkpoint.steps=1000", "loop.eval_frequency=1000", *extra]
     spec = load_run_spec(args[0], overrides=overrides)
     with ScalarReads() as mode, marked_batches(mode):
         result = train(spec, TrainOptions(model_dir=str(model_dir), max_steps=steps, console="plain"))
@@ -100,6 +100,151 @@ def test_ten_ordinary_steps_read_no_device_value_on_the_host(tiny_data, tmp_path
     assert len(short) > 0  # the harness sees the reads of the first step and of the final log/save
     extra = len(long) - len(short)
     assert extra == 0, f"{extra} scalar reads in 10 ordinary steps; the last one from:\n{long[-1]}"
+
+
+FP16_DYNAMIC = (
+    "precision.enabled=true",
+    "precision.fp16_type=float16",
+    "precision.loss_scaling_factor=dynamic",
+)
+
+
+@pytest.mark.parametrize(
+    "initial_scale",
+    [2.0**15, 1.0e30],  # steps applied; every step overflowing (skipped, the scale halving)
+    ids=["applied", "overflowing"],
+)
+def test_fp16_dynamic_loss_scaling_steps_read_no_device_value_on_the_host(tiny_data, tmp_path, initial_scale):
+    """float16 with dynamic loss scaling: the scale, its counters, the schedule's and the optimizer's
+    step counts stay on the device, so 10 ordinary steps add no scalar read either."""
+    extra = (
+        *FP16_DYNAMIC,
+        f"precision.initial_loss_scale={initial_scale}",
+        "precision.max_loss_scale=1.0e+30",
+    )
+    short = reads_in_run(tiny_data, tmp_path / "short", 2, extra)
+    long = reads_in_run(tiny_data, tmp_path / "long", 12, extra)
+    extra_reads = len(long) - len(short)
+    assert extra_reads == 0, (
+        f"{extra_reads} scalar reads in 10 ordinary steps; the last one from:\n{long[-1]}"
+    )
+
+
+class PowerLoss(torch.nn.Module):
+    """loss = mean(w) * 10 ** input_ids[0, 0]: a batch whose first id is 38 overflows any loss scale
+    >= 4 in the gradient (1e38 * scale / 4 > fp32's max) while its loss stays finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0, 0.5]))
+
+    def forward(self, ids, labels, mask, **extra):
+        loss = (self.w * torch.pow(10.0, ids[0, 0].float())).mean()
+        return loss, loss.detach(), mask.sum(), mask.sum()
+
+
+def power_batch(exponent: int) -> dict[str, torch.Tensor]:
+    ids = torch.full((2, 3), exponent, dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+
+
+def power_stepper(precision):
+    from gptx_cli.config.spec import OptimizerSpec
+    from gptx_cli.train.optim import build_optimizer
+    from gptx_cli.train.schedulers import LinearLR, LRSchedule
+
+    model = PowerLoss()
+    optimizer = build_optimizer(OptimizerSpec("AdamW", {"weight_decay": 0.1}), [{"params": [model.w]}])
+    schedule = LRSchedule(optimizer, LinearLR(0.1, 0.0, total_iters=10))  # lr_at(s) = 0.1 * (1 - s / 10)
+    stepper = step_mod.Stepper(model, optimizer, device="cpu", precision=precision, schedule=schedule)
+    return model, optimizer, schedule, stepper
+
+
+def test_fp16_dynamic_loss_scaling_skips_overflows_halves_the_scale_and_holds_the_schedule_on_the_device():
+    """ModelZoo's dynamic loss scaling, by hand: scale 1024, steps_per_increase 2. Steps 2 and 3
+    overflow: they are skipped (the weights stay bit for bit), each halves the scale and resets the
+    count of good steps, and neither advances the schedule or AdamW's step count. The third good step
+    in a row (6) takes the count past steps_per_increase and doubles the scale (ModelZoo's rule). The weights equal a run of only the applied batches (steps 1, 4, 5, 6)
+    without loss scaling, and no step after the first reads a device value on the host."""
+    from gptx_cli.config.spec import PrecisionSpec
+
+    fp16 = PrecisionSpec(
+        enabled=True, fp16_type="float16", loss_scaling_factor="dynamic", initial_loss_scale=1024.0,
+        steps_per_increase=2, min_loss_scale=1.0, max_loss_scale=4096.0, max_gradient_norm=1.0,
+    )  # fmt: skip
+    model, optimizer, schedule, stepper = power_stepper(fp16)
+    exponents = [0, 38, 38, 0, 0, 0]
+    weights, scales, lrs, finite = [], [], [], []
+    mode = ScalarReads()
+    for i, exponent in enumerate(exponents):
+        with mode if i > 0 else contextlib.nullcontext():
+            out = stepper(power_batch(exponent))
+        weights.append(model.w.detach().clone())
+        scales.append(stepper.scaler.scale)
+        lrs.append(float(out.lr))
+        finite.append(bool(out.finite))
+    assert mode.reads == [], mode.reads[-1]
+    assert finite == [True, False, False, True, True, True]
+    assert scales == [1024.0, 512.0, 256.0, 256.0, 256.0, 512.0]
+    # the schedule's step before each step: 0, 1, 1 (held), 1 (held), 2, 3
+    assert lrs == pytest.approx([0.1, 0.09, 0.09, 0.09, 0.08, 0.07], rel=1e-6)
+    assert torch.equal(weights[1], weights[0]) and torch.equal(weights[2], weights[0])
+    assert not torch.equal(weights[3], weights[2])
+    assert schedule.state_dict() == {"step": 4}
+    assert stepper.scaler.state_dict() == {"scale": 512.0, "good_steps": 0, "skipped_steps": 2}
+    assert float(optimizer.state[model.w]["step"]) == 4.0  # AdamW's t: the applied steps
+
+    # the same updates as the applied batches alone, no loss scaling (AdamW's host-side step count)
+    ref_model, _, ref_schedule, ref_stepper = power_stepper(PrecisionSpec(max_gradient_norm=1.0))
+    ref_weights = []
+    for exponent in (0, 0, 0, 0):
+        ref_stepper(power_batch(exponent))
+        ref_weights.append(ref_model.w.detach().clone())
+    for got, want in zip([weights[0], *weights[3:]], ref_weights, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0.0)
+    assert ref_schedule.state_dict() == {"step": 4}
+
+
+def test_dynamic_loss_scaling_state_resumes_and_reads_old_checkpoints():
+    """The scaler's and the schedule's state dicts keep Python numbers (an old checkpoint's float scale
+    loads) and a resumed stepper continues the device-side counts."""
+    from gptx_cli.config.spec import PrecisionSpec
+    from gptx_cli.train.precision import LossScaler
+
+    fp16 = PrecisionSpec(
+        enabled=True, fp16_type="float16", loss_scaling_factor="dynamic", steps_per_increase=2
+    )
+    _, _, schedule, stepper = power_stepper(fp16)
+    stepper.scaler.load_state_dict({"scale": 64.0, "good_steps": 2, "skipped_steps": 3})  # the old format
+    schedule.load_state_dict({"step": 5})
+    stepper(power_batch(0))
+    assert stepper.scaler.state_dict() == {"scale": 128.0, "good_steps": 0, "skipped_steps": 3}
+    assert schedule.state_dict() == {"step": 6}
+    restored = LossScaler(fp16)
+    restored.load_state_dict(stepper.scaler.state_dict())
+    assert restored.state_dict() == stepper.scaler.state_dict()
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adam", "SGD", "Lion"])
+def test_every_optimizer_takes_the_learning_rate_as_a_device_scalar(name):
+    """`step(lr=...)` (dynamic loss scaling) gives the numbers of the group's float learning rate."""
+    from gptx_cli.config.spec import OptimizerSpec
+    from gptx_cli.train.optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.linspace(-1.0, 1.0, 6)) for _ in range(2)]
+    opts = [build_optimizer(OptimizerSpec(name, {"weight_decay": 0.1}), [{"params": [p]}]) for p in params]
+    for opt in opts:
+        opt.param_groups[0]["lr"] = 0.05
+    for k in range(3):
+        for p in params:
+            p.grad = torch.linspace(0.5, -0.25, 6) * (k + 1)
+        opts[0].step(grad_multiplier=torch.tensor(0.5), found_inf=torch.tensor(0.0))
+        opts[1].step(grad_multiplier=torch.tensor(0.5), found_inf=torch.tensor(0.0), lr=torch.tensor(0.05))
+        torch.testing.assert_close(params[1].detach(), params[0].detach(), rtol=1e-6, atol=1e-7)
+    before = params[1].detach().clone()
+    params[1].grad = torch.full((6,), float("inf"))
+    opts[1].step(found_inf=torch.tensor(1.0), lr=torch.tensor(0.05))
+    assert torch.equal(params[1].detach(), before)  # skipped on the device
 
 
 def test_the_sync_count_sees_a_float_of_the_loss_put_back_into_the_step(tiny_data, tmp_path, monkeypatch):

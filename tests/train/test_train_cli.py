@@ -108,6 +108,30 @@ def test_fp16_dynamic_loss_scaling_skips_overflowing_steps_and_holds_the_schedul
     assert [records[s]["lr"] for s in (1, 2, 3, 4)] == [0.0, 0.0, 0.0, 0.0]
 
 
+def test_fp16_dynamic_loss_scaling_resumes_bit_exactly_through_skipped_steps(tiny_data, tmp_path):
+    """The scale, its counters, the held-back schedule and AdamW's step count live on the device and
+    go through the checkpoint: 4 steps + resume + 4 steps equal 8 steps, overflows included."""
+    precision = [
+        "precision.enabled=true", "precision.fp16_type=float16", "precision.loss_scaling_factor=dynamic",
+        "precision.initial_loss_scale=1048576", "precision.max_loss_scale=1048576",
+        "precision.steps_per_increase=2", "loop.max_steps=8", "checkpoint.steps=4",
+    ]  # fmt: skip
+    sets = [a for p in precision for a in ("--set", p)]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_gptx("train", *tiny_args(tiny_data, straight, *sets)).returncode == 0
+    assert run_gptx("train", *tiny_args(tiny_data, resumed, *sets, "--max-steps", "4")).returncode == 0
+    second = run_gptx("train", *tiny_args(tiny_data, resumed, *sets))
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stdout
+    keys = ("loss", "lr", "loss_scale", "grad_norm")
+    want, got = read_metrics(straight), read_metrics(resumed)
+    assert [[got[s][k] for k in keys] for s in range(1, 9)] == [
+        [want[s][k] for k in keys] for s in range(1, 9)
+    ]
+    scales = [want[s]["loss_scale"] for s in range(1, 9)]
+    assert scales[0] < 1.0e12 and min(scales) < max(scales[1:])  # steps skipped (halved), then doubling
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tiny_data, tmp_path):
     model_dir = tmp_path / "sigterm"
     args = tiny_args(
