@@ -418,12 +418,27 @@ def _is_neox(tok: Any) -> bool:
     return "neox" in tok.name.lower() or (tok.eos_id == 0 and tok.pad_id == 1)
 
 
+def check_job_options(opts: PreprocessOptions) -> None:
+    """The usage errors of the job plan, raised before a tokenizer is loaded (an offline hub preset
+    takes seconds of retries to fail)."""
+    if opts.dataset == "pile" and not opts.input_dir:
+        raise UsageError(
+            "--dataset pile needs --input-dir (the directory holding train/, val.jsonl.zst, ...)"
+        )
+    if opts.dataset not in (None, "pile", PYTHON_DOCS, TRC2):
+        raise UsageError(
+            f"unknown --dataset '{opts.dataset}' (known: pile, {PYTHON_DOCS}, {TRC2}; use --input for other corpora)"
+        )
+    if opts.dataset is None and not opts.output_dir:
+        raise UsageError(
+            "--output-dir is required (except with --dataset pile, which knows the published paths)"
+        )
+
+
 def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
+    check_job_options(opts)
     if opts.dataset == "pile":
-        if not opts.input_dir:
-            raise UsageError(
-                "--dataset pile needs --input-dir (the directory holding train/, val.jsonl.zst, ...)"
-            )
+        assert opts.input_dir is not None  # check_job_options
         neox = _is_neox(tok)
         base = Path(opts.output_dir) if opts.output_dir else default_pile_base(neox)
         dirs = pile_output_dirs(base, opts.max_seq_length, neox)
@@ -444,14 +459,7 @@ def plan_jobs(opts: PreprocessOptions, tok: Any) -> list[Job]:
         ]
     if opts.dataset == TRC2:
         return _trc2_jobs(opts)
-    if opts.dataset is not None:
-        raise UsageError(
-            f"unknown --dataset '{opts.dataset}' (known: pile, {PYTHON_DOCS}, {TRC2}; use --input for other corpora)"
-        )
-    if not opts.output_dir:
-        raise UsageError(
-            "--output-dir is required (except with --dataset pile, which knows the published paths)"
-        )
+    assert opts.output_dir  # check_job_options
     units = expand_inputs(opts.inputs, split=opts.split)
     return [Job("data", _group_units(units, opts.shard_mb), Path(opts.output_dir))]
 
@@ -877,6 +885,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         check_options(opts)
     elif opts.mode != "pretraining":
         raise UsageError(f"--mode must be pretraining or finetuning (got '{opts.mode}')")
+    check_job_options(opts)
     tokenizer_spec = opts.tokenizer
     if opts.train_tokenizer is not None and opts.train_tokenizer < MIN_TRAINED_VOCAB:
         raise UsageError(

@@ -116,16 +116,10 @@ class AdamW(torch.optim.Optimizer):
                 t = int(first["step"]) if "step" in first else 0
             t += 1
             self._host_steps[gi] = t
-            exp_avgs, exp_avg_sqs = [], []
+            exp_avgs, exp_avg_sqs = self._state_lists(params)
             for p in params:
                 state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                state["step"] += 1
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
+                state["step"] = state.get("step", torch.zeros((), dtype=torch.float32)) + 1
             if fused:
                 _fused_step(group, params, grads, exp_avgs, exp_avg_sqs, float(t), grad_multiplier, found_inf)
             else:

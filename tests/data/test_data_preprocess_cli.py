@@ -196,3 +196,13 @@ def test_train_tokenizer_saves_and_uses_it(tmp_path, documents, gptx, tokenizer_
     assert samples[0, 0, :10].tolist() == tok.encode(documents[0])[:10]
     assert samples.max() < 400
     assert json.loads((tmp_path / "out/data_params.json").read_text())["processing"]["vocab_size"] == 400
+
+
+def test_usage_errors_come_before_the_tokenizer_is_loaded(tmp_path, gptx):
+    """A missing --output-dir or --input-dir is named at once, not after the tokenizer preset has
+    failed to load (offline, the hub retries for about 20 s before it gives up)."""
+    env = {"GPTX_TOKENIZER_DIR": str(tmp_path / "no_presets"), "HF_HUB_OFFLINE": "1"}
+    res = gptx("preprocess", "-i", "in.jsonl", "--tokenizer", "gpt2", cwd=tmp_path, env=env)
+    assert _one_line_error(res).startswith("error: --output-dir is required")
+    res = gptx("preprocess", "--dataset", "pile", "--tokenizer", "gpt2", cwd=tmp_path, env=env)
+    assert _one_line_error(res).startswith("error: --dataset pile needs --input-dir")
