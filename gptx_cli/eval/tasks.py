@@ -152,9 +152,10 @@ class LoglikelihoodScorer:
         positions lo..hi (n = hi - lo; wrong: 1.0 where the target is not the argmax, greedy only).
 
         A gptx Transformer (it has `hidden_states` and `logits`) projects only the scored positions
-        through the LM head, so [B, T, vocab] logits never exist. Without greedy, not even [n, vocab]
-        logits do: `head_target_logits` runs the vocabulary through in cache-sized chunks and takes
-        log p = target logit - logsumexp. Any other callable returns all logits, which are then sliced.
+        through the LM head, so [B, T, vocab] logits never exist. Without greedy, no fresh [n, vocab]
+        tensor is made either: `model.loss.head_log_probs` writes the logits into one buffer reused
+        across batches and takes log_softmax in place. Any other callable returns all logits, which are
+        then sliced.
         """
         import torch
 
