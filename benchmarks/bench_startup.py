@@ -66,7 +66,8 @@ def main() -> None:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0]
     print(
-        f"{now}: wall time of a command, median of {args.repeats} (load average {load:.1f}, {os.cpu_count()} CPUs)"
+        f"{now}: wall time of a command, median of {args.repeats}, gptx from {args.repo} "
+        f"(load average {load:.1f}, {os.cpu_count()} CPUs)"
     )
     print("| command | exit | median s | vs `import torch` |")
     print("|---|---:|---:|---:|")
