@@ -92,8 +92,10 @@ def main() -> None:
 
     protect_stdout()
     sys.argv[1:] = _global_flags(sys.argv[1:])
+    from gptx_cli.commands.options import install_number_checks
+
     try:
-        app()
+        install_number_checks(typer.main.get_command(app))(prog_name="gptx")
     except GptxError as err:
         if _state["debug"]:
             raise

@@ -2,7 +2,8 @@
 into place when complete, so a crash leaves either the old file or the new one, never a torn one.
 
 One temporary-name convention: `.<name>.tmp-<pid>` (hidden, next to the target; `is_temp` recognises
-it, and readers skip such names). Torch-free, imports nothing from gptx_cli but errors.
+it, and readers skip such names). One check of an output path before any work (`check_output`).
+Torch-free, imports nothing from gptx_cli but errors.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from gptx_cli.errors import UsageError
 
 TEMP_MARK = ".tmp-"
 
@@ -83,3 +87,40 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    kind: Literal["file", "dir"],
+    suffixes: Sequence[str] = (),
+) -> Path:
+    """Refuse, before any work, an output `path` that cannot be written: a file where a directory is
+    expected (`kind="dir"`), a directory where a file is, a suffix not in `suffixes` (a file), or a place
+    under a file or where nothing can be created (a read-only or virtual file system such as /proc).
+    `what` names it in the message (a flag such as `--output-dir`). Creates nothing."""
+    p = Path(path)
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise UsageError(f"{what} {p}: is a file, not a directory")
+    if kind == "file":
+        if p.is_dir():
+            raise UsageError(f"{what} {p}: is a directory; give a file name")
+        if suffixes and p.suffix.lower() not in suffixes:
+            raise UsageError(
+                f"{what} {p}: unknown file type {p.suffix or '(no extension)'!r}",
+                hint=f"use one of {', '.join(suffixes)}",
+            )
+    probe_in = p if kind == "dir" else p.parent
+    existing = probe_in
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {p}: {existing} is a file, so nothing can be written under it")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".gptx-write-check{TEMP_MARK}")
+    except OSError as err:
+        raise UsageError(f"{what} {p}: cannot write in {existing} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p

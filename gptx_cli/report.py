@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from gptx_cli.errors import DataError, UsageError
-from gptx_cli.fsutil import atomic_path
+from gptx_cli.fsutil import atomic_path, check_output
+
+FORMATS = (".png", ".pdf", ".svg")  # what matplotlib writes without further packages
 
 
 def read_metrics(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -35,6 +37,8 @@ def read_metrics(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
             if not isinstance(rec, dict) or "step" not in rec:
                 raise DataError(f"{path}:{lineno}: a metrics record needs a 'step' field")
+            if not isinstance(rec["step"], int) or isinstance(rec["step"], bool):
+                raise DataError(f"{path}:{lineno}: 'step' must be a whole number, got {rec['step']!r}")
             records.append(rec)
     if not records:
         raise DataError(f"{path}: no metrics recorded yet")
@@ -54,6 +58,7 @@ def write_report(model_dir: str | os.PathLike[str], output: str | os.PathLike[st
     """Plot loss (train and eval), learning rate and tokens/s against step; returns the PNG path."""
     records = read_metrics(model_dir)
     out = Path(output) if output else Path(model_dir) / "report.png"
+    check_output(out, what="--output" if output else "the report", kind="file", suffixes=FORMATS)
 
     import matplotlib
 
@@ -79,6 +84,6 @@ def write_report(model_dir: str | os.PathLike[str], output: str | os.PathLike[st
     fig.suptitle(f"gptx run: {Path(model_dir).resolve().name}")
     fig.tight_layout()
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=100, format=out.suffix.lower().lstrip("."))
     plt.close(fig)
     return out

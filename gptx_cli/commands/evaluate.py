@@ -13,6 +13,7 @@ from gptx_cli.commands.options import (
     CheckpointPath,
     Device,
     Dtype,
+    Extrapolate,
     MaxLength,
     ModelDir,
     NoVerify,
@@ -46,9 +47,12 @@ def eval_cmd(
         None, "--tasks-dir", "--tasks_dir", help="Where task names are found."
     ),
     limit: Optional[float] = typer.Option(
-        None, "--limit", help="Score only the first N documents of each task (below 1.0: that fraction)."
+        None,
+        "--limit",
+        help="Score only the first N documents of each task (below 1.0: that fraction, as lm-eval).",
     ),
     max_length: MaxLength = None,
+    extrapolate: Extrapolate = False,
     bootstrap_iters: int = typer.Option(
         100000,
         "--bootstrap-iters",
@@ -70,7 +74,10 @@ def eval_cmd(
     dtype: Dtype = "float32",
     model_dir: ModelDir = None,
     output_dir: Optional[str] = typer.Option(
-        None, "--output-dir", "--output_dir", help="Where the JSON results go (default: model_dir/eval)."
+        None,
+        "--output-dir",
+        "--output_dir",
+        help="Where the JSON results go (default: eval_results/ beside the checkpoint, in its model_dir).",
     ),
     overrides: Overrides = None,
     overwrite: bool = typer.Option(
@@ -92,21 +99,14 @@ def eval_cmd(
 
     from gptx_cli import distributed
     from gptx_cli.checksum import skip_verification
-    from gptx_cli.config.flags import check_at_least, check_config_flag
     from gptx_cli.data.loader import allow_incomplete as allow_incomplete_data
     from gptx_cli.errors import UsageError
     from gptx_cli.eval.options import EvalOptions, prepare
 
     skip_verification(no_verify)
     allow_incomplete_data(allow_incomplete)
-    check_config_flag("--eval-steps", eval_steps)
-    check_at_least("--batch-size", batch_size, 1)
-    check_at_least("--limit", limit, 1)
-    check_at_least("--num-fewshot", num_fewshot, 0)
     if output_format not in ("table", "json"):
         raise UsageError(f"--format must be table or json, got {output_format!r}")
-    if nproc is not None and nproc < 1:
-        raise UsageError(f"--nproc must be at least 1 (got {nproc})")
     opts = EvalOptions(
         **fields_of(EvalOptions, locals(), tasks=_split_tasks(tasks), overrides=overrides or ())
     )
@@ -124,5 +124,8 @@ def eval_cmd(
     if output_format == "json":
         payload = [r.to_dict() for r in reports]
         typer.echo(json.dumps(payload if all_checkpoints else payload[0], indent=2))
+        for r in reports:
+            if r.output:
+                typer.echo(f"wrote {r.output}", err=True)
     else:
         typer.echo(format_table(reports))

@@ -107,14 +107,6 @@ def generate_cmd(
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format must be text or json, got {output_format!r}")
-    from gptx_cli.config.flags import check_finite
-
-    for flag, value in (
-        ("--temperature", temperature),
-        ("--top-p", top_p),
-        ("--repetition-penalty", repetition_penalty),
-    ):
-        check_finite(flag, value)
     wants_sampling = (
         sample or (temperature is not None and temperature > 0) or top_k is not None or top_p is not None
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gptx_cli.commands.options import CheckpointPath, Dtype, MaxLength, Tokenizer
+from gptx_cli.commands.options import CheckpointPath, Dtype, Extrapolate, MaxLength, Tokenizer
 
 
 def lm_eval_cmd(
@@ -13,6 +13,7 @@ def lm_eval_cmd(
     tokenizer: Tokenizer = None,
     dtype: Dtype = "float32",
     max_length: MaxLength = None,
+    extrapolate: Extrapolate = False,
     online: bool = typer.Option(
         False, "--online", help="Let the harness download datasets from the hub (default: offline)."
     ),
@@ -31,5 +32,6 @@ def lm_eval_cmd(
         tokenizer=tokenizer,
         dtype=dtype,
         max_length=max_length,
+        extrapolate=extrapolate,
         online=online,
     )

@@ -8,10 +8,13 @@ Typer only: importing this costs `gptx --help` nothing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from gptx_cli.config.flags import ANY, COUNT, NON_NEGATIVE, POSITIVE, Range, check_number
 
 Config = Annotated[
     Path, typer.Argument(help="ModelZoo YAML config (trainer or legacy layout).", show_default=False)
@@ -61,6 +64,13 @@ MaxLength = Annotated[
     Optional[int],
     typer.Option("--max-length", "--max_length", help="Context length (default: max_position_embeddings)."),
 ]
+Extrapolate = Annotated[
+    bool,
+    typer.Option(
+        "--extrapolate",
+        help="Allow --max-length past the model's max_position_embeddings (untrained positions).",
+    ),
+]
 
 # train and continue-pretrain
 MaxSteps = Annotated[
@@ -107,3 +117,72 @@ def fields_of(cls: Any, params: dict[str, Any], **values: Any) -> dict[str, Any]
     """The command's parameters (then `values`) that are fields of the dataclass `cls`, by name."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in {**params, **values}.items() if k in names}
+
+
+# ---------------------------------------------------------------------------------------------------
+# One check for every numeric flag of every command
+
+# Every int / float flag, by its first long name: a flag means the same in every command. A numeric flag
+# missing here is a test failure (tests/test_named_errors.py), so none is left unchecked.
+NUMBER_RULES: dict[str, Range] = {
+    "--batch-size": COUNT,
+    "--bootstrap-iters": NON_NEGATIVE,
+    "--buffer-len": COUNT,
+    "--eval-steps": COUNT,
+    "--limit": POSITIVE,  # below 1.0 a fraction of the documents, as lm-eval has it
+    "--lora-alpha": POSITIVE,
+    "--lora-r": COUNT,
+    "--max-length": Range(low=2),  # one token of context and one to score
+    "--max-new-tokens": COUNT,
+    "--max-seq-length": COUNT,
+    "--max-steps": COUNT,
+    "--micro-batch-size": COUNT,
+    "--min-sequence-len": NON_NEGATIVE,
+    "--nproc": COUNT,
+    "--num-fewshot": NON_NEGATIVE,
+    "--processes": COUNT,
+    "--repetition-penalty": POSITIVE,
+    "--samples-per-file": COUNT,
+    "--seed": ANY,
+    "--shard-mb": POSITIVE,
+    "--temperature": NON_NEGATIVE,
+    "--top-k": COUNT,
+    "--top-p": Range(low=0, high=1, low_open=True),
+    "--train-tokenizer": COUNT,
+    "--val-split-ratio": Range(low=0, high=1),
+}
+
+
+def flag_name(param: Any) -> str:
+    """A parameter's first long option name (`--max-length`), or its name for an argument."""
+    longs = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+    return longs[0] if longs else str(param.name)
+
+
+def numeric_params(command: Any, path: str = "gptx") -> Iterator[tuple[str, Any]]:
+    """(command path, parameter) for each int / float parameter of `command` and its subcommands."""
+    for param in command.params:
+        if getattr(getattr(param, "type_descriptor", None), "annotation", None) in (int, float):
+            yield path, param
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from numeric_params(sub, f"{path} {name}")
+
+
+def install_number_checks(command: Any) -> Any:
+    """Every numeric parameter of the command tree goes through `check_number` with its NUMBER_RULES
+    entry, after Typer has parsed it and before the command runs."""
+    for _, param in numeric_params(command):
+        flag = flag_name(param)
+        rule = NUMBER_RULES.get(flag, ANY)
+        inner = param.callback
+
+        def checked(
+            ctx: Any, p: Any, value: Any, flag: str = flag, rule: Range = rule, inner: Any = inner
+        ) -> Any:
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                check_number(flag, v, rule)
+            return inner(ctx, p, value) if inner is not None else value
+
+        param.callback = checked
+    return command

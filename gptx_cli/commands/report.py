@@ -8,7 +8,7 @@ import typer
 def report_cmd(
     model_dir: Path = typer.Argument(..., help="A model_dir written by `gptx train` (holds metrics.jsonl)."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="PNG path (default MODEL_DIR/report.png)."
+        None, "--output", "-o", help="Image path: .png, .pdf or .svg (default MODEL_DIR/report.png)."
     ),
 ) -> None:
     """Plot a training run's loss, learning rate and throughput over steps as a PNG.

@@ -61,7 +61,6 @@ def _run(
             "--micro-batch-size": params.get("micro_batch_size"),
             "--strategy": params.get("strategy"),
             "--target-device": params.get("target_device"),
-            "--nproc": nproc,
         }
     )
     spec = load_run_spec(config, overrides=overrides or ())

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from gptx_cli.checkpoint import (
-    is_gptx_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     resolve,
@@ -37,9 +36,10 @@ from gptx_cli.eval.harness import HarnessTokenizer
 from gptx_cli.eval.options import EvalOptions, Prepared, prepare
 from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
 from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, limit_docs
-from gptx_cli.fsutil import write_json, write_text
+from gptx_cli.fsutil import check_output, write_json, write_text
 from gptx_cli.model.loss import lm_loss
 from gptx_cli.model.transformer import parameter_shapes
+from gptx_cli.model.vocab import check_token_ids
 
 
 @dataclass
@@ -136,9 +136,8 @@ def loss_metrics(
             if world > 1 and index % world != rank:
                 continue
             # The range check reads the loader's host copy, before the batch moves to the device.
-            top = int(max(batch["input_ids"].max(), batch["labels"].max()))
-            if top >= vocab:
-                raise DataError(f"{source}: token id {top} is outside the model's vocabulary of {vocab}")
+            ids = (batch["input_ids"], batch["labels"])
+            check_token_ids(min(int(t.min()) for t in ids), max(int(t.max()) for t in ids), vocab, source)
             input_ids = batch["input_ids"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
             mask = batch["attention_mask"].to(device, non_blocking=True)
@@ -259,14 +258,58 @@ def _refuse_overwrite(out_dir: Path | None, name: str, opts: EvalOptions) -> Non
         )
 
 
-def _output_dir(opts: EvalOptions, spec: Any, checkpoint: Path) -> Path | None:
+def _output_dir(opts: EvalOptions, source: Any) -> Path:
+    """--output-dir, else `eval_results/` beside the evaluated checkpoint (in its model_dir), whichever
+    config or flag named it: another run's checkpoint of the same step never lands on this one's file."""
     if opts.output_dir:
         return Path(opts.output_dir)
-    if opts.model_dir or spec is not None:
-        return Path(opts.model_dir or spec.model_dir) / RESULTS_DIR
-    if is_gptx_checkpoint(checkpoint):  # a gptx checkpoint lives in its model_dir
-        return checkpoint.resolve().parent / RESULTS_DIR
-    return None  # a bare Hugging Face directory: print only, write nothing into it
+    return source.directory.resolve().parent / RESULTS_DIR
+
+
+@dataclass
+class _Planned:
+    """One checkpoint to evaluate, with where its results go; all are known before any is evaluated."""
+
+    checkpoint: Path
+    source: Any
+    name: str
+    out_dir: Path | None
+
+
+def _plan(opts: EvalOptions, spec: Any, has_tasks: bool) -> list[_Planned]:
+    """Every checkpoint to evaluate with its result file, checked up front: an existing result (without
+    --overwrite), an unwritable place or a --max-length past a model's positions stops the run before
+    the first checkpoint is evaluated."""
+    plan = []
+    for checkpoint in _checkpoints_to_run(opts, spec):
+        source = resolve(checkpoint)
+        if has_tasks:
+            context_length(opts.max_length, source.config.max_position_embeddings, opts.extrapolate)
+        name = source.directory.resolve().name  # results are named as the checkpoint dir they evaluate
+        out_dir = _output_dir(opts, source) if opts.write else None
+        if out_dir is not None:
+            check_output(
+                out_dir, what="--output-dir" if opts.output_dir else "the results directory", kind="dir"
+            )
+            _refuse_overwrite(out_dir, name, opts)
+        elif opts.log_samples:
+            raise UsageError("--log-samples needs somewhere to write: pass --output-dir")
+        plan.append(_Planned(checkpoint, source, name, out_dir))
+    return plan
+
+
+def context_length(max_length: int | None, positions: int, extrapolate: bool = False) -> int:
+    """--max-length (default: the model's max_position_embeddings); past the trained positions only with
+    --extrapolate, as `gptx generate` refuses a prompt longer than the context."""
+    n = int(max_length or positions)
+    if n < 2:
+        raise UsageError(f"--max-length {n}: must be >= 2, got {n}")
+    if n > positions and not extrapolate:
+        raise UsageError(
+            f"--max-length {n}: the model was trained on {positions} positions",
+            hint="pass --extrapolate to score past them anyway",
+        )
+    return n
 
 
 def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -281,10 +324,9 @@ def _run_tasks(
 ) -> list[Any]:
     """Score every task on this process's share of its documents; rank 0 gets the joined results."""
 
-    max_length = int(opts.max_length or model.cfg.max_position_embeddings)
-    if max_length < 2:
-        raise UsageError(f"--max-length must be at least 2, got {max_length}")
+    max_length = context_length(opts.max_length, model.cfg.max_position_embeddings, opts.extrapolate)
     scorer = LoglikelihoodScorer(model, max_length=max_length, batch_size=opts.batch_size, device=device)
+    scorer.ids_from = f"tokenizer {getattr(tokenizer, 'name', '')}".strip()
     tok = HarnessTokenizer(tokenizer)
     generator = BatchGenerator(model, tok, max_length=max_length, batch_size=opts.batch_size)
     results = []
@@ -320,7 +362,8 @@ def _write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
 
 
 def run_eval(opts: EvalOptions, log: Any = None, prepared: Prepared | None = None) -> list[CheckpointReport]:
-    """Evaluate the chosen checkpoint(s); writes model_dir/eval/<checkpoint>.json for each one.
+    """Evaluate the chosen checkpoint(s); writes eval_results/<checkpoint>.json beside each one (or in
+    --output-dir), all result paths checked before the first checkpoint is evaluated.
 
     Under torchrun (`gptx eval --nproc N`) each process scores its share of the validation batches and
     of each task's documents; the sums and per-document items are joined on every rank, rank 0 writes.
@@ -336,23 +379,18 @@ def run_eval(opts: EvalOptions, log: Any = None, prepared: Prepared | None = Non
         log = lambda _msg: None  # noqa: E731 (rank 0 speaks for all)
     dtype = resolve_dtype(opts.dtype)
     reports = []
-    for checkpoint in _checkpoints_to_run(opts, spec):
-        source = resolve(checkpoint)
+    for planned in _plan(opts, spec, bool(tasks)):
+        source, name, out_dir = planned.source, planned.name, planned.out_dir
         ckpt_cfg, step = source.config, source.step
-        report = CheckpointReport(checkpoint=str(checkpoint), step=step)
+        report = CheckpointReport(checkpoint=str(source.directory), step=step)
         if spec is not None:
             report.warnings = compare_model_configs(
-                spec.model, ckpt_cfg, config_name=str(opts.config), checkpoint=str(checkpoint)
+                spec.model, ckpt_cfg, config_name=str(opts.config), checkpoint=str(planned.checkpoint)
             )
             for w in report.warnings:
                 log(f"warning: {w}")
         data_dirs = spec.val_data.data_dir if spec is not None and spec.val_data is not None else []
         tokenizer = resolve_tokenizer(source, opts.tokenizer, data_dirs) if tasks else None
-        out_dir = _output_dir(opts, spec, checkpoint) if opts.write else None
-        if opts.log_samples and out_dir is None:
-            raise UsageError("--log-samples needs somewhere to write: pass --output-dir")
-        name = source.directory.resolve().name  # results are named as the checkpoint dir they evaluate
-        _refuse_overwrite(out_dir, name, opts)
         model = source.load_model(device, dtype)
         if spec is not None and spec.val_data is not None:
             loader = build_dataloader(spec.val_data, seed=spec.seed, infinite=False)

@@ -19,6 +19,7 @@ from gptx_cli.checkpoint import resolve
 from gptx_cli.errors import UsageError
 from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
 from gptx_cli.model.doc_attention import causal_padding_mask
+from gptx_cli.model.vocab import TOKENIZER_HINT, check_token_ids
 
 
 @dataclass
@@ -249,7 +250,7 @@ def generate_from_checkpoint(
     if not prompt_tokens:
         raise UsageError("the prompt is empty (it encodes to zero tokens)")
     model = source.load_model(resolve_device(opts.device), resolve_dtype(opts.dtype))
-    _check_ids_fit(prompt_tokens, int(model.cfg.vocab_size), tokenizer)
+    _check_ids_fit([prompt_tokens], model, tokenizer)
     context = int(model.cfg.max_position_embeddings)
     notes = []
     if len(prompt_tokens) >= context:
@@ -264,16 +265,14 @@ def generate_from_checkpoint(
     return result
 
 
-def _check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Any) -> None:
+def _check_ids_fit(prompts: Sequence[Sequence[int]], model: Any, tokenizer: Any = None) -> None:
     """A tokenizer with a larger vocabulary than the model's (e.g. --tokenizer neox-20b on a small model)
     would index past the embedding: a named error instead."""
-    top = max(ids)
-    if top >= vocab_size:
-        raise UsageError(
-            f"tokenizer {getattr(tokenizer, 'name', '')} gives token id {top}, beyond the model's vocab_size "
-            f"{vocab_size}",
-            hint="use the tokenizer the model was trained with (--tokenizer)",
-        )
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    ids = [t for p in prompts for t in p]
+    if vocab is not None and ids:
+        name = getattr(tokenizer, "name", "") or getattr(getattr(tokenizer, "tok", None), "name", "")
+        check_token_ids(min(ids), max(ids), int(vocab), f"tokenizer {name}".strip(), TOKENIZER_HINT)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,6 +302,7 @@ def generate_batch(
         raise UsageError("a prompt is empty (it encodes to zero tokens)")
     if cfg.stop and tokenizer is None:
         raise UsageError("stop sequences need the tokenizer")
+    _check_ids_fit(prompts, model, tokenizer)
     device = next(model.parameters()).device
     b = len(prompts)
     width = max(len(p) for p in prompts)

@@ -16,15 +16,20 @@ token. tests/eval/test_eval_lm_eval_parity.py checks it against the harness's ow
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gptx_cli.checkpoint import resolve
+from gptx_cli.config.flags import COUNT, NON_NEGATIVE, POSITIVE, check_number
 from gptx_cli.errors import DataError, GptxError, UsageError
+from gptx_cli.eval.evaluate import context_length
 from gptx_cli.eval.generate import BatchGenerator
 from gptx_cli.eval.harness import HarnessTokenizer
 from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
 from gptx_cli.eval.tasks import LoglikelihoodScorer, encode_pair
+from gptx_cli.fsutil import check_output
 
 _registered: dict[str, Any] = {}
 INSTALL_HINT = "pip install 'gptx[lm-eval]'"
@@ -77,6 +82,7 @@ def register(name: str = "gptx") -> Any:
             max_length: int | None = None,
             prefix_token_id: int | None = None,
             max_batch_size: int = 64,
+            model: str | None = None,  # the run's name in the harness's results (`gptx lm-eval` sets it)
             **kwargs: Any,
         ) -> None:
             super().__init__()
@@ -88,6 +94,7 @@ def register(name: str = "gptx") -> Any:
                 )
             self._device = resolve_device(device)
             source = resolve(checkpoint)
+            self.name = model or source.directory.resolve().name
             self.model = source.load_model(self._device, resolve_dtype(dtype))
             prefix = None if prefix_token_id is None else int(prefix_token_id)
             self.tok = HarnessTokenizer(resolve_tokenizer(source, tokenizer), prefix)
@@ -98,6 +105,7 @@ def register(name: str = "gptx") -> Any:
                 size = int(batch_size)
             self.batch_size_resolved = size
             self.scorer = LoglikelihoodScorer(self.model, self.max_length, size, self._device)
+            self.scorer.ids_from = f"tokenizer {getattr(self.tok.tok, 'name', '')}".strip()
             self.generator = BatchGenerator(self.model, self.tok, self.max_length, size)
 
         @property
@@ -162,11 +170,14 @@ def run_lm_eval(
     tokenizer: str | None = None,
     dtype: str = "float32",
     max_length: int | None = None,
+    extrapolate: bool = False,
     online: bool = False,
 ) -> None:
     """Run the harness's command line (`lm-eval run ...`) with `--model gptx` on `checkpoint` (a gptx
     checkpoint, a model_dir or a Hugging Face directory); every other argument (--tasks, --num_fewshot,
-    --limit, --batch_size, --device, --log_samples, --output_path, --include_path, ...) passes through."""
+    --limit, --batch_size, --device, --log_samples, --output_path, --include_path, ...) passes through,
+    checked first (`check_harness_args`). The run is named as the checkpoint directory (the output
+    subdirectory and `model_name` in results.json), and a run whose results were not saved fails."""
     for arg in harness_args:
         if arg.split("=", 1)[0] in _GPTX_OWNS:
             raise UsageError(f"{arg.split('=', 1)[0]}: gptx lm-eval sets the model; give --checkpoint-path")
@@ -174,38 +185,125 @@ def run_lm_eval(
     if not online:  # no hub downloads unless asked for: local task YAMLs and cached datasets only
         for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ.setdefault(var, "1")
-    resolve(checkpoint)  # a clear error for a path that is not a checkpoint
+    source = resolve(checkpoint)  # a clear error for a path that is not a checkpoint
+    context_length(max_length, source.config.max_position_embeddings, extrapolate)
+    name = source.directory.resolve().name
     register()
     from lm_eval._cli import HarnessCLI
 
-    model_args = [f"checkpoint={checkpoint}", f"dtype={dtype}"]
+    model_args = [f"model={name}", f"checkpoint={checkpoint}", f"dtype={dtype}"]
     if tokenizer:
         model_args.append(f"tokenizer={tokenizer}")
     if max_length:
         model_args.append(f"max_length={max_length}")
     for value in model_args:
-        if "," in value:
+        if "," in value or "=" in value.split("=", 1)[1]:
             raise UsageError(
-                f"{value.split('=', 1)[0]}: a path with a comma cannot pass through --model_args"
+                f"{value.split('=', 1)[0]}: a path with ',' or '=' cannot pass through --model_args"
             )
     cli = HarnessCLI()
     args = cli._parser.parse_args(
         ["run", "--model", "gptx", "--model_args", ",".join(model_args), *harness_args]
     )
+    check_harness_args(args)
+    started = time.time()
     try:
         cli.execute(args)
     except GptxError:
         raise
     except Exception as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        name = type(err).__name__
-        offline = any(
-            s in f"{name} {text}".lower()
-            for s in ("offline", "connection", "couldn't reach", "resolve", "hub")
+        raise _harness_error(err) from err
+    _check_saved(args.output_path, name, started)
+
+
+def check_harness_args(args: Any) -> None:
+    """The harness's arguments in gptx's words, before it starts: numbers in range, --device defaulting to
+    what the machine has (the harness's own default is cuda), --output_path writable, local task YAMLs
+    and their JSONL data readable (file:line)."""
+    check_number("--limit", args.limit, POSITIVE)
+    check_number("--num_fewshot", args.num_fewshot, NON_NEGATIVE)
+    check_number("--max_batch_size", args.max_batch_size, COUNT)
+    if args.limit is not None and args.limit >= 1 and args.limit != int(args.limit):
+        raise UsageError(f"--limit {args.limit}: a count must be whole (a fraction must be below 1.0)")
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.output_path:
+        path = Path(args.output_path)
+        check_output(path, what="--output_path", kind="file" if path.suffix == ".json" else "dir")
+    elif getattr(args, "log_samples", False):
+        raise UsageError("--log_samples needs --output_path (where the samples go)")
+    if args.include_path:
+        for yaml_file in sorted(Path(args.include_path).rglob("*.yaml")):
+            _check_task_yaml(yaml_file)
+
+
+def _check_task_yaml(path: Path) -> None:
+    """A local task YAML that the harness would skip ("Tasks not found") or whose JSONL data would fail
+    deep in `datasets` (DatasetGenerationError): the file and line instead."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        cfg = load_yaml(path, resolve_func=False)
+    except Exception as err:  # yaml.YAMLError and the loader's ValueError
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise DataError(f"{where}: not a valid task YAML ({problem})") from None
+    kwargs = cfg.get("dataset_kwargs") if cfg.get("dataset_path") == "json" else None
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+    if isinstance(files, str):
+        files = [files]
+    for data in files.values() if isinstance(files, dict) else files or []:
+        for f in [data] if isinstance(data, str) else data:
+            _check_jsonl(path.parent / f)
+
+
+def _check_jsonl(path: Path) -> None:
+    import json
+
+    if not path.is_file():
+        return  # the harness names a missing file itself
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                json.loads(raw)
+            except ValueError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err})") from None
+
+
+def _harness_error(err: Exception) -> GptxError:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    name = type(err).__name__
+    offline = any(
+        s in f"{name} {text}".lower() for s in ("offline", "connection", "couldn't reach", "resolve", "hub")
+    )
+    if offline:
+        return DataError(
+            f"lm-eval could not load a task's dataset offline: {name}: {text}",
+            hint="use a local task YAML (--include_path) or pass --online to let the harness download",
         )
-        if offline:
-            raise DataError(
-                f"lm-eval could not load a task's dataset offline: {name}: {text}",
-                hint="use a local task YAML (--include_path) or pass --online to let the harness download",
-            ) from err
-        raise DataError(f"lm-eval failed: {name}: {text}") from err
+    return DataError(f"lm-eval failed: {name}: {text}")
+
+
+def _check_saved(output_path: str | None, name: str, started: float) -> None:
+    """The harness logs a failed save and goes on: here it fails the run."""
+    if not output_path:
+        return
+    path = Path(output_path)
+    if path.suffix == ".json":
+        written = list(path.parent.glob(f"{path.stem}_*.json"))
+    else:
+        written = list((path / sanitize(name)).glob("results_*.json"))
+    if not any(p.stat().st_mtime >= started - 1 for p in written):
+        raise DataError(f"lm-eval did not save its results to --output_path {output_path}")
+
+
+def sanitize(name: str) -> str:
+    """lm_eval.utils.sanitize_model_name: the output subdirectory of a run named `name`."""
+    from lm_eval.utils import sanitize_model_name
+
+    return str(sanitize_model_name(name))

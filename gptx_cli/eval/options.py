@@ -11,6 +11,7 @@ from typing import Any
 from gptx_cli.config import load_run_spec
 from gptx_cli.errors import UsageError
 from gptx_cli.eval.tasks import Task, load_task
+from gptx_cli.fsutil import check_output
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EvalOptions:
     limit: float | None = None  # a count, or a fraction below 1.0 (the harness's --limit)
     batch_size: int = 8
     max_length: int | None = None  # context for tasks (default: the model's max_position_embeddings)
+    extrapolate: bool = False  # allow max_length past the model's max_position_embeddings
     bootstrap_iters: int = 100000  # the harness's default; 0 skips the bootstrapped stderrs
     log_samples: bool = False
     num_fewshot: int = 0
@@ -53,6 +55,8 @@ def prepare(opts: EvalOptions) -> Prepared:
         raise UsageError(f"--limit must be > 0, got {opts.limit}")
     if opts.limit is not None and opts.limit >= 1.0 and opts.limit != int(opts.limit):
         raise UsageError(f"--limit {opts.limit}: a count must be whole (a fraction must be below 1.0)")
+    if opts.output_dir is not None:
+        check_output(opts.output_dir, what="--output-dir", kind="dir")
     if opts.bootstrap_iters < 0:
         raise UsageError(f"--bootstrap-iters must be >= 0, got {opts.bootstrap_iters}")
     spec = None

@@ -36,6 +36,7 @@ from gptx_cli.eval.harness import (
     exact_match,
 )
 from gptx_cli.eval.harness import stderr as harness_stderr
+from gptx_cli.model.vocab import TOKENIZER_HINT, check_token_ids
 
 TASK_KINDS = ("last_word", "multiple_choice", "rolling", "generate")
 # The harness seeds its few-shot sampler with 1234 (lm_eval.api.samplers / evaluator defaults).
@@ -132,6 +133,7 @@ class LoglikelihoodScorer:
         self.batch_size = batch_size
         self.device = device
         self.tokens_scored = 0  # model input tokens, for throughput reports
+        self.ids_from = "the tokenizer"  # named in the token-id range error
         self._logits_buffer: Any = None  # fp32 logits of the fused head (greedy=False), reused per batch
 
     # Scored positions go through the LM head and log_softmax at most this many at a time, and at most
@@ -211,6 +213,7 @@ class LoglikelihoodScorer:
             inp = (list(context) + list(continuation))[-(self.max_length + 1) :][:-1]
             cont = list(continuation)[-len(inp) :] if len(continuation) > len(inp) else list(continuation)
             prepared.append((inp, cont))
+        self._check_ids(prepared)
         order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(prepared)
         chunk = self._chunk_rows()
@@ -252,6 +255,12 @@ class LoglikelihoodScorer:
                 for i, ll, miss in zip(idx, sums.tolist(), misses.tolist(), strict=True):
                     results[i] = (float(ll), miss == 0)
         return results
+
+    def _check_ids(self, prepared: Sequence[tuple[list[int], list[int]]]) -> None:
+        vocab = getattr(getattr(self.logits_fn, "cfg", None), "vocab_size", None)
+        ids = [t for inp, cont in prepared for part in (inp, cont) for t in part]
+        if vocab is not None and ids:
+            check_token_ids(min(ids), max(ids), int(vocab), self.ids_from, TOKENIZER_HINT)
 
     def loglikelihood_rolling(self, documents: Sequence[list[int]], prefix_token: int) -> list[float]:
         """Full log-likelihood of each token list through disjoint rolling windows (harness semantics)."""

@@ -137,7 +137,12 @@ def save_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimi
 def write_train_state(directory: Path, state: dict[str, Any], staged_optim: Path | None = None) -> None:
     """Write train_state.pt into a checkpoint's temporary directory (and move a staged optim/ in)."""
     with atomic_path(directory / TRAIN_STATE_FILE) as tmp:
-        torch.save({"version": VERSION, **state}, tmp)
+        try:
+            torch.save({"version": VERSION, **state}, tmp)
+        except RuntimeError as err:  # torch's zip writer: "[enforce fail at inline_container.cc] ... failed"
+            if "inline_container" not in str(err):
+                raise
+            raise OSError(f"{TRAIN_STATE_FILE}: write failed (disk full or file too large?)") from err
     if staged_optim is not None:
         os.replace(staged_optim, directory / OPTIM_DIR)
 

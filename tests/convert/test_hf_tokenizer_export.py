@@ -61,7 +61,7 @@ def test_generate_with_a_tokenizer_larger_than_the_model_is_a_named_error(tmp_pa
         "--prompt", "Hello world", "--max-new-tokens", "2",
     )  # fmt: skip
     assert r.returncode == 2
-    assert "beyond the model's vocab_size 64" in r.stderr and "internal error" not in r.stderr
+    assert "is outside the model's vocabulary of 64" in r.stderr and "internal error" not in r.stderr
     assert r.stderr.count("\n") == 1
 
 

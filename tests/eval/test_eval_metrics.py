@@ -109,8 +109,10 @@ def test_hf_dir_metrics_equal_transformers_on_the_same_batches(setup):
     assert m["accuracy"] == ref["accuracy"]
     # Perplexity weighs the ragged last batch by its tokens: it is not exp(mean of step losses).
     assert m["lm_perplexity"] != pytest.approx(math.exp(ref["loss"]), rel=1e-6)
-    written = json.loads((root / "model_dir" / "eval_results" / "hf.json").read_text())
+    # Results go beside the evaluated checkpoint (here a Hugging Face dir), under its name, and say so.
+    written = json.loads((root / "eval_results" / "hf.json").read_text())
     assert written["metrics"] == m
+    assert f"wrote {root / 'eval_results' / 'hf.json'}" in res.stderr
 
 
 def test_eval_steps_limits_the_batches(setup):
