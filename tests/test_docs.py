@@ -133,7 +133,7 @@ def test_console_examples_print_what_the_docs_show(where: str, block: str, tmp_p
     """Each `$ command` runs in a scratch dir (with configs/ and the reference configs at hand)."""
     (tmp_path / "configs").symlink_to(REPO / "configs")
     (tmp_path / "reference").symlink_to(SHARED / "reference" / "modelzoo-configs")
-    env = {**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
+    env = {**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1", "GPTX_SHARED": str(SHARED)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     steps: list[tuple[str, list[str]]] = []
     for line in block.rstrip("\n").split("\n"):

@@ -6,12 +6,15 @@
 #
 # Needs only torch (transformers optional: without it the Hugging Face rows are skipped). Installs
 # nothing; gptx is imported from this repository through PYTHONPATH. Arguments go to bench_gpu.py
-# (--help lists them). PYTHON picks the interpreter (default: python3, else python).
+# (--help lists them). PYTHON picks the interpreter (default: the repository's .venv/bin/python that
+# `make demo` / `make install` made, else python3, else python).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-python="${PYTHON:-$(command -v python3 || command -v python)}"
+default_python="$repo/.venv/bin/python"
+[ -x "$default_python" ] || default_python="$(command -v python3 || command -v python)"
+python="${PYTHON:-$default_python}"
 
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1

@@ -326,14 +326,20 @@ def test_gptx_lm_eval_on_local_yaml_equals_lm_eval_hf(setup, harness_zero_shot):
     out = setup["root"] / "lmeval_out"
     res = run_gptx(
         "lm-eval", "--checkpoint-path", str(setup["hf"]), "--tasks", ",".join(tasks), "--include_path",
-        str(setup["yaml"]), "--num_fewshot", "0", "--batch_size", "auto", "--device", "cpu", "--output_path",
-        str(out), "--log_samples",
+        str(setup["yaml"]), "--num_fewshot", "0", "--batch_size", "auto", "--output_path",
+        str(out), "--log_samples",  # no --device: gptx picks what the machine has (the harness: cuda)
         env={"DISABLE_MULTIPROC": "1", "HF_DATASETS_CACHE": str(setup["root"] / "hf_cache")},
         timeout=900,  # the harness indexes its ~10k task YAMLs first; slow on a loaded machine
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    # The run is named as the checkpoint directory: the output subdirectory and model_name.
     (results_file,) = out.rglob("results_*.json")
-    got = json.loads(results_file.read_text())["results"]
+    assert results_file.parent == out / "hf"
+    full = json.loads(results_file.read_text())
+    assert full["model_name"] == "hf"
+    got = full["results"]
+    # The results table has its real header (lm-eval's make_table with a pytablewriter that names it).
+    assert "|Tasks|Version|Filter|n-shot|Metric|" in res.stdout.replace(" ", "")
     for task in tasks:
         for key, value in harness["results"][task].items():
             if "," not in key or key.startswith("perplexity_stderr"):
