@@ -24,7 +24,7 @@ lint: $(STAMP)
 
 # One intra-op thread per process: two xdist workers (and the ranks they launch) share 2 cores.
 test: $(STAMP) lint
-	OMP_NUM_THREADS=1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist worksteal -q
+	OMP_NUM_THREADS=1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist worksteal -q --durations=25
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_reference.py

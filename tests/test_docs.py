@@ -1,5 +1,6 @@
 """The docs cannot rot: every subcommand has a page and --help with an example, every `gptx ...` line
-in the docs uses real subcommands and flags, and ```console blocks run with the output they show."""
+in the docs uses real subcommands and flags, ```console blocks run with the output they show, and every
+other block of commands says why it is not run (`<!-- not run: REASON -->` on the line before it)."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def test_docs_use_only_real_subcommands_and_flags() -> None:
 
 def _console_blocks() -> list[tuple[str, str]]:
     blocks = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
         text = page.read_text()
         for m in FENCE.finditer(text):
             if m.group(1) == "console":
@@ -128,11 +129,33 @@ def _matches(expected: str, actual: str) -> bool:
     )
 
 
+COMMAND_LINE = re.compile(r"^\s*(\$ |gptx |bash |make |python |\.venv/|OUT=|PYTHON=|torchrun |export )", re.M)
+NOT_RUN = re.compile(r"<!-- not run: (.{10,}) -->")
+
+
+def test_every_block_of_commands_is_run_or_says_why_not() -> None:
+    """A ```console block is run by the test below; any other block holding commands carries a
+    `<!-- not run: REASON -->` line, so a renamed flag or a moved file in a runnable example fails CI."""
+    unmarked = []
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            if m.group(1) in ("console", "python", "json", "yaml") or not COMMAND_LINE.search(m.group(2)):
+                continue
+            before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            if not NOT_RUN.fullmatch(before):
+                unmarked.append(f"{page.name}:{text[: m.start()].count(chr(10)) + 1}")
+    assert not unmarked, "blocks of commands neither run (```console) nor marked not run: " + ", ".join(
+        unmarked
+    )
+
+
 @pytest.mark.parametrize("where,block", _console_blocks(), ids=[w for w, _ in _console_blocks()])
 def test_console_examples_print_what_the_docs_show(where: str, block: str, tmp_path: Path) -> None:
     """Each `$ command` runs in a scratch dir (with configs/ and the reference configs at hand)."""
     (tmp_path / "configs").symlink_to(REPO / "configs")
     (tmp_path / "reference").symlink_to(SHARED / "reference" / "modelzoo-configs")
+    (tmp_path / "tests").symlink_to(REPO / "tests")
     env = {**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1", "GPTX_SHARED": str(SHARED)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     steps: list[tuple[str, list[str]]] = []
