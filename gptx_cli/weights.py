@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gptx_cli.errors import CheckpointError
+from gptx_cli.errors import CheckpointError, UsageError
 from gptx_cli.fsutil import temp_path, write_json
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -65,6 +65,18 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
     name = name.removeprefix("torch.")
     found = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name), None)
     return found if isinstance(found, torch.dtype) else None
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # what a model runs in, or a conversion casts to
+
+
+def resolve_dtype(name: str, flag: str = "--dtype") -> torch.dtype:
+    """The one dtype-name resolver for flags: float32, bfloat16 or float16 (also bf16, fp16, fp32 and
+    `torch.`-prefixed names); anything else is a usage error naming `flag`."""
+    dtype = torch_dtype(name)
+    if dtype is None or dtype_name(dtype) not in COMPUTE_DTYPES:
+        raise UsageError(f"{flag} {name!r}: choose one of {', '.join(COMPUTE_DTYPES)}")
+    return dtype
 
 
 def parse_size(text: str | int) -> int:

@@ -287,3 +287,32 @@ def test_a_full_disk_while_train_state_is_written_is_a_named_error(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{tmp_path / 'checkpoint_2'}: cannot write the checkpoint: train_state.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1"]  # the previous one intact
+
+
+# ------------------------------------------------------------------------------ one dtype resolver
+
+
+@pytest.mark.parametrize("command", ["generate", "convert"])
+def test_one_dtype_resolver_names_the_flag_in_every_command(ckpts, tmp_path, command):
+    import torch
+
+    from gptx_cli.weights import resolve_dtype
+
+    assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("torch.float16") is torch.float16
+    ckpt = str(ckpts["mine"] / "checkpoint_3")
+    args = (
+        ["generate", "--checkpoint-path", ckpt, "--prompt", "x", "--dtype", "int8"]
+        if command == "generate"
+        else [
+            "convert",
+            "checkpoint",
+            ckpt,
+            "--tgt-fmt",
+            "hf",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--dtype",
+            "int8",
+        ]
+    )
+    _one_line_error(run_gptx(*args), 2, "--dtype 'int8': choose one of float32, bfloat16, float16")

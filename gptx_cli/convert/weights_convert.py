@@ -52,12 +52,12 @@ from gptx_cli.weights import (
     dtype_name,
     open_tensors,
     parse_size,
+    resolve_dtype,
     torch_dtype,
 )
 
 FORMATS = ("hf", "gptx")
 FAMILIES = ("gptj", "gpt-neox")
-DTYPES = ("float32", "bfloat16", "float16")
 _HF_ARCH = {"gptj": "GPTJForCausalLM", "gpt-neox": "GPTNeoXForCausalLM"}
 
 
@@ -240,8 +240,8 @@ def convert_checkpoint(
         raise UsageError(f"--src-fmt and --tgt-fmt are both {src_fmt}: nothing to convert")
     if model is not None and model not in FAMILIES:
         raise UsageError(f"--model {model!r}: expected one of {', '.join(FAMILIES)}")
-    if dtype is not None and dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype is not None:
+        dtype = dtype_name(resolve_dtype(dtype))  # bf16 -> bfloat16; anything else named
     shard_bytes = parse_size(shard_size)
     output = Path(output_dir) if output_dir is not None else _default_output(source, tgt_fmt)
     start = time.perf_counter()

@@ -1,5 +1,5 @@
 """What eval, generate and lm-eval open besides the model (`gptx_cli.checkpoint.resolve`): the device,
-the dtype and the checkpoint's tokenizer."""
+the dtype (`gptx_cli.weights.resolve_dtype`, the one resolver) and the checkpoint's tokenizer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from gptx_cli.checkpoint import CONFIG_FILE, ModelSource, resolve
 from gptx_cli.config import load_run_spec
 from gptx_cli.data.tokenizer import load_tokenizer, recorded_tokenizer
 from gptx_cli.errors import GptxError, UsageError
+from gptx_cli.weights import resolve_dtype
+
+__all__ = ["resolve_device", "resolve_dtype", "resolve_tokenizer"]
 
 
 def resolve_device(name: str) -> Any:
@@ -25,13 +28,6 @@ def resolve_device(name: str) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
     return device
-
-
-def resolve_dtype(name: str) -> Any:
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise UsageError(f"--dtype {name!r}: choose one of {', '.join(dtypes)}")
-    return dtypes[name]
 
 
 def resolve_tokenizer(
