@@ -34,8 +34,9 @@ from gptx_cli.errors import CheckpointError, DataError, UsageError
 from gptx_cli.eval.generate import BatchGenerator
 from gptx_cli.eval.harness import HarnessTokenizer
 from gptx_cli.eval.options import EvalOptions, Prepared, prepare
+from gptx_cli.eval.scorer import LoglikelihoodScorer
 from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
-from gptx_cli.eval.tasks import LoglikelihoodScorer, aggregate, evaluate_task, limit_docs
+from gptx_cli.eval.tasks import aggregate, evaluate_task, limit_docs
 from gptx_cli.fsutil import check_output, write_json, write_text
 from gptx_cli.model.loss import lm_loss
 from gptx_cli.model.transformer import parameter_shapes

@@ -27,8 +27,8 @@ from gptx_cli.errors import DataError, GptxError, UsageError
 from gptx_cli.eval.evaluate import context_length
 from gptx_cli.eval.generate import BatchGenerator
 from gptx_cli.eval.harness import HarnessTokenizer
+from gptx_cli.eval.scorer import LoglikelihoodScorer, encode_pair
 from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
-from gptx_cli.eval.tasks import LoglikelihoodScorer, encode_pair
 from gptx_cli.fsutil import check_output
 
 _registered: dict[str, Any] = {}

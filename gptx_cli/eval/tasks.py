@@ -20,10 +20,9 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gptx_cli.errors import DataError, UsageError
 from gptx_cli.eval.harness import (
@@ -31,249 +30,36 @@ from gptx_cli.eval.harness import (
     DEFAULT_BOOTSTRAP_ITERS,
     DETOKENIZERS,
     as_harness_tokenizer,
-    count_bytes,
-    count_words,
-    exact_match,
 )
 from gptx_cli.eval.harness import stderr as harness_stderr
-from gptx_cli.model.vocab import TOKENIZER_HINT, check_token_ids
+from gptx_cli.eval.kinds import KINDS, GenerateFn, Scoring
+from gptx_cli.eval.scorer import (
+    LogitsFn,
+    LoglikelihoodScorer,
+    TokenizerLike,
+    encode_pair,
+    rolling_token_windows,
+)
+
+__all__ = [  # the scorer's names stay importable from here
+    "GenerateFn",
+    "LoglikelihoodScorer",
+    "LogitsFn",
+    "Task",
+    "TaskResult",
+    "TokenizerLike",
+    "aggregate",
+    "encode_pair",
+    "evaluate_task",
+    "fewshot_context",
+    "limit_docs",
+    "load_task",
+    "rolling_token_windows",
+]
 
 TASK_KINDS = ("last_word", "multiple_choice", "rolling", "generate")
 # The harness seeds its few-shot sampler with 1234 (lm_eval.api.samplers / evaluator defaults).
 DEFAULT_FEWSHOT_SEED = 1234
-
-
-class TokenizerLike(Protocol):
-    """What scoring needs from a tokenizer (gptx_cli.data.tokenizer.load_tokenizer returns one)."""
-
-    eos_id: int | None
-
-    def encode(self, text: str) -> list[int]: ...
-
-
-LogitsFn = Callable[[Any], Any]  # torch.Tensor [B, T] long -> torch.Tensor [B, T, V]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Request construction (harness semantics)
-
-
-def encode_pair(
-    tokenizer: TokenizerLike, context: str, continuation: str, prefix_token: int | None
-) -> tuple[list[int], list[int]]:
-    """Tokens of (context, continuation) as lm-eval's TemplateLM.loglikelihood builds them.
-
-    Trailing spaces of the context move to the continuation; the continuation's tokens are those of
-    the whole string after the context's tokens, so merges across the boundary count as continuation.
-    An empty context is replaced by the prefix token (HFLM.prefix_token_id: BOS, else EOS), unless the
-    continuation already starts with it. `tokenizer.encode` is HFLM.tok_encode (harness.HarnessTokenizer).
-    """
-    if context == "":
-        continuation_enc = getattr(tokenizer, "encode_plain", tokenizer.encode)(continuation)
-        if prefix_token is None:
-            raise DataError("an empty context needs an end-of-text token; the tokenizer has none")
-        if continuation_enc and continuation_enc[0] == prefix_token:
-            return continuation_enc[:1], continuation_enc[1:]
-        return [prefix_token], continuation_enc
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces > 0:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole_enc = tokenizer.encode(context + continuation)
-    context_enc = tokenizer.encode(context)
-    return context_enc, whole_enc[len(context_enc) :]
-
-
-def rolling_token_windows(
-    tokens: Sequence[int], prefix_token: int, max_seq_len: int, context_len: int = 1
-) -> Iterator[tuple[list[int], list[int]]]:
-    """lm-eval's get_rolling_token_windows followed by make_disjoint_window.
-
-    Yields (context, continuation) pairs that together predict every token of `tokens` exactly once;
-    the first window is conditioned on `prefix_token`, later ones on up to `max_seq_len` previous tokens.
-    """
-    if not 1 <= context_len <= max_seq_len:
-        raise ValueError(f"context_len must be in [1, {max_seq_len}]")
-    tokens = list(tokens)
-    if not tokens:
-        return
-    pred_len = max_seq_len - context_len + 1
-    first_len = min(max_seq_len, len(tokens))
-    windows = [([prefix_token, *tokens[: first_len - 1]], tokens[:first_len])]
-    predicted = first_len
-    while predicted < len(tokens):
-        window_pred_len = min(len(tokens) - predicted, pred_len)
-        window_end = predicted + window_pred_len
-        windows.append(
-            (tokens[max(window_end - max_seq_len - 1, 0) : window_end - 1], tokens[predicted:window_end])
-        )
-        predicted += window_pred_len
-    for inp, pred in windows:
-        yield inp[: len(inp) - len(pred) + 1], pred
-
-
-# ---------------------------------------------------------------------------------------------------
-# Batched scoring
-
-
-class LoglikelihoodScorer:
-    """Scores (context tokens, continuation tokens) requests with one batched logits function
-    (or a gptx Transformer, whose LM head then runs on the scored positions only).
-
-    Requests are sorted longest first (as the harness does) so that a batch pads little; rows are
-    right-padded, which a causal model cannot see. Only the continuation positions go through
-    log_softmax (in float32), so a large vocabulary does not cost [B, T, V] of float32.
-    """
-
-    def __init__(self, logits_fn: LogitsFn, max_length: int, batch_size: int = 8, device: Any = "cpu"):
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-        self.logits_fn = logits_fn
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.device = device
-        self.tokens_scored = 0  # model input tokens, for throughput reports
-        self.ids_from = "the tokenizer"  # named in the token-id range error
-        self._logits_buffer: Any = None  # fp32 logits of the fused head (greedy=False), reused per batch
-
-    # Scored positions go through the LM head and log_softmax at most this many at a time, and at most
-    # _CHUNK_LOGITS logits (128 MiB of fp32) at a time on a gptx model, whose head's size is known.
-    _CHUNK = 2048
-    _CHUNK_LOGITS = 1 << 25
-
-    def _chunk_rows(self) -> int:
-        weight = getattr(self.logits_fn, "output_weight", None)
-        return (
-            self._CHUNK if weight is None else min(self._CHUNK, max(1, self._CHUNK_LOGITS // weight.shape[0]))
-        )
-
-    def _scorer(
-        self, batch: Any, rows: Any, positions: Any, targets: Any, greedy: bool
-    ) -> Callable[[int, int], Any]:
-        """Run the batch; returns part(lo, hi) -> (log p(target) [n], wrong [n] or None) for the scored
-        positions lo..hi (n = hi - lo; wrong: 1.0 where the target is not the argmax, greedy only).
-
-        A gptx Transformer (it has `hidden_states` and `logits`) projects only the scored positions
-        through the LM head, so [B, T, vocab] logits never exist. Without greedy, no fresh [n, vocab]
-        tensor is made either: `model.loss.head_log_probs` writes the logits into one buffer reused
-        across batches and takes log_softmax in place. Any other callable returns all logits, which are
-        then sliced.
-        """
-        import torch
-
-        model: Any = self.logits_fn
-        if hasattr(model, "hidden_states") and hasattr(model, "logits"):
-            hidden = model.hidden_states(batch)[rows, positions]
-            if not greedy:
-                from gptx_cli.model.loss import head_log_probs
-
-                weight, bias, scale = model.output_weight, model.lm_head.bias, model.logits_scale
-
-                def fused(lo: int, hi: int) -> tuple[Any, None]:
-                    lp, self._logits_buffer = head_log_probs(
-                        hidden[lo:hi], weight, bias, scale, targets[lo:hi], self._logits_buffer
-                    )
-                    return lp, None
-
-                return fused
-
-            def slice_logits(lo: int, hi: int) -> Any:
-                return model.logits(hidden[lo:hi])
-        else:
-            all_logits = model(batch)
-
-            def slice_logits(lo: int, hi: int) -> Any:
-                return all_logits[rows[lo:hi], positions[lo:hi]]
-
-        def part(lo: int, hi: int) -> tuple[Any, Any]:
-            logits, tgt = slice_logits(lo, hi).float(), targets[lo:hi, None]
-            if not greedy:
-                return logits.gather(-1, tgt)[:, 0] - torch.logsumexp(logits, dim=-1), None
-            logp = logits.log_softmax(dim=-1)
-            return logp.gather(-1, tgt)[:, 0], (logp.argmax(dim=-1) != tgt[:, 0]).float()
-
-        return part
-
-    def loglikelihood_tokens(
-        self, requests: Sequence[tuple[list[int], list[int]]], greedy: bool = True
-    ) -> list[tuple[float, bool]]:
-        """[(sum of log p(continuation | context), continuation == greedy decode)] in request order.
-
-        All scored positions of a batch are gathered into one [N, hidden] block: one LM-head matmul and
-        one float32 log_softmax per batch (in chunks), per-request sums by index_add, one host sync.
-        `greedy=False` (rolling windows) skips the argmax (the flag is then always False) and takes
-        log p = logit - logsumexp, on a gptx model without [N, vocab] logits (`_scorer`)."""
-        import torch
-
-        prepared = []
-        for context, continuation in requests:
-            if not continuation:
-                raise DataError("a continuation encodes to zero tokens; nothing to score")
-            # Harness: keep the last max_length+1 tokens and drop the final one (it is only a label).
-            inp = (list(context) + list(continuation))[-(self.max_length + 1) :][:-1]
-            cont = list(continuation)[-len(inp) :] if len(continuation) > len(inp) else list(continuation)
-            prepared.append((inp, cont))
-        self._check_ids(prepared)
-        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
-        results: list[tuple[float, bool]] = [(0.0, False)] * len(prepared)
-        chunk = self._chunk_rows()
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                width = max(len(prepared[i][0]) for i in idx)
-                batch = torch.zeros((len(idx), width), dtype=torch.long)
-                rows: list[int] = []
-                positions: list[int] = []
-                targets: list[int] = []
-                for row, i in enumerate(idx):
-                    inp, cont = prepared[i]
-                    batch[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-                    rows += [row] * len(cont)
-                    positions += range(len(inp) - len(cont), len(inp))
-                    targets += cont
-                dev = self.device
-                rows_t = torch.tensor(rows, dtype=torch.long, device=dev)
-                pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
-                tgt_t = torch.tensor(targets, dtype=torch.long, device=dev)
-                part = self._scorer(batch.to(dev), rows_t, pos_t, tgt_t, greedy)
-                self.tokens_scored += sum(len(prepared[i][0]) for i in idx)
-                token_lp, wrong = [], []
-                for lo in range(0, len(targets), chunk):
-                    lp, miss = part(lo, min(lo + chunk, len(targets)))
-                    token_lp.append(lp)
-                    wrong.append(miss)
-                sums = torch.zeros(len(idx), dtype=torch.float32, device=dev).index_add_(
-                    0, rows_t, torch.cat(token_lp)
-                )
-                if not greedy:  # rolling windows: no greedy check, one host sync per batch
-                    for i, ll in zip(idx, sums.tolist(), strict=True):
-                        results[i] = (float(ll), False)
-                    continue
-                misses = torch.zeros(len(idx), dtype=torch.float32, device=dev).index_add_(
-                    0, rows_t, torch.cat(wrong)
-                )
-                for i, ll, miss in zip(idx, sums.tolist(), misses.tolist(), strict=True):
-                    results[i] = (float(ll), miss == 0)
-        return results
-
-    def _check_ids(self, prepared: Sequence[tuple[list[int], list[int]]]) -> None:
-        vocab = getattr(getattr(self.logits_fn, "cfg", None), "vocab_size", None)
-        ids = [t for inp, cont in prepared for part in (inp, cont) for t in part]
-        if vocab is not None and ids:
-            check_token_ids(min(ids), max(ids), int(vocab), self.ids_from, TOKENIZER_HINT)
-
-    def loglikelihood_rolling(self, documents: Sequence[list[int]], prefix_token: int) -> list[float]:
-        """Full log-likelihood of each token list through disjoint rolling windows (harness semantics)."""
-        requests: list[tuple[list[int], list[int]]] = []
-        owner: list[int] = []
-        for doc_index, tokens in enumerate(documents):
-            for window in rolling_token_windows(tokens, prefix_token, self.max_length, context_len=1):
-                requests.append(window)
-                owner.append(doc_index)
-        totals = [0.0] * len(documents)
-        for doc_index, (ll, _) in zip(owner, self.loglikelihood_tokens(requests, greedy=False), strict=True):
-            totals[doc_index] += ll
-        return totals
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -388,62 +174,6 @@ def _kind_of(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _gold_index(value: Any, choices: list[str], where: str) -> int:
-    """One gold: an index (int, or a digit string as HellaSwag ships it) or the text of a choice."""
-    if isinstance(value, str):
-        if value in choices:
-            return choices.index(value)
-        if value.strip().lstrip("-").isdigit():
-            value = int(value)
-        else:
-            raise DataError(f"{where}: gold {value!r} is neither one of the choices nor an index")
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < len(choices):
-        raise DataError(f"{where}: 'gold' (or 'label') must be an index into the {len(choices)} choices")
-    return value
-
-
-def _check_doc(kind: str, record: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate one record of a task file and return it normalised; errors name file:line."""
-    if kind == "multiple_choice":
-        query = record.get("query", record.get("context"))
-        choices = record.get("choices")
-        gold = record.get("gold", record.get("label"))
-        if not isinstance(query, str):
-            raise DataError(f"{where}: multiple_choice needs a string 'query' (or 'context')")
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise DataError(f"{where}: 'choices' must be a list of at least two strings")
-        if any(len(c) == 0 for c in choices):
-            raise DataError(f"{where}: a choice is empty (acc_norm divides by its length)")
-        if isinstance(gold, list):
-            if not gold:
-                raise DataError(f"{where}: 'gold' is an empty list")
-            golds = [_gold_index(g, choices, where) for g in gold]
-            return {"query": query, "choices": choices, "gold": golds}
-        return {"query": query, "choices": choices, "gold": _gold_index(gold, choices, where)}
-    if kind == "generate":
-        query = record.get("query", record.get("context"))
-        answer = record.get("answer")
-        if not isinstance(query, str):
-            raise DataError(f"{where}: generate needs a string 'query' (or 'context')")
-        if isinstance(answer, list):
-            if not answer or not all(isinstance(a, str) for a in answer):
-                raise DataError(f"{where}: 'answer' must be a string or a non-empty list of strings")
-        elif not isinstance(answer, str):
-            raise DataError(f"{where}: generate needs a string 'answer' (or a list of them)")
-        return {"query": query, "answer": answer}
-    key = "page" if kind == "rolling" and "page" in record and "text" not in record else "text"
-    text = record.get(key)
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: {kind} needs a non-empty string '{key}'")
-    if kind == "last_word" and len(text.split(" ")) < 2:
-        raise DataError(f"{where}: last_word needs at least two space-separated words in 'text'")
-    out = {"text": text}
-    if kind == "rolling":
-        out.update({k: v for k, v in record.items() if k not in (key,) and isinstance(v, str)})
-        out["raw"] = text
-    return out
-
-
 def _read_jsonl(
     path: Path, kind: str | None, allow_header: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
@@ -489,7 +219,7 @@ def _read_jsonl(
                     "'answer' (generate), 'page' (rolling) or 'text' (last_word)",
                     hint='or start the file with {"gptx_task": {"kind": ...}}',
                 )
-        docs.append(_check_doc(kind, record, where))
+        docs.append(KINDS[kind].check_doc(record, where))
     if not docs:
         raise DataError(f"{path}: the task file has no documents")
     assert kind is not None
@@ -574,23 +304,6 @@ def load_task(name_or_path: str, tasks_dir: str | None = None) -> Task:
 # Prompts (lm_eval/api/task.py ConfigurableTask.fewshot_context / build_qa_turn, api/samplers.py)
 
 
-def _last_word_split(text: str) -> tuple[str, str]:
-    """lambada_openai.yaml: doc_to_text = words[:-1] joined by ' ', doc_to_target = ' ' + words[-1]."""
-    words = text.split(" ")
-    return " ".join(words[:-1]), " " + words[-1]
-
-
-def _query_and_answer(task: Task, doc: dict[str, Any]) -> tuple[str, str]:
-    """(doc_to_text, the answer text a solved example shows) for one document."""
-    if task.kind == "multiple_choice":
-        gold = doc["gold"]
-        return doc["query"], doc["choices"][gold[0] if isinstance(gold, list) else gold]
-    if task.kind == "generate":
-        answer = doc["answer"]
-        return doc["query"], answer[0] if isinstance(answer, list) else answer
-    return _last_word_split(doc["text"])
-
-
 def fewshot_context(task: Task, doc: dict[str, Any], num_fewshot: int, rnd: random.Random) -> str:
     """The prompt of one document: description, then `num_fewshot` solved examples, then its query.
 
@@ -609,12 +322,12 @@ def fewshot_context(task: Task, doc: dict[str, Any], num_fewshot: int, rnd: rand
                 "few-shot pool"
             )
         for shot in rnd.sample(pool, num_fewshot):
-            query, answer = _query_and_answer(task, shot)
+            query, answer = KINDS[task.kind].query_and_answer(task, shot)
             if answer != "":
                 parts.append(query + task.target_delimiter + answer + task.fewshot_delimiter)
             else:
                 parts.append(query)
-    parts.append(_query_and_answer(task, doc)[0])
+    parts.append(KINDS[task.kind].query_and_answer(task, doc)[0])
     return "".join(parts)
 
 
@@ -630,8 +343,6 @@ def limit_docs(n_docs: int, limit: float | None) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Scoring
-
-GenerateFn = Callable[[list[str], list[str], int], list[str]]  # (contexts, until, max_gen_toks) -> texts
 
 
 def aggregate(result: TaskResult, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> TaskResult:
@@ -657,7 +368,8 @@ def evaluate_task(
     log_samples: bool = False,
     doc_range: tuple[int, int] | None = None,
 ) -> TaskResult:
-    """Score one task; returns its metrics (harness names, with `<metric>_stderr`).
+    """Score one task with its kind (`kinds.KINDS`); returns its metrics (harness names, with
+    `<metric>_stderr`).
 
     `doc_range` (start, end) scores only those documents of the limited set (one shard of --nproc) and
     leaves the metrics to `aggregate` once the shards' per_doc lists are joined in order; prompts are
@@ -665,127 +377,23 @@ def evaluate_task(
     """
     if num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be >= 0, got {num_fewshot}")
-    tok = as_harness_tokenizer(tokenizer)
+    kind = KINDS[task.kind]
+    if num_fewshot and not kind.takes_fewshot:
+        raise UsageError(f"task {task.name}: rolling (perplexity) tasks take no few-shot examples")
     docs = task.docs[: limit_docs(len(task.docs), limit)]
     result = TaskResult(task.name, task.kind, len(docs), num_fewshot)
     lo, hi = doc_range if doc_range is not None else (0, len(docs))
-    per_doc: dict[str, list[Any]] = {m: [] for m in task.metrics}
-    result.per_doc = per_doc
-    samples = result.samples
-
-    if task.kind == "rolling":
-        if num_fewshot:
-            raise UsageError(f"task {task.name}: rolling (perplexity) tasks take no few-shot examples")
-        detok = DETOKENIZERS[task.detokenizer]
-        scored = [detok(d["text"]) for d in docs[lo:hi]]
-        lls = scorer.loglikelihood_rolling([tok.encode(t) for t in scored], tok.prefix_token)
-        result.requests = len(scored)
-        for i, (doc, text, ll) in enumerate(zip(docs[lo:hi], scored, lls, strict=True)):
-            counted = doc[task.count_from] if task.count_from else doc.get("raw", doc["text"])
-            words, nbytes = count_words(counted), count_bytes(counted)
-            rolled: dict[str, tuple[float, int]] = {
-                "word_perplexity": (ll, words),
-                "byte_perplexity": (ll, nbytes),
-                "bits_per_byte": (ll, nbytes),
-            }
-            for m in task.metrics:
-                per_doc[m].append(rolled[m])
-            if log_samples:
-                samples.append(
-                    {"doc_id": lo + i, "doc": doc, "arguments": [[text]], "resps": [[ll]], **rolled}
-                )
-        return aggregate(result, bootstrap_iters) if doc_range is None else result
-
-    rnd = random.Random(seed)
-    contexts = [fewshot_context(task, doc, num_fewshot, rnd) for doc in docs][lo:hi]
-    docs = docs[lo:hi]
-
-    if task.kind == "generate":
-        if generate_fn is None:
-            raise UsageError(f"task {task.name}: generation needs a model that can generate")
-        until = list(task.until) if task.until is not None else [task.fewshot_delimiter]
-        outputs = generate_fn(contexts, until, task.max_gen_toks)
-        result.requests = len(contexts)
-        for i, (doc, ctx, out) in enumerate(zip(docs, contexts, outputs, strict=True)):
-            golds = doc["answer"] if isinstance(doc["answer"], list) else [doc["answer"]]
-            em = float(any(exact_match(out, g) for g in golds))
-            per_doc["exact_match"].append(em)
-            if log_samples:
-                samples.append(
-                    {
-                        "doc_id": lo + i,
-                        "doc": doc,
-                        "arguments": [[ctx, {"until": until, "max_gen_toks": task.max_gen_toks}]],
-                        "resps": [[out]],
-                        "target": doc["answer"],
-                        "exact_match": em,
-                    }
-                )
-        return aggregate(result, bootstrap_iters) if doc_range is None else result
-
-    requests: list[tuple[list[int], list[int]]] = []
-    arguments: list[list[tuple[str, str]]] = []
-    if task.kind == "last_word":
-        for doc, ctx in zip(docs, contexts, strict=True):
-            target = _last_word_split(doc["text"])[1]
-            requests.append(encode_pair(tok, ctx, target, tok.prefix_token))
-            arguments.append([(ctx, target)])
-        results = scorer.loglikelihood_tokens(requests)
-        result.requests = len(requests)
-        for i, (doc, (ll, greedy)) in enumerate(zip(docs, results, strict=True)):
-            lw_values: dict[str, float] = {"perplexity": ll, "acc": int(greedy)}
-            for m in task.metrics:
-                per_doc[m].append(lw_values[m])
-            if log_samples:
-                samples.append(
-                    {
-                        "doc_id": lo + i,
-                        "doc": doc,
-                        "arguments": arguments[i],
-                        "resps": [[ll, greedy]],
-                        **lw_values,
-                    }
-                )
-        return aggregate(result, bootstrap_iters) if doc_range is None else result
-
-    mutual = "acc_mutual_info" in task.metrics
-    spans: list[tuple[int, int]] = []
-    for doc, ctx in zip(docs, contexts, strict=True):
-        start = len(requests)
-        args = [(ctx, task.target_delimiter + choice) for choice in doc["choices"]]
-        if mutual:  # ConfigurableTask.construct_requests: unconditional ("", delimiter + choice)
-            args += [("", task.target_delimiter + choice) for choice in doc["choices"]]
-        for c, t in args:
-            requests.append(encode_pair(tok, c, t, tok.prefix_token))
-        arguments.append(args)
-        spans.append((start, len(requests)))
-    results = scorer.loglikelihood_tokens(requests)
-    result.requests = len(requests)
-    for i, (doc, (start, end)) in enumerate(zip(docs, spans, strict=True)):
-        n = len(doc["choices"])
-        lls = [ll for ll, _ in results[start : start + n]]
-        gold = doc["gold"]
-        golds = gold if isinstance(gold, list) else [gold]
-        # np.argmax semantics: the first maximum wins ties.
-        pred = lls.index(max(lls))
-        normed = [ll / float(len(c)) for ll, c in zip(lls, doc["choices"], strict=True)]
-        pred_norm = normed.index(max(normed))
-        mc_values: dict[str, float] = {"acc": float(pred in golds), "acc_norm": float(pred_norm in golds)}
-        if mutual:
-            uncond = [ll for ll, _ in results[start + n : end]]
-            mi = [c - u for c, u in zip(lls, uncond, strict=True)]
-            mc_values["acc_mutual_info"] = float(mi.index(max(mi)) in golds)
-        for m in task.metrics:
-            per_doc[m].append(mc_values[m])
-        if log_samples:
-            samples.append(
-                {
-                    "doc_id": lo + i,
-                    "doc": doc,
-                    "target": gold,
-                    "arguments": arguments[i],
-                    "resps": [[ll, g] for ll, g in results[start:end]],
-                    **mc_values,
-                }
-            )
+    contexts: list[str] = []
+    if kind.takes_fewshot:
+        rnd = random.Random(seed)
+        contexts = [fewshot_context(task, doc, num_fewshot, rnd) for doc in docs][lo:hi]
+    env = Scoring(scorer, as_harness_tokenizer(tokenizer), generate_fn)
+    scored = kind.score(task, docs[lo:hi], contexts, env)
+    result.requests = sum(len(fields["arguments"]) for _, fields in scored)
+    result.per_doc = {m: [values[m] for values, _ in scored] for m in task.metrics}
+    if log_samples:
+        result.samples = [
+            {"doc_id": lo + i, "doc": doc, **fields}
+            for i, (doc, (_, fields)) in enumerate(zip(docs[lo:hi], scored, strict=True))
+        ]
     return aggregate(result, bootstrap_iters) if doc_range is None else result
