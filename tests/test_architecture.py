@@ -54,3 +54,17 @@ def test_an_upward_import_or_a_circle_fails(tmp_path, module, line, broken):
     res = _lint_imports(root)
     assert res.returncode == 1, res.stdout
     assert broken in res.stdout.split("Broken contracts")[-1], res.stdout
+
+
+def test_no_function_in_eval_is_over_80_lines() -> None:
+    """Issue #24: eval/ reads as small units (task kinds, one scorer, one decode loop per shape)."""
+    import ast
+
+    long = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "gptx_cli" / "eval").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > 80:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long

@@ -164,14 +164,31 @@ def loss_metrics(
     table = torch.stack(per_step) if per_step else torch.zeros(0, 4, dtype=torch.float64, device=device)
     if all_reduce is not None:
         all_reduce(table)
-    rows_ = table.tolist()
+    counts = (samples, steps, seen_tokens)
+    return _loss_summary(
+        table.tolist(), counts, loss_scaling, loss_weight, dist if world > 1 else None, source, start
+    )
+
+
+def _loss_summary(
+    rows: list[list[float]],
+    counts: tuple[int, int, int],
+    loss_scaling: str,
+    loss_weight: float,
+    dist: Any,
+    source: str,
+    start: float,
+) -> LossMetrics:
+    """LossMetrics from the per-step [CE sum, loss tokens, rows, correct] sums (and the samples, steps
+    and input tokens seen), summed over the processes of `dist` when there are several."""
+    samples, steps, seen_tokens = counts
     if loss_scaling == "num_tokens":
-        step_losses = [ce / max(t, 1.0) for ce, t, _, _ in rows_]
+        step_losses = [ce / max(t, 1.0) for ce, t, _, _ in rows]
     else:
-        step_losses = [ce / n * loss_weight for ce, _, n, _ in rows_]
+        step_losses = [ce / n * loss_weight for ce, _, n, _ in rows]
     loss_total = sum(step_losses)
-    ce_sum, tokens_f, correct_f = (sum(r[i] for r in rows_) for i in (0, 1, 3))
-    if world > 1:
+    ce_sum, tokens_f, correct_f = (sum(r[i] for r in rows) for i in (0, 1, 3))
+    if dist is not None:
         loss_total, ce_sum, tokens_f, correct_f, samples_f, steps_f, seen_f = all_reduce_sum(
             [loss_total, ce_sum, tokens_f, correct_f, float(samples), float(steps), float(seen_tokens)], dist
         )

@@ -169,16 +169,11 @@ def generate(
     Text is released once it decodes to whole characters (a multi-byte character may span tokens) and
     cannot be the start of a stop sequence; a stop sequence ends generation and is not part of the text.
     """
-    import torch
 
     cfg.check()
     if not prompt_tokens:
         raise UsageError("the prompt is empty (it encodes to zero tokens)")
-    generator = torch.Generator(device="cpu")
-    if cfg.seed is not None:
-        generator.manual_seed(int(cfg.seed))
-    else:
-        generator.seed()
+    generator = _generator(cfg.seed)
     emit = on_text or (lambda _s: None)
     seen = list(prompt_tokens)
     out: list[int] = []
@@ -279,6 +274,35 @@ def _check_ids_fit(prompts: Sequence[Sequence[int]], model: Any, tokenizer: Any 
 # Batched generation: left padding, per-row positions, a padding-aware causal mask, one KV cache
 
 
+def _generator(seed: int | None) -> Any:
+    """The CPU generator every draw comes from: seeded, so a seed gives the same text on any device."""
+    import torch
+
+    generator = torch.Generator(device="cpu")
+    if seed is not None:
+        generator.manual_seed(int(seed))
+    else:
+        generator.seed()
+    return generator
+
+
+def _left_padded(prompts: Sequence[Sequence[int]], total: int, pad_id: int, device: Any) -> tuple[Any, ...]:
+    """(ids [b, width] left-padded, key_valid [b, total], lengths [b], positions [b, width]): real tokens
+    sit at positions 0..len-1; padding positions are clamped to 0 (they are masked as keys)."""
+    import torch
+
+    b, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((b, width), int(pad_id), dtype=torch.long)
+    key_valid = torch.zeros((b, total), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        key_valid[row, width - len(p) : width] = True
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    ids, key_valid, lengths = ids.to(device), key_valid.to(device), lengths.to(device)
+    positions = (key_valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
+    return ids, key_valid, lengths, positions
+
+
 def generate_batch(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -304,23 +328,10 @@ def generate_batch(
         raise UsageError("stop sequences need the tokenizer")
     _check_ids_fit(prompts, model, tokenizer)
     device = next(model.parameters()).device
-    b = len(prompts)
-    width = max(len(p) for p in prompts)
+    b, width = len(prompts), max(len(p) for p in prompts)
     total = width + cfg.max_new_tokens
-    ids = torch.full((b, width), int(pad_id), dtype=torch.long)
-    key_valid = torch.zeros((b, total), dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-        key_valid[row, width - len(p) : width] = True
-    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-    ids, key_valid, lengths = ids.to(device), key_valid.to(device), lengths.to(device)
-    # Real tokens sit at 0..len-1; padding positions are clamped to 0 (they are masked as keys).
-    positions = (key_valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
-    generator = torch.Generator(device="cpu")
-    if cfg.seed is not None:
-        generator.manual_seed(int(cfg.seed))
-    else:
-        generator.seed()
+    ids, key_valid, lengths, positions = _left_padded(prompts, total, pad_id, device)
+    generator = _generator(cfg.seed)
     cache = model.new_kv_cache(b, total)
     outs: list[list[int]] = [[] for _ in range(b)]
     texts = [""] * b

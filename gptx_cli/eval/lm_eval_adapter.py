@@ -131,30 +131,35 @@ def register(name: str = "gptx") -> Any:
             return self.scorer.loglikelihood_rolling(docs, self.tok.prefix_token)
 
         def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-            # Requests with the same generation arguments run together (HFLM groups by gen_kwargs).
-            groups: dict[str, list[int]] = {}
-            for i, r in enumerate(requests):
-                groups.setdefault(repr(sorted(r.args[1].items())), []).append(i)
-            out = [""] * len(requests)
-            for idx in groups.values():
-                gen_kwargs = dict(requests[idx[0]].args[1])
-                if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature", 0.0) or 0.0) > 0:
-                    raise UsageError("gptx's lm-eval model decodes greedily; this task asks for sampling")
-                until = gen_kwargs.get("until") or []
-                until = [until] if isinstance(until, str) else list(until)
-                max_gen = int(
-                    gen_kwargs.get("max_gen_toks")
-                    or gen_kwargs.get("max_new_tokens")
-                    or gen_kwargs.get("max_tokens")
-                    or 256
-                )
-                texts = self.generator.generate_until([requests[i].args[0] for i in idx], until, max_gen)
-                for i, text in zip(idx, texts, strict=True):
-                    out[i] = text
-            return out
+            return generate_until_requests(self.generator, requests)
 
     _registered[name] = register_model(name)(GptxLM)
     return _registered[name]
+
+
+def generate_until_requests(generator: BatchGenerator, requests: Sequence[Any]) -> list[str]:
+    """HFLM.generate_until on gptx's BatchGenerator: requests with the same generation arguments run
+    together (HFLM groups by gen_kwargs); sampling is refused (greedy only)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(repr(sorted(r.args[1].items())), []).append(i)
+    out = [""] * len(requests)
+    for idx in groups.values():
+        gen_kwargs = dict(requests[idx[0]].args[1])
+        if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature", 0.0) or 0.0) > 0:
+            raise UsageError("gptx's lm-eval model decodes greedily; this task asks for sampling")
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_gen = int(
+            gen_kwargs.get("max_gen_toks")
+            or gen_kwargs.get("max_new_tokens")
+            or gen_kwargs.get("max_tokens")
+            or 256
+        )
+        texts = generator.generate_until([requests[i].args[0] for i in idx], until, max_gen)
+        for i, text in zip(idx, texts, strict=True):
+            out[i] = text
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
