@@ -316,3 +316,34 @@ def test_one_dtype_resolver_names_the_flag_in_every_command(ckpts, tmp_path, com
         ]
     )
     _one_line_error(run_gptx(*args), 2, "--dtype 'int8': choose one of float32, bfloat16, float16")
+
+
+# ------------------------------------------------------------------------------ generate: one front door
+
+
+def test_prompts_file_follows_the_context_rule_of_one_prompt(ckpts, tmp_path):
+    """--prompts-file refused what --prompt lowered; both now lower max_new_tokens to fit, with a note."""
+    ckpt = str(ckpts["mine"] / "checkpoint_3")
+    (tmp_path / "p.txt").write_text("Once upon a time\n")
+    many = run_gptx("generate", "--checkpoint-path", ckpt, "--prompts-file", str(tmp_path / "p.txt"),
+                    "--max-new-tokens", "100", "--device", "cpu")  # fmt: skip
+    one = run_gptx("generate", "--checkpoint-path", ckpt, "--prompt", "Once upon a time", "--format", "json",
+                   "--max-new-tokens", "100", "--device", "cpu")  # fmt: skip
+    assert many.returncode == 0 and one.returncode == 0, many.stderr + one.stderr
+    note = "max_new_tokens lowered to 60 to fit the context of 64"
+    assert f"note: {note}" in many.stderr and f"note: {note}" in one.stderr
+    a, b = json.loads(many.stdout), json.loads(one.stdout)
+    assert a["notes"] == b["notes"] == [note] and len(a["tokens"]) == len(b["tokens"])
+
+
+def test_sampling_rules_live_in_the_sampling_config_and_need_no_torch():
+    code = (
+        "import sys\nfrom gptx_cli.eval.sampling import SamplingConfig\nfrom gptx_cli.errors import UsageError\n"
+        "try:\n    SamplingConfig.from_flags(greedy=True, top_k=5)\nexcept UsageError as e:\n    print(e)\n"
+        "print(SamplingConfig.from_flags(temperature=0.5).do_sample, 'torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.splitlines() == [
+        "--greedy cannot be combined with --sample, --temperature > 0, --top-k or --top-p",
+        "True False",
+    ], r.stderr

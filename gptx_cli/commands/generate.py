@@ -107,31 +107,25 @@ def generate_cmd(
 
     if output_format not in ("text", "json"):
         raise UsageError(f"--format must be text or json, got {output_format!r}")
-    wants_sampling = (
-        sample or (temperature is not None and temperature > 0) or top_k is not None or top_p is not None
-    )
-    if greedy and wants_sampling:
-        raise UsageError("--greedy cannot be combined with --sample, --temperature > 0, --top-k or --top-p")
-    if temperature is not None and temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {temperature}")
-    if temperature == 0 and (sample or top_k is not None or top_p is not None):
-        raise UsageError("--temperature 0 means greedy; it cannot be combined with sampling options")
-    if prompts_file is not None and (prompt is not None or prompt_file is not None or echo):
-        raise UsageError("--prompts-file cannot be combined with --prompt, --prompt-file or --echo")
-    text = _read_prompt(prompt, prompt_file) if prompts_file is None else ""
-    # torch from here on: the checks above answer a mistyped flag in a fraction of a second
-    from gptx_cli.eval.generate import GenerateOptions, SamplingConfig, generate_from_checkpoint, stream_to
+    from gptx_cli.eval.sampling import SamplingConfig
 
-    sampling = SamplingConfig(
+    sampling = SamplingConfig.from_flags(
         max_new_tokens=max_new_tokens,
-        do_sample=wants_sampling,
-        temperature=temperature if temperature else 1.0,
+        greedy=greedy,
+        sample=sample,
+        temperature=temperature,
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
         seed=seed,
-        stop=tuple(stop or ()),
+        stop=stop or (),
     )
+    if prompts_file is not None and (prompt is not None or prompt_file is not None or echo):
+        raise UsageError("--prompts-file cannot be combined with --prompt, --prompt-file or --echo")
+    text = _read_prompt(prompt, prompt_file) if prompts_file is None else ""
+    # torch from here on: the checks above answer a mistyped flag in a fraction of a second
+    from gptx_cli.eval.generate import GenerateOptions, generate_from_checkpoint, stream_to
+
     opts = GenerateOptions(**fields_of(GenerateOptions, locals(), prompt=text))
     if prompts_file is not None:
         from gptx_cli.eval.generate import generate_many_from_checkpoint, read_prompts_file

@@ -17,36 +17,10 @@ from typing import Any
 
 from gptx_cli.checkpoint import resolve
 from gptx_cli.errors import UsageError
+from gptx_cli.eval.sampling import SamplingConfig
 from gptx_cli.eval.source import resolve_device, resolve_dtype, resolve_tokenizer
 from gptx_cli.model.doc_attention import causal_padding_mask
 from gptx_cli.model.vocab import TOKENIZER_HINT, check_token_ids
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    eos_id: int | None = None  # generation ends after this token (None: only max_new_tokens / stop)
-
-    def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature <= 0 and self.do_sample:
-            raise UsageError("--temperature must be > 0 when sampling (use --greedy for argmax decoding)")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise UsageError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
-        if any(s == "" for s in self.stop):
-            raise UsageError("a stop sequence cannot be empty")
 
 
 @dataclass
@@ -234,6 +208,21 @@ def generate_from_checkpoint(
     log: Callable[[str], None] | None = None,
 ) -> GenerationResult:
     """Load the checkpoint and its tokenizer, then decode after the prompt with the KV cache."""
+    model, tokenizer, (prompt_tokens,), cfg, notes = open_for_generation(opts, [opts.prompt], log)
+    decoder = CachedDecoder(model, len(prompt_tokens) + cfg.max_new_tokens)
+    result = generate(decoder, tokenizer, prompt_tokens, cfg, on_text)
+    result.notes.extend(notes)
+    return result
+
+
+def open_for_generation(
+    opts: GenerateOptions, prompts: Sequence[str], log: Callable[[str], None] | None = None
+) -> tuple[Any, Any, list[list[int]], SamplingConfig, list[str]]:
+    """The one front door of `gptx generate` (one prompt or many): the sampling rules, the checkpoint,
+    its tokenizer, the prompts' token ids checked against the vocabulary, and one context rule: a prompt
+    must leave room for one new token, and max_new_tokens is lowered (with a note) so that the longest
+    prompt plus what is generated fits the model's positions. Returns (model, tokenizer, prompt ids,
+    sampling config, notes)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = opts.sampling
     cfg.check()
@@ -241,23 +230,24 @@ def generate_from_checkpoint(
     tokenizer = resolve_tokenizer(source, opts.tokenizer)
     if not opts.ignore_eos and cfg.eos_id is None:
         cfg.eos_id = tokenizer.eos_id
-    prompt_tokens = tokenizer.encode(opts.prompt)
-    if not prompt_tokens:
-        raise UsageError("the prompt is empty (it encodes to zero tokens)")
+    encoded = [list(tokenizer.encode(p)) for p in prompts]
+    for i, tokens in enumerate(encoded):
+        if not tokens:
+            which = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
+            raise UsageError(f"{which} is empty (it encodes to zero tokens)")
     model = source.load_model(resolve_device(opts.device), resolve_dtype(opts.dtype))
-    _check_ids_fit([prompt_tokens], model, tokenizer)
+    _check_ids_fit(encoded, model, tokenizer)
     context = int(model.cfg.max_position_embeddings)
+    longest = max(len(t) for t in encoded)
     notes = []
-    if len(prompt_tokens) >= context:
-        raise UsageError(f"the prompt has {len(prompt_tokens)} tokens; the model's context is {context}")
-    if len(prompt_tokens) + cfg.max_new_tokens > context:
-        cfg = dataclasses.replace(cfg, max_new_tokens=context - len(prompt_tokens))
+    if longest >= context:
+        which = "the prompt" if len(prompts) == 1 else "the longest prompt"
+        raise UsageError(f"{which} has {longest} tokens; the model's context is {context}")
+    if longest + cfg.max_new_tokens > context:
+        cfg = dataclasses.replace(cfg, max_new_tokens=context - longest)
         notes.append(f"max_new_tokens lowered to {cfg.max_new_tokens} to fit the context of {context}")
         log(f"note: {notes[-1]}")
-    decoder = CachedDecoder(model, len(prompt_tokens) + cfg.max_new_tokens)
-    result = generate(decoder, tokenizer, prompt_tokens, cfg, on_text)
-    result.notes.extend(notes)
-    return result
+    return model, tokenizer, encoded, cfg, notes
 
 
 def _check_ids_fit(prompts: Sequence[Sequence[int]], model: Any, tokenizer: Any = None) -> None:
@@ -457,32 +447,21 @@ def read_prompts_file(path: str) -> list[str]:
 
 
 def generate_many_from_checkpoint(
-    opts: GenerateOptions, prompts: Sequence[str], batch_size: int = 8
+    opts: GenerateOptions,
+    prompts: Sequence[str],
+    batch_size: int = 8,
+    log: Callable[[str], None] | None = None,
 ) -> list[GenerationResult]:
-    """`gptx generate --prompts-file`: every prompt, `batch_size` at a time, left-padded (generate_batch)."""
+    """`gptx generate --prompts-file`: every prompt, `batch_size` at a time, left-padded (generate_batch),
+    through the same front door (and context rule) as one prompt."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    cfg = opts.sampling
-    cfg.check()
-    source = resolve(opts.checkpoint_path)  # a clear error for a path that is not a checkpoint
-    tokenizer = resolve_tokenizer(source, opts.tokenizer)
-    if not opts.ignore_eos and cfg.eos_id is None:
-        cfg.eos_id = tokenizer.eos_id
-    encoded = [tokenizer.encode(p) for p in prompts]
-    for i, tokens in enumerate(encoded):
-        if not tokens:
-            raise UsageError(f"prompt {i + 1} is empty (it encodes to zero tokens)")
-    model = source.load_model(resolve_device(opts.device), resolve_dtype(opts.dtype))
-    context = int(model.cfg.max_position_embeddings)
-    longest = max(len(t) for t in encoded)
-    if longest + cfg.max_new_tokens > context:
-        raise UsageError(
-            f"the longest prompt ({longest} tokens) plus --max-new-tokens {cfg.max_new_tokens} exceeds the "
-            f"model's context of {context}"
-        )
+    model, tokenizer, encoded, cfg, notes = open_for_generation(opts, prompts, log)
     results: list[GenerationResult] = []
     for start in range(0, len(encoded), batch_size):
         results += generate_batch(
             model, encoded[start : start + batch_size], cfg, tokenizer, tokenizer.eos_id
         )
+    for r in results:
+        r.notes.extend(notes)
     return results
