@@ -68,3 +68,18 @@ def test_no_function_in_eval_is_over_80_lines() -> None:
                 if n > 80:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
+
+
+def test_generation_has_one_decode_loop() -> None:
+    """Issue #24: `generate` (one prompt, streamed) and `generate_batch` (left-padded rows) are both
+    `_decode`; no other function in generate.py loops over new tokens."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "gptx_cli" / "eval" / "generate.py").read_text())
+    loops = [
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+        and any(isinstance(n, ast.For) and "max_new_tokens" in ast.unparse(n.iter) for n in ast.walk(node))
+    ]
+    assert loops == ["_decode"], loops

@@ -140,44 +140,101 @@ def generate(
 ) -> GenerationResult:
     """Decode up to cfg.max_new_tokens tokens after the prompt; `on_text` receives text as it becomes final.
 
-    Text is released once it decodes to whole characters (a multi-byte character may span tokens) and
-    cannot be the start of a stop sequence; a stop sequence ends generation and is not part of the text.
+    A batch of one through the one decode loop (`_decode`), with `decoder(new_tokens) -> logits [V]`
+    (CachedDecoder, or RecomputeDecoder over any logits function). Text is released once it decodes to
+    whole characters (a multi-byte character may span tokens) and cannot be the start of a stop
+    sequence; a stop sequence ends generation and is not part of the text.
     """
-
     cfg.check()
     if not prompt_tokens:
         raise UsageError("the prompt is empty (it encodes to zero tokens)")
-    generator = _generator(cfg.seed)
-    emit = on_text or (lambda _s: None)
-    seen = list(prompt_tokens)
-    out: list[int] = []
-    emitted = 0
-    text = ""
-    reason = "length"
-    logits = decoder(list(prompt_tokens))
-    for step in range(cfg.max_new_tokens):
-        token = choose_token(process_logits(logits, seen, cfg), cfg, generator)
-        out.append(token)
-        seen.append(token)
-        if cfg.eos_id is not None and token == cfg.eos_id:
-            reason = "eos"
-            break
-        text = tokenizer.decode([t for t in out if t != cfg.eos_id])
-        cut = min((i for i in (text.find(s) for s in cfg.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text = text[:cut]
-            reason = "stop"
-            break
+    first = decoder(list(prompt_tokens))[None]
+    return _decode(
+        first, lambda nxt, _i: decoder([nxt[0]])[None], [prompt_tokens], cfg, tokenizer, 0, on_text
+    )[0]
+
+
+class _Stream:
+    """Releases one row's text to `emit` as it becomes final (whole characters, no stop-sequence prefix)."""
+
+    def __init__(self, emit: Callable[[str], None], stops: Sequence[str]):
+        self.emit, self.stops, self.emitted = emit, stops, 0
+
+    def update(self, text: str) -> None:
         if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence waits for its next token
-            safe = len(text) - _held_back(text, cfg.stop)
-            if safe > emitted:
-                emit(text[emitted:safe])
-                emitted = safe
-        if step + 1 < cfg.max_new_tokens:
-            logits = decoder([token])
-    if len(text) > emitted:
-        emit(text[emitted:])
-    return GenerationResult(list(prompt_tokens), out, text, reason)
+            safe = len(text) - _held_back(text, self.stops)
+            if safe > self.emitted:
+                self.emit(text[self.emitted : safe])
+                self.emitted = safe
+
+    def finish(self, text: str) -> None:
+        if len(text) > self.emitted:
+            self.emit(text[self.emitted :])
+
+
+def _next_tokens(
+    logits: Any, seen: list[list[int]], done: list[bool], cfg: SamplingConfig, generator: Any, pad_id: int
+) -> list[int]:
+    """One token per row: greedy argmax, or Hugging Face's processors and a draw in row order."""
+    import torch
+
+    if cfg.do_sample or cfg.repetition_penalty != 1.0:
+        scores = torch.stack([process_logits(logits[r], seen[r], cfg) for r in range(len(seen))])
+    else:
+        scores = logits.float()
+    if cfg.do_sample:
+        return [
+            choose_token(scores[r], cfg, generator) if not done[r] else int(pad_id) for r in range(len(seen))
+        ]
+    return [int(t) for t in scores.argmax(dim=-1).tolist()]
+
+
+def _decode(
+    logits: Any,
+    step: Callable[[list[int], int], Any],
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    tokenizer: Any,
+    pad_id: int,
+    on_text: Callable[[str], None] | None = None,
+) -> list[GenerationResult]:
+    """The one decode loop: from the prompts' last logits [b, V], pick a token per row, stop a row at the
+    end-of-text token or a stop sequence, and feed the new tokens (`step(tokens, i) -> logits [b, V]`)
+    until every row is done or max_new_tokens is reached. `on_text` streams row 0 (a batch of one)."""
+    b = len(prompts)
+    generator = _generator(cfg.seed)
+    stream = _Stream(on_text, cfg.stop) if on_text is not None else None
+    outs: list[list[int]] = [[] for _ in range(b)]
+    texts, reasons, done = [""] * b, ["length"] * b, [False] * b
+    for i in range(cfg.max_new_tokens):
+        nxt = _next_tokens(
+            logits, [list(p) + o for p, o in zip(prompts, outs, strict=True)], done, cfg, generator, pad_id
+        )
+        for r in range(b):
+            if done[r]:
+                continue
+            outs[r].append(nxt[r])
+            if cfg.eos_id is not None and nxt[r] == cfg.eos_id:
+                reasons[r], done[r] = "eos", True
+                continue
+            if cfg.stop or stream is not None:
+                text = tokenizer.decode([t for t in outs[r] if t != cfg.eos_id])
+                cut = min((j for j in (text.find(s) for s in cfg.stop) if j >= 0), default=-1)
+                if cut >= 0:
+                    texts[r], reasons[r], done[r] = text[:cut], "stop", True
+                elif stream is not None:
+                    stream.update(text)
+        if all(done) or i + 1 == cfg.max_new_tokens:
+            break
+        logits = step(nxt, i)
+    results = []
+    for r in range(b):
+        if reasons[r] != "stop" and tokenizer is not None:
+            texts[r] = tokenizer.decode([t for t in outs[r] if t != cfg.eos_id])
+        results.append(GenerationResult(list(prompts[r]), outs[r], texts[r], reasons[r]))
+    if stream is not None:
+        stream.finish(results[0].text)
+    return results
 
 
 def stream_to(stream: Any = None) -> Callable[[str], None]:
@@ -321,57 +378,20 @@ def generate_batch(
     b, width = len(prompts), max(len(p) for p in prompts)
     total = width + cfg.max_new_tokens
     ids, key_valid, lengths, positions = _left_padded(prompts, total, pad_id, device)
-    generator = _generator(cfg.seed)
     cache = model.new_kv_cache(b, total)
-    outs: list[list[int]] = [[] for _ in range(b)]
-    texts = [""] * b
-    reasons = ["length"] * b
-    done = [False] * b
+
+    def step(nxt: list[int], i: int) -> Any:
+        pos = width + i
+        key_valid[:, pos] = True
+        new = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
+        step_mask = causal_padding_mask(key_valid[:, : pos + 1], 1, start_pos=pos)
+        step_pos = (lengths + i)[:, None]
+        return model(new, kv_cache=cache, start_pos=pos, position_ids=step_pos, attn_mask=step_mask)[:, -1]
+
     with torch.inference_mode():
         mask = causal_padding_mask(key_valid[:, :width], width)
         logits = model(ids, kv_cache=cache, start_pos=0, position_ids=positions, attn_mask=mask)[:, -1]
-        for step in range(cfg.max_new_tokens):
-            if cfg.do_sample or cfg.repetition_penalty != 1.0:
-                scores = torch.stack(
-                    [process_logits(logits[r], list(prompts[r]) + outs[r], cfg) for r in range(b)]
-                )
-            else:
-                scores = logits.float()
-            if cfg.do_sample:
-                nxt = [
-                    choose_token(scores[r], cfg, generator) if not done[r] else int(pad_id) for r in range(b)
-                ]
-            else:
-                nxt = scores.argmax(dim=-1).tolist()
-            for r in range(b):
-                if done[r]:
-                    continue
-                token = int(nxt[r])
-                outs[r].append(token)
-                if cfg.eos_id is not None and token == cfg.eos_id:
-                    reasons[r], done[r] = "eos", True
-                    continue
-                if cfg.stop:
-                    text = tokenizer.decode([t for t in outs[r] if t != cfg.eos_id])
-                    cut = min((i for i in (text.find(s) for s in cfg.stop) if i >= 0), default=-1)
-                    if cut >= 0:
-                        texts[r], reasons[r], done[r] = text[:cut], "stop", True
-            if all(done) or step + 1 == cfg.max_new_tokens:
-                break
-            pos = width + step
-            key_valid[:, pos] = True
-            new = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
-            step_mask = causal_padding_mask(key_valid[:, : pos + 1], 1, start_pos=pos)
-            step_pos = (lengths + step)[:, None]
-            logits = model(new, kv_cache=cache, start_pos=pos, position_ids=step_pos, attn_mask=step_mask)[
-                :, -1
-            ]
-    results = []
-    for r in range(b):
-        if reasons[r] != "stop" and tokenizer is not None:
-            texts[r] = tokenizer.decode([t for t in outs[r] if t != cfg.eos_id])
-        results.append(GenerationResult(list(prompts[r]), outs[r], texts[r], reasons[r]))
-    return results
+        return _decode(logits, step, prompts, cfg, tokenizer, pad_id)
 
 
 class BatchGenerator:
