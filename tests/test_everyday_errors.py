@@ -347,3 +347,21 @@ def test_sampling_rules_live_in_the_sampling_config_and_need_no_torch():
         "--greedy cannot be combined with --sample, --temperature > 0, --top-k or --top-p",
         "True False",
     ], r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["preprocess", "-i", "{f}", "-o", "{f}", "--train-tokenizer", "300"], "--output-dir {f}: is a file, not a directory"),
+        (["preprocess", "-i", "{f}", "-o", "/proc/gptx-x", "--train-tokenizer", "300"], "--output-dir /proc/gptx-x: cannot write in /proc"),
+        (["convert", "checkpoint", "{ckpt}", "--tgt-fmt", "hf", "--output-dir", "{f}"], "--output-dir {f}: is a file, not a directory"),
+        (["convert", "checkpoint", "{ckpt}", "--tgt-fmt", "hf", "--output-dir", "/proc/gptx-x"], "--output-dir /proc/gptx-x: cannot write in /proc"),
+        (["convert", "config", "{ckpt}/config.yaml", "--src-fmt", "trainer", "--tgt-fmt", "hf", "--output", "/proc/x.json"], "--output /proc/x.json: cannot write in /proc"),
+    ],
+)  # fmt: skip
+def test_every_command_checks_its_output_path_first(ckpts, tmp_path, args, message):
+    f = tmp_path / "f.txt"
+    f.write_text("some text\n")
+    fill = {"f": f, "ckpt": ckpts["mine"] / "checkpoint_3"}
+    r = run_gptx(*[a.format(**fill) for a in args])
+    _one_line_error(r, 2, message.format(**fill))

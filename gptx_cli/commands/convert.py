@@ -59,7 +59,10 @@ def convert_checkpoint_cmd(
         typer.echo(format_info(checkpoint_info(src)))
         return
     from gptx_cli.convert.weights_convert import convert_checkpoint, print_summary
+    from gptx_cli.fsutil import check_output
 
+    if output_dir is not None:
+        check_output(output_dir, what="--output-dir", kind="dir")
     summary = convert_checkpoint(
         src,
         src_fmt=src_fmt,
@@ -92,9 +95,14 @@ def convert_config_cmd(
     Example: gptx convert config params_gptj_6B_r2.3.1.yaml --src-fmt legacy --tgt-fmt trainer
     """
     from gptx_cli.convert.config import convert_config
+    from gptx_cli.fsutil import check_output
 
     if output is not None and output_dir is not None:
         raise UsageError("give --output or --output-dir, not both")
+    if output is not None:
+        check_output(output, what="--output", kind="file")
+    if output_dir is not None:
+        check_output(output_dir, what="--output-dir", kind="dir")
     written, notes = convert_config(
         src,
         src_fmt=src_fmt,

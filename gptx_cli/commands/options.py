@@ -148,7 +148,7 @@ NUMBER_RULES: dict[str, Range] = {
     "--temperature": NON_NEGATIVE,
     "--top-k": COUNT,
     "--top-p": Range(low=0, high=1, low_open=True),
-    "--train-tokenizer": COUNT,
+    "--train-tokenizer": ANY,  # preprocess names the real floor (258: bytes + specials) itself
     "--val-split-ratio": Range(low=0, high=1),
 }
 

@@ -145,6 +145,10 @@ def preprocess_cmd(
 
     if (buffer_len is not None or val_split_ratio is not None) and dataset != "trc2":
         raise UsageError("--buffer-len and --val-split-ratio go with --dataset trc2")
+    if output_dir:
+        from gptx_cli.fsutil import check_output
+
+        check_output(output_dir, what="--output-dir", kind="dir")
     given = fields_of(
         PreprocessOptions,
         locals(),
