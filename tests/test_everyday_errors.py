@@ -365,3 +365,22 @@ def test_every_command_checks_its_output_path_first(ckpts, tmp_path, args, messa
     fill = {"f": f, "ckpt": ckpts["mine"] / "checkpoint_3"}
     r = run_gptx(*[a.format(**fill) for a in args])
     _one_line_error(r, 2, message.format(**fill))
+
+
+def test_lm_eval_fails_when_the_harness_saved_no_results(tmp_path):
+    """The harness only logs a failed save; `gptx lm-eval` then exits 1 instead of 0."""
+    import time
+
+    pytest.importorskip("lm_eval")
+
+    from gptx_cli.errors import DataError
+    from gptx_cli.eval.lm_eval_adapter import _check_saved
+
+    started = time.time()
+    with pytest.raises(DataError, match="lm-eval did not save its results to --output_path"):
+        _check_saved(str(tmp_path), "checkpoint_3", started)
+    (tmp_path / "checkpoint_3").mkdir()
+    (tmp_path / "checkpoint_3" / "results_2026-12-07T06-00-00.json").write_text("{}")
+    _check_saved(str(tmp_path), "checkpoint_3", started)  # saved now: no error
+    with pytest.raises(DataError):
+        _check_saved(str(tmp_path / "out.json"), "checkpoint_3", started)
