@@ -83,6 +83,17 @@ class AdamW(torch.optim.Optimizer):
         self._host_steps.clear()
         self._device_steps.clear()
 
+    def preinitialize(self) -> None:
+        """The state a first step finds (ModelZoo's AdamBase.preinitialize): zero moments, t = 0."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self._host_steps.clear()
+        self._device_steps.clear()
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self,
@@ -338,6 +349,12 @@ class Lion(torch.optim.Optimizer):
     ) -> None:
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
+    def preinitialize(self) -> None:
+        """The state a first step finds (ModelZoo's Lion.preinitialize): a zero momentum."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["exp_avg"] = torch.zeros_like(p)
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self,
@@ -386,6 +403,14 @@ class SGD(torch.optim.SGD):
             except RuntimeError:  # a device or dtype without the fused kernel: torch's default
                 pass
         super().__init__(params, lr=lr, **kwargs)
+
+    def preinitialize(self) -> None:
+        """The state a first step finds (ModelZoo's SGD.preinitialize): a zero momentum buffer, so the
+        first step's buffer is (1 - dampening) * grad, as in ModelZoo (torch's own SGD starts from grad)."""
+        for group in self.param_groups:
+            if group["momentum"] != 0:
+                for p in group["params"]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -460,6 +485,7 @@ def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> 
     """An optimizer over `param_groups` (from `model.init.optimizer_param_groups`).
 
     A group's own `weight_decay` (0.0 for biases and normalisation weights) overrides the config's.
+    Its state is preinitialized (zeros, step count 0), as ModelZoo's optimizers are.
     """
     factory = _OPTIMIZERS.get(spec.name)
     if factory is None:
@@ -480,6 +506,11 @@ def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> 
             group["weight_decay"] = 0.0
         groups.append(group)
     try:
-        return factory(groups, **kwargs)
+        optimizer = factory(groups, **kwargs)
     except TypeError as err:
         raise ConfigError(f"optimizer: {spec.name}: {err}") from None
+    # The state exists before the first step, as ModelZoo preinitializes it. Without it, DCP's
+    # get_optimizer_state_dict (checkpoint_0 under save_initial_checkpoint, or a sharded resume) runs
+    # _init_optim_state: a hidden zero-gradient step that AdamW counted in its step count t.
+    optimizer.preinitialize()
+    return optimizer
