@@ -99,7 +99,9 @@ MicroBatchSize = Annotated[
 LoraR = Annotated[
     Optional[int],
     typer.Option(
-        "--lora-r", help="Train LoRA adapters of this rank (ModelZoo's Lora callback, all target modules)."
+        "--lora-r",
+        help="Train LoRA adapters of this rank (ModelZoo's Lora callback, all target modules; beside a "
+        "Lora callback in the config: its r, with its target_modules).",
     ),
 ]
 LoraAlpha = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA alpha (default: the rank).")]

@@ -70,8 +70,10 @@ def _run(
     if (lora_r, lora_alpha) != (None, None):  # ModelZoo's Lora callback, written for you
         from gptx_cli.config.lora import add_lora_shortcut, lora_from_raw
 
-        add_lora_shortcut(spec.raw, lora_r, lora_alpha)
+        note = add_lora_shortcut(spec.raw, lora_r, lora_alpha)
         lora_from_raw(spec.raw, "--lora-r/--lora-alpha")
+        if note and os.environ.get("RANK", "0") == "0":
+            typer.echo(f"note: {note}")
     from gptx_cli.train import parallel  # torch from here on
     from gptx_cli.train.trainer import TrainOptions
 

@@ -21,6 +21,7 @@ names in a ModelZoo config select the same layers here:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ LORA_KEYS = ("r", "alpha", "dropout", "fan_in_fan_out", "merge_weights", "target
 _BLOCK = ["TransformerDecoder", "ModuleList", "GPTJDecoderLayer"]
 _ATTN = [*_BLOCK, "MultiheadAttention", "Linear"]
 _FFN = [*_BLOCK, "FeedForwardNetwork", "ModuleList", "SingleFeedForwardLayer", "Linear"]
+_OUTER = ["GptjModel", "GPTNeoXModel", "GPTJModel", "EmbeddingLayer", "Embedding"]
+# Every class name in the chain of a ModelZoo GPT-J / GPT-NeoX module that LoRA can adapt.
+MODULE_CLASSES = tuple(dict.fromkeys([*_OUTER, *_ATTN, *_FFN]))
 
 
 @dataclass
@@ -52,40 +56,69 @@ class LoraParams:
         return asdict(self)
 
 
-def _params(d: Any, where: str) -> LoraParams:
+def group_problems(d: Any) -> list[tuple[str | None, str]]:
+    """What is wrong with one lora_params group: (its key or None for the group, message)."""
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping of {', '.join(LORA_KEYS)}")
+        return [(None, f"expected a mapping of {', '.join(LORA_KEYS)}")]
     unknown = sorted(set(d) - set(LORA_KEYS))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}' (ModelZoo's LoraConfig has {', '.join(LORA_KEYS)})"
-        )
+        return [(None, f"unknown key '{unknown[0]}' (ModelZoo's LoraConfig has {', '.join(LORA_KEYS)})")]
     p = LoraParams(**d)
+    out: list[tuple[str | None, str]] = []
     if not isinstance(p.r, int) or isinstance(p.r, bool) or p.r < 1:
-        raise ConfigError(f"{where}.r: must be a positive integer (got {p.r!r})")
-    if not isinstance(p.alpha, (int, float)) or isinstance(p.alpha, bool):
-        raise ConfigError(f"{where}.alpha: must be a number (got {p.alpha!r})")
-    if not isinstance(p.dropout, (int, float)) or not 0 <= p.dropout < 1:
-        raise ConfigError(f"{where}.dropout: must be in [0, 1) (got {p.dropout!r})")
+        out.append(("r", f"must be a positive integer (got {p.r!r})"))
+    if (
+        not isinstance(p.alpha, (int, float))
+        or isinstance(p.alpha, bool)
+        or not math.isfinite(p.alpha)
+        or p.alpha <= 0
+    ):
+        out.append(
+            ("alpha", f"must be a finite number > 0 (got {p.alpha!r}); the adapters scale by alpha / r")
+        )
+    if isinstance(p.dropout, bool) or not isinstance(p.dropout, (int, float)) or not 0 <= p.dropout < 1:
+        out.append(("dropout", f"must be in [0, 1) (got {p.dropout!r})"))
     if p.fan_in_fan_out:
-        raise ConfigError(
-            f"{where}.fan_in_fan_out: true is for weights stored [in, out] (Conv1D); gptx's linear weights "
-            "are [out, in], so it does not apply (ModelZoo cannot copy such weights either)"
+        out.append(
+            (
+                "fan_in_fan_out",
+                "true is for weights stored [in, out] (Conv1D); gptx's linear weights are [out, in], so it "
+                "does not apply (ModelZoo cannot copy such weights either)",
+            )
         )
     if p.target_modules is not None and (
         not isinstance(p.target_modules, list) or not all(isinstance(t, str) for t in p.target_modules)
     ):
-        raise ConfigError(f"{where}.target_modules: must be a list of ModelZoo module class names")
-    return p
+        out.append(("target_modules", "must be a list of ModelZoo module class names"))
+    else:
+        bad = [t for t in p.target_modules or [] if t not in MODULE_CLASSES]
+        if bad:
+            out.append(
+                (
+                    "target_modules",
+                    f"{bad[0]!r} is no module class of ModelZoo's GPT-J / GPT-NeoX, so this group would adapt "
+                    f"nothing (classes: {', '.join(MODULE_CLASSES)})",
+                )
+            )
+    return out
+
+
+def groups_of(lora_params: Any) -> list[tuple[int | None, Any]]:
+    """(index or None for a single dict, group) of a lora_params value (a dict or a list of dicts)."""
+    if isinstance(lora_params, list):
+        return list(enumerate(lora_params))
+    return [(None, lora_params)]
 
 
 def parse_lora_params(lora_params: Any, where: str = "Lora.lora_params") -> list[LoraParams]:
-    items = lora_params if isinstance(lora_params, list) else [lora_params]
-    if not items:
+    groups = groups_of(lora_params)
+    if not groups:
         raise ConfigError(f"{where}: empty list")
-    return [
-        _params(d, f"{where}[{i}]" if isinstance(lora_params, list) else where) for i, d in enumerate(items)
-    ]
+    for i, d in groups:
+        for key, message in group_problems(d):
+            at = where + (f"[{i}]" if i is not None else "") + (f".{key}" if key else "")
+            raise ConfigError(f"{at}: {message}")
+    return [LoraParams(**d) for _, d in groups]
 
 
 def callbacks_of(raw: dict[str, Any]) -> list[Any]:
@@ -109,23 +142,49 @@ def lora_from_raw(raw: dict[str, Any], source: str | None = None) -> list[LoraPa
     return parse_lora_params(body["lora_params"], f"{where}: Lora.lora_params")
 
 
-def add_lora_shortcut(raw: dict[str, Any], r: int | None, alpha: float | None) -> None:
-    """--lora-r / --lora-alpha: add (or update) the Lora callback in the trainer-layout dict."""
+def add_lora_shortcut(raw: dict[str, Any], r: int | None, alpha: float | None) -> str | None:
+    """--lora-r / --lora-alpha: add the Lora callback (all target modules) to the trainer-layout dict, or,
+    beside a Lora callback of the config, set r / alpha of each of its groups, whose target_modules stay;
+    returns the line that says so in that case."""
     trainer = raw.setdefault("trainer", {})
     init = trainer.setdefault("init", {})
     cbs = init.setdefault("callbacks", [])
     for cb in cbs:
         if isinstance(cb, dict) and "Lora" in cb:
             groups = cb["Lora"].get("lora_params")
+            targets = []
             for g in groups if isinstance(groups, list) else [groups]:
                 if r is not None:
                     g["r"] = r
                 if alpha is not None:
                     g["alpha"] = alpha
-            return
+                targets.append(g.get("target_modules") if isinstance(g, dict) else None)
+            flags = " ".join(f"--lora-{k} {v}" for k, v in (("r", r), ("alpha", alpha)) if v is not None)
+            shown = ", ".join("all" if t is None else str(t) for t in targets)
+            return (
+                f"{flags}: set in each group of the config's Lora callback; its target_modules stay ({shown})"
+            )
     if r is None:
         raise ConfigError("--lora-alpha needs --lora-r (or a Lora callback in the config)")
     cbs.append({"Lora": {"lora_params": {"r": r, "alpha": alpha if alpha is not None else r}}})
+    return None
+
+
+def set_lora_callback(raw: dict[str, Any], groups: list[LoraParams]) -> None:
+    """Write `groups` as the Lora callback of the trainer-layout dict (replacing one that is there)."""
+    init = raw.setdefault("trainer", {}).setdefault("init", {})
+    cbs = [cb for cb in init.get("callbacks") or [] if not (isinstance(cb, dict) and "Lora" in cb)]
+    init["callbacks"] = [*cbs, {"Lora": {"lora_params": [g.to_dict() for g in groups]}}]
+
+
+def describe(groups: list[LoraParams]) -> str:
+    """One line: `r=8, alpha=16, dropout=0.0, target_modules=all` (groups joined by `; `)."""
+    return "; ".join(
+        f"r={g.r}, alpha={g.alpha:g}, dropout={g.dropout:g}, target_modules="
+        + ("all" if g.target_modules is None else "[" + ", ".join(g.target_modules) + "]")
+        + (", merge_weights=true" if g.merge_weights else "")
+        for g in groups
+    )
 
 
 def modelzoo_chain(name: str, cfg: ModelConfig) -> list[str] | None:

@@ -250,6 +250,7 @@ class BackendSpec:
     activation_checkpointing: bool = False
     compile: bool = False
     micro_batch_size: int | None = None
+    cpu_float16: bool = False  # float16 on a CPU as float16 (ModelZoo: as bfloat16)
 
 
 @dataclass

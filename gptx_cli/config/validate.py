@@ -32,7 +32,7 @@ from gptx_cli.config.load import (
     load_yaml,
     trainer_sources,
 )
-from gptx_cli.config.lora import parse_lora_params
+from gptx_cli.config.lora import group_problems, groups_of
 from gptx_cli.config.schemas import KeyPath, _show, schema_problems
 from gptx_cli.config.spec import ModelConfig, RunSpec
 from gptx_cli.errors import ConfigError
@@ -203,10 +203,15 @@ def _lora_rules(init: dict[str, Any], I: KeyPath) -> list[tuple[KeyPath, str, st
         if not isinstance(body, dict) or set(body) != {"lora_params"}:
             out.append((path, "Lora takes one key, lora_params (a dict or a list of dicts)", "error"))
             continue
-        try:
-            parse_lora_params(body["lora_params"], "lora_params")
-        except ConfigError as err:
-            out.append((path + ("lora_params",), err.message, "error"))
+        groups = groups_of(body["lora_params"])
+        if not groups:
+            out.append((path + ("lora_params",), "empty list", "error"))
+        for index, d in groups:
+            at = path + ("lora_params",) + ((index,) if index is not None else ())
+            for key, message in group_problems(d):
+                out.append(
+                    (at + ((key,) if key and isinstance(d, dict) and key in d else ()), message, "error")
+                )
     return out
 
 

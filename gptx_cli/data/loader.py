@@ -27,6 +27,7 @@ slot is computable from its index, so resume stays exact.
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -220,6 +221,21 @@ def _check_complete(d: Path) -> None:
         hint="re-run the same `gptx preprocess` command with --resume to finish it, "
         "or pass --allow-incomplete to use the files anyway",
     )
+
+
+def recorded_loss_tokens(data_dir: str | Path) -> int | None:
+    """The loss tokens a preprocess output holds, as its data_params.json records them (ModelZoo's and
+    gptx's `post-process.loss_valid_tokens`; in the dir or, for a part dir of a split, its parent); None
+    when it records none."""
+    d = Path(data_dir)
+    for marker in (d / COMPLETE_MARKER, d.parent / COMPLETE_MARKER):
+        if marker.is_file():
+            try:
+                value = json.loads(marker.read_text()).get("post-process", {}).get("loss_valid_tokens")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return None
 
 
 def _vsl_problem(data_dir: str, path: Path, kind: str) -> DataError:

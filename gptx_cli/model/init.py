@@ -223,14 +223,19 @@ def initialize_tensor(t: Tensor, name: str, inits: dict[str, Initializer], seed:
 
 
 def optimizer_param_groups(model: nn.Module, cfg: ModelConfig) -> list[dict[str, Any]]:
-    """Parameter groups for the optimizer: `params`, `names`, `lr_scale` and, for biases and LayerNorm
-    weights (no weight decay), `weight_decay: 0.0`; other groups leave weight decay to the config.
+    """Parameter groups for the optimizer: `params`, `names`, `lr_scale` and, for the parameters ModelZoo
+    exempts from weight decay, `weight_decay: 0.0`; other groups leave weight decay to the config.
+
+    Weight decay follows ModelZoo's `common/optim_utils.py: _should_apply_weight_decay`: every trainable
+    parameter is decayed except biases and the parameters of normalisation layers. LoRA adapters
+    (`lora_A`, `lora_B`) are therefore decayed, as in ModelZoo and Hugging Face.
 
     lr_scale is 1 except under muP (ModelZoo lr_adjustment_groups): q/k/v/out and fc_in weights get
     1/width_mult, fc_out weights 1/filter_mult. The trainer multiplies each group's scheduled LR by it.
     """
     width_mult = cfg.hidden_size / cfg.mup_base_hidden_size if cfg.mup_base_hidden_size else 1.0
     filter_mult = cfg.filter_size / cfg.mup_base_filter_size if cfg.mup_base_filter_size else 1.0
+    exempt = _no_weight_decay(model)
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -241,10 +246,23 @@ def optimizer_param_groups(model: nn.Module, cfg: ModelConfig) -> list[dict[str,
             lr_scale = 1.0 / width_mult
         elif role == "ffn_output":
             lr_scale = 1.0 / filter_mult
-        decay = role is not None  # weights of matmuls and embeddings; not biases or LayerNorms
+        decay = name not in exempt
         group = groups.setdefault((lr_scale, decay), {"params": [], "names": [], "lr_scale": lr_scale})
         if not decay:
             group["weight_decay"] = 0.0
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())
+
+
+_NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+
+
+def _no_weight_decay(model: nn.Module) -> set[str]:
+    """The parameters ModelZoo's _should_apply_weight_decay exempts: biases and normalisation layers'."""
+    exempt = {name for name, _ in model.named_parameters() if "bias" in name}
+    for module_name, module in model.named_modules():
+        if isinstance(module, _NORM_LAYERS):
+            prefix = f"{module_name}." if module_name else ""
+            exempt |= {prefix + n for n, _ in module.named_parameters()}
+    return exempt

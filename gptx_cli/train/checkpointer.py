@@ -1,7 +1,8 @@
 """Checkpointing for the trainer as one component: which checkpoint a run starts from, loading its
 weights and training state, and writing checkpoints (one process, DDP, FSDP2) with keep-last-N.
 
-    ckpt = Checkpointer(spec, dist=..., model_dir=..., strategy=..., seed=..., ...)
+    source, load_states = resume_source(spec, model_dir, checkpoint_path, load_states, ...)
+    ckpt = Checkpointer(spec, dist=..., source=source, load_states=load_states, lora=lora_run, ...)
     ckpt.load_weights(model)            # when ckpt.loads_weights (before or after FSDP2 wrapping)
     ckpt.attach(model, wrapped, optimizer, schedule, scaler)
     step, samples_seen = ckpt.load()    # optimizer, schedule, loss scaler, RNG, data position
@@ -24,7 +25,9 @@ from typing import Any
 import torch
 
 from gptx_cli import distributed
+from gptx_cli.checkpoint import latest_checkpoint, list_checkpoints, locate, resolve, save_checkpoint_dir
 from gptx_cli.config.spec import RunSpec
+from gptx_cli.data.tokenizer import recorded_tokenizer
 from gptx_cli.errors import CheckpointError, UsageError
 from gptx_cli.fsutil import temp_path
 from gptx_cli.model.lora import is_adapter
@@ -38,6 +41,34 @@ def checkpoint_dir_name(spec: RunSpec, step: int) -> str:
     return name[: -len(".mdl")] if name.endswith(".mdl") else name
 
 
+def resume_source(
+    spec: RunSpec,
+    model_dir: Path,
+    checkpoint_path: str | None,
+    load_states: str | None,
+    continue_pretrain: bool,
+    notes: list[str],
+) -> tuple[Path | None, set[str]]:
+    """Which checkpoint a run starts from, and which of its states it loads (--load-checkpoint-states)."""
+    explicit = checkpoint_path or spec.ckpt_path
+    latest = latest_checkpoint(model_dir) if spec.checkpoint.autoload_last_checkpoint else None
+    if continue_pretrain:
+        if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
+            notes.append(f"resuming the continued pretraining from {latest}")
+            return latest, state.parse_load_states("all")  # its base path may be gone (--lora-save-base)
+        if not explicit:
+            raise UsageError(
+                "continue-pretrain needs --checkpoint-path (a gptx checkpoint or a Hugging Face dir)"
+            )
+        return locate(explicit)[0], {"model"}
+    if explicit:
+        return locate(explicit)[0], state.parse_load_states(load_states)  # a model_dir: its latest
+    if latest is not None:
+        notes.append(f"autoload_last_checkpoint: resuming from {latest}")
+        return latest, state.parse_load_states(load_states)
+    return None, set()
+
+
 class Checkpointer:
     def __init__(
         self,
@@ -47,9 +78,9 @@ class Checkpointer:
         model_dir: Path,
         strategy: str,
         seed: int,
-        checkpoint_path: str | None = None,
-        load_checkpoint_states: str | None = None,
-        continue_pretrain: bool = False,
+        source: Path | None,
+        load_states: set[str],
+        lora: LoraRun | None = None,
         notes: list[str] | None = None,
         say: Callable[[str], None] = print,
     ) -> None:
@@ -60,37 +91,8 @@ class Checkpointer:
         self.progress: dict[str, Any] = {"best_eval_loss": None}  # saved with the train state
         self.last: Path | None = None  # the latest checkpoint written or resumed from
         self._objects: tuple[Any, ...] | None = None
-        self.lora: LoraRun | None = None  # weights from its base; checkpoints of the adapters (and the base)
-        self.source, self.load_states = self._resume_source(
-            checkpoint_path, load_checkpoint_states, continue_pretrain
-        )
-
-    # ------------------------------------------------------------------------------------ source
-    def _resume_source(
-        self, checkpoint_path: str | None, load_states: str | None, continue_pretrain: bool
-    ) -> tuple[Path | None, set[str]]:
-        """Which checkpoint to load and which of its states (see --load-checkpoint-states)."""
-        from gptx_cli.checkpoint import latest_checkpoint, locate
-
-        explicit = checkpoint_path or self.spec.ckpt_path
-        if explicit:
-            explicit = str(locate(explicit)[0])  # a model_dir stands for its latest checkpoint
-        latest = latest_checkpoint(self.model_dir) if self.spec.checkpoint.autoload_last_checkpoint else None
-        if continue_pretrain:
-            if latest is not None:  # an interrupted continue-pretrain run resumes from its own checkpoint
-                self.notes.append(f"resuming the continued pretraining from {latest}")
-                return latest, state.parse_load_states("all")
-            if not explicit:
-                raise UsageError(
-                    "continue-pretrain needs --checkpoint-path (a gptx checkpoint or a Hugging Face dir)"
-                )
-            return Path(explicit), {"model"}
-        if explicit:
-            return Path(explicit), state.parse_load_states(load_states)
-        if latest is not None:
-            self.notes.append(f"autoload_last_checkpoint: resuming from {latest}")
-            return latest, state.parse_load_states(load_states)
-        return None, set()
+        self.lora = lora  # weights from its base; checkpoints of the adapters (and the base)
+        self.source, self.load_states = source, load_states
 
     @property
     def loads_weights(self) -> bool:
@@ -102,8 +104,6 @@ class Checkpointer:
         """Copy a gptx checkpoint's or a Hugging Face dir's weights into `model`, one tensor at a time: a
         tensor is read, moved to the device and copied into its parameter (under FSDP2 only this
         process's shard of it is kept), so neither the host nor the device holds a second model."""
-        from gptx_cli.checkpoint import resolve
-
         source = self.lora.base_source() if self.lora else self.source
         assert source is not None
         found = resolve(source)
@@ -187,9 +187,6 @@ class Checkpointer:
     # ------------------------------------------------------------------------------------ saving
     def save(self, step: int, samples_seen: int) -> Path:
         """Write `checkpoint_<step>` (collective: every rank calls it) and prune to keep_last_n."""
-        from gptx_cli.checkpoint import save_checkpoint_dir
-        from gptx_cli.data.tokenizer import recorded_tokenizer
-
         assert self._objects is not None, "attach() first"
         model, wrapped, optimizer, schedule, scaler = self._objects
         d, spec = self.dist, self.spec
@@ -242,8 +239,6 @@ class Checkpointer:
         return path
 
     def _prune(self) -> None:
-        from gptx_cli.checkpoint import list_checkpoints
-
         keep = self.spec.checkpoint.keep_last_n
         if keep:
             for _, old in list_checkpoints(self.model_dir)[:-keep]:

@@ -12,12 +12,14 @@ The file records "pid host" of the holder, so a second writer fails at once nami
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from gptx_cli.errors import UsageError
+from gptx_cli.fsutil import is_temp
 
 LOCK_FILE = ".gptx.lock"
 ENV = "GPTX_MODEL_DIR_LOCK"  # "<resolved model_dir>" when a launcher holds the lock for its ranks
@@ -124,10 +126,6 @@ def _remove_empty(path: Path, top: Path) -> None:
 def clean_leftovers(model_dir: Path, note: Callable[[str], None] = print) -> None:
     """Remove the temporaries (`.checkpoint_N.tmp-PID`, ...) a dead run left in model_dir. Called only
     under the lock, so no live process owns them."""
-    import shutil
-
-    from gptx_cli.fsutil import is_temp
-
     for child in sorted(model_dir.iterdir()):
         if is_temp(child) or ".old-" in child.name:
             if child.is_dir():

@@ -20,9 +20,9 @@ from gptx_cli.checkpoint import (
     read_lora_meta,
     resolve,
 )
-from gptx_cli.config.lora import LoraParams, lora_from_raw
+from gptx_cli.config.lora import LoraParams, describe, lora_from_raw, set_lora_callback
 from gptx_cli.config.spec import ModelConfig
-from gptx_cli.errors import CheckpointError
+from gptx_cli.errors import CheckpointError, UsageError
 from gptx_cli.model.lora import apply_lora, is_adapter, lora_meta
 
 
@@ -48,29 +48,58 @@ class LoraRun:
 
     @classmethod
     def create(
-        cls, spec: Any, ckpt_source: Path | None, load_states: set[str], seed: int, save_base: bool = False
-    ) -> LoraRun | None:
+        cls,
+        spec: Any,
+        source: Path | None,
+        load_states: set[str],
+        seed: int,
+        *,
+        save_base: bool = False,
+        notes: list[str],
+    ) -> tuple[LoraRun | None, set[str]]:
+        """The run's LoRA side (None: no LoRA) and the states it loads from `source`.
+
+        Resuming a LoRA checkpoint: its recorded settings must equal the config's (else refused, naming
+        both); a run without LoRA settings takes the recorded ones (written into the config, so the memory
+        guard and the checkpoints see them). A new LoRA run on a base model loads the base's weights only."""
         groups = lora_from_raw(spec.raw, spec.source)
+        meta = read_lora_meta(source) if source is not None else None
+        resuming = meta is not None and "model" in load_states
+        if resuming:
+            assert source is not None and meta is not None
+            recorded = [LoraParams(**p) for p in meta.get("params", [])]
+            if groups is None:
+                set_lora_callback(spec.raw, recorded)
+                groups = recorded
+                notes.append(
+                    f"LoRA: {source} is a LoRA checkpoint; resuming with its settings ({describe(recorded)})"
+                )
+            elif groups != recorded:
+                raise UsageError(
+                    f"{source} was trained with LoRA {describe(recorded)}; this run asks for LoRA "
+                    f"{describe(groups)} (resume with the checkpoint's settings, or train into a new model_dir)"
+                )
         if groups is None:
-            return None
-        meta = read_lora_meta(ckpt_source) if ckpt_source is not None else None
-        if meta is not None and "model" in load_states:  # resuming a LoRA run: its base, its adapters
-            assert ckpt_source is not None
-            base = base_of(ckpt_source, meta)
+            return None, load_states
+        if resuming:
+            assert source is not None and meta is not None
+            base = base_of(source, meta)
             if not meta.get(
                 "adapters_only", True
             ):  # the checkpoint holds its base: the base's dir may be gone
-                return cls(groups, base, ckpt_source, save_base=True, base_in=Path(ckpt_source))
+                return cls(groups, base, source, save_base=True, base_in=Path(source)), load_states
             if "init_seed" in base and int(base["init_seed"]) != seed:
                 raise CheckpointError(
-                    f"{ckpt_source}: its LoRA base is a fresh initialisation with seed {base['init_seed']}, "
+                    f"{source}: its LoRA base is a fresh initialisation with seed {base['init_seed']}, "
                     f"this run's seed is {seed}"
                 )
-            check_base(ckpt_source, base)
-            return cls(groups, base, ckpt_source, save_base=save_base)
-        if ckpt_source is not None and "model" in load_states:
-            return cls(groups, describe_base(Path(ckpt_source)), None, save_base=save_base)
-        return cls(groups, {"init_seed": seed}, None, save_base=save_base)
+            check_base(source, base)
+            return cls(groups, base, source, save_base=save_base), load_states
+        if source is not None and "model" in load_states:  # a new LoRA run on a base model: its weights only
+            run = cls(groups, describe_base(Path(source)), None, save_base=save_base)
+            notes.append(f"LoRA on the base model {source}: weights only, step 0")
+            return run, {"model"}
+        return cls(groups, {"init_seed": seed}, None, save_base=save_base), load_states
 
     def base_source(self) -> Path | None:
         """The directory the base weights are read from (None: a fresh initialisation)."""

@@ -13,6 +13,7 @@ from gptx_cli.distributed import Dist
 from gptx_cli.errors import UsageError
 from gptx_cli.model.loss import unwrap
 from gptx_cli.model.transformer import Transformer
+from gptx_cli.train.supervise import run_ranks
 
 if TYPE_CHECKING:
     import torch
@@ -29,8 +30,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     group, so a terminal's Ctrl-C goes to the launcher only, which forwards it); when one rank fails the
     others are stopped.
     """
-    from gptx_cli.train.supervise import run_ranks
-
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
     # share the cores between the processes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +16,24 @@ from gptx_cli.config.spec import PrecisionSpec
 def autocast_dtype(spec: PrecisionSpec) -> torch.dtype | None:
     name = spec.autocast_dtype
     return None if name is None else getattr(torch, name)
+
+
+def for_device(
+    spec: PrecisionSpec, device_type: str, cpu_float16: bool = False
+) -> tuple[PrecisionSpec, list[str]]:
+    """The precision a run uses on `device_type`, with its notes. As ModelZoo's MixedPrecision callback
+    (`trainer/callbacks/precision.py`, `pre_setup`), float16 on a CPU runs as bfloat16; its loss scaler
+    is then torch's CUDA GradScaler, which disables itself without CUDA, so no loss scaling either.
+    `backend.cpu_float16: true` (gptx extension) keeps float16 and its loss scaling on the CPU."""
+    notes = []
+    if spec.enabled and spec.fp16_type == "float16" and device_type == "cpu" and not cpu_float16:
+        spec = dataclasses.replace(spec, fp16_type="bfloat16")
+        notes.append(
+            "precision: fp16_type float16 on a CPU runs as bfloat16, as ModelZoo does "
+            "(trainer/callbacks/precision.py, MixedPrecision: 'Mixed precision on CPU is only supported "
+            "with bfloat16'); backend.cpu_float16: true keeps float16"
+        )
+    return spec, notes + precision_notes(spec)
 
 
 def precision_notes(spec: PrecisionSpec) -> list[str]:

@@ -40,6 +40,7 @@ from gptx_cli import distributed
 from gptx_cli.config.spec import PrecisionSpec
 from gptx_cli.data.loader import model_inputs
 from gptx_cli.errors import GptxError
+from gptx_cli.model.loss import CHUNK_LOGITS, lm_loss
 from gptx_cli.train import parallel
 from gptx_cli.train.precision import LossScaler, autocast, clip_gradients_on_device
 
@@ -58,8 +59,6 @@ class LossModule(torch.nn.Module):
     def forward(
         self, input_ids: Tensor, labels: Tensor, loss_mask: Tensor, **model_kwargs: Any
     ) -> tuple[Any, ...]:
-        from gptx_cli.model.loss import CHUNK_LOGITS, lm_loss
-
         out = lm_loss(
             self.model,
             input_ids,
@@ -125,8 +124,8 @@ class Stepper:
         self.global_step = start_step  # the steps taken so far (the next one is global_step + 1)
         # Callback hooks (ModelZoo's ComputeNorm: train/callbacks.py); None: nothing runs
         self.before_backward, self.before_optimizer_step = before_backward, before_optimizer_step
-        # CheckLoss on the device: [first bad step (or -1), its loss, its grad norm]
-        self._first_bad = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
+        # CheckLoss on the device: [first bad step (or -1), its loss, its grad norm, its loss tokens]
+        self._first_bad = torch.tensor([-1.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
 
     def __call__(self, batch: dict[str, Tensor]) -> StepOutput:
         d, dev = self.dist, self.device
@@ -168,7 +167,7 @@ class Stepper:
         # The first step whose loss (or, without dynamic loss scaling, gradient) was not finite.
         bad = ~torch.isfinite(step_loss) if self.scaler.dynamic else ~finite
         at = torch.full((), float(self.global_step), dtype=torch.float64, device=dev)  # a fill, no copy
-        record = torch.stack([at, step_loss, grad_norm.double().to(dev)])
+        record = torch.stack([at, step_loss, grad_norm.double().to(dev), tokens])
         self._first_bad = torch.where(bad & (self._first_bad[0] < 0), record, self._first_bad)
         return StepOutput(loss=step_loss, tokens=tokens, grad_norm=grad_norm, finite=finite, lr=lr)
 
@@ -205,9 +204,16 @@ class Stepper:
 
     def check_finite(self, hint: str | None = None) -> None:
         """ModelZoo's CheckLoss at a sync point: raise naming the first non-finite step (one host read)."""
-        step, loss, norm = self._first_bad.tolist()
+        step, loss, norm, tokens = self._first_bad.tolist()
         if step < 0:
             return
+        if tokens == 0 and self.by_tokens:  # ModelZoo's GPTLMHeadModelLoss: sum(loss * mask) / sum(mask) = 0 / 0
+            raise GptxError(
+                f"loss is nan at step {int(step)}: its global batch has no loss tokens (every loss mask is 0), "
+                "and loss_scaling num_tokens divides by their count, as ModelZoo does "
+                "(losses/GPTLMHeadModelLoss.py); training stopped, the update was skipped",
+                hint="check the data's loss masks (the attention_mask row), or use loss_scaling: batch_size",
+            )
         if not math.isfinite(loss):  # ModelZoo's CheckLoss: "NaN loss detected" / "inf loss detected"
             what = f"loss is {loss} at step {int(step)}; training stopped ({'NaN' if loss != loss else 'inf'} loss detected)"
         else:

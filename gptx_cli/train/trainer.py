@@ -23,8 +23,10 @@ order a function of the position, so N steps + resume + N steps is bit-identical
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
+import resource
 import signal
 import threading
 import time
@@ -35,16 +37,25 @@ from typing import Any
 import torch
 
 from gptx_cli import distributed
+from gptx_cli.config.lora import lora_from_raw
 from gptx_cli.config.spec import RunSpec
+from gptx_cli.data.loader import build_dataloader, recorded_loss_tokens, with_model_preprocess_args
 from gptx_cli.errors import ConfigError, DataError, UsageError
+from gptx_cli.eval.evaluate import loss_metrics
+from gptx_cli.model.counts import flops_per_token
+from gptx_cli.model.init import init_model, initialize_tensor, optimizer_param_groups, resolved_initializers
 from gptx_cli.model.lora import init_adapters, is_adapter
-from gptx_cli.train import parallel
+from gptx_cli.model.transformer import Block
+from gptx_cli.train import parallel, state
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
-from gptx_cli.train.checkpointer import Checkpointer, checkpoint_dir_name
+from gptx_cli.train.checkpointer import Checkpointer, checkpoint_dir_name, resume_source
+from gptx_cli.train.fp8 import RECIPE, apply_fp8, check_fp8
+from gptx_cli.train.lock import model_dir_lock
 from gptx_cli.train.lora import LoraRun
+from gptx_cli.train.memory_guard import check_memory
 from gptx_cli.train.metrics import MetricsLogger, ThroughputWindow, peak_tflops, truncate_metrics
 from gptx_cli.train.optim import build_optimizer, optimizer_learning_rate
-from gptx_cli.train.precision import LossScaler, autocast, precision_notes
+from gptx_cli.train.precision import LossScaler, autocast, for_device
 from gptx_cli.train.schedulers import LRSchedule, build_schedule
 from gptx_cli.train.step import LossModule, StepOutput, Stepper
 
@@ -104,8 +115,6 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = distributed.init_distributed(target)
     try:
-        from gptx_cli.train.lock import model_dir_lock
-
         with (
             model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else contextlib.nullcontext()
         ):
@@ -121,16 +130,34 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
 
 class _Run:
     def __init__(self, spec: RunSpec, options: TrainOptions, dist: distributed.Dist) -> None:
-        self.spec, self.options, self.dist = spec, options, dist
+        self.options, self.dist = options, dist
         self.device = torch.device(dist.device)
+        precision, precision_lines = for_device(spec.precision, self.device.type, spec.backend.cpu_float16)
+        self.spec = spec = dataclasses.replace(spec, precision=precision)
         self.model_dir = Path(options.model_dir or spec.model_dir)
         self.seed = spec.seed if spec.seed is not None else 0
         self.strategy = (options.strategy or spec.backend.strategy or "ddp").lower()
         self.stop_signal: str | None = None
         self.log: MetricsLogger | None = None
-        self.notes: list[str] = list(spec.notes) + precision_notes(spec.precision)
+        self.notes: list[str] = list(spec.notes) + precision_lines
         self.losses: list[float] = []  # every step's loss, read at the sync points
         self.callbacks = Callbacks([], self.model_dir, enabled=False)
+        # Where the run starts from, and its LoRA side (which may take the resumed checkpoint's settings).
+        self.source, self.load_states = resume_source(
+            spec,
+            self.model_dir,
+            options.checkpoint_path,
+            options.load_checkpoint_states,
+            options.continue_pretrain,
+            self.notes,
+        )
+        self.lora, self.load_states = LoraRun.create(
+            spec, self.source, self.load_states, self.seed, save_base=options.lora_save_base, notes=self.notes
+        )
+        if self.lora and self.lora.base_in is not None and not options.lora_save_base:
+            self.notes.append(
+                f"LoRA: {self.lora.base_in} holds its base weights; its checkpoints keep holding them"
+            )
 
     # ------------------------------------------------------------------------------------ setup
     def _say(self, message: str) -> None:
@@ -167,8 +194,6 @@ class _Run:
     def _initialize_shards(self, model: torch.nn.Module) -> None:
         """FSDP2: each parameter's full initial value is drawn on the device exactly as a single process
         draws it (`initialize_tensor`), and only this process's shard of it is kept."""
-        from gptx_cli.model.init import initialize_tensor, resolved_initializers
-
         inits = resolved_initializers(self.spec.model)
         for name, param in model.named_parameters():
             if is_adapter(name):
@@ -179,10 +204,6 @@ class _Run:
             del full
 
     def _build(self) -> None:
-        from gptx_cli.model.init import init_model, optimizer_param_groups
-        from gptx_cli.model.transformer import Block
-        from gptx_cli.train import state
-
         spec, options = self.spec, self.options
         state.seed_everything(self.seed)
         self.ckpt = Checkpointer(
@@ -191,9 +212,9 @@ class _Run:
             model_dir=self.model_dir,
             strategy=self.strategy,
             seed=self.seed,
-            checkpoint_path=options.checkpoint_path,
-            load_checkpoint_states=options.load_checkpoint_states,
-            continue_pretrain=options.continue_pretrain,
+            source=self.source,
+            load_states=self.load_states,
+            lora=self.lora,
             notes=self.notes,
             say=self._say,
         )
@@ -201,36 +222,19 @@ class _Run:
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
         sharded = parallel.is_sharded(self.dist, self.strategy)
         model = init_model(spec.model, device="meta" if sharded else str(self.device), seed=self.seed)
-        self.lora = LoraRun.create(
-            spec, self.ckpt.source, self.ckpt.load_states, self.seed, save_base=options.lora_save_base
-        )
-        if self.lora and self.lora.base_in is not None and not options.lora_save_base:
-            self.notes.append(
-                f"LoRA: {self.lora.base_in} holds its base weights; its checkpoints keep holding them"
-            )
-        if self.lora and self.lora.adapter_source is None and self.ckpt.load_states:
-            self.ckpt.load_states = {"model"}  # a new LoRA run on a base model: its weights only
-            self.notes.append(f"LoRA on the base model {self.lora.base_source()}: weights only, step 0")
-        self.ckpt.lora = self.lora
         if self.ckpt.loads_weights and not sharded:
             self.ckpt.load_weights(model)
         if self.lora:
             self._say(f"LoRA: adapters on {len(self.lora.attach(model, self.seed))} modules")
         model.train()
         if options.activation_checkpointing or spec.backend.activation_checkpointing:
-            from gptx_cli.train.parallel import apply_activation_checkpointing
-
-            apply_activation_checkpointing(model)
+            parallel.apply_activation_checkpointing(model)
         if options.fp8:
-            from gptx_cli.train.fp8 import RECIPE, apply_fp8
-
             self.notes.append(
                 f"fp8: {apply_fp8(model)} linear layers run in float8 (torchao, {RECIPE} scaling)"
             )
         if options.compile or spec.backend.compile:
-            from gptx_cli.train.parallel import compile_model
-
-            compile_model(model)  # compiles the blocks in place
+            parallel.compile_model(model)  # compiles the blocks in place
         self.model: torch.nn.Module = model
         loss_module = LossModule(model, spec.model.loss_scaling, spec.model.loss_weight)
         self.wrapped = parallel.wrap_model(loss_module, self.dist, self.strategy, block_types=(Block,))
@@ -255,8 +259,6 @@ class _Run:
 
     def _prepare(self) -> tuple[Any, int, int]:
         """Memory guard, data, model, restored state, logger and step; returns (loader, start, end)."""
-        from gptx_cli.data.loader import build_dataloader
-
         spec, d = self.spec, self.dist
         assert spec.train_data is not None
         global_batch, micro, n_micro = self.check_fits()
@@ -354,9 +356,6 @@ class _Run:
     def _evaluate(self, step: int) -> None:
         """Validation with `gptx eval`'s metric code (eval.evaluate.loss_metrics) through the wrapped
         model (FSDP2 gathers its shards), summed over ranks by the all-reduce hook."""
-        from gptx_cli.data.loader import build_dataloader
-        from gptx_cli.eval.evaluate import loss_metrics
-
         spec, d = self.spec, self.dist
         assert spec.val_data is not None
         loader = build_dataloader(
@@ -428,17 +427,11 @@ class _Run:
     def check_fits(self) -> tuple[int, int, int]:
         """Before anything is allocated: --lora-save-base's and --fp8's needs, the batch layout, the memory
         guard, then the data (a missing data_dir names the `gptx preprocess` command). Returns the batch layout."""
-        from gptx_cli.config.lora import lora_from_raw
-        from gptx_cli.data.loader import build_dataloader, with_model_preprocess_args
-        from gptx_cli.train.memory_guard import check_memory
-
         spec = self.spec
         assert spec.train_data is not None
         if self.options.lora_save_base and lora_from_raw(spec.raw, spec.source) is None:
             raise UsageError("--lora-save-base needs LoRA: --lora-r or a Lora callback in the config")
         if self.options.fp8:
-            from gptx_cli.train.fp8 import check_fp8
-
             check_fp8(self.device)
         layout = self._batch_layout()
         check_memory(
@@ -457,6 +450,13 @@ class _Run:
         except DataError as err:  # the hint's preprocess command gets the config's tokenizer and length
             msl = spec.train_data.max_sequence_length or spec.model.max_position_embeddings
             raise with_model_preprocess_args(err, spec.model.vocab_size, msl) from None
+        recorded = [recorded_loss_tokens(d) for d in spec.train_data.data_dir]
+        if recorded and all(n == 0 for n in recorded):
+            raise DataError(
+                f"{', '.join(spec.train_data.data_dir)}: no loss tokens (data_params.json: post-process."
+                "loss_valid_tokens 0; every loss mask is 0), so training would learn nothing",
+                hint="for fine-tuning data, check which fields are the prompt and the completion",
+            )
         return layout
 
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -589,8 +589,6 @@ def _check_token_ids(batch: dict[str, torch.Tensor], vocab_size: int, data_dirs:
 
 
 def _flops_per_token(spec: RunSpec, msl: int) -> float:
-    from gptx_cli.model.counts import flops_per_token
-
     return float(flops_per_token(spec.model, msl))
 
 
@@ -598,8 +596,6 @@ def _memory_gib(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     try:
-        import resource
-
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     except (ImportError, OSError):
         return None

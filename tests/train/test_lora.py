@@ -10,6 +10,7 @@ checkpoints also hold the base, bit for bit, and eval, the HF export and resume 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -410,3 +411,141 @@ def test_lora_save_base_without_lora_is_an_error(tiny_data, tmp_path):
         "error: --lora-save-base needs LoRA: --lora-r or a Lora callback in the config"
     )
     assert not list((tmp_path / "m").glob("checkpoint_*"))
+
+
+# ------------------------------------------------------------------ LoRA: refused or resumed, never silent
+
+
+@pytest.mark.parametrize("alpha", ["0", "-1", "nan", "inf"])
+def test_lora_alpha_flag_must_be_finite_and_positive(tiny_data, tmp_path, alpha):
+    r = run_gptx("train", *tiny_args(tiny_data, tmp_path / "m", "--lora-r", "4", "--lora-alpha", alpha))
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[0]
+    assert line.startswith(f"error: --lora-alpha {alpha}: must be"), line
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        ("alpha: 16", "alpha: 0", "alpha", "must be a finite number > 0 (got 0)"),
+        ("alpha: 16", "alpha: -1", "alpha", "must be a finite number > 0 (got -1)"),
+        ("alpha: 16", "alpha: .nan", "alpha", "must be a finite number > 0 (got nan)"),
+        ("r: 8", "r: 0", "r", "must be a positive integer (got 0)"),
+        ("dropout: 0.0", "dropout: 1.5", "dropout", "must be in [0, 1) (got 1.5)"),
+        ("[GPTJDecoderLayer]", "[Bogus]", "target_modules", "'Bogus' is no module class of ModelZoo's GPT-J"),
+    ],
+)
+def test_validate_config_checks_the_lora_callback_as_train_does(tiny_data, tmp_path, old, new, key, message):
+    text = (REPO / "configs" / "finetune_tiny_gptj.yaml").read_text()
+    assert old in text
+    path = tmp_path / "lora.yaml"
+    path.write_text(text.replace(old, new, 1))
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if new in t)
+    where = f"{path}:{line}:"
+    r = run_gptx("validate-config", str(path))
+    assert r.returncode == 1
+    (err,) = [s for s in (r.stdout + r.stderr).splitlines() if s.startswith(where)]
+    assert f"trainer.init.callbacks[0].Lora.lora_params.{key}: {message}" in err
+    r = run_gptx("train", str(path), "--model-dir", str(tmp_path / "m"))
+    assert r.returncode == 1
+    first = r.stderr.strip().splitlines()[0]
+    assert first.startswith(f"error: {path}:") and f"lora_params.{key}: " in first, first
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_lora_resume_with_other_settings_is_refused_naming_both(tiny_data, lora_base, tmp_path):
+    _, lora = lora_base
+    model_dir = tmp_path / "m"
+    shutil.copytree(lora / "checkpoint_2", model_dir / "checkpoint_2")
+    r = run_gptx(
+        "train", *tiny_args(tiny_data, model_dir, "--lora-r", "4", "--lora-alpha", "32", "--max-steps", "4")
+    )
+    assert r.returncode != 0
+    line = r.stderr.strip().splitlines()[0]
+    assert f"{model_dir / 'checkpoint_2'} was trained with LoRA r=4, alpha=8," in line, line
+    assert "this run asks for LoRA r=4, alpha=32," in line
+    assert not (model_dir / "checkpoint_4").exists()
+
+
+@pytest.mark.slow
+def test_lora_resume_without_the_flags_takes_the_checkpoints_settings(tiny_data, lora_base, tmp_path):
+    """Re-running a LoRA model_dir without --lora-r: the recorded settings, said in one line, and the run
+    equals the uninterrupted one (it used to fail with 'Missing optimizer state for model.embed.weight')."""
+    _, lora = lora_base
+    model_dir = tmp_path / "m"
+    shutil.copytree(lora / "checkpoint_2", model_dir / "checkpoint_2")
+    args = tiny_args(tiny_data, model_dir, "--set", "checkpoint.steps=2", "--set", "loop.eval_frequency=100")
+    r = run_gptx("train", *args, "--max-steps", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("is a LoRA checkpoint; resuming with its settings (r=4, alpha=8, dropout=0") == 1
+    got = load_file(model_dir / "checkpoint_4" / "model.safetensors")
+    want = load_file(lora / "checkpoint_4" / "model.safetensors")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_lora_r_beside_a_lora_callback_keeps_its_targets_and_says_so(tmp_path):
+    r = run_gptx("train", str(REPO / "configs" / "finetune_tiny_gptj.yaml"), "--lora-r", "2",
+                 "--model-dir", str(tmp_path / "m"))  # fmt: skip
+    assert r.returncode != 0  # its data dirs do not exist here; the note comes first
+    assert (
+        "note: --lora-r 2: set in each group of the config's Lora callback; its target_modules stay "
+        "(['GPTJDecoderLayer'])"
+    ) in r.stdout
+
+
+def test_memory_guard_never_proposes_fsdp_on_one_process() -> None:
+    """A huge LoRA rank on GPT-J-6B: what the guard proposes would fit, and FSDP only over 2+ processes."""
+    import re
+
+    from gptx_cli import distributed
+    from gptx_cli.config.lora import add_lora_shortcut
+    from gptx_cli.errors import GptxError
+    from gptx_cli.train.memory_guard import check_memory
+
+    spec = load_run_spec(REPO / "configs" / "params_gptj_6B.yaml")
+    add_lora_shortcut(spec.raw, 16384, None)
+    with pytest.raises(GptxError) as err:
+        check_memory(spec, distributed.Dist(device="cpu"), micro_batch_size=1, strategy="fsdp",
+                     activation_checkpointing=True)  # fmt: skip
+    hint = err.value.hint or ""
+    assert "what would help" in hint
+    assert all(int(n) >= 2 for n in re.findall(r"--nproc (\d+)", hint)), hint
+    assert "a smaller LoRA rank (--lora-r 8)" in hint or "--nproc" in hint or "80 GiB GPU" in hint, hint
+
+
+# ------------------------------------------------------------------ weight decay as ModelZoo's rule
+
+
+def _modelzoo_should_apply_weight_decay(model, param_name):
+    """ModelZoo 2.10's common/optim_utils.py: _should_apply_weight_decay, verbatim but for its RMSNorm."""
+    norm_modules = (
+        torch.nn.LayerNorm, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d,
+        torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d, torch.nn.GroupNorm,
+        torch.nn.SyncBatchNorm, torch.nn.RMSNorm,
+    )  # fmt: skip
+    if "bias" in param_name:
+        return False
+    for name, module in model.named_modules():
+        if name in param_name:
+            if isinstance(module, norm_modules):
+                return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "lora", [None, {"r": 4, "alpha": 8}, {"r": 4, "target_modules": ["GPTJDecoderLayer"]}]
+)
+def test_weight_decay_groups_follow_modelzoos_rule_lora_adapters_included(lora) -> None:
+    spec = _spec()
+    model = build_model(spec.model, seed=1)
+    if lora is not None:
+        apply_lora(model, parse_lora_params(lora), seed=1)
+    groups = optimizer_param_groups(model, spec.model)
+    decayed = {n for g in groups if g.get("weight_decay") != 0.0 for n in g["names"]}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert decayed == {n for n in trainable if _modelzoo_should_apply_weight_decay(model, n)}
+    if lora is not None:
+        adapters = {n for n in trainable if is_adapter(n)}
+        assert adapters and adapters <= decayed  # ModelZoo (and HF) decay LoRA adapters

@@ -106,6 +106,7 @@ FP16_DYNAMIC = (
     "precision.enabled=true",
     "precision.fp16_type=float16",
     "precision.loss_scaling_factor=dynamic",
+    "backend.cpu_float16=true",  # float16 on the CPU (ModelZoo would run bfloat16 there)
 )
 
 

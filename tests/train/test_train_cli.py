@@ -91,11 +91,33 @@ def test_cbfloat16_runs_as_bfloat16_autocast_with_a_note(tiny_data, reference_ru
     assert losses[1]["loss"] == pytest.approx(reference[1]["loss"], abs=0.05)
 
 
+def test_fp16_on_a_cpu_runs_as_bfloat16_as_modelzoo_with_a_note(tiny_data, tmp_path):
+    """ModelZoo's MixedPrecision.pre_setup: 'Mixed precision on CPU is only supported with bfloat16'."""
+    runs = {}
+    for fp16_type in ("float16", "bfloat16"):
+        model_dir = tmp_path / fp16_type
+        sets = ["precision.enabled=true", f"precision.fp16_type={fp16_type}"]
+        sets += ["precision.loss_scaling_factor=dynamic"]
+        r = run_gptx(
+            "train",
+            *tiny_args(tiny_data, model_dir, *[a for p in sets for a in ("--set", p)], "--max-steps", "2"),
+        )
+        assert r.returncode == 0, r.stderr
+        runs[fp16_type] = (r.stdout, read_metrics(model_dir))
+    out, records = runs["float16"]
+    assert out.count("fp16_type float16 on a CPU runs as bfloat16, as ModelZoo does") == 1
+    assert "trainer/callbacks/precision.py" in out and "backend.cpu_float16" in out
+    assert "fp16_type float16 on a CPU" not in runs["bfloat16"][0]
+    # the same run as bfloat16: same losses, and no loss scale (ModelZoo's CPU GradScaler is disabled)
+    assert [records[s]["loss"] for s in (1, 2)] == [runs["bfloat16"][1][s]["loss"] for s in (1, 2)]
+    assert all(records[s].get("loss_scale") is None for s in (1, 2))
+
+
 def test_fp16_dynamic_loss_scaling_skips_overflowing_steps_and_holds_the_schedule(tiny_data, tmp_path):
     model_dir = tmp_path / "fp16"
     precision = [
         "precision.enabled=true", "precision.fp16_type=float16", "precision.loss_scaling_factor=dynamic",
-        "precision.initial_loss_scale=1.0e+30", "precision.max_loss_scale=1.0e+30",
+        "backend.cpu_float16=true", "precision.initial_loss_scale=1.0e+30", "precision.max_loss_scale=1.0e+30",
     ]  # fmt: skip
     r = run_gptx(
         "train",
@@ -113,7 +135,7 @@ def test_fp16_dynamic_loss_scaling_resumes_bit_exactly_through_skipped_steps(tin
     go through the checkpoint: 4 steps + resume + 4 steps equal 8 steps, overflows included."""
     precision = [
         "precision.enabled=true", "precision.fp16_type=float16", "precision.loss_scaling_factor=dynamic",
-        "precision.initial_loss_scale=1048576", "precision.max_loss_scale=1048576",
+        "backend.cpu_float16=true", "precision.initial_loss_scale=1048576", "precision.max_loss_scale=1048576",
         "precision.steps_per_increase=2", "loop.max_steps=8", "checkpoint.steps=4",
     ]  # fmt: skip
     sets = [a for p in precision for a in ("--set", p)]
