@@ -207,7 +207,9 @@ class Stepper:
         step, loss, norm, tokens = self._first_bad.tolist()
         if step < 0:
             return
-        if tokens == 0 and self.by_tokens:  # ModelZoo's GPTLMHeadModelLoss: sum(loss * mask) / sum(mask) = 0 / 0
+        if (
+            tokens == 0 and self.by_tokens
+        ):  # ModelZoo's GPTLMHeadModelLoss: sum(loss * mask) / sum(mask) = 0 / 0
             raise GptxError(
                 f"loss is nan at step {int(step)}: its global batch has no loss tokens (every loss mask is 0), "
                 "and loss_scaling num_tokens divides by their count, as ModelZoo does "
