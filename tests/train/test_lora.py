@@ -549,3 +549,22 @@ def test_weight_decay_groups_follow_modelzoos_rule_lora_adapters_included(lora) 
     if lora is not None:
         adapters = {n for n in trainable if is_adapter(n)}
         assert adapters and adapters <= decayed  # ModelZoo (and HF) decay LoRA adapters
+
+
+@pytest.mark.slow
+def test_lora_save_base_resumes_with_its_documented_command_once_the_base_is_deleted(
+    tiny_data, lora_saved_base, tmp_path
+):
+    """finetune.md's `gptx continue-pretrain ... --checkpoint-path BASE --lora-r 8 --lora-save-base`, run
+    again after BASE was deleted: the run resumes from its own checkpoint, which holds the base."""
+    base, saved = lora_saved_base
+    assert not base.exists()
+    model_dir = tmp_path / "m"
+    shutil.copytree(saved / "checkpoint_2", model_dir / "checkpoint_2")
+    r = run_gptx("continue-pretrain", *_lora_args(tiny_data, model_dir, "--checkpoint-path", str(base),
+                                                   "--max-steps", "4", "--lora-save-base"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "resuming the continued pretraining from" in r.stdout
+    got = load_file(model_dir / "checkpoint_4" / "model.safetensors")
+    want = load_file(saved / "checkpoint_4" / "model.safetensors")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
