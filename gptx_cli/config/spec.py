@@ -65,6 +65,8 @@ class ModelConfig:
     # muP (ModelZoo semantics).
     mup_base_hidden_size: int | None = None
     mup_base_filter_size: int | None = field(default=None, metadata=TRAINING_ONLY)
+    # gptx extension: muP scales the initializers the config gives too (ModelZoo's GPT-2); false: GPT-J's rule
+    mup_scale_all_initializers: bool = field(default=False, metadata=TRAINING_ONLY)
     embeddings_scale: float = 1.0
     output_logits_alpha: float | None = None
     scale_qk_dot_by_d: bool = False

@@ -2,7 +2,9 @@
 
 Under muP (hidden_size / mup_base_hidden_size scaling of init, LR and output logits) the mean |x| of
 each activation stays roughly flat as the model widens; under the standard parametrisation (same
-initializer and LR at every width) the logits and block outputs grow with width.
+initializer and LR at every width) the logits and block outputs grow with width. The tables name the muP
+initialisation rule in force: this check's config gives its initializers, which ModelZoo's GPT-J leaves
+unscaled (model.init.resolved_initializers) and `mup_scale_all_initializers: true` scales.
 
     python -m gptx_cli.model.coord_check [--widths 32 64 128 256] [--steps 4] [--lr 0.01]
 """
@@ -20,9 +22,15 @@ from gptx_cli.model.init import init_model, optimizer_param_groups
 from gptx_cli.model.loss import lm_loss
 
 BASE_WIDTH = 32
+# (title, muP, mup_scale_all_initializers): the config gives its initializers, so the two muP init rules differ
+RULES = (
+    ("muP, mup_scale_all_initializers: true (every initializer scaled, as ModelZoo's GPT-2)", True, True),
+    ("muP, ModelZoo GPT-J's rule (the initializers the config gives are not scaled)", True, False),
+    ("standard parametrisation", False, False),
+)
 
 
-def _config(width: int, mup: bool) -> ModelConfig:
+def _config(width: int, mup: bool, scale_all_initializers: bool = True) -> ModelConfig:
     init = {"name": "normal", "mean": 0.0, "std": 0.5 / BASE_WIDTH**0.5}
     cfg = ModelConfig(
         name="gptj",
@@ -46,7 +54,11 @@ def _config(width: int, mup: bool) -> ModelConfig:
     )
     if mup:
         cfg = dataclasses.replace(
-            cfg, mup_base_hidden_size=BASE_WIDTH, mup_base_filter_size=4 * BASE_WIDTH, scale_qk_dot_by_d=True
+            cfg,
+            mup_base_hidden_size=BASE_WIDTH,
+            mup_base_filter_size=4 * BASE_WIDTH,
+            scale_qk_dot_by_d=True,
+            mup_scale_all_initializers=scale_all_initializers,
         )
     return cfg
 
@@ -62,6 +74,7 @@ def coord_check(
     widths: tuple[int, ...] = (32, 64, 128, 256),
     *,
     mup: bool = True,
+    scale_all_initializers: bool = True,
     steps: int = 4,
     lr: float = 1e-2,
     seed: int = 0,
@@ -70,7 +83,7 @@ def coord_check(
     data = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(seed))
     rows = []
     for width in widths:
-        cfg = _config(width, mup)
+        cfg = _config(width, mup, scale_all_initializers)
         model = init_model(cfg, seed=seed)
         groups = optimizer_param_groups(model, cfg)
         opt = torch.optim.AdamW(
@@ -108,9 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-2)
     args = ap.parse_args(argv)
-    for mup in (True, False):
-        rows = coord_check(tuple(args.widths), mup=mup, steps=args.steps, lr=args.lr)
-        print(format_table(rows, "muP" if mup else "standard parametrisation"))
+    for title, mup, scale_all in RULES:
+        rows = coord_check(
+            tuple(args.widths), mup=mup, scale_all_initializers=scale_all, steps=args.steps, lr=args.lr
+        )
+        print(format_table(rows, title))
         print()
 
 

@@ -15,6 +15,8 @@ Which initializer each tensor takes (ModelZoo `GPTJModel`):
 Unset initializers default to truncated_normal(mean 0, std initializer_range, a -2*range, b 2*range);
 `truncated_normal`'s `a` and `b` are absolute bounds (torch's trunc_normal_), defaulting to +-2 std.
 width_mult = hidden_size / mup_base_hidden_size, filter_mult = filter_size / mup_base_filter_size.
+As in ModelZoo's GPT-J, the muP scaling applies only to initializers the config leaves unset (see
+`resolved_initializers`); `mup_scale_all_initializers: true` applies it to all (ModelZoo's GPT-2).
 The forward multipliers (embeddings_scale, output logits * alpha / width_mult, attention 1/d and
 attention_logits_alpha) live in transformer.py; the per-parameter learning-rate scales of ModelZoo's
 lr_adjustment_groups for AdamW (attention weights and fc_in: 1/width_mult; fc_out: 1/filter_mult) are
@@ -69,8 +71,26 @@ def _scale(init: Initializer, factor: float) -> None:
         )
 
 
+def _given(cfg: ModelConfig) -> dict[str, bool]:
+    """Which roles' initializers the config gives (ModelZoo parses them into initializer objects; the
+    unset ones are default dicts, and ffn / ffn_output default to a copy of output_layer_initializer)."""
+    output = cfg.output_layer_initializer is not None
+    return {
+        "attention": cfg.initializer is not None,
+        "attention_output": output,
+        "ffn": cfg.ffn_initializer is not None or output,
+        "ffn_output": cfg.ffn_output_initializer is not None or output,
+    }
+
+
 def resolved_initializers(cfg: ModelConfig) -> dict[str, Initializer]:
-    """The initializer of each tensor role after defaults and muP scaling (keys as in the table above)."""
+    """The initializer of each tensor role after defaults and muP scaling (keys as in the table above).
+
+    muP scaling follows ModelZoo's GPT-J (`models/nlp/gptj/gptj_model.py`, `GPTJModel.__init__`): it
+    calls `scale_initializers_by_dimension` and drops its result, which scales only the default
+    initializers (plain dicts, scaled in place) and leaves those the config gives (initializer objects,
+    returned as scaled copies) as they are. `mup_scale_all_initializers: true` scales every one, as
+    ModelZoo's GPT-2 does."""
     default = default_initializer(cfg)
     output = _as_initializer(cfg.output_layer_initializer, default)
     inits = {
@@ -82,15 +102,37 @@ def resolved_initializers(cfg: ModelConfig) -> dict[str, Initializer]:
         "lm_head": {"name": "normal", "mean": 0.0, "std": cfg.initializer_range},
     }
     depth = (2 * cfg.num_hidden_layers) ** -0.5 if cfg.num_hidden_layers else 1.0
+    given = _given(cfg)
+    factors: dict[str, float] = {}
     if cfg.mup_base_hidden_size:
         width_mult = cfg.hidden_size / cfg.mup_base_hidden_size
-        _scale(inits["attention"], width_mult**-0.5)
-        _scale(inits["ffn"], width_mult**-0.5)
-        _scale(inits["attention_output"], width_mult**-0.5 * depth)
+        factors |= {"attention": width_mult**-0.5, "ffn": width_mult**-0.5}
+        factors["attention_output"] = width_mult**-0.5 * depth
     if cfg.mup_base_filter_size:
         filter_mult = cfg.filter_size / cfg.mup_base_filter_size
-        _scale(inits["ffn_output"], filter_mult**-0.5 * depth)
+        factors["ffn_output"] = filter_mult**-0.5 * depth
+    for role, factor in factors.items():
+        scaled = copy.deepcopy(inits[role])
+        _scale(scaled, factor)  # also for a given one: ModelZoo refuses what it cannot scale
+        if cfg.mup_scale_all_initializers or not given[role]:
+            inits[role] = scaled
     return inits
+
+
+def mup_init_note(cfg: ModelConfig) -> str | None:
+    """The line a muP run prints when ModelZoo's GPT-J rule leaves initializers the config gives unscaled."""
+    if not cfg.uses_mup or cfg.mup_scale_all_initializers:
+        return None
+    tensors = {"attention": "q/k/v", "attention_output": "attn.out", "ffn": "fc_in", "ffn_output": "fc_out"}
+    given = [tensors[role] for role, yes in _given(cfg).items() if yes]
+    if not given:
+        return None
+    return (
+        f"muP: the initializers the config gives ({', '.join(given)} weights) are not scaled by width, as in "
+        "ModelZoo's GPT-J (models/nlp/gptj/gptj_model.py, GPTJModel.__init__ drops "
+        "scale_initializers_by_dimension's result); model.mup_scale_all_initializers: true scales them, "
+        "as ModelZoo's GPT-2 does"
+    )
 
 
 def _fans(t: Tensor) -> tuple[int, int]:

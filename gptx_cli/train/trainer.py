@@ -43,7 +43,13 @@ from gptx_cli.data.loader import build_dataloader, recorded_loss_tokens, with_mo
 from gptx_cli.errors import ConfigError, DataError, UsageError
 from gptx_cli.eval.evaluate import loss_metrics
 from gptx_cli.model.counts import flops_per_token
-from gptx_cli.model.init import init_model, initialize_tensor, optimizer_param_groups, resolved_initializers
+from gptx_cli.model.init import (
+    init_model,
+    initialize_tensor,
+    mup_init_note,
+    optimizer_param_groups,
+    resolved_initializers,
+)
 from gptx_cli.model.lora import init_adapters, is_adapter
 from gptx_cli.model.transformer import Block
 from gptx_cli.train import parallel, state
@@ -154,6 +160,9 @@ class _Run:
         self.lora, self.load_states = LoraRun.create(
             spec, self.source, self.load_states, self.seed, save_base=options.lora_save_base, notes=self.notes
         )
+        mup_note = mup_init_note(spec.model)
+        if mup_note and self.source is None:  # a run that initialises its weights
+            self.notes.append(mup_note)
         if self.lora and self.lora.base_in is not None and not options.lora_save_base:
             self.notes.append(
                 f"LoRA: {self.lora.base_in} holds its base weights; its checkpoints keep holding them"

@@ -254,6 +254,7 @@ def test_mup_scales_init_logits_attention_and_learning_rates() -> None:
         scale_qk_dot_by_d=True,
         attention_logits_alpha=3.0,
         embeddings_scale=5.0,
+        mup_scale_all_initializers=True,
     )
     inits = resolved_initializers(mup)
     assert inits["attention"]["std"] == pytest.approx(0.2 / 2)  # width_mult 4
@@ -292,12 +293,44 @@ def test_tied_embeddings_have_no_separate_head_weight() -> None:
 
 
 def test_coordinate_check_is_flat_under_mup_and_grows_under_standard_parametrisation() -> None:
-    from gptx_cli.model.coord_check import coord_check
+    from gptx_cli.model.coord_check import RULES, coord_check
 
-    mup = coord_check((32, 128), mup=True, steps=3)
+    mup = coord_check((32, 128), mup=True, scale_all_initializers=True, steps=3)
+    gptj_rule = coord_check((32, 128), mup=True, scale_all_initializers=False, steps=3)
     sp = coord_check((32, 128), mup=False, steps=3)
     assert mup[1]["block1"] / mup[0]["block1"] < 1.3
+    assert gptj_rule[1]["block1"] / gptj_rule[0]["block1"] > 1.5  # the given initializers stay unscaled
     assert sp[1]["block1"] / sp[0]["block1"] > 1.8
+    assert "mup_scale_all_initializers: true" in RULES[0][0] and "ModelZoo GPT-J's rule" in RULES[1][0]
+
+
+def test_mup_init_follows_modelzoo_gptj_by_default_and_says_so() -> None:
+    """ModelZoo's GPTJModel.__init__ drops scale_initializers_by_dimension's result: the default (unset)
+    initializers are scaled (dicts, in place), the ones the config gives are not."""
+    from gptx_cli.model.init import mup_init_note
+
+    mup = dataclasses.replace(
+        TINY, hidden_size=64, filter_size=128, mup_base_hidden_size=16, mup_base_filter_size=32,
+        initializer={"name": "truncated_normal", "std": 1.0, "a": -2.0, "b": 2.0},
+    )  # fmt: skip
+    inits = resolved_initializers(mup)
+    assert inits["attention"] == {"name": "truncated_normal", "std": 1.0, "a": -2.0, "b": 2.0}  # given
+    r = mup.initializer_range
+    assert inits["attention_output"]["std"] == pytest.approx(r * 0.5 * 0.5)  # default: width 4, depth 2x2
+    assert inits["ffn"]["std"] == pytest.approx(r * 0.5) and inits["ffn_output"]["std"] == pytest.approx(
+        r / 4
+    )
+    note = mup_init_note(mup) or ""
+    assert note.startswith("muP: the initializers the config gives (q/k/v weights) are not scaled by width")
+    assert (
+        "models/nlp/gptj/gptj_model.py, GPTJModel.__init__" in note and "mup_scale_all_initializers" in note
+    )
+    switched = resolved_initializers(dataclasses.replace(mup, mup_scale_all_initializers=True))
+    assert switched["attention"]["std"] == pytest.approx(0.5) and switched["attention"]["b"] == pytest.approx(
+        1.0
+    )
+    assert mup_init_note(dataclasses.replace(mup, mup_scale_all_initializers=True)) is None
+    assert mup_init_note(TINY) is None
 
 
 def test_load_model_reads_a_gptx_checkpoint_and_the_latest_in_a_model_dir(tmp_path) -> None:
