@@ -52,6 +52,7 @@ from gptx_cli.model.init import (
 )
 from gptx_cli.model.lora import init_adapters, is_adapter
 from gptx_cli.model.transformer import Block
+from gptx_cli.model.vocab import check_token_ids
 from gptx_cli.train import parallel, state
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
 from gptx_cli.train.checkpointer import Checkpointer, checkpoint_dir_name, resume_source
@@ -589,12 +590,10 @@ def _freeze_gc() -> None:
 
 
 def _check_token_ids(batch: dict[str, torch.Tensor], vocab_size: int, data_dirs: list[str]) -> None:
-    top = int(torch.maximum(batch["input_ids"].max(), batch["labels"].max()))
-    if top >= vocab_size:
-        raise DataError(
-            f"{', '.join(data_dirs)}: token id {top} does not fit model.vocab_size {vocab_size}",
-            hint="the data was tokenized with a larger vocabulary than the config's model",
-        )
+    """model.vocab's one check on a host batch: input ids in [0, vocab_size), labels below vocab_size."""
+    ids = batch["input_ids"].aminmax()
+    high = int(torch.maximum(ids.max, batch["labels"].max()))
+    check_token_ids(int(ids.min), high, vocab_size, ", ".join(data_dirs))
 
 
 def _flops_per_token(spec: RunSpec, msl: int) -> float:

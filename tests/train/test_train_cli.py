@@ -269,3 +269,17 @@ def test_in_process_training_leaves_the_garbage_collector_as_it_found_it(tiny_da
     assert result.final_loss is not None
     assert max(frozen_during, default=0) > 1000  # the model, optimizer and code were frozen mid-run
     assert gc.get_freeze_count() == 0
+
+
+def test_data_with_token_ids_past_the_vocabulary_is_one_named_error(tiny_data, tmp_path):
+    """The trainer asks model.vocab's one token-id check, as eval and generate do."""
+    r = run_gptx(
+        "train", *tiny_args(tiny_data, tmp_path / "m", "--set", "model.vocab_size=100", "--max-steps", "1")
+    )
+    assert r.returncode == 1
+    line = r.stderr.strip().splitlines()[0]
+    assert (
+        line.startswith(f"error: {tiny_data['train']}: token id ")
+        and "outside the model's vocabulary of 100" in line
+    )
+    assert "Traceback" not in r.stderr
