@@ -83,3 +83,22 @@ def test_generation_has_one_decode_loop() -> None:
         and any(isinstance(n, ast.For) and "max_new_tokens" in ast.unparse(n.iter) for n in ast.walk(node))
     ]
     assert loops == ["_decode"], loops
+
+
+def test_train_imports_gptx_at_module_level() -> None:
+    """Issue #26: train/ imports every gptx module at the top (it imports torch anyway); only optional
+    third-party packages (torchao) and torch's own submodules may load inside a function."""
+    import ast
+
+    local = []
+    for path in sorted((REPO / "gptx_cli" / "train").glob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gptx_cli"):
+                        local.append(f"{path.name}:{node.lineno} from {node.module} import ...")
+                    if isinstance(node, ast.Import) and any(
+                        a.name.startswith("gptx_cli") for a in node.names
+                    ):
+                        local.append(f"{path.name}:{node.lineno} import ...")
+    assert not local, local
