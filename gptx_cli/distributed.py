@@ -6,6 +6,8 @@ ending the group, and the few collectives the trainer and eval need. One process
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,51 @@ class Dist:
         return self.rank == 0
 
 
+# The exit code of a run stopped by SIGUSR1 after its checkpoint: "temporary failure, run me again"
+# (EX_TEMPFAIL in sysexits.h). A SLURM script requeues on it (docs/distributed.md).
+REQUEUE_EXIT_CODE = 75
+ENV_LAUNCHER_PID = "GPTX_LAUNCHER_PID"  # set by train.launch for its ranks: the pid they die with
+# Seconds a collective waits for the other ranks before it fails (so a rank that left early, or hangs,
+# never holds the others forever); GPTX_COLLECTIVE_TIMEOUT changes it (docs/distributed.md).
+COLLECTIVE_TIMEOUT_SECONDS = 1800
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class LaunchOptions:
+    """`--nproc N [--nnodes N --node-rank R --rdzv-endpoint HOST:PORT] [--max-restarts K]` (train.launch)."""
+
+    nproc: int
+    nnodes: int = 1
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    max_restarts: int = 0
+
+
+def collective_timeout() -> float:
+    raw = os.environ.get("GPTX_COLLECTIVE_TIMEOUT", str(COLLECTIVE_TIMEOUT_SECONDS))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"GPTX_COLLECTIVE_TIMEOUT={raw}: must be a number of seconds > 0")
+    return value
+
+
+def die_with_launcher() -> None:
+    """In a rank started by `gptx ... --nproc N` (train.launch): SIGKILL this process when the launcher
+    dies (Linux), and exit now if it already has. Elsewhere, or under another launcher, nothing."""
+    launcher = os.environ.get(ENV_LAUNCHER_PID)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(launcher):  # the launcher died before the prctl took effect
+        os._exit(1)
+
+
 def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
@@ -44,8 +91,12 @@ def init_distributed(target_device: str) -> Dist:
     use_cuda = target_device == "GPU" or (target_device != "CPU" and torch.cuda.is_available())
     if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return Dist(device="cuda:0" if use_cuda else "cpu")
+    import datetime
+
     import torch.distributed as dist
 
+    die_with_launcher()
+    timeout = datetime.timedelta(seconds=collective_timeout())
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -53,7 +104,7 @@ def init_distributed(target_device: str) -> Dist:
     else:
         device = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 

@@ -112,9 +112,9 @@ def eval_cmd(
     )
     prepared = prepare(opts)  # flags, config and task files, before torch is imported
     if nproc is not None and nproc > 1 and not distributed.under_torchrun():
-        from gptx_cli.train import parallel
+        from gptx_cli.train.launch import launch
 
-        code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
+        code = launch(sys.argv[1:], distributed.LaunchOptions(nproc))
         raise typer.Exit(code)
     from gptx_cli.eval.evaluate import format_table, run_eval
 

@@ -45,6 +45,25 @@ Nproc = Annotated[
         "--nproc", "--nproc-per-node", "--nproc_per_node", help="Run on N local processes (torchrun)."
     ),
 ]
+MaxRestarts = Annotated[
+    int,
+    typer.Option(
+        "--max-restarts",
+        help="With --nproc: restart the ranks up to K times when one dies; they resume from the last "
+        "checkpoint (torchrun's elastic agent).",
+    ),
+]
+Nnodes = Annotated[
+    int, typer.Option("--nnodes", help="With --nproc: the number of nodes (each runs this command).")
+]
+NodeRank = Annotated[
+    Optional[int],
+    typer.Option("--node-rank", help="With --nnodes: this node's rank (0 hosts the rendezvous)."),
+]
+RdzvEndpoint = Annotated[
+    Optional[str],
+    typer.Option("--rdzv-endpoint", help="With --nnodes: HOST:PORT of node 0, where the ranks meet."),
+]
 NoVerify = Annotated[
     bool,
     typer.Option("--no-verify", help="Skip checking the weight files against the checksums in gptx.json."),
@@ -141,6 +160,9 @@ NUMBER_RULES: dict[str, Range] = {
     "--micro-batch-size": COUNT,
     "--min-sequence-len": NON_NEGATIVE,
     "--nproc": COUNT,
+    "--nnodes": COUNT,
+    "--node-rank": NON_NEGATIVE,
+    "--max-restarts": NON_NEGATIVE,
     "--num-fewshot": NON_NEGATIVE,
     "--processes": COUNT,
     "--repetition-penalty": POSITIVE,

@@ -7,6 +7,7 @@ level; torch is imported by the library when it runs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -23,12 +24,16 @@ from gptx_cli.commands.options import (
     LoraAlpha,
     LoraR,
     LoraSaveBase,
+    MaxRestarts,
     MaxSteps,
     MicroBatchSize,
     ModelDir,
+    Nnodes,
+    NodeRank,
     NoVerify,
     Nproc,
     Overrides,
+    RdzvEndpoint,
     Strategy,
     TargetDevice,
     fields_of,
@@ -39,6 +44,10 @@ def _run(
     config: Any,
     overrides: list[str] | None,
     nproc: int | None,
+    max_restarts: int,
+    nnodes: int,
+    node_rank: int | None,
+    rdzv_endpoint: str | None,
     lora_r: int | None,
     lora_alpha: float | None,
     no_verify: bool,
@@ -74,23 +83,31 @@ def _run(
         lora_from_raw(spec.raw, "--lora-r/--lora-alpha")
         if note and os.environ.get("RANK", "0") == "0":
             typer.echo(f"note: {note}")
-    from gptx_cli.train import parallel  # torch from here on
-    from gptx_cli.train.trainer import TrainOptions
+    from gptx_cli.train.trainer import TrainOptions  # torch from here on
 
     options = TrainOptions(**fields_of(TrainOptions, params))
-    if nproc is not None and nproc > 1 and not distributed.under_torchrun():
+    launch_opts = distributed.LaunchOptions(nproc or 1, nnodes, node_rank, rdzv_endpoint, max_restarts)
+    if (launch_opts.nproc > 1 or nnodes > 1 or max_restarts) and not distributed.under_torchrun():
+        from gptx_cli.train.launch import launch
         from gptx_cli.train.lock import model_dir_lock
         from gptx_cli.train.trainer import preflight
 
-        preflight(spec, options, nproc)
-        with model_dir_lock(options.model_dir or spec.model_dir):  # held for the ranks too
-            code = parallel.launch(nproc, parallel.strip_launch_flags(sys.argv[1:]))
+        preflight(spec, options, launch_opts.nproc * nnodes)
+        lead = node_rank in (None, 0)  # node 0 holds the lock for every node's ranks (a shared model_dir)
+        with model_dir_lock(options.model_dir or spec.model_dir) if lead else contextlib.nullcontext():
+            code = launch(sys.argv[1:], launch_opts)
+        if code == distributed.REQUEUE_EXIT_CODE:
+            typer.echo(
+                f"checkpointed after SIGUSR1; exit code {code}: requeue the same command to resume", err=True
+            )
         raise typer.Exit(code)
     from gptx_cli.train.trainer import train
 
     result = train(spec, options)
     if result.stopped_by != "completed" and os.environ.get("RANK", "0") == "0":
         typer.echo(f"stopped at step {result.end_step}; resume with the same command", err=True)
+    if result.stop_signal == "SIGUSR1":
+        raise typer.Exit(distributed.REQUEUE_EXIT_CODE)  # checkpointed: requeue me
 
 
 def train_cmd(
@@ -110,6 +127,10 @@ def train_cmd(
     compile: Compile = False,
     activation_checkpointing: ActivationCheckpointing = False,
     nproc: Nproc = None,
+    max_restarts: MaxRestarts = 0,
+    nnodes: Nnodes = 1,
+    node_rank: NodeRank = None,
+    rdzv_endpoint: RdzvEndpoint = None,
     strategy: Strategy = None,
     micro_batch_size: MicroBatchSize = None,
     lora_r: LoraR = None,

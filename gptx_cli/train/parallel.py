@@ -1,56 +1,22 @@
-"""Several processes and the model: launching (`--nproc` re-runs gptx under torch.distributed.run; the
-process group itself is `gptx_cli.distributed`), and what is applied to the model from outside it,
+"""Several processes and the model (launching is `train.launch`; the process group itself is
+`gptx_cli.distributed`): what is applied to the model from outside it,
 torchtitan style: DDP or FSDP2 (`fully_shard`), per-block activation checkpointing and per-block
 `torch.compile`. None of them changes the numbers.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from gptx_cli.distributed import Dist
 from gptx_cli.errors import UsageError
 from gptx_cli.model.loss import unwrap
 from gptx_cli.model.transformer import Transformer
-from gptx_cli.train.supervise import run_ranks
 
 if TYPE_CHECKING:
     import torch
 
 STRATEGIES = ("ddp", "fsdp")
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """Re-run `gptx <argv>` on `nproc` local processes (torchrun's environment: RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR/PORT, so they do not launch again); returns the exit code.
-
-    Supervision (`gptx_cli.train.supervise`): the ranks die with the launcher, even on kill -9 (a
-    parent-death signal); SIGINT/SIGTERM reach each rank exactly once (the ranks are in their own process
-    group, so a terminal's Ctrl-C goes to the launcher only, which forwards it); when one rank fails the
-    others are stopped.
-    """
-    if nproc < 1:
-        raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-    # share the cores between the processes
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return run_ranks(nproc, ["-m", "gptx_cli.cli", *argv])
-
-
-def strip_launch_flags(argv: list[str]) -> list[str]:
-    """argv without --nproc N / --nproc=N, for the children (they get torchrun's env instead)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--nproc", "--nproc-per-node", "--nproc_per_node"):
-            skip = True
-            continue
-        if arg.split("=", 1)[0] in ("--nproc", "--nproc-per-node", "--nproc_per_node"):
-            continue
-        out.append(arg)
-    return out
 
 
 def wrap_model(model: torch.nn.Module, d: Dist, strategy: str, block_types: tuple[type, ...] = ()) -> Any:

@@ -54,6 +54,7 @@ from gptx_cli.model.lora import init_adapters, is_adapter
 from gptx_cli.model.transformer import Block
 from gptx_cli.model.vocab import check_token_ids
 from gptx_cli.train import parallel, state
+from gptx_cli.train.agree import check_ranks_agree
 from gptx_cli.train.callbacks import Callbacks, build_callbacks
 from gptx_cli.train.checkpointer import Checkpointer, checkpoint_dir_name, resume_source
 from gptx_cli.train.fp8 import RECIPE, apply_fp8, check_fp8
@@ -97,6 +98,7 @@ class TrainResult:
     tokens: int
     seconds: float
     stopped_by: str = "completed"  # completed | signal
+    stop_signal: str | None = None  # SIGINT | SIGTERM | SIGUSR1 (preemption: exit REQUEUE_EXIT_CODE)
     last_checkpoint: str | None = None
     train_losses: list[float] = field(default_factory=list)
 
@@ -122,6 +124,7 @@ def train(spec: RunSpec, options: TrainOptions) -> TrainResult:
         raise ConfigError(f"{spec.source or 'config'}: no train_dataloader (trainer.fit.train_dataloader)")
     dist = distributed.init_distributed(target)
     try:
+        check_ranks_agree(spec, options, dist)
         with (
             model_dir_lock(options.model_dir or spec.model_dir) if dist.is_main else contextlib.nullcontext()
         ):
@@ -470,7 +473,8 @@ class _Run:
         return layout
 
     def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGINT/SIGTERM ask for a checkpoint at the next step boundary; returns the previous handlers."""
+        """SIGINT, SIGTERM and SIGUSR1 (SLURM's warning before preemption) ask for a checkpoint at the next
+        step boundary; returns the previous handlers."""
 
         def request_stop(signum: int, _frame: Any) -> None:
             self.stop_signal = signal.Signals(signum).name
@@ -479,7 +483,7 @@ class _Run:
         if threading.current_thread() is not threading.main_thread():
             return {}  # signals reach only the main thread (library use from a thread)
         previous: dict[int, Any] = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             previous[sig] = signal.signal(sig, request_stop)
         return previous
 
@@ -571,6 +575,7 @@ class _Run:
             tokens=tokens,
             seconds=seconds,
             stopped_by=stopped_by,
+            stop_signal=self.stop_signal if stopped_by == "signal" else None,
             last_checkpoint=last,
             train_losses=self.losses,
         )
