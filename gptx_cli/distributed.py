@@ -104,7 +104,24 @@ def init_distributed(target_device: str) -> Dist:
     else:
         device = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+        backend = "nccl" if use_cuda else "gloo"
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # The elastic agent's store outlives a restart of the group, and torch's env:// init keeps
+            # no attempt prefix in it: a restarted rank would read the dead group's addresses. Each
+            # attempt gets its own key space.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+            client = dist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                world,
+                is_master=False,
+                timeout=timeout,
+            )
+            store = dist.PrefixStore(f"gptx/attempt_{attempt}/", client)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 

@@ -14,47 +14,12 @@ from pathlib import Path
 
 import pytest
 from train_helpers import REPO, popen_env, read_metrics, run_gptx, tiny_args
+from train_helpers import alive as _alive
+from train_helpers import children as _children
+from train_helpers import start as _start
+from train_helpers import wait_for_steps as _wait_for_steps
 
 pytestmark = pytest.mark.slow
-
-
-def _start(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gptx_cli.cli", "train", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=popen_env(), **kw,
-    )  # fmt: skip
-
-
-def _wait_for_steps(model_dir: Path, proc: subprocess.Popen, n: int = 3) -> None:
-    metrics = model_dir / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.05)
-    out, err = proc.communicate(timeout=30) if proc.poll() is not None else ("", "")
-    pytest.fail(f"training never logged {n} steps: {err[-2000:]}")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_a_second_train_on_a_busy_model_dir_exits_1_naming_pid_and_host(tiny_data, tmp_path):

@@ -21,8 +21,16 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-SHAPE = dict(vocab_size=64, hidden_size=64, num_heads=4, num_hidden_layers=2, filter_size=256,
-             max_position_embeddings=32, mup_base_hidden_size=16, mup_base_filter_size=64)
+SHAPE = dict(
+    vocab_size=64,
+    hidden_size=64,
+    num_heads=4,
+    num_hidden_layers=2,
+    filter_size=256,
+    max_position_embeddings=32,
+    mup_base_hidden_size=16,
+    mup_base_filter_size=64,
+)
 GIVEN = {
     "initializer": {"name": "truncated_normal", "mean": 0.0, "std": 1.0, "a": -2.0, "b": 2.0},
     "output_layer_initializer": {"name": "truncated_normal", "mean": 0.0, "std": 0.1, "a": -0.2, "b": 0.2},
