@@ -8,7 +8,8 @@ per parameter name) and B zero, so a fresh adapter leaves the model unchanged. g
 into one matmul; its adapter is three ModelZoo adapters stacked (`lora_A` [3r, in], `lora_B` [3h, r],
 block-diagonal), so a ModelZoo config trains the same number of parameters with the same rank per
 projection. The untied LM head's adapter acts through `Transformer.output_weight` (the chunked loss
-reads it), which then returns `W + B @ A * scaling`.
+reads it), which then returns `W + B @ A * scaling`; the chunked loss takes the adapter's gradients
+through A and B, never building the [vocab, hidden] gradient of that sum (`gptx_cli.model.loss`).
 
 Everything but the adapters has `requires_grad = False` (ModelZoo freezes all non-LoRA parameters),
 so the optimizer holds no state for the base. `merge_weights: true` folds the adapters into the

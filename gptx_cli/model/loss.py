@@ -11,6 +11,11 @@ chunk's gradient (softmax - one-hot) is turned into the hidden-state and head-we
 away, in the forward pass, and the chunk's logits are dropped: the head costs the same three matmuls as
 the unchunked version (no recomputation) and backward only scales the stored gradients by the
 incoming one. Values are those of `F.cross_entropy` on the full logits: the same log-softmax per row.
+
+Only the gradients something needs are built: a frozen head weight (LoRA without a head adapter, a
+frozen tied embedding) gets no [vocab, hidden] gradient, a frozen body no hidden-state gradient. A LoRA
+head (its weight W + B @ A * s) gets its adapter gradients from each chunk's logit gradient through
+the rank-r factors, again without the [vocab, hidden] gradient of the merged weight.
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ def _compute_dtype(hidden: Tensor) -> torch.dtype:
     return hidden.dtype
 
 
+def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc (fp32) += a @ b; in one addmm in fp32, else the product in a's dtype, then added."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    else:
+        acc.add_(a @ b)
+
+
 def _head_chunks(
     hidden: Tensor,
     weight: Tensor,
@@ -56,24 +69,45 @@ def _head_chunks(
     scale: float | None,
     chunk_rows: int,
     dtype: torch.dtype,
-    with_grad: bool,
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor | None] | None]:
-    """Masked CE sum (fp32), correct-prediction count and, with_grad, the CE sum's gradients with
-    respect to (hidden [in `dtype`], weight [fp32], bias [fp32]). hidden [N, H]; weight [V, H];
-    labels [N] int64; mask [N] fp32. The matmuls run in `dtype` with autocast off."""
+    needs: tuple[bool, ...] | None = None,
+    adapter: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...] | None]:
+    """Masked CE sum (fp32), correct-prediction count and, when `needs` is given, the CE sum's gradients
+    with respect to (hidden [in `dtype`], weight, bias, lora_A, lora_B) [fp32], each only where `needs`
+    (five flags in that order) asks for it, else None: a frozen head weight costs no [V, H] gradient.
+    hidden [N, H]; weight [V, H]; labels [N] int64; mask [N] fp32. The matmuls run in `dtype` with
+    autocast off.
+
+    `adapter` (lora_A [r, H], lora_B [V, r]): the head is a LoRA head and `weight` its merged weight
+    W + B @ A * s (detached). The adapter gradients come without the merged weight's [V, H] gradient G
+    (whose `B^T G s` and `G A^T s` they would be): sum over chunks of (g B)^T h and g^T (h A^T), g the
+    chunk's logit gradient, left for the caller to multiply by s."""
     with torch.autocast(hidden.device.type, enabled=False):
         hidden, weight = hidden.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
+        lora_a: Tensor | None = None
+        lora_b: Tensor | None = None
+        if adapter is not None:
+            lora_a, lora_b = adapter[0].to(dtype), adapter[1].to(dtype)
         ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
-        grads = None
-        if with_grad:
-            grad_hidden = torch.empty_like(hidden)
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            grad_bias = (
-                None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
-            )
-            grads = (grad_hidden, grad_weight, grad_bias)
+        grads: list[Tensor | None] | None = None
+        if needs is not None:
+
+            def zeros(t: Tensor | None, need: bool) -> Tensor | None:
+                return (
+                    None
+                    if t is None or not need
+                    else torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+                )
+
+            grads = [
+                torch.empty_like(hidden) if needs[0] else None,
+                zeros(weight, needs[1]),
+                zeros(bias, needs[2]),
+                zeros(lora_a, needs[3]),
+                zeros(lora_b, needs[4]),
+            ]
         for start in range(0, hidden.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             h, y, m = hidden[rows], labels[rows], mask[rows]
@@ -99,13 +133,16 @@ def _head_chunks(
             if grads[2] is not None:
                 grads[2].add_(grad_logits.sum(0))
             grad_logits = grad_logits.to(weight.dtype)
-            torch.mm(grad_logits, weight, out=grads[0][rows])
-            if weight.dtype == torch.float32:
-                grads[1].addmm_(grad_logits.t(), h)
-            else:
-                grads[1].add_(grad_logits.t() @ h)
+            if grads[0] is not None:
+                torch.mm(grad_logits, weight, out=grads[0][rows])
+            if grads[1] is not None:
+                _accumulate(grads[1], grad_logits.t(), h)
+            if grads[3] is not None and lora_b is not None:
+                _accumulate(grads[3], (grad_logits @ lora_b).t(), h)
+            if grads[4] is not None and lora_a is not None:
+                _accumulate(grads[4], grad_logits.t(), h @ lora_a.t())
             del log_probs, grad_logits
-        return ce_sum, correct, grads
+        return ce_sum, correct, None if grads is None else tuple(grads)
 
 
 def head_log_probs(
@@ -143,7 +180,10 @@ def head_log_probs(
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """LM head + masked CE sum whose backward only scales the gradients computed in forward."""
+    """LM head + masked CE sum whose backward only scales the gradients computed in forward. Only the
+    inputs that need a gradient get one computed (`ctx.needs_input_grad`): a frozen head weight costs
+    neither its [V, H] gradient's matmuls nor its memory. With a LoRA head, `weight` is the merged weight
+    (detached) and lora_A, lora_B, lora_scaling the adapter (see `_head_chunks`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -151,37 +191,38 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         hidden: Tensor,
         weight: Tensor,
         bias: Tensor | None,
+        lora_a: Tensor | None,
+        lora_b: Tensor | None,
         labels: Tensor,
         mask: Tensor,
         scale: float | None,
+        lora_scaling: float,
         chunk_rows: int,
         compute_dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
+        adapter = None if lora_a is None or lora_b is None else (lora_a, lora_b)
+        needs = tuple(ctx.needs_input_grad[:5])
         ce_sum, correct, grads = _head_chunks(
-            hidden, weight, bias, labels, mask, scale, chunk_rows, compute_dtype, with_grad=True
+            hidden, weight, bias, labels, mask, scale, chunk_rows, compute_dtype, needs, adapter
         )
         assert grads is not None
-        grad_hidden, grad_weight, grad_bias = grads
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        inputs = (hidden, weight, bias, lora_a, lora_b)
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in inputs)
+        ctx.lora_scaling = lora_scaling
+        ctx.save_for_backward(*grads)
         ctx.mark_non_differentiable(correct)
         return ce_sum, correct
 
     @staticmethod
     def backward(ctx: Any, grad_ce: Tensor, _grad_correct: Tensor | None) -> tuple[Tensor | None, ...]:
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         g = grad_ce.float()
-        return (
-            (grad_hidden * g).to(hidden_dtype) if ctx.needs_input_grad[0] else None,
-            (grad_weight * g).to(weight_dtype) if ctx.needs_input_grad[1] else None,
-            (grad_bias * g).to(bias_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        out: list[Tensor | None] = []
+        for i, (grad, dtype) in enumerate(zip(ctx.saved_tensors, ctx.dtypes, strict=True)):
+            if grad is None or not ctx.needs_input_grad[i]:
+                out.append(None)
+            else:
+                out.append((grad * (g * ctx.lora_scaling if i >= 3 else g)).to(dtype))
+        return (*out, None, None, None, None, None, None)
 
 
 def unwrap(model: Any) -> Any:
@@ -215,21 +256,27 @@ def lm_loss(
     hidden = model(input_ids, hidden_only=True, **model_inputs)
     inner = cast("Transformer", unwrap(model))
     b, t, h = hidden.shape
-    weight, bias, scale = inner.output_weight, inner.lm_head.bias, inner.logits_scale
+    head = inner.lm_head
+    bias, scale = head.bias, inner.logits_scale
+    lora_a, lora_b, lora_scaling = getattr(head, "lora_A", None), getattr(head, "lora_B", None), 1.0
+    if lora_a is not None and lora_b is not None:  # a LoRA head: merged weight, adapter gradients apart
+        lora_scaling = float(getattr(head, "lora_scaling", 1.0))
+        with torch.no_grad():
+            weight = inner.output_weight
+    else:
+        weight = inner.output_weight
     chunk_rows = max(1, chunk_logits // weight.shape[0])
     flat = (hidden.reshape(b * t, h), labels.reshape(-1), loss_mask.reshape(-1).to(torch.float32))
     dtype = _compute_dtype(hidden)
-    needs_grad = torch.is_grad_enabled() and (
-        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (hidden, weight, bias, lora_a, lora_b)
     )
     if needs_grad:
         ce_sum, correct = _FusedLinearCrossEntropy.apply(
-            flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, dtype
+            flat[0], weight, bias, lora_a, lora_b, flat[1], flat[2], scale, lora_scaling, chunk_rows, dtype
         )
     else:
-        ce_sum, correct, _ = _head_chunks(
-            flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, dtype, with_grad=False
-        )
+        ce_sum, correct, _ = _head_chunks(flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, dtype)
     num_tokens = loss_mask.sum().to(torch.int64)
     if loss_scaling == "num_tokens":
         loss = ce_sum / loss_mask.sum().to(ce_sum.dtype)

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import REPO, read_metrics, run_gptx, tiny_args
 
 from gptx_cli.api import build_model, load_model
@@ -133,6 +134,105 @@ def test_loss_averages_over_completion_tokens_only() -> None:
     changed = labels.clone()
     changed[mask == 1] = (changed[mask == 1] + 7) % 96
     assert lm_loss(model, ids, changed, mask).loss != out.loss
+
+
+# ------------------------------------------------------------------- no gradient for a frozen weight
+
+V101 = [*SMALL[1:], "model.vocab_size=101"]  # a vocabulary no other weight dimension equals
+
+
+class _VocabByHidden(TorchDispatchMode):
+    """Records every op that makes a new vocab x hidden tensor (the head weight's shape, or its
+    transpose); views and in-place ops make none."""
+
+    def __init__(self, v: int, h: int) -> None:
+        super().__init__()
+        self.shapes, self.ops = {(v, h), (h, v)}, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [*args, *(kwargs or {}).values()]
+        seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if (
+                isinstance(t, torch.Tensor)
+                and tuple(t.shape) in self.shapes
+                and t.untyped_storage().data_ptr() not in seen
+            ):
+                self.ops.append(str(func.overloadpacket.__name__))
+        return out
+
+
+def _reference_loss(model, ids, labels, mask):
+    """The slow path: full logits through Transformer.logits (autograd throughout) and F.cross_entropy."""
+    logits = model.logits(model(ids, hidden_only=True))
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    return (ce * mask.flatten()).sum() / mask.sum()
+
+
+def _grads_after(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    ("extra", "targets", "merge_ops"),
+    [
+        ([], ["GPTJDecoderLayer"], []),  # untied head, frozen (no head adapter)
+        (["model.share_embedding_weights=true"], None, []),  # tied head = the frozen embedding
+        ([], None, ["mm", "mul", "add"]),  # LoRA head: W + B @ A * s in forward, nothing more
+    ],
+    ids=["frozen-untied-head", "frozen-tied-head", "lora-head"],
+)
+@pytest.mark.parametrize("chunk_rows", [1000, 5])
+def test_lora_backward_builds_no_gradient_for_frozen_weights(extra, targets, merge_ops, chunk_rows) -> None:
+    # The fused head loss used to build the head weight's [vocab, hidden] gradient even when the weight
+    # was frozen (and, for a LoRA head, the merged weight's, to pass it on to the adapter).
+    spec = _spec(*V101, *extra)
+    cfg = spec.model
+    model = build_model(cfg, seed=1)
+    apply_lora(model, [LoraParams(r=2, alpha=4, target_modules=targets)], seed=1)
+    with torch.no_grad():  # nonzero B everywhere, so every adapter gradient is exercised
+        for n, p in model.named_parameters():
+            if n.endswith("lora_B"):
+                p.normal_(0, 0.1)
+    ids, labels, mask = _batch(b=3, t=12)
+    labels = labels % cfg.vocab_size
+    watch = _VocabByHidden(cfg.vocab_size, cfg.hidden_size)
+    with watch:
+        fused_loss, fused = _grads_after(
+            model, lambda: lm_loss(model, ids, labels, mask, chunk_logits=chunk_rows * cfg.vocab_size).loss
+        )
+    assert watch.ops == merge_ops
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(model.get_parameter(n).grad is None for n in frozen)
+    ref_loss, ref = _grads_after(model, lambda: _reference_loss(model, ids, labels, mask))
+    assert sorted(fused) == sorted(ref) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert abs(fused_loss.item() - ref_loss.item()) <= 1e-6
+    for n, g in ref.items():
+        torch.testing.assert_close(fused[n], g, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_the_fused_head_computes_only_the_gradients_asked_for() -> None:
+    # Only the head's inputs that require grad get a gradient (here: bias and hidden, not the weight).
+    cfg = _spec(*V101).model
+    model = build_model(cfg, seed=1)
+    model.requires_grad_(False)
+    model.lm_head.bias.requires_grad_(True)
+    model.layers[1].mlp.fc_out.weight.requires_grad_(True)
+    ids, labels, mask = _batch(b=3, t=12)  # 36 rows: no [rows, vocab] tensor has the watched shape
+    labels = labels % cfg.vocab_size
+    watch = _VocabByHidden(cfg.vocab_size, cfg.hidden_size)
+    with watch:
+        fused_loss, fused = _grads_after(model, lambda: lm_loss(model, ids, labels, mask).loss)
+    assert watch.ops == []
+    ref_loss, ref = _grads_after(model, lambda: _reference_loss(model, ids, labels, mask))
+    assert sorted(fused) == sorted(ref) == ["layers.1.mlp.fc_out.weight", "lm_head.bias"]
+    assert abs(fused_loss.item() - ref_loss.item()) <= 1e-6
+    for n, g in ref.items():
+        torch.testing.assert_close(fused[n], g, rtol=1e-5, atol=1e-6, msg=n)
 
 
 # ------------------------------------------------------------------------------------ end to end
