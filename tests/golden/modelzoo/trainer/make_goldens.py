@@ -27,8 +27,15 @@ What it does, in order:
    split, so the first rotary_dim rows of every q/k head are reordered (even rows, then odd rows) as
    gptx's Hugging Face GPT-J adapter does (gptx_cli/model/hf.py: _half_from_interleaved); q, k and v
    are concatenated into gptx's fused qkv. That changes no function value.
-4. mup_init_std.json: ModelZoo's per-tensor standard deviation of freshly initialised tiny models
-   (see make_mup_init_std below).
+4. mup_init_std.json: ModelZoo's per-tensor standard deviation (float64, population) of three freshly
+   initialised tiny models, by ModelZoo parameter name, with the model section each was built from:
+   GPT-J without muP (the gptj_6b case), GPT-J muP and GPT-2 muP (params_gptj_6B_muP.yaml at the tiny
+   sizes, base sizes at half the width, the published muP initializers verbatim; GPT-2 with
+   `name: gpt2`). Each comes from `cszoo fit` (one step) with save_initial_checkpoint: the tensors of
+   checkpoint_0.mdl. See make_mup_init_std.
+
+Arguments select parts: `data`, case names, `mup_init_std` (default: everything). The outputs are
+deterministic: a rerun rewrites identical files.
 """
 
 from __future__ import annotations
@@ -391,6 +398,68 @@ def run_case(name: str, cfg: dict, work: Path) -> None:
     print(f"{name}: loss {steps[0]['loss']:.5f} -> {steps[-1]['loss']:.5f}", flush=True)
 
 
+# ------------------------------------------------------------------------------ mup_init_std.json
+def init_std_models() -> dict[str, dict]:
+    """The models of mup_init_std.json: (config, what) per name. The muP ones keep the published muP
+    initializers verbatim (initializer std 1.0 truncated at +-2, output_layer_initializer std 2/28,
+    embedding std as published), so the rule each model applies to them is what the stds show."""
+    mup = shrink(published("params_gptj_6B_muP.yaml"), peak_lr=2e-3, warmup=5, decay=10)
+    m = mup["trainer"]["init"]["model"]
+    m["mup_base_hidden_size"] = HIDDEN // 2
+    m["mup_base_filter_size"] = FILTER // 2
+    gpt2 = copy.deepcopy(mup)
+    g = gpt2["trainer"]["init"]["model"]
+    g["name"] = "gpt2"
+    g["dropout_rate"] = g.pop("residual_dropout_rate")  # GPT-2's spelling
+    return {
+        "gptj": (case_gptj_6b(), "GPT-J, no muP: the gptj_6b case's config (its stds are GPT-J's formulas)"),
+        "gptj_mup": (mup, "GPT-J muP: params_gptj_6B_muP.yaml at the tiny sizes, published initializers"),
+        "gpt2_mup": (gpt2, "GPT-2 muP: the same model section with name gpt2 (GPT-2 applies muP's scaling)"),
+    }
+
+
+def make_mup_init_std(work: Path) -> None:
+    """ModelZoo's per-tensor standard deviation (population, float64) of each freshly initialised model:
+    its checkpoint_0.mdl from `save_initial_checkpoint` (cszoo fit, one step), by ModelZoo name."""
+    import cerebras.pytorch as cstorch
+    import torch
+
+    result: dict = {
+        "made_by": "tests/golden/modelzoo/trainer/make_goldens.py: make_mup_init_std (cszoo fit, ModelZoo "
+        "Release_2.10.0, backend CPU, seed 1): the std of every tensor of checkpoint_0.mdl "
+        "(save_initial_checkpoint), float64, population (correction 0)",
+        "note": "GPT-J: GPTJModel.__init__ calls scale_initializers_by_dimension and drops its result, so "
+        "its muP stds are the configured ones (no width scaling); GPT-2 (gpt2_model.py) keeps and applies "
+        "the scaled initializers. Both initialise lm_head.weight with normal(0, initializer_range) "
+        "(their __reset_parameters), whatever the initializers say. Truncated normals: the std "
+        "of a normal truncated at +-2 std is 0.8796 std. The transformer_decoder.norm entries are ln_f.",
+        "models": {},
+    }
+    for name, (cfg, what) in init_std_models().items():
+        cfg = copy.deepcopy(cfg)
+        cfg["trainer"]["init"]["loop"] = {"max_steps": 1}
+        cfg["trainer"]["init"]["checkpoint"] = {"steps": 1, "save_initial_checkpoint": True}
+        run_dir = work / f"std_{name}"
+        run_dir.mkdir()
+        model_dir = run_dir / "model_dir"
+        text = yaml.safe_dump(cfg, sort_keys=False)
+        (run_dir / "config.yaml").write_text(
+            text.replace(DATA_DIR, str(DATA)).replace(MODEL_DIR, str(model_dir))
+        )
+        run([CSZOO, "fit", str(run_dir / "config.yaml")], run_dir / "cszoo_fit.log", cwd=run_dir)
+        state = cstorch.load(str(model_dir / "checkpoint_0.mdl"))["model"]
+        stds = {}
+        for key, v in state.items():
+            t = torch.from_numpy(v.numpy().copy()).double()
+            stds[key.removeprefix("model.")] = {
+                "std": round(t.std(correction=0).item(), 7),
+                "numel": t.numel(),
+            }
+        result["models"][name] = {"what": what, "model": cfg["trainer"]["init"]["model"], "std": stds}
+        print(f"init std: {name}: {len(stds)} tensors", flush=True)
+    (HERE / "mup_init_std.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
 def clean_data_dirs() -> None:
     """Drop ModelZoo's side files and the temporary paths from the committed data dirs."""
     for d in (DATA / "hdf5", DATA / "hdf5_vsl"):
@@ -413,3 +482,5 @@ if __name__ == "__main__":
         for name, make in CASES.items():
             if not only or name in only:
                 run_case(name, make(), work)
+        if not only or "mup_init_std" in only:
+            make_mup_init_std(work)
