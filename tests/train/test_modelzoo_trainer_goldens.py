@@ -44,18 +44,12 @@ TOL = 1e-5  # loss, grad norm, params norm: absolute, at every step
 LR_RTOL = 1e-6  # the learning rate: relative (ModelZoo's TensorBoard scalars are float32)
 WEIGHTS_TOL = 1e-4  # the weights after the last step (see the module docstring)
 
-ADAPTER_WEIGHT_DECAY = pytest.mark.xfail(
-    strict=True,
-    reason="adapter weight decay (#26), fixed on main: ModelZoo's common/optim_utils.py "
-    "_should_apply_weight_decay exempts only biases and norm layers, so LoRA adapters get weight decay; "
-    "gptx exempts them",
-)
 CASES = [
     "gptj_6b",
     "neox_20b",
     "gptj_mup",
     "gptj_vsl",
-    pytest.param("gptj_lora", marks=ADAPTER_WEIGHT_DECAY),
+    "gptj_lora",  # adapters weight-decayed as ModelZoo's _should_apply_weight_decay (#26)
 ]
 
 
