@@ -8,8 +8,7 @@ fused qkv holds the three q/k/v adapters). Both start from gptx's adapters (A se
 zero: peft's q/k/v A are the three blocks of gptx's stacked qkv A), r, alpha and dropout 0 equal.
 
 Step: forward, masked CE averaged over the mask tokens (a half-prompt loss mask), backward, AdamW step
-(lr 1e-3, betas 0.9/0.95, eps 1e-6, weight decay 0: gptx's train path puts adapters in its
-no-decay group), zero_grad. gptx runs its real train path (`lm_loss`, ModelZoo AdamW on
+(lr 1e-3, betas 0.9/0.95, eps 1e-6, weight decay 0 on both sides), zero_grad. gptx runs its real train path (`lm_loss`, ModelZoo AdamW on
 `optimizer_param_groups`); peft runs `torch.optim.AdamW` on the adapters and `F.cross_entropy` on the
 model's logits, as a peft user would. ModelZoo AdamW adds eps to the uncorrected sqrt(v), so the two
 losses differ slightly (the last column), while the work is the same.
