@@ -45,6 +45,14 @@ class LossOutput:
     num_correct: Tensor  # masked tokens whose argmax equals the label (int64)
 
 
+class LogitsWorkspace:
+    """The fp32 buffer a model's LM-head logits are written into, reused by every loss computation of
+    that model (`lm_loss` keeps one on the Transformer): no [chunk, vocab] tensor is allocated per step."""
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+
+
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
     """The dtype the head's matmuls run in: autocast's when it is on (as F.linear would), else hidden's."""
     if torch.is_autocast_enabled(hidden.device.type):
@@ -71,6 +79,7 @@ def _head_chunks(
     dtype: torch.dtype,
     needs: tuple[bool, ...] | None = None,
     adapter: tuple[Tensor, Tensor] | None = None,
+    workspace: LogitsWorkspace | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...] | None]:
     """Masked CE sum (fp32), correct-prediction count and, when `needs` is given, the CE sum's gradients
     with respect to (hidden [in `dtype`], weight, bias, lora_A, lora_B) [fp32], each only where `needs`
@@ -81,7 +90,8 @@ def _head_chunks(
     `adapter` (lora_A [r, H], lora_B [V, r]): the head is a LoRA head and `weight` its merged weight
     W + B @ A * s (detached). The adapter gradients come without the merged weight's [V, H] gradient G
     (whose `B^T G s` and `G A^T s` they would be): sum over chunks of (g B)^T h and g^T (h A^T), g the
-    chunk's logit gradient, left for the caller to multiply by s."""
+    chunk's logit gradient, left for the caller to multiply by s. `workspace` holds the buffer the
+    chunks' logits are written into, kept for the next call (`logits_into`)."""
     with torch.autocast(hidden.device.type, enabled=False):
         hidden, weight = hidden.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
@@ -108,13 +118,11 @@ def _head_chunks(
                 zeros(lora_a, needs[3]),
                 zeros(lora_b, needs[4]),
             ]
+        buffer = None if workspace is None else workspace.buffer
         for start in range(0, hidden.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             h, y, m = hidden[rows], labels[rows], mask[rows]
-            logits = F.linear(h, weight, bias)
-            if scale is not None:
-                logits = logits * scale
-            logits = logits.float()
+            logits, buffer = logits_into(buffer, h, weight, bias, scale)
             # "label is the argmax" as "label's logit equals the max": amax is ~10x cheaper than argmax on
             # CPU; the two differ only on exact ties, where argmax picks the lowest id.
             label_logit = logits.gather(1, y[:, None]).squeeze(1)
@@ -142,7 +150,31 @@ def _head_chunks(
             if grads[4] is not None and lora_a is not None:
                 _accumulate(grads[4], grad_logits.t(), h @ lora_a.t())
             del log_probs, grad_logits
+        if workspace is not None:
+            workspace.buffer = buffer
         return ce_sum, correct, None if grads is None else tuple(grads)
+
+
+def logits_into(
+    buffer: Tensor | None, hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: float | None
+) -> tuple[Tensor, Tensor]:
+    """The LM head's fp32 logits [N, V] of hidden [N, H] (weight [V, H], bias, muP scale), and the buffer
+    to pass next time. In fp32 the matmul writes into `buffer` (grown when it holds fewer than N * V
+    elements), so repeated calls allocate no [N, V] tensor: on the CPU a fresh one costs a page fault per
+    4 KiB, about a third of the head's matmul. In other dtypes the logits are F.linear's, copied into the buffer."""
+    n, v = hidden.shape[0], weight.shape[0]
+    if buffer is None or buffer.numel() < n * v or buffer.device != hidden.device:
+        buffer = torch.empty(n * v, dtype=torch.float32, device=hidden.device)
+    logits = buffer[: n * v].view(n, v)
+    if hidden.dtype != torch.float32 or weight.dtype != torch.float32:
+        logits.copy_(F.linear(hidden, weight, bias))
+    elif bias is None:
+        torch.mm(hidden, weight.t(), out=logits)
+    else:
+        torch.addmm(bias, hidden, weight.t(), out=logits)
+    if scale is not None:
+        logits.mul_(scale)
+    return logits, buffer
 
 
 def head_log_probs(
@@ -154,27 +186,14 @@ def head_log_probs(
     buffer: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """log p(target) [N] (fp32, no gradients) of the LM head (weight [V, H], bias, muP scale) on
-    hidden [N, H], and the fp32 buffer that held the logits, for the next call to reuse.
-
-    The head's matmul writes the [N, V] logits into `buffer` (when it has at least N * V elements) and
-    log_softmax overwrites them in place, so a batch allocates no [N, V] tensor: on the CPU a fresh one
-    costs a page fault per 4 KiB (more than the log_softmax itself), and a second one would double the
-    memory traffic. The values are F.log_softmax's, bit for bit."""
-    n, v = hidden.shape[0], weight.shape[0]
+    hidden [N, H], and the fp32 buffer that held the logits, for the next call to reuse
+    (`logits_into`). log_softmax overwrites the logits in place, so a batch allocates no [N, V]
+    tensor, and a second one would double the memory traffic. The values are F.log_softmax's, bit
+    for bit."""
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        if buffer is None or buffer.numel() < n * v or buffer.device != hidden.device:
-            buffer = torch.empty(n * v, dtype=torch.float32, device=hidden.device)
-        logits = buffer[: n * v].view(n, v)
         weight = weight.to(hidden.dtype)
         bias = None if bias is None else bias.to(hidden.dtype)
-        if hidden.dtype != torch.float32:
-            logits.copy_(F.linear(hidden, weight, bias))
-        elif bias is None:
-            torch.mm(hidden, weight.t(), out=logits)
-        else:
-            torch.addmm(bias, hidden, weight.t(), out=logits)
-        if scale is not None:
-            logits.mul_(scale)
+        logits, buffer = logits_into(buffer, hidden, weight, bias, scale)
         torch.log_softmax(logits, 1, out=logits)
         return logits.gather(1, targets[:, None]).squeeze(1), buffer
 
@@ -199,11 +218,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         lora_scaling: float,
         chunk_rows: int,
         compute_dtype: torch.dtype,
+        workspace: LogitsWorkspace | None,
     ) -> tuple[Tensor, Tensor]:
         adapter = None if lora_a is None or lora_b is None else (lora_a, lora_b)
         needs = tuple(ctx.needs_input_grad[:5])
         ce_sum, correct, grads = _head_chunks(
-            hidden, weight, bias, labels, mask, scale, chunk_rows, compute_dtype, needs, adapter
+            hidden, weight, bias, labels, mask, scale, chunk_rows, compute_dtype, needs, adapter, workspace
         )
         assert grads is not None
         inputs = (hidden, weight, bias, lora_a, lora_b)
@@ -222,7 +242,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 out.append(None)
             else:
                 out.append((grad * (g * ctx.lora_scaling if i >= 3 else g)).to(dtype))
-        return (*out, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None)
 
 
 def unwrap(model: Any) -> Any:
@@ -271,12 +291,16 @@ def lm_loss(
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (hidden, weight, bias, lora_a, lora_b)
     )
+    workspace = inner.__dict__.setdefault("_gptx_logits_workspace", LogitsWorkspace())
     if needs_grad:
         ce_sum, correct = _FusedLinearCrossEntropy.apply(
-            flat[0], weight, bias, lora_a, lora_b, flat[1], flat[2], scale, lora_scaling, chunk_rows, dtype
-        )
+            flat[0], weight, bias, lora_a, lora_b, flat[1], flat[2], scale, lora_scaling, chunk_rows, dtype,
+            workspace,
+        )  # fmt: skip
     else:
-        ce_sum, correct, _ = _head_chunks(flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, dtype)
+        ce_sum, correct, _ = _head_chunks(
+            flat[0], weight, bias, flat[1], flat[2], scale, chunk_rows, dtype, workspace=workspace
+        )
     num_tokens = loss_mask.sum().to(torch.int64)
     if loss_scaling == "num_tokens":
         loss = ce_sum / loss_mask.sum().to(ce_sum.dtype)
