@@ -37,6 +37,7 @@ weight decay, p *= 1 - lr * weight_decay, is a separate pass (times 1 on a skipp
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -481,6 +482,21 @@ def optimizer_learning_rate(spec: OptimizerSpec) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _skip_lazy_dynamo_import() -> None:
+    """torch.optim.Optimizer's methods are wrapped in `torch._disable_dynamo`, which imports torch._dynamo
+    (a second of CPU, a fifth of a tiny run) at their first call, only to mark them as not to be traced.
+    gptx never calls an optimizer inside a compiled region (`parallel.compile_model` compiles the blocks
+    only), so while dynamo is not loaded each wrapper gets the plain method in the cache it fills itself
+    (`fn.__dynamo_disable`). A later import of dynamo changes nothing: the methods still run eagerly."""
+    if "torch._dynamo" in sys.modules:
+        return
+    for value in vars(torch.optim.Optimizer).values():
+        fn = getattr(value, "__wrapped__", None)
+        code = getattr(value, "__code__", None)
+        if fn is not None and code is not None and code.co_qualname == "_disable_dynamo.<locals>.inner":
+            fn.__dynamo_disable = fn
+
+
 def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """An optimizer over `param_groups` (from `model.init.optimizer_param_groups`).
 
@@ -505,6 +521,7 @@ def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> 
             group["l2_regularization_rate"] = group.pop("weight_decay")
             group["weight_decay"] = 0.0
         groups.append(group)
+    _skip_lazy_dynamo_import()
     try:
         optimizer = factory(groups, **kwargs)
     except TypeError as err:

@@ -78,12 +78,34 @@ def seed_everything(seed: int) -> None:
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer state keyed by parameter name (rank-count independent)."""
+    """The optimizer state keyed by parameter name (rank-count independent): DCP's full state dict
+    across ranks, which strips the DDP/FSDP wrappers and gathers shards; on one process the same
+    dictionary without DCP (`_local_optimizer_state`)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return _local_optimizer_state(model, optimizer)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return get_optimizer_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+
+
+def _local_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What `get_optimizer_state_dict(full_state_dict=True, cpu_offload=True)` returns for an unwrapped
+    model, without importing torch.distributed.checkpoint and torch._dynamo (1.3 s of CPU, a quarter of a
+    tiny run): the optimizer's own state dict, keyed by parameter name, tensors on the CPU.
+    (gptx's activation checkpointing, compile and FP8 keep the parameter names.)
+    tests/train/test_hidden_step.py checks it equals DCP's, tied weights and frozen parameters included."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    raw = optimizer.state_dict()
+    fqn = [names[id(p)] for p in params]
+    state = {
+        fqn[i]: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        for i, values in raw["state"].items()
+    }
+    groups = [{**group, "params": [fqn[i] for i in group["params"]]} for group in raw["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def load_optimizer_state(

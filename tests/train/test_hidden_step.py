@@ -4,14 +4,28 @@ gptx preinitializes the state as ModelZoo's optimizers do, so that call finds st
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from gptx_testing import TINY
 from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 from train_helpers import read_metrics, run_gptx, tiny_args
 
+from gptx_cli.api import build_model
 from gptx_cli.config.spec import OptimizerSpec
+from gptx_cli.model.init import optimizer_param_groups
 from gptx_cli.train.optim import build_optimizer
 from gptx_cli.train.state import optimizer_state
+
+
+def dcp_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """DCP's own full state dict: what a rank under DDP/FSDP2 saves (one process takes `optimizer_state`)."""
+    return get_optimizer_state_dict(
+        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
 
 SPECS = {
     "AdamW": OptimizerSpec("AdamW", {"betas": [0.9, 0.95], "weight_decay": 0.1}),
@@ -27,13 +41,13 @@ def _run(name: str, snapshot_first: bool) -> tuple[dict[str, torch.Tensor], dict
     for g in opt.param_groups:
         g["lr"] = 0.01
     if snapshot_first:
-        optimizer_state(model, opt)  # what saving checkpoint_0 does
+        dcp_state(model, opt)  # what saving checkpoint_0 does on a rank
     x = torch.randn(5, 4)
     for _ in range(3):
         opt.zero_grad()
         model(x).square().sum().backward()
         opt.step()
-    return {k: v.clone() for k, v in model.state_dict().items()}, optimizer_state(model, opt)
+    return {k: v.clone() for k, v in model.state_dict().items()}, dcp_state(model, opt)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -82,3 +96,27 @@ def test_save_initial_checkpoint_does_not_change_the_run(tiny_data, tmp_path) ->
     (w_off, m_off), (w_on, m_on) = runs["false"], runs["true"]
     assert all(torch.equal(w_off[k], w_on[k]) for k in w_off)
     assert [m_off[s]["loss"] for s in (1, 2, 3)] == [m_on[s]["loss"] for s in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_one_process_saves_the_state_dcp_would_save(tied: bool) -> None:
+    """`optimizer_state` on one process skips DCP (and its imports); the dictionary is DCP's, bit for bit:
+    names, groups, hyperparameters and tensors, with a frozen parameter left out as DCP leaves it."""
+    cfg = dataclasses.replace(TINY, share_embedding_weights=tied)
+    model = build_model(cfg, seed=0)
+    model.layers[0].mlp.fc_in.weight.requires_grad_(False)
+    groups = optimizer_param_groups(model, cfg)
+    opt = build_optimizer(SPECS["AdamW"], groups)
+    ids = torch.randint(0, TINY.vocab_size, (2, 8))
+    for _ in range(2):
+        opt.zero_grad()
+        model(ids).float().square().mean().backward()
+        opt.step()
+    ours, theirs = optimizer_state(model, opt), dcp_state(model, opt)
+    assert ours["param_groups"] == theirs["param_groups"]
+    assert ours["state"].keys() == theirs["state"].keys()
+    assert "layers.0.mlp.fc_in.weight" not in ours["state"]
+    for name, values in theirs["state"].items():
+        assert ours["state"][name].keys() == values.keys()
+        for field, tensor in values.items():
+            assert torch.equal(ours["state"][name][field], tensor), (name, field)
