@@ -24,6 +24,7 @@ LONGEST_FIRST = [
     "test_lora.py",
     "test_reliability.py",
     "test_distributed.py",
+    "test_reshape.py",
     "test_eval_lm_eval_parity.py",
     "test_demo.py",
     "test_bench_gpu_tiny.py",

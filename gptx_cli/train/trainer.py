@@ -186,7 +186,8 @@ class _Run:
         global_batch, world = int(self.spec.train_data.batch_size), self.dist.world_size
         if global_batch % world:
             raise UsageError(
-                f"batch_size {global_batch} (the global batch) does not divide over {world} processes"
+                f"train_dataloader.batch_size {global_batch} (the global batch) does not divide over {world} "
+                "processes; choose a process count that divides it"
             )
         per_rank = global_batch // world
         micro = self.options.micro_batch_size or self.spec.backend.micro_batch_size
