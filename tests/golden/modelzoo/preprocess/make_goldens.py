@@ -217,16 +217,25 @@ def shipped(name: str) -> dict:
     return yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
 
 
+def with_tokenizer(proc: dict, tokenizer: dict) -> dict:
+    """`proc` with its tokenizer keys replaced by `tokenizer`'s (where the first one was) and
+    max_seq_length set to MSL; the order of the other keys is kept."""
+    out: dict = {}
+    for key, value in proc.items():
+        if key in ("huggingface_tokenizer", "custom_tokenizer", "tokenizer_params"):
+            out.update(copy.deepcopy(tokenizer))
+        else:
+            out[key] = MSL if key == "max_seq_length" else value
+    return out
+
+
 def pretraining(source: str, tokenizer: dict = GPT2, **processing) -> dict:
     """autoregressive_lm_preprocessing.yaml with its paths, tokenizer and max_seq_length replaced."""
     cfg = shipped("autoregressive_lm_preprocessing")
     cfg["setup"]["data"]["source"] = f"{CORPUS_PH}/{source}"
     cfg["setup"]["output_dir"] = "./out"
-    proc = cfg["processing"]
-    for key in ("custom_tokenizer", "tokenizer_params"):
-        proc.pop(key)
-    proc.update(copy.deepcopy(tokenizer), max_seq_length=MSL)
-    proc.update(processing)
+    cfg["processing"] = with_tokenizer(cfg["processing"], tokenizer)
+    cfg["processing"].update(processing)
     return cfg
 
 
@@ -276,9 +285,7 @@ def finetuning_split(source: str, tokenizer: dict = GPT2) -> dict:
     cfg["setup"]["data"]["source"] = f"{CORPUS_PH}/{source}"
     cfg["setup"]["data_splits_dir"] = "./splits"
     cfg["setup"]["output_dir"] = "./out"
-    proc = cfg["processing"]
-    proc.pop("huggingface_tokenizer")
-    proc.update(copy.deepcopy(tokenizer), max_seq_length=MSL)
+    proc = cfg["processing"] = with_tokenizer(cfg["processing"], tokenizer)
     proc["read_hook_kwargs"] = {"prompt_key": "prompt", "completion_key": "completion"}
     return cfg
 
@@ -291,9 +298,7 @@ def case_chat() -> dict:
     cfg = shipped("multi_turn_dialogue_preprocessing")
     cfg["setup"]["data"]["source"] = f"{CORPUS_PH}/chat"
     cfg["setup"]["output_dir"] = "./out"
-    proc = cfg["processing"]
-    proc.pop("huggingface_tokenizer")
-    proc.update(copy.deepcopy(NEOX), max_seq_length=MSL)
+    cfg["processing"] = with_tokenizer(cfg["processing"], NEOX)
     return cfg
 
 
@@ -303,9 +308,7 @@ def case_finetune_vsl() -> dict:
         cfg["setup"].pop(key)
     cfg["setup"]["data"]["source"] = f"{CORPUS_PH}/finetune"
     cfg["setup"]["output_dir"] = "./out"
-    proc = cfg["processing"]
-    proc.pop("huggingface_tokenizer")
-    proc.update(copy.deepcopy(GPT2), max_seq_length=MSL)
+    proc = cfg["processing"] = with_tokenizer(cfg["processing"], GPT2)
     proc["read_hook_kwargs"] = {"prompt_key": "prompt", "completion_key": "completion"}
     cfg["dataset"] = {"use_vsl": True}
     return cfg
@@ -315,8 +318,7 @@ def case_summarization() -> dict:
     cfg = shipped("summarization_preprocessing")
     cfg["setup"]["data"]["source"] = f"{CORPUS_PH}/summarization"
     cfg["setup"]["output_dir"] = "./out"
-    cfg["processing"]["tokenizer_params"] = copy.deepcopy(NEOX["tokenizer_params"])
-    cfg["processing"]["max_seq_length"] = MSL
+    cfg["processing"] = with_tokenizer(cfg["processing"], NEOX)
     cfg["dataset"]["truncate_to_msl"]["max_turn_length"] = 512 * MSL // 2048  # the shipped ratio
     return cfg
 
