@@ -57,7 +57,12 @@ MZREF = Path(os.environ.get("MZREF_DIR", "/tmp/mzref"))
 CSZOO = str(MZREF / "venv" / "bin" / "cszoo")
 SHIPPED = MZREF / "modelzoo" / "src/cerebras/modelzoo/data_preparation/data_preprocessing/configs"
 TOKENIZERS = Path(os.environ.get("GPTX_SHARED", "/work/shared")) / "assets" / "tokenizers"
-ENV = {**os.environ, "PYTHONPATH": str(MZREF / "stubs"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(MZREF / "stubs"),
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 MSL = 128
 
 CORPUS_PH, TOKENIZERS_PH = "@CORPUS@", "@TOKENIZERS@"  # placeholders in the committed configs
@@ -93,7 +98,9 @@ def sentence(rnd: random.Random, lo: int = 4, hi: int = 18) -> str:
         if r < 0.04:
             words[i] = rnd.choice(ODD)
         elif r < 0.07:
-            words[i] = str(rnd.choice([rnd.randint(0, 99), rnd.randint(1800, 2030), rnd.randint(1000, 999999)]))
+            words[i] = str(
+                rnd.choice([rnd.randint(0, 99), rnd.randint(1800, 2030), rnd.randint(1000, 999999)])
+            )
         elif r < 0.09:
             words[i] = f'"{words[i]}"'
         elif r < 0.11 and i < len(words) - 1:
@@ -202,11 +209,13 @@ def make_finetune_corpora() -> None:
             turns.append({"role": "system", "content": "You are a helpful guide. " + sentence(rnd, 3, 8)})
         for _ in range(rnd.randint(1, 3)):
             turns.append({"role": "user", "content": sentence(rnd, 3, 10)})
-            turns.append({"role": "assistant", "content": " ".join(sentence(rnd) for _ in range(rnd.randint(1, 2)))})
+            turns.append(
+                {"role": "assistant", "content": " ".join(sentence(rnd) for _ in range(rnd.randint(1, 2)))}
+            )
         chats.append({"messages": turns})
     write(CORPUS / "chat/chats.jsonl", jsonl(chats))
     summ = []
-    for i in range(60):
+    for _ in range(60):
         article = "\n".join(paragraph(rnd, rnd.randint(1, 3)) for _ in range(rnd.randint(1, 4)))
         summ.append({"source": article, "target": sentence(rnd, 5, 14)})
     write(CORPUS / "summarization/articles.jsonl", jsonl(summ))
@@ -359,9 +368,14 @@ def run_case(name: str, cfg: dict, work: Path) -> None:
     (case_dir / "config.yaml").write_text(text)
     run_dir = work / name
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(text.replace(CORPUS_PH, str(CORPUS)).replace(TOKENIZERS_PH, str(TOKENIZERS)))
+    (run_dir / "config.yaml").write_text(
+        text.replace(CORPUS_PH, str(CORPUS)).replace(TOKENIZERS_PH, str(TOKENIZERS))
+    )
     run([CSZOO, "data_preprocess", "run", "--config", "config.yaml"], work / f"{name}.log", cwd=run_dir)
-    arrays, manifest = {}, {"modelzoo_commit": (MZREF / "modelzoo" / "COMMIT").read_text().strip(), "outputs": {}}
+    arrays, manifest = (
+        {},
+        {"modelzoo_commit": (MZREF / "modelzoo" / "COMMIT").read_text().strip(), "outputs": {}},
+    )
     for params in sorted((run_dir / "out").rglob("data_params.json")):
         out = params.parent
         rel = out.relative_to(run_dir).as_posix()
@@ -370,7 +384,9 @@ def run_case(name: str, cfg: dict, work: Path) -> None:
         per_key: dict[str, list] = {}
         for f in files:
             with h5py.File(f, "r") as h5:
-                entry["files"].append({"name": f.name, "n_examples": int(h5.attrs["n_examples"]), "datasets": sorted(h5)})
+                entry["files"].append(
+                    {"name": f.name, "n_examples": int(h5.attrs["n_examples"]), "datasets": sorted(h5)}
+                )
                 for key in h5:
                     per_key.setdefault(key, []).append(h5[key][()])
         for key, parts in per_key.items():
