@@ -34,7 +34,7 @@ CORPUS_PH, TOKENIZERS_PH = "@CORPUS@", "@TOKENIZERS@"
 
 # (case, comparison) -> why gptx differs from ModelZoo there today (issue #25); "*": every comparison.
 PRETRAINING = ("endings", "no_packing", "pretrain_gpt2", "pretrain_neox", "read_chunk_size", "several_files")
-PRETRAINING += ("shuffle", "txt", "vsl")
+PRETRAINING += ("shuffle", "shuffle_files", "txt", "vsl")
 STATS = (
     "data_params stats: gptx writes no normalized_bytes_count, normalized_chars_count, "
     "average_bytes_per_sequence, average_chars_per_sequence; its raw_bytes_count is the input files' "
@@ -59,6 +59,14 @@ KNOWN: dict[tuple[str, str], str] = {
         "its last paragraph end (\\n\\n) or sentence end ('.', '!', '?') within the chunk, else at the "
         "chunk size (mid-word), and each piece is a document of its own (stripped, its own EOS); gptx "
         "warns that the key has no effect and keeps the document whole"
+    ),
+    ("shuffle_files", "samples"): (
+        "shuffle over several files: ModelZoo's first pass draws each sample's file from "
+        "ceil(input bytes / write_chunk_size KiB) files (data_preprocessor.py: total_output_files; "
+        "default 1024 KiB, so any corpus over 1 MiB has several) and draws the leftover-prefix sample "
+        "after np.random.seed(shuffle_seed) again (write_remaining_prefix); gptx shuffles over the files "
+        "its unshuffled run wrote (samples_per_file: one here), ignores write_chunk_size (warned) and draws "
+        "the prefix sample from the running stream (with 5 files that alone moves one sample)"
     ),
     ("vsl", "samples"): (
         "VSL packing: ModelZoo's VSLPretrainingTokenGenerator (append_within_max_length, process_chunks) "

@@ -260,6 +260,11 @@ def case_shuffle() -> dict:
     return pretraining("single", shuffle=True, shuffle_seed=3)
 
 
+def case_shuffle_files() -> dict:
+    """Shuffled over several files: ModelZoo writes ceil(input bytes / write_chunk_size KiB) of them."""
+    return pretraining("single", shuffle=True, shuffle_seed=3, write_chunk_size=16)
+
+
 def case_no_packing() -> dict:
     cfg = pretraining("single")
     cfg["dataset"]["pack_sequences"] = False
