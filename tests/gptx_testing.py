@@ -89,7 +89,8 @@ def tiny_args(
     data: dict[str, Path], model_dir: Path, *extra: str, config: str = "tiny_gptj.yaml"
 ) -> list[str]:
     """`configs/tiny_gptj.yaml` shrunk further (hidden 32, the tiny tokenizer's vocabulary, msl 32) on
-    the tiny data (the `tiny_data` fixture of tests/conftest.py)."""
+    the tiny data (the `tiny_data` fixture of tests/conftest.py). The docs' examples show the numbers
+    of the reference run made with these (tests/test_docs.py, `docs_run`): change both together."""
     sets = [
         f"model.vocab_size={data['vocab_size']}",
         "model.hidden_size=32",
