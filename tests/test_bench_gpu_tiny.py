@@ -140,3 +140,21 @@ def test_full_depth_rows_run_when_the_training_rows_are_cut_short(tmp_path: Path
     best = rows[summary["gptj_train_best_gptx"]]
     assert best["layers"] == 2 and best["impl"] == "gptx"
     assert summary["gptj_train_hf_tokens_per_s"] == rows["gptj-train-hf-ckpt-full"]["tokens_per_s"]
+
+
+def test_run_sh_runs_the_repositorys_venv_python_by_default(tmp_path: Path) -> None:
+    """docs/gpu.md: after `make demo`, `bash benchmarks/gpu/run.sh --tiny` (no PYTHON=) uses .venv/bin/python.
+    A copy of run.sh in a scratch repository whose .venv/bin/python is a stand-in that says it ran."""
+    script = tmp_path / "benchmarks" / "gpu" / "run.sh"
+    script.parent.mkdir(parents=True)
+    script.write_bytes(RUN_SH.read_bytes())
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text('#!/bin/sh\necho "venv python: $*"\n')
+    venv_python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    proc = subprocess.run(
+        ["bash", str(script), "--tiny"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"venv python: {script.parent / 'bench_gpu.py'} --tiny" in proc.stdout

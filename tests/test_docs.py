@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
-from gptx_testing import REPO, SHARED
+import yaml
+from gptx_testing import REPO, SHARED, built_once, run_gptx
 
 DOCS = REPO / "docs"
 COMMANDS = [
@@ -150,26 +152,88 @@ def test_every_block_of_commands_is_run_or_says_why_not() -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def docs_run(reference_run: Path, tiny_data: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
+    """What the examples that need a model run on (built once per session): the training tests' tiny
+    reference run (tests/conftest.py: a GPT-J of hidden size 32 trained 50 steps on cycling Greek-letter
+    words, checkpoints 25 and 50, its own 258-token BPE), its Hugging Face export and a config for it."""
+
+    def build(root: Path) -> None:
+        r = run_gptx(
+            "convert", "checkpoint", str(reference_run / "checkpoint_50"), "--tgt-fmt", "hf",
+            "--output-dir", str(root / "hf_gptj"), "--no-progress",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        # tiny.yaml: the reference run's config (gptx_testing.tiny_args) with paths relative to the
+        # example's directory.
+        config = yaml.safe_load((REPO / "configs" / "tiny_gptj.yaml").read_text())
+        init, fit = config["trainer"]["init"], config["trainer"]["fit"]
+        init["model"].update(vocab_size=tiny_data["vocab_size"], hidden_size=32, num_heads=2, filter_size=64)
+        init["model_dir"] = "./model_dir"
+        init["logging"]["log_steps"] = 1
+        fit["train_dataloader"]["data_dir"] = "./data/train"
+        fit["val_dataloader"]["data_dir"] = "./data/val"  # the same dict as validate's (a YAML alias)
+        (root / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    root = built_once(tmp_path_factory, "docs_run", build)
+    return {
+        "model_dir": reference_run,
+        "runs/mine": reference_run,
+        "hf_gptj": root / "hf_gptj",
+        "tiny.yaml": root / "tiny.yaml",
+        "data": tiny_data["train"].parent,
+    }
+
+
+# An example that names one of docs_run's paths gets them all in its scratch directory (copies: examples
+# write eval results and conversions into them).
+DOCS_RUN_NAMES = re.compile(r"(?<![\w./-])(model_dir|runs/mine|hf_gptj|tiny\.yaml)(?![\w.-])")
+
+
+def _lay_out_docs_run(block: str, where: Path, request: pytest.FixtureRequest) -> None:
+    if not DOCS_RUN_NAMES.search(block):
+        return
+    for name, path in request.getfixturevalue("docs_run").items():
+        target = where / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name == "data":
+            target.symlink_to(path)
+        elif path.is_dir():
+            shutil.copytree(path, target, symlinks=True)
+        else:
+            shutil.copyfile(path, target)
+
+
 @pytest.mark.parametrize("where,block", _console_blocks(), ids=[w for w, _ in _console_blocks()])
-def test_console_examples_print_what_the_docs_show(where: str, block: str, tmp_path: Path) -> None:
-    """Each `$ command` runs in a scratch dir (with configs/ and the reference configs at hand)."""
+def test_console_examples_print_what_the_docs_show(
+    where: str, block: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Each `$ command` runs in a scratch dir (with configs/ and the reference configs at hand, and the
+    tiny run of `docs_run` where the block names its model_dir, hf_gptj or tiny.yaml)."""
     (tmp_path / "configs").symlink_to(REPO / "configs")
     (tmp_path / "reference").symlink_to(SHARED / "reference" / "modelzoo-configs")
     (tmp_path / "tests").symlink_to(REPO / "tests")
+    _lay_out_docs_run(block, tmp_path, request)
     env = {**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1", "GPTX_SHARED": str(SHARED)}
+    env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     steps: list[tuple[str, list[str]]] = []
+    continued = False  # a command line ending in a backslash goes on on the next line
     for line in block.rstrip("\n").split("\n"):
-        if line.startswith("$ "):
+        if continued:
+            steps[-1] = (steps[-1][0][:-1] + " " + line.strip(), [])
+        elif line.startswith("$ "):
             steps.append((line[2:], []))
         elif steps:
             steps[-1][1].append(line)
+        continued = bool(steps) and not steps[-1][1] and steps[-1][0].endswith("\\")
     assert steps, f"{where}: a console block without a `$ ` command"
     for command, expected in steps:
-        res = subprocess.run(
-            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
-        out = res.stdout + res.stderr
+        res = subprocess.run(  # stdout and stderr in one pipe, unbuffered: in the order a terminal shows
+            ["bash", "-c", command], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, timeout=300,
+        )  # fmt: skip
+        out = res.stdout
         assert _matches("\n".join(expected), out), (
             f"{where}: `{command}` printed\n{out}\nbut the docs show\n" + "\n".join(expected)
         )

@@ -138,8 +138,18 @@ def generate_cmd(
         result = generate_from_checkpoint(opts)
         typer.echo(json.dumps({"prompt": text, **result.to_dict()}, ensure_ascii=False))
         return
-    if echo:
+    write = stream_to(sys.stdout)
+    echoed = not echo  # the prompt goes out with the first text, after the notes of opening the model
+
+    def on_text(piece: str) -> None:
+        nonlocal echoed
+        if not echoed:
+            write(text)
+            echoed = True
+        write(piece)
+
+    generate_from_checkpoint(opts, on_text=on_text)
+    if not echoed:  # nothing was generated (a stop sequence at once, or the end-of-text token)
         sys.stdout.write(text)
-    generate_from_checkpoint(opts, on_text=stream_to(sys.stdout))
     sys.stdout.write("\n")
     sys.stdout.flush()

@@ -1,10 +1,10 @@
-"""Helpers for the training tests: tiny-config CLI arguments, metrics reading, test data text."""
+"""Helpers for the training tests: metrics reading, bounded process polls; the tiny-config CLI arguments
+and the test data text live in gptx_testing.py (the docs test uses them too)."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gptx_testing
 import pytest
+from gptx_testing import WORDS, tiny_args, write_text  # noqa: F401 (used by the train tests)
 
 REPO: Path = gptx_testing.REPO
 # Tiny models run fastest on one thread; OpenMP threads only contend on a shared 2-core machine.
@@ -25,38 +26,6 @@ def run_gptx(*args: str, timeout: float = 300):
 
 def popen_env() -> dict[str, str]:
     return {**os.environ, **TEST_ENV}
-
-
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-
-
-def write_text(path: Path, lines: int, seed: int) -> None:
-    # Cyclic word sequences: easy to learn, so the loss falls visibly within 50 steps.
-    rnd = random.Random(seed)
-    with path.open("w") as f:
-        for _ in range(lines):
-            k = rnd.randrange(len(WORDS))
-            f.write(" ".join(WORDS[(k + j) % len(WORDS)] for j in range(20)) + "\n")
-
-
-def tiny_args(
-    data: dict[str, Path], model_dir: Path, *extra: str, config: str = "tiny_gptj.yaml"
-) -> list[str]:
-    """`configs/tiny_gptj.yaml` shrunk further (hidden 32, the tiny tokenizer's vocabulary, msl 32) on the tiny data."""
-    sets = [
-        f"model.vocab_size={data['vocab_size']}",
-        "model.hidden_size=32",
-        "model.num_heads=2",
-        "model.filter_size=64",
-        f"train_dataloader.data_dir={data['train']}",
-        f"val_dataloader.data_dir={data['val']}",
-        "logging.log_steps=1",
-        "loop.eval_steps=2",
-    ]
-    args = [str(REPO / "configs" / config), "--model-dir", str(model_dir)]
-    for s in sets:
-        args += ["--set", s]
-    return [*args, *extra]
 
 
 def read_metrics(model_dir: Path, split: str = "train") -> dict[int, dict]:
