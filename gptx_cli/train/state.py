@@ -4,7 +4,8 @@ train_state.pt holds {"version", "step", "world_size", "global_batch_size", "sam
 "optimizer" (FQN-keyed, full; None under FSDP2), "scheduler", "loss_scaler", "rng" (one entry per
 rank), "progress" (best loss etc.)}. The optimizer state goes through
 `torch.distributed.checkpoint.state_dict`, which keys it by parameter name rather than by position and
-strips DDP/FSDP wrappers, so a state written by N ranks loads on M ranks; under FSDP2 it is written as
+strips DDP/FSDP wrappers, so a state written by N ranks loads on M ranks (one process writes the same
+dictionary without DCP's imports); under FSDP2 it is written as
 torch.distributed.checkpoint shards in `optim/`, which DCP reshards on load.
 """
 

@@ -17,16 +17,13 @@ Where gptx is known to differ today the comparison is marked xfail(strict=True) 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
-from filelock import FileLock
-from gptx_testing import REPO, run_gptx, shared_path
+from gptx_testing import REPO, built_once, run_gptx, shared_path
 
 GOLDEN = REPO / "tests" / "golden" / "modelzoo" / "preprocess"
 CASES = sorted(p.name for p in (GOLDEN / "cases").iterdir() if (p / "config.yaml").is_file())
@@ -121,33 +118,24 @@ def _cases(comparison: str) -> list[Any]:
     return out
 
 
-def _run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One scratch root per test session, shared by xdist workers (each case runs once)."""
-    base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "modelzoo-preprocess-goldens"
-
-
 @pytest.fixture(scope="session")
 def tokenizers_dir() -> Path:
     return shared_path("assets", "tokenizers")
 
 
 def gptx_output(case: str, tmp_path_factory: pytest.TempPathFactory, tokenizers: Path) -> Path:
-    """The scratch dir where `gptx preprocess --config config.yaml` ran for `case` (run on first use)."""
-    root = _run_root(tmp_path_factory)
-    root.mkdir(parents=True, exist_ok=True)
-    work = root / case
-    with FileLock(str(root / f"{case}.lock")):
-        if not (work / "result.json").is_file():
-            if work.exists():
-                shutil.rmtree(work)
-            work.mkdir()
-            text = (GOLDEN / "cases" / case / "config.yaml").read_text()
-            text = text.replace(CORPUS_PH, str(GOLDEN / "corpus")).replace(TOKENIZERS_PH, str(tokenizers))
-            (work / "config.yaml").write_text(text)
-            res = run_gptx("preprocess", "--config", "config.yaml", "--no-progress", cwd=work)
-            result = {"returncode": res.returncode, "stderr": res.stderr[-4000:]}
-            (work / "result.json").write_text(json.dumps(result))
+    """The scratch dir where `gptx preprocess --config config.yaml` ran for `case`: run once per session,
+    shared by the xdist workers (`built_once`)."""
+
+    def build(work: Path) -> None:
+        text = (GOLDEN / "cases" / case / "config.yaml").read_text()
+        text = text.replace(CORPUS_PH, str(GOLDEN / "corpus")).replace(TOKENIZERS_PH, str(tokenizers))
+        (work / "config.yaml").write_text(text)
+        res = run_gptx("preprocess", "--config", "config.yaml", "--no-progress", cwd=work)
+        result = {"returncode": res.returncode, "stderr": res.stderr[-4000:]}
+        (work / "result.json").write_text(json.dumps(result))
+
+    work = built_once(tmp_path_factory, f"modelzoo-preprocess-{case}", build)
     result = json.loads((work / "result.json").read_text())
     assert result["returncode"] == 0, f"gptx preprocess failed for {case}:\n{result['stderr']}"
     return work
