@@ -6,6 +6,9 @@ rank), "progress" (best loss etc.)}. The optimizer state goes through
 `torch.distributed.checkpoint.state_dict`, which keys it by parameter name rather than by position and
 strips DDP/FSDP wrappers, so a state written by N ranks loads on M ranks; under FSDP2 it is written as
 torch.distributed.checkpoint shards in `optim/`, which DCP reshards on load.
+
+A checkpoint written in the background is made of staged copies (`staged_copy`, DCP's `async_save`
+for the FSDP2 optimizer shards): what the steps after the save change is not what is written.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +80,29 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer state keyed by parameter name (rank-count independent)."""
+def optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, staged: bool = False
+) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name (rank-count independent), on the CPU. `staged`: a
+    copy that later optimizer steps leave alone (on a CPU run the plain state shares the live tensors)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=not staged)
     )
+    return staged_copy(full) if staged else full
+
+
+def staged_copy(value: Any) -> Any:
+    """`value` (nested dicts, lists, tuples) with every tensor copied to the CPU: one copy, from the GPU
+    or the CPU, so nothing in it shares memory with the training state."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: staged_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(staged_copy(v) for v in value)
+    return value
 
 
 def load_optimizer_state(
@@ -134,6 +153,32 @@ def save_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimi
     dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(directory))
 
 
+def save_sharded_optimizer_async(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path, group: Any
+) -> Callable[[], None]:
+    """Collective: stage this rank's shard of the optimizer state in host memory now and write it to
+    `directory` in the background (DCP's `async_save`, whose cross-rank planning runs on `group`, a
+    process group of its own, beside the training's collectives). Returns the wait for the write, which
+    returns when every rank's shard is on disk and DCP's metadata is written."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    if directory.exists() and torch.distributed.get_rank() == 0:
+        shutil.rmtree(directory)
+    torch.distributed.barrier()
+    future = dcp.async_save(
+        {"optim": get_optimizer_state_dict(model, optimizer)},
+        checkpoint_id=str(directory),
+        process_group=group,
+    )
+    upload: Any = getattr(future, "upload_completion", future)  # a Future, or torch's AsyncSaveResponse
+
+    def wait() -> None:
+        upload.result()
+
+    return wait
+
+
 def write_train_state(directory: Path, state: dict[str, Any], staged_optim: Path | None = None) -> None:
     """Write train_state.pt into a checkpoint's temporary directory (and move a staged optim/ in)."""
     with atomic_path(directory / TRAIN_STATE_FILE) as tmp:
@@ -164,7 +209,8 @@ def gathered_weights(model: torch.nn.Module, keep: bool) -> Iterator[tuple[str, 
     """(name, full CPU tensor) per entry of an FSDP2 model's state dict, gathered one at a time.
 
     Every rank must consume the whole stream in the same order (each step is a collective); ranks
-    with `keep=False` get None instead of the tensor.
+    with `keep=False` get None instead of the tensor. A tensor is a gathered copy (or, not sharded, a
+    copy): none shares memory with the model.
     """
     for name, tensor in model.state_dict().items():
         full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
@@ -174,7 +220,7 @@ def gathered_weights(model: torch.nn.Module, keep: bool) -> Iterator[tuple[str, 
         wait = getattr(full, "wait", None)
         if callable(wait):
             full = wait()
-        yield name, full.detach().to("cpu") if keep else None
+        yield name, full.detach().to("cpu", copy=full is tensor) if keep else None
         del full
 
 
