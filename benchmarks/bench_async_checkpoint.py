@@ -20,6 +20,7 @@ medians over the runs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -44,6 +45,16 @@ def write_data(path: Path, n: int, seq: int, vocab: int) -> None:
     path.mkdir(parents=True)
     write_sample_file(path / "data-0.h5", samples.astype(np.int32))
     mark_complete(path)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def one_run(args: argparse.Namespace, data_dir: Path, model_dir: Path, sync: bool) -> dict[str, Any]:
@@ -90,12 +101,14 @@ def one_run(args: argparse.Namespace, data_dir: Path, model_dir: Path, sync: boo
     Checkpointer._finished = finished  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
-        run.run()
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the loop's console
+            run.run()
         wall = time.perf_counter() - t0
     finally:
         MetricsLogger.log_train, Checkpointer._finished = original_log, original_finished  # type: ignore[method-assign]
     gap = {s: marks[s] - marks[s - 1] for s in marks if s - 1 in marks}
-    saves = [s for s in range(args.every, args.steps, args.every)]  # the last one is the end's wait
+    # the saves with `settle` steps after them (a save at the end is the end's wait)
+    saves = [s for s in range(args.every, args.steps - args.settle, args.every)]
     near = {s + k for s in [0, *saves, args.steps] for k in range(-args.settle, args.settle + 1)}
     plain = [t for s, t in gap.items() if s not in near]
     save_gaps = [gap[s + 1] for s in saves if s + 1 in gap]
@@ -142,7 +155,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     load = os.getloadavg()
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {cpu_name()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {os.environ['OMP_NUM_THREADS']} thread(s); "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
     )
