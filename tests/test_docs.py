@@ -150,7 +150,20 @@ def test_every_block_of_commands_is_run_or_says_why_not() -> None:
     )
 
 
-@pytest.mark.parametrize("where,block", _console_blocks(), ids=[w for w, _ in _console_blocks()])
+def _console_params() -> list[object]:
+    """The console blocks; those that start several processes carry the `multiprocess` mark."""
+    return [
+        pytest.param(
+            where, block, id=where, marks=[pytest.mark.multiprocess] if MULTIPROCESS.search(block) else []
+        )
+        for where, block in _console_blocks()
+    ]
+
+
+MULTIPROCESS = re.compile(r"--nproc [2-9]|--nnodes [2-9]")
+
+
+@pytest.mark.parametrize("where,block", _console_params())
 def test_console_examples_print_what_the_docs_show(where: str, block: str, tmp_path: Path) -> None:
     """Each `$ command` runs in a scratch dir (with configs/ and the reference configs at hand)."""
     (tmp_path / "configs").symlink_to(REPO / "configs")
