@@ -126,8 +126,8 @@ def init_distributed(target_device: str) -> Dist:
 
 
 def shutdown(d: Dist) -> None:
-    global _HOST_GROUP
-    _HOST_GROUP = None
+    global _HOST_GROUP, _CHECKPOINT_GROUP
+    _HOST_GROUP = _CHECKPOINT_GROUP = None
     if d.enabled:
         import torch.distributed as dist
 
@@ -174,6 +174,26 @@ def any_rank(flag: bool, d: Dist) -> bool:
     t = torch.tensor([1.0 if flag else 0.0])
     dist.all_reduce(t, group=group)
     return bool(t.tolist()[0])
+
+
+_CHECKPOINT_GROUP: Any = None
+
+
+def checkpoint_group(d: Dist) -> Any:
+    """A gloo group for the collectives of checkpoints written in the background (DCP's planning), so
+    they never interleave with the training's on the default group. Collective on first use: every rank
+    makes it at the same save."""
+    global _CHECKPOINT_GROUP
+    if not d.enabled:
+        return None
+    if _CHECKPOINT_GROUP is None:
+        import datetime
+
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=collective_timeout())
+        _CHECKPOINT_GROUP = dist.new_group(backend="gloo", timeout=timeout)
+    return _CHECKPOINT_GROUP
 
 
 def all_gather_object(obj: Any, d: Dist) -> list[Any]:

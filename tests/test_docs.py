@@ -204,7 +204,20 @@ def _lay_out_docs_run(block: str, where: Path, request: pytest.FixtureRequest) -
             shutil.copyfile(path, target)
 
 
-@pytest.mark.parametrize("where,block", _console_blocks(), ids=[w for w, _ in _console_blocks()])
+def _console_params() -> list[object]:
+    """The console blocks; those that start several processes carry the `multiprocess` mark."""
+    return [
+        pytest.param(
+            where, block, id=where, marks=[pytest.mark.multiprocess] if MULTIPROCESS.search(block) else []
+        )
+        for where, block in _console_blocks()
+    ]
+
+
+MULTIPROCESS = re.compile(r"--nproc [2-9]|--nnodes [2-9]")
+
+
+@pytest.mark.parametrize("where,block", _console_params())
 def test_console_examples_print_what_the_docs_show(
     where: str, block: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

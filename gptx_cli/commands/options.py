@@ -133,6 +133,15 @@ LoraSaveBase = Annotated[
     ),
 ]
 
+SyncCheckpoints = Annotated[
+    bool,
+    typer.Option(
+        "--sync-checkpoints",
+        help="Write each checkpoint before the next step instead of in the background while training "
+        "goes on (gptx extension).",
+    ),
+]
+
 
 def fields_of(cls: Any, params: dict[str, Any], **values: Any) -> dict[str, Any]:
     """The command's parameters (then `values`) that are fields of the dataclass `cls`, by name."""

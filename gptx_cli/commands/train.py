@@ -35,6 +35,7 @@ from gptx_cli.commands.options import (
     Overrides,
     RdzvEndpoint,
     Strategy,
+    SyncCheckpoints,
     TargetDevice,
     fields_of,
 )
@@ -136,6 +137,7 @@ def train_cmd(
     lora_r: LoraR = None,
     lora_alpha: LoraAlpha = None,
     lora_save_base: LoraSaveBase = False,
+    sync_checkpoints: SyncCheckpoints = False,
     no_verify: NoVerify = False,
     allow_incomplete: AllowIncomplete = False,
     fp8: bool = typer.Option(

@@ -6,18 +6,31 @@ weights and training state, and writing checkpoints (one process, DDP, FSDP2) wi
     ckpt.load_weights(model)            # when ckpt.loads_weights (before or after FSDP2 wrapping)
     ckpt.attach(model, wrapped, optimizer, schedule, scaler)
     step, samples_seen = ckpt.load()    # optimizer, schedule, loss scaler, RNG, data position
-    ckpt.save(step, samples_seen)       # -> the checkpoint directory; ckpt.last is the latest one
+    ckpt.save(step, samples_seen)       # -> the checkpoint directory, written in the background
+    ckpt.poll()                         # each step: note a finished save (ckpt.last), raise its error
+    ckpt.wait()                         # at a stop and at the end: the pending save is complete
 
 The resume source, in ModelZoo's order: an explicit checkpoint path (a model_dir stands for its latest
 checkpoint), else the latest checkpoint in model_dir when `autoload_last_checkpoint`; continue-pretrain
 takes only the weights of its path, unless its own model_dir already holds a checkpoint (an
 interrupted continue-pretrain run resumes from it). The checkpoint directory layout is described in
 `gptx_cli.checkpoint`; the train state in `train.state`.
+
+Background saves (the default; `--sync-checkpoints` writes in the loop instead). At the save step
+every rank takes a staged copy of what the checkpoint holds (weights and train state on the CPU; under
+FSDP2 the full weights are gathered into rank 0's host memory and each rank's optimizer shard is staged
+by DCP's `async_save`, whose collectives run on a process group of their own), and a thread writes it:
+the same files, under the same temporary name, renamed when complete. One save is in flight at a time:
+the next save, a stop and the end of training wait for it; its error fails the run with the same
+one-line message a synchronous write gives.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +41,7 @@ from gptx_cli import distributed
 from gptx_cli.checkpoint import latest_checkpoint, list_checkpoints, locate, resolve, save_checkpoint_dir
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.data.tokenizer import recorded_tokenizer
-from gptx_cli.errors import CheckpointError, UsageError
+from gptx_cli.errors import CheckpointError, GptxError, UsageError
 from gptx_cli.fsutil import temp_path
 from gptx_cli.model.lora import is_adapter
 from gptx_cli.train import parallel, state
@@ -83,6 +96,7 @@ class Checkpointer:
         lora: LoraRun | None = None,
         notes: list[str] | None = None,
         say: Callable[[str], None] = print,
+        background: bool = True,
     ) -> None:
         self.spec, self.dist, self.model_dir = spec, dist, model_dir
         self.strategy, self.seed = strategy, seed
@@ -93,6 +107,9 @@ class Checkpointer:
         self._objects: tuple[Any, ...] | None = None
         self.lora = lora  # weights from its base; checkpoints of the adapters (and the base)
         self.source, self.load_states = source, load_states
+        self.background = background  # write checkpoints while training goes on (--sync-checkpoints: no)
+        self._pending: _Pending | None = None  # the background save in flight
+        self._unsynced = False  # a save whose completion the ranks have not agreed on yet (wait())
 
     @property
     def loads_weights(self) -> bool:
@@ -186,25 +203,43 @@ class Checkpointer:
 
     # ------------------------------------------------------------------------------------ saving
     def save(self, step: int, samples_seen: int) -> Path:
-        """Write `checkpoint_<step>` (collective: every rank calls it) and prune to keep_last_n."""
+        """Write `checkpoint_<step>` (collective: every rank calls it at the same step) and prune to
+        keep_last_n; returns its path. In the background (the default) this waits for the previous
+        save, takes a staged copy of the state and returns: the write goes on while training does, and
+        the checkpoint is renamed into place when complete (`poll` notes that, `wait` waits for it)."""
         assert self._objects is not None, "attach() first"
+        self.wait()  # one save at a time
         model, wrapped, optimizer, schedule, scaler = self._objects
-        d, spec = self.dist, self.spec
+        d, spec, background = self.dist, self.spec, self.background
         path = self.model_dir / checkpoint_dir_name(spec, step)
         rngs = distributed.all_gather_object(state.capture_rng(), d)
         staged: Path | None = None
         optim_state: dict[str, Any] | None = None
-        weights: Any
+        optim_written: Callable[[], None] | None = None
+        weights: Any = None
         if parallel.is_sharded(d, self.strategy):
             staged = temp_path(self.model_dir / f"optim-{step}", "dcp")  # one name on every rank
-            state.save_sharded_optimizer(wrapped, optimizer, staged)
-            # Gathered one tensor at a time on every rank (the same order everywhere) and streamed to
-            # rank 0's shard writer: rank 0 never holds more than a shard of the full model.
+            if background:
+                group = distributed.checkpoint_group(d)
+                optim_written = state.save_sharded_optimizer_async(wrapped, optimizer, staged, group)
+            else:
+                state.save_sharded_optimizer(wrapped, optimizer, staged)
+            # Gathered one tensor at a time on every rank (the same order everywhere). Written now, the
+            # stream goes to rank 0's shard writer, which never holds more than a shard of the model;
+            # in the background rank 0 keeps the whole model in host memory until it is written.
             weights = state.gathered_weights(parallel.unwrap(model), d.is_main)
+            if not d.is_main:
+                state.drain(weights)  # the gathers rank 0 pulls (sync) or collects here (background)
+            elif background:
+                weights = dict(weights)
         else:
-            optim_state = state.optimizer_state(wrapped, optimizer)
-            weights = {k: v.detach().to("cpu") for k, v in parallel.unwrap(model).state_dict().items()}
-        saved = self.lora.select(weights) if self.lora else weights  # LoRA: the adapters (and the base)
+            optim_state = state.optimizer_state(wrapped, optimizer, staged=background) if d.is_main else None
+            if d.is_main:
+                weights = {
+                    k: v.detach().to("cpu", copy=background)
+                    for k, v in parallel.unwrap(model).state_dict().items()
+                }
+        write: Callable[[], None] | None = None
         if d.is_main:
             train_state = {
                 "step": step,
@@ -212,34 +247,166 @@ class Checkpointer:
                 "global_batch_size": int(spec.train_data.batch_size),  # type: ignore[union-attr]
                 "samples_seen": samples_seen,
                 "optimizer": optim_state,
-                "scheduler": schedule.state_dict(),
-                "loss_scaler": scaler.state_dict(),
+                "scheduler": state.staged_copy(schedule.state_dict()),
+                "loss_scaler": state.staged_copy(scaler.state_dict()),
                 "rng": rngs,
                 "progress": dict(self.progress),
             }
+            write = self._writer(
+                path, step, self.lora.select(weights) if self.lora else weights, train_state, staged
+            )
+        job = _join(optim_written, write)
+        self._unsynced = True
+        if background:
+            self._pending = _Pending(step, path, job)
+        else:
+            started = time.perf_counter()
+            job()
+            self._finished(step, path, time.perf_counter() - started, background=False)
+            self.wait()
+        return path
+
+    def _writer(
+        self, path: Path, step: int, weights: Any, train_state: dict[str, Any], staged: Path | None
+    ) -> Callable[[], None]:
+        """Rank 0's write of the checkpoint directory (`save_checkpoint_dir`: a temporary name, renamed
+        when complete), then keep_last_n."""
+        spec = self.spec
+        tokenizer = recorded_tokenizer(spec.train_data.data_dir) if spec.train_data else None
+        extra = {"trained_by": "gptx train", "world_size": self.dist.world_size} | (
+            {"lora": self.lora.meta()} if self.lora else {}
+        )
+
+        def extra_files(tmp: Path) -> None:
+            _hold_for_tests(step)
+            state.write_train_state(tmp, train_state, staged)
+
+        def write() -> None:
             try:
                 save_checkpoint_dir(
                     path,
-                    saved,
+                    weights,
                     spec.model,
                     step=step,
                     config_yaml_dict=spec.raw or None,
-                    tokenizer=recorded_tokenizer(spec.train_data.data_dir) if spec.train_data else None,
-                    extra={"trained_by": "gptx train", "world_size": d.world_size}
-                    | ({"lora": self.lora.meta()} if self.lora else {}),
-                    write_extra_files=lambda tmp: state.write_train_state(tmp, train_state, staged),
+                    tokenizer=tokenizer,
+                    extra=extra,
+                    write_extra_files=extra_files,
                 )
             finally:  # a failed write still takes part in the other ranks' gathers, then raises
                 state.drain(weights)
             self._prune()
+
+        return write
+
+    def poll(self) -> None:
+        """At a step boundary (every rank): note a background save that has finished, or raise its error."""
+        if self._pending is not None and self._pending.done():
+            self._reap()
+
+    def wait(self) -> None:
+        """Collective (every rank at the same step): return when the pending save is complete on every
+        rank; raises its error. Called by the next save, at a stop and at the end of training."""
+        if self._pending is not None:
+            self._reap()
+        if self._unsynced:
+            self._unsynced = False
+            distributed.barrier(self.dist)
+
+    def abandon(self) -> None:
+        """On an error: let the pending save finish (no collective) and only note its own failure."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.thread.join()
+        if pending.error is not None:
+            self.say(
+                f"note: {pending.path} was not written: {_as_checkpoint_error(pending.path, pending.error)}"
+            )
         else:
-            state.drain(weights)  # the gathers rank 0's writer pulls
-        distributed.barrier(d)
+            self._finished(pending.step, pending.path, pending.seconds, background=True)
+
+    def _reap(self) -> None:
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        pending.thread.join()
+        if pending.error is not None:
+            err = _as_checkpoint_error(pending.path, pending.error)
+            if err is pending.error:
+                raise err
+            raise err from pending.error
+        self._finished(pending.step, pending.path, pending.seconds, background=True)
+
+    def _finished(self, step: int, path: Path, seconds: float, *, background: bool) -> None:
         self.last = path
-        return path
+        if self.dist.is_main:
+            how = ", written in the background" if background else ""
+            self.say(f"saved {path} ({seconds:.1f} s{how})")
 
     def _prune(self) -> None:
         keep = self.spec.checkpoint.keep_last_n
         if keep:
             for _, old in list_checkpoints(self.model_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+# Test-only (tests/train/test_async_checkpoint.py): GPTX_TEST_HOLD_SAVE=DIR holds the write of
+# checkpoint N, after its weights and before its train state, until the file DIR/N exists, so a test
+# can see training go on during a save and kill a run in the middle of one. Read here only.
+ENV_TEST_HOLD_SAVE = "GPTX_TEST_HOLD_SAVE"
+_HOLD_LIMIT_SECONDS = 600
+
+
+def _hold_for_tests(step: int) -> None:
+    where = os.environ.get(ENV_TEST_HOLD_SAVE)
+    if not where:
+        return
+    release, deadline = Path(where) / str(step), time.monotonic() + _HOLD_LIMIT_SECONDS
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise CheckpointError(f"{ENV_TEST_HOLD_SAVE}: {release} never appeared")
+        time.sleep(0.02)
+
+
+class _Pending:
+    """A checkpoint being written by a thread of its own; `error` is what the write raised."""
+
+    def __init__(self, step: int, path: Path, job: Callable[[], None]) -> None:
+        self.step, self.path = step, path
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.thread = threading.Thread(target=self._run, args=(job,), name=f"gptx-save-{step}", daemon=True)
+        self.thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        try:
+            job()
+        except BaseException as err:  # handed to the main thread, which raises it
+            self.error = err
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+
+def _join(*jobs: Callable[[], None] | None) -> Callable[[], None]:
+    def run() -> None:
+        for job in jobs:
+            if job is not None:
+                job()
+
+    return run
+
+
+def _as_checkpoint_error(path: Path, err: BaseException) -> GptxError:
+    """A background write's failure as the one-line error a synchronous one gives."""
+    if isinstance(err, GptxError):
+        return err
+    if isinstance(err, OSError):
+        return CheckpointError(
+            f"{path}: cannot write the checkpoint: {err.strerror or err}",
+            hint="free some space or choose another --model-dir; earlier checkpoints are intact",
+        )
+    return CheckpointError(f"{path}: the checkpoint write failed: {type(err).__name__}: {err}")

@@ -7,6 +7,9 @@ rank), "progress" (best loss etc.)}. The optimizer state goes through
 strips DDP/FSDP wrappers, so a state written by N ranks loads on M ranks (one process writes the same
 dictionary without DCP's imports); under FSDP2 it is written as
 torch.distributed.checkpoint shards in `optim/`, which DCP reshards on load.
+
+A checkpoint written in the background is made of staged copies (`staged_copy`, DCP's `async_save`
+for the FSDP2 optimizer shards): what the steps after the save change is not what is written.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,23 +81,42 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer state keyed by parameter name (rank-count independent): DCP's full state dict
-    across ranks, which strips the DDP/FSDP wrappers and gathers shards; on one process the same
-    dictionary without DCP (`_local_optimizer_state`)."""
+def optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, staged: bool = False
+) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name (rank-count independent), on the CPU: DCP's full state
+    dict across ranks, which strips the DDP/FSDP wrappers and gathers shards; on one process the same
+    dictionary without DCP (`_local_optimizer_state`). `staged`: a copy that later optimizer steps leave
+    alone (on a CPU run the plain state shares the live tensors)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return _local_optimizer_state(model, optimizer)
+        local = _local_optimizer_state(model, optimizer, to_cpu=not staged)
+        return staged_copy(local) if staged else local
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=not staged)
     )
+    return staged_copy(full) if staged else full
 
 
-def _local_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """What `get_optimizer_state_dict(full_state_dict=True, cpu_offload=True)` returns for an unwrapped
+def staged_copy(value: Any) -> Any:
+    """`value` (nested dicts, lists, tuples) with every tensor copied to the CPU: one copy, from the GPU
+    or the CPU, so nothing in it shares memory with the training state."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: staged_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(staged_copy(v) for v in value)
+    return value
+
+
+def _local_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, to_cpu: bool
+) -> dict[str, Any]:
+    """What `get_optimizer_state_dict(full_state_dict=True, cpu_offload=to_cpu)` returns for an unwrapped
     model, without importing torch.distributed.checkpoint and torch._dynamo (1.3 s of CPU, a quarter of a
-    tiny run): the optimizer's own state dict, keyed by parameter name, tensors on the CPU.
+    tiny run): the optimizer's own state dict, keyed by parameter name.
     (gptx's activation checkpointing, compile and FP8 keep the parameter names.)
     tests/train/test_hidden_step.py checks it equals DCP's, tied weights and frozen parameters included."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -102,7 +124,7 @@ def _local_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimi
     raw = optimizer.state_dict()
     fqn = [names[id(p)] for p in params]
     state = {
-        fqn[i]: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        fqn[i]: {k: v.cpu() if to_cpu and isinstance(v, torch.Tensor) else v for k, v in values.items()}
         for i, values in raw["state"].items()
     }
     groups = [{**group, "params": [fqn[i] for i in group["params"]]} for group in raw["param_groups"]]
@@ -157,6 +179,32 @@ def save_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimi
     dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(directory))
 
 
+def save_sharded_optimizer_async(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path, group: Any
+) -> Callable[[], None]:
+    """Collective: stage this rank's shard of the optimizer state in host memory now and write it to
+    `directory` in the background (DCP's `async_save`, whose cross-rank planning runs on `group`, a
+    process group of its own, beside the training's collectives). Returns the wait for the write, which
+    returns when every rank's shard is on disk and DCP's metadata is written."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    if directory.exists() and torch.distributed.get_rank() == 0:
+        shutil.rmtree(directory)
+    torch.distributed.barrier()
+    future = dcp.async_save(
+        {"optim": get_optimizer_state_dict(model, optimizer)},
+        checkpoint_id=str(directory),
+        process_group=group,
+    )
+    upload: Any = getattr(future, "upload_completion", future)  # a Future, or torch's AsyncSaveResponse
+
+    def wait() -> None:
+        upload.result()
+
+    return wait
+
+
 def write_train_state(directory: Path, state: dict[str, Any], staged_optim: Path | None = None) -> None:
     """Write train_state.pt into a checkpoint's temporary directory (and move a staged optim/ in)."""
     with atomic_path(directory / TRAIN_STATE_FILE) as tmp:
@@ -187,7 +235,8 @@ def gathered_weights(model: torch.nn.Module, keep: bool) -> Iterator[tuple[str, 
     """(name, full CPU tensor) per entry of an FSDP2 model's state dict, gathered one at a time.
 
     Every rank must consume the whole stream in the same order (each step is a collective); ranks
-    with `keep=False` get None instead of the tensor.
+    with `keep=False` get None instead of the tensor. A tensor is a gathered copy (or, not sharded, a
+    copy): none shares memory with the model.
     """
     for name, tensor in model.state_dict().items():
         full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
@@ -197,7 +246,7 @@ def gathered_weights(model: torch.nn.Module, keep: bool) -> Iterator[tuple[str, 
         wait = getattr(full, "wait", None)
         if callable(wait):
             full = wait()
-        yield name, full.detach().to("cpu") if keep else None
+        yield name, full.detach().to("cpu", copy=full is tensor) if keep else None
         del full
 
 

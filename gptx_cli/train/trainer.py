@@ -87,6 +87,9 @@ class TrainOptions:
     console: str = "auto"  # auto | rich | plain
     fp8: bool = False  # torchao float8 rowwise matmuls in the blocks (H100/H200 only)
     lora_save_base: bool = False  # LoRA checkpoints hold the base weights too (gptx extension)
+    sync_checkpoints: bool = (
+        False  # write each checkpoint in the loop, not in the background (gptx extension)
+    )
 
 
 @dataclass
@@ -231,6 +234,7 @@ class _Run:
             lora=self.lora,
             notes=self.notes,
             say=self._say,
+            background=not options.sync_checkpoints,
         )
         # FSDP2 builds on the meta device and materialises only each process's shards after wrapping
         # (peak: the shards plus one full parameter); one process and DDP build the whole model in place.
@@ -528,6 +532,7 @@ class _Run:
                 save_now = stop or self._is_checkpoint_step(step, end)
                 if log_now or eval_now or save_now or len(pending) >= _MAX_PENDING:
                     self._sync(pending, log=log_now)
+                self.ckpt.poll()  # a background save that finished: say so (or fail with its error)
                 with self._paused():  # eval and checkpoint time stays out of tokens/s
                     if eval_now:
                         self._evaluate(step)
@@ -535,12 +540,19 @@ class _Run:
                         self.ckpt.save(step, samples_seen)
                 if stop:
                     stopped_by = "signal"
+                    with self._paused():
+                        self.ckpt.wait()
                     self._say(
                         f"stopped by {self.stop_signal or 'a signal on another rank'} at step {step}; "
                         f"saved {self.ckpt.last}"
                     )
                     break
+            with self._paused():
+                self.ckpt.wait()  # the last checkpoint is complete before the summary names it
             return self._finish(start, step, stopped_by, time.perf_counter() - t_start)
+        except BaseException:
+            self.ckpt.abandon()  # a save in flight still completes; no collective on the way out
+            raise
         finally:
             gc.unfreeze()
             self._restore_signal_handlers(previous_handlers)

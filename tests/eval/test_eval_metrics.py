@@ -213,6 +213,7 @@ def test_config_comparison_separates_shape_fields_from_the_rest():
         compare_model_configs(yaml_cfg, biased, config_name="c.yaml", checkpoint="ck")
 
 
+@pytest.mark.multiprocess
 def test_nproc_2_equals_one_process(setup):
     """`gptx eval --nproc 2` (gloo on the CPU) shards the validation batches and the task documents;
     the metrics equal one process's: loss and perplexity within 1e-6, accuracies exactly."""

@@ -12,7 +12,7 @@ from train_helpers import read_metrics, run_gptx, tiny_args
 
 from gptx_cli.api import load_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def assert_same_losses(got: dict, reference: dict, steps: range) -> None:

@@ -19,7 +19,7 @@ from train_helpers import REPO, children, popen_env, read_metrics, run_gptx, sta
 
 from gptx_cli.distributed import REQUEUE_EXIT_CODE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 LONG = ["--set", "loop.max_steps=300", "--set", "checkpoint.steps=100", "--set", "loop.eval_frequency=100000"]
 

@@ -296,6 +296,7 @@ def test_lora_resumes_bit_exactly(tiny_data, lora_base, tmp_path):
     ]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_lora_on_two_processes_equals_one(tiny_data, lora_base, tmp_path, strategy):

@@ -87,6 +87,7 @@ def test_a_model_dir_that_cannot_be_a_directory_is_a_named_error(tiny_data, tmp_
     assert r.stderr.count("\n") == 1
 
 
+@pytest.mark.multiprocess
 def test_kill_9_of_the_nproc_launcher_leaves_no_rank_running(tiny_data, tmp_path):
     """Problem 3: ranks kept training after the launcher died. They get a parent-death SIGKILL."""
     model_dir = tmp_path / "orphans"
@@ -109,6 +110,7 @@ def test_kill_9_of_the_nproc_launcher_leaves_no_rank_running(tiny_data, tmp_path
     assert "in use" not in again.stderr
 
 
+@pytest.mark.multiprocess
 def test_sigterm_under_nproc_2_saves_once_says_so_once_and_exits_0(tiny_data, tmp_path):
     """Problem 7: a stop under --nproc exited 1 and printed the stop message twice."""
     from gptx_cli.checkpoint import latest_checkpoint, read_checkpoint_meta
