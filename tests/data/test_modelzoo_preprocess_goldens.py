@@ -89,8 +89,8 @@ SETTINGS = (
     "data_params settings: gptx records its own settings, not ModelZoo's copy of the YAML: setup.data, "
     "setup.mode, setup.processes, processing.read_hook(_kwargs), the tokenizer keys, use_ftfy, "
     "ftfy_normalizer, wikitext_detokenize, write_in_batch, resume_from_checkpoint, "
-    "UNSAFE_skip_jsonl_decoding_errors, read_chunk_size and dataset.pack_sequences / truncate_to_msl are "
-    "missing, setup.output_dir is normalised ('out', ModelZoo './out') and processing.shuffle_seed is "
+    "UNSAFE_skip_jsonl_decoding_errors, read_chunk_size (fine-tuning mode) and dataset.pack_sequences / "
+    "truncate_to_msl are missing, setup.output_dir is normalised ('out', ModelZoo './out') and processing.shuffle_seed is "
     "null unless shuffling (ModelZoo 0)"
 )
 for _case in ("chat", "endings", "finetune_splits", "summarization", *PRETRAINING):
