@@ -126,6 +126,13 @@ def preprocess_cmd(
         "--data-splits",
         help="Finetuning: split the records, e.g. train=0.9,val=0.1 (output_dir/<name>; seeded by --seed).",
     ),
+    keep_whole_last_character: bool = typer.Option(
+        False,
+        "--keep-whole-last-character",
+        help="ModelZoo v2 pretraining (--config) and finetuning: keep every token of a document's (a "
+        "region's) last character where ModelZoo's find_token_range drops all but the first "
+        "(processing.gptx_keep_whole_last_character; docs/modelzoo-differences.md).",
+    ),
     buffer_len: int = typer.Option(
         None, "--buffer-len", "--buffer_len", help="--dataset trc2: lines per split file (10000)."
     ),
@@ -159,6 +166,7 @@ def preprocess_cmd(
         strict=strict or None,
         resume=resume or None,
         overwrite=overwrite or None,
+        keep_whole_last_character=keep_whole_last_character or None,
         mode=None,  # finetuning flags: options_from_flags below
     )
     given = {k: v for k, v in given.items() if v is not None}  # flags left out keep the recipe's defaults

@@ -17,10 +17,16 @@ Ported from ModelZoo's `finetuning_token_generator.py`, `hooks.py` and `utils.py
   (`append_eos_to_multiple_semantic_regions`, including ModelZoo's one-token "turn token" rule for
   chat); mask = the region's loss weight per token. Then `input_ids = ids[:-1]`, `labels = ids[1:]`,
   `attention_mask = mask[1:]` (the loss mask, aligned with labels), padded to msl with pad_id / 0.
-- **Length.** An example of more than `max_seq_length` tokens is dropped (ModelZoo's rule without
-  `truncate_to_msl`, which gptx refuses), one of fewer than `min_sequence_len` (10) is dropped; both
-  are counted in data_params.json (`examples_too_long`, `examples_too_short`, ModelZoo's
-  `discarded_files`).
+- **Length.** An example of more than `max_seq_length` tokens is dropped, unless `dataset.truncate_to_msl`
+  cuts it to `max_seq_length` tokens (ModelZoo's `utils.py: truncate_sequence`: prompt / user turns
+  first, each kept to at least `max_turn_length` tokens, by `prompt_truncation_mode`, then completion /
+  assistant turns from their end; an example it cannot cut enough is dropped); one of fewer than
+  `min_sequence_len` (10) is dropped; both are counted in data_params.json (`examples_too_long`,
+  `examples_too_short`, ModelZoo's `discarded_files`).
+- **A region's last character.** ModelZoo's `find_token_range` ends a region at the first token that
+  reaches its end, so when the last character is several byte-level tokens (CJK, many emoji) the others
+  are left out of the region (their loss weight is 0); gptx does the same and counts such examples, and
+  `keep_whole_last_character` (`processing.gptx_keep_whole_last_character`) keeps them in.
 - **Packing.** With `pack_sequences` several examples share a sample by ModelZoo's VSL finetuning
   rule (`append_within_max_length`: from the last example backwards, each joins the nearest earlier
   bin it fits in, `<= max_seq_length` tokens) within each batch of records; without it (the default,
@@ -63,6 +69,8 @@ class FinetuneSpec:
     use_ftfy: bool = True
     ftfy_normalizer: str | None = "NFC"
     wikitext_detokenize: bool = False
+    # dataset.truncate_to_msl: {"max_turn_length": int | None (None: msl), "prompt_truncation_mode": ...}
+    truncate_to_msl: dict[str, Any] | None = None
 
     def columns(self) -> list[str]:
         if self.hook == CHAT_HOOK:
@@ -70,7 +78,10 @@ class FinetuneSpec:
         return [str(self.prompt_key), str(self.completion_key)]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["truncate_to_msl"] is None:  # recorded only when set (earlier runs' records stay the same)
+            del d["truncate_to_msl"]
+        return d
 
 
 def hook_name(read_hook: str) -> str:
@@ -137,6 +148,9 @@ class Example:
 
     ids: list[int]
     mask: list[int]
+    # ModelZoo's find_token_range left a region's last character's trailing tokens out of the region,
+    # and that changed the example (its mask, or its truncation)
+    ending_cut: bool = False
 
 
 def _clean(text: str, spec: FinetuneSpec) -> str:
@@ -259,8 +273,15 @@ def _append_eos(text: str, regions: list[_Region], eos: str, chat: bool) -> None
             regions[i].handle_turn_token = True
 
 
-def _token_range(start: int, end: int, offsets: list[tuple[int, int]], first: int) -> tuple[int, int]:
-    """ModelZoo's find_token_range: the tokens covering characters [start, end) -> [token_start, token_end)."""
+def find_token_range(
+    start: int, end: int, offsets: list[tuple[int, int]], first: int, keep_whole_last_character: bool = False
+) -> tuple[int, int]:
+    """ModelZoo's find_token_range (data_preprocessing/utils.py): the tokens covering characters
+    [start, end) -> [token_start, token_end).
+
+    Its end is the first token that reaches `end`, so when the region's last character is several
+    tokens (a byte-level BPE splits a CJK character or an emoji into bytes) the others are outside the
+    range. `keep_whole_last_character` extends the range over every token that starts before `end`."""
     n = len(offsets)
     t0 = next(
         (i for i in range(first, n) if (offsets[i][0] <= start < offsets[i][1]) or offsets[i][0] > start),
@@ -279,38 +300,194 @@ def _token_range(start: int, end: int, offsets: list[tuple[int, int]], first: in
     )
     if t1 is None:
         raise DataError("the tokenizer's offsets do not cover a region of the example")
+    if keep_whole_last_character:
+        while t1 + 1 < n and offsets[t1 + 1][0] < end:
+            t1 += 1
     return t0, t1 + 1
 
 
-def tokenize_example(hf: Any, text: str, regions: list[_Region], eos: str, chat: bool) -> Example:
-    """Token ids of `text` (the tokenizer's own encoding) and the loss weight of each token."""
+def trailing_tokens_cut(text: str, hf: Any) -> int:
+    """How many tokens ModelZoo's pretraining generator drops at the end of a document: its one region
+    (the whole text) ends where find_token_range ends it (pretraining_token_generator.py:
+    get_segment_indices, chop_doc_into_msl). An ASCII last character is one byte of one token, so only
+    a non-ASCII one can be cut."""
+    if not text or text[-1] < "\x80":
+        return 0
+    offsets = [tuple(o) for o in hf.encode(text, add_special_tokens=False).offsets]
+    if not offsets:
+        return 0
+    return len(offsets) - find_token_range(0, len(text), offsets, 0)[1]
+
+
+def _mask(n: int, ranges: list[list[int]], regions: list[_Region]) -> list[int]:
+    """ModelZoo's loss_mask_region: each region's loss weight over its token range."""
+    mask = [0] * n
+    for (t0, t1), reg in zip(ranges, regions, strict=True):
+        for i in range(t0, min(t1, n)):
+            mask[i] = reg.loss_weight
+    return mask
+
+
+def tokenize_example(
+    hf: Any,
+    text: str,
+    regions: list[_Region],
+    eos: str,
+    chat: bool,
+    *,
+    msl: int | None = None,
+    truncation: dict[str, Any] | None = None,
+    keep_whole_last_character: bool = False,
+    where: str = "",
+) -> Example:
+    """Token ids of `text` (the tokenizer's own encoding) and the loss weight of each token; an example
+    over `msl` tokens is cut by `truncation` (ModelZoo's truncate_to_msl) when given."""
     _append_eos(text, regions, eos, chat)
     enc = hf.encode(text, add_special_tokens=not chat)
     ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
-    mask = [0] * len(ids)
-    first = 0
-    for reg in regions:
-        t0, t1 = _token_range(reg.start, reg.end, offsets, first)
-        if reg.handle_turn_token:
-            t1 += 1
-        first = t1
-        for i in range(t0, min(t1, len(ids))):
-            mask[i] = reg.loss_weight
-    return Example(ids, mask)
+
+    def token_ranges(keep: bool) -> list[list[int]]:
+        ranges, first = [], 0
+        for reg in regions:
+            t0, t1 = find_token_range(reg.start, reg.end, offsets, first, keep)
+            if reg.handle_turn_token:
+                t1 += 1
+            first = t1
+            ranges.append([t0, t1])
+        return ranges
+
+    def build(ranges: list[list[int]]) -> tuple[list[int], list[int]]:
+        if truncation is not None and msl is not None and len(ids) > msl:
+            cut = truncate_sequence(list(ids), regions, ranges, msl, truncation, where)
+            if cut is not None:  # else it stays over msl and is dropped as too long
+                return cut[0], _mask(len(cut[0]), cut[1], regions)
+        return ids, _mask(len(ids), ranges, regions)
+
+    ranges = token_ranges(keep_whole_last_character)
+    got = build(ranges)
+    if not keep_whole_last_character:
+        whole = token_ranges(True)
+        if whole != ranges:
+            return Example(*got, ending_cut=build(whole) != got)
+    return Example(*got)
 
 
-def encode_record(rec: Any, spec: FinetuneSpec, hf: Any, eos_text: str, where: str) -> Example | None:
+def truncate_sequence(
+    ids: list[int],
+    regions: list[_Region],
+    ranges: list[list[int]],
+    msl: int,
+    truncation: dict[str, Any],
+    where: str,
+) -> tuple[list[int], list[list[int]]] | None:
+    """ModelZoo's truncate_sequence (data_preprocessing/utils.py), rule for rule: cut `ids` to `msl` tokens
+    -> (ids, the regions' new token ranges), or None when it cannot cut enough (ModelZoo skips the example).
+
+    Part one (prompt, or user turns) is cut first, longest region first, each kept to at least
+    `max_turn_length` tokens, from its end (keep_start) or its start (keep_end); then part two
+    (completion, or assistant turns), longest first, from its end. Part two is tried only when the sum of
+    (length - max_turn_length) over its regions, short ones counted negative as in ModelZoo, covers what
+    is left to cut. Where ModelZoo's own code stops with an exception, this is a DataError naming it."""
+    max_turn = msl if truncation.get("max_turn_length") is None else int(truncation["max_turn_length"])
+    mode = truncation.get("prompt_truncation_mode", "keep_end")
+    by_role: dict[str, list[tuple[int, int]]] = {}
+    for reg, r in zip(regions, ranges, strict=True):
+        by_role.setdefault(reg.role, []).append((r[0], r[1]))
+    failed = (
+        f"{where}: dataset.truncate_to_msl cannot cut this example: ModelZoo's utils.py: truncate_sequence "
+    )
+    if "prompt" in by_role and "completion" in by_role:
+        if by_role["prompt"][0][0] != 0:
+            raise DataError(
+                failed + "fails when the prompt does not start at token 0 (it assigns to a tuple)"
+            )
+        one, two = by_role["prompt"], by_role["completion"]
+    elif "user" in by_role and "assistant" in by_role:
+        one, two = by_role["user"], by_role["assistant"]
+    else:
+        raise DataError(failed + "supports only 'prompt'/'completion' or 'user'/'assistant' regions")
+    left = len(ids) - msl
+    p1 = [(i, "one", r) for i, r in enumerate(one)]
+    p2 = [(i, "two", r) for i, r in enumerate(two)]
+    rem1: list[tuple[int, str, str, tuple[int, int]]] = []
+    rem2: list[tuple[int, str, str, tuple[int, int]]] = []
+    done = False
+    for i, part, (s, e) in sorted(p1, key=lambda x: x[2][1] - x[2][0], reverse=True):
+        if max_turn >= e - s:
+            continue
+        avail = e - s - max_turn
+        take = avail if avail < left else left
+        rem1.append((i, part, mode, (e - take, e) if mode == "keep_start" else (s, s + take)))
+        if avail < left:
+            left -= avail
+        else:
+            done = True
+            break
+    if not done:
+        if sum((e - s) - max_turn for _, _, (s, e) in p2) < left:
+            return None
+        for i, part, (s, e) in sorted(p2, key=lambda x: x[2][1] - x[2][0], reverse=True):
+            if max_turn >= e - s:
+                continue
+            avail = e - s - max_turn
+            if avail < left:
+                left -= avail
+                rem2.append((i, part, "keep_start", (e - avail, e)))
+            else:
+                rem2.append((i, part, "keep_start", (e - left, e)))
+                break
+    for _, _, _, (s, e) in sorted(rem1 + rem2, key=lambda x: x[3][0], reverse=True):
+        del ids[s:e]
+    if len(ids) != msl:
+        raise DataError(
+            failed + "asserts 'After truncation, the length of token IDs should be equal to MSL.'"
+        )
+    removed = {(i, part): (m, r) for i, part, m, r in rem1 + rem2}
+    shift, updated = 0, []
+    for i, part, (s, e) in sorted(p1 + p2, key=lambda x: x[2][0]):
+        got = removed.get((i, part))
+        if got is None:
+            updated.append([s - shift, e - shift])
+            continue
+        m, (rs, re) = got
+        cut = re - rs
+        updated.append([s - shift, rs - shift] if m == "keep_start" else [re - shift - cut, e - shift - cut])
+        shift += cut
+    if len(updated) != len(regions):
+        raise DataError(
+            failed + "asserts 'Mismatch in number of regions' when an example has regions besides "
+            f"{'prompt/completion' if 'prompt' in by_role else 'user/assistant'} (here: "
+            f"{', '.join(sorted(set(by_role) - {'prompt', 'completion', 'user', 'assistant'}))})"
+        )
+    return ids, updated
+
+
+def encode_record(
+    rec: Any,
+    spec: FinetuneSpec,
+    hf: Any,
+    eos_text: str,
+    where: str,
+    msl: int | None = None,
+    keep_whole_last_character: bool = False,
+) -> Example | None:
     """One record -> Example (None: a conversation ModelZoo's chat hook skips)."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: the record is {type(rec).__name__}, not a JSON object")
+    how: dict[str, Any] = {
+        "msl": msl,
+        "truncation": spec.truncate_to_msl,
+        "keep_whole_last_character": keep_whole_last_character,
+        "where": where,
+    }
     if spec.hook == CHAT_HOOK:
         got = _chat(rec, spec, where)
         if got is None:
             return None
         text, regions = got
-        return tokenize_example(hf, text, regions, spec.end_of_turn_token or eos_text, chat=True)
+        return tokenize_example(hf, text, regions, spec.end_of_turn_token or eos_text, chat=True, **how)
     text, regions = _prompt_completion(rec, spec, eos_text, where)
-    return tokenize_example(hf, text, regions, eos_text, chat=False)
+    return tokenize_example(hf, text, regions, eos_text, chat=False, **how)
 
 
 # -------------------------------------------------------------------------------------- samples
@@ -332,6 +509,7 @@ class FinetuneStats:
     num_masked_tokens: int = 0
     example_tokens: int = 0  # tokens of the kept examples
     num_sequences_before_packing: int = 0
+    endings_cut: int = 0  # kept examples that ModelZoo's find_token_range changed (Example.ending_cut)
 
     def add(self, other: FinetuneStats) -> None:
         for k in self.__dataclass_fields__:
@@ -382,6 +560,7 @@ def build_samples(
         else:
             kept.append(ex)
             st.example_tokens += len(ex.ids)
+            st.endings_cut += ex.ending_cut
     groups = (
         [[kept[i] for i in b] for b in pack_bins([len(e.ids) for e in kept], msl)]
         if pack
@@ -436,14 +615,22 @@ class FinetuneBatch:
 
 
 def encode_batch(
-    tok: Any, kind: str, location: str, batch: Any, spec: FinetuneSpec, msl: int, min_len: int, pack: bool
+    tok: Any,
+    kind: str,
+    location: str,
+    batch: Any,
+    spec: FinetuneSpec,
+    msl: int,
+    min_len: int,
+    pack: bool,
+    keep_whole_last_character: bool = False,
 ) -> FinetuneBatch:
     """A batch of records -> samples (run in the preprocess workers)."""
     eos_text = tok.hf.id_to_token(tok.eos_id)
     examples: list[Example] = []
     skipped = chars = 0
     for where, rec in parse_records(kind, location, batch):
-        ex = encode_record(rec, spec, tok.hf, eos_text, where)
+        ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
         if ex is None:
             skipped += 1
             continue
@@ -581,12 +768,12 @@ def run_v2_finetuning(plan: Any, values: dict[str, Any]) -> dict[str, Any]:
 
     ds = plan.raw.get("dataset") or {}
     proc = plan.raw.get("processing") or {}
-    for key, why in (
-        ("truncate_to_msl", "remove it: examples longer than max_seq_length are then dropped and counted"),
-        ("chat_template", "chat records use ChatML, ModelZoo's template for tokenizers without one"),
-    ):
-        if ds.get(key):
-            raise plan.doc.error(("dataset", key), f"dataset.{key} is not supported by gptx ({why})")
+    if ds.get("chat_template"):
+        raise plan.doc.error(
+            ("dataset", "chat_template"),
+            "dataset.chat_template is not supported by gptx (chat records use ChatML, ModelZoo's template "
+            "for tokenizers without one)",
+        )
     cleaning = values.pop("cleaning", None)
     extra: dict[str, Any] = {}
     if "sep_token" in ds:
@@ -605,6 +792,7 @@ def run_v2_finetuning(plan: Any, values: dict[str, Any]) -> dict[str, Any]:
         raise plan.doc.error(("processing", "read_hook_kwargs"), err.message) from None
     if cleaning is not None:
         spec.wikitext_detokenize = bool(cleaning.wikitext_detokenize)
+    spec.truncate_to_msl = getattr(plan, "truncate_to_msl", None)  # checked by v2config.load_v2_config
     values["mode"], values["finetuning"] = "finetuning", spec
     # ModelZoo's finetuning generator pads each example; it packs with VSL (dataset.use_vsl).
     values["pack_sequences"] = bool(ds.get("use_vsl", False))

@@ -98,6 +98,13 @@ class PreprocessOptions:
     # --dataset trc2: split_trc_dataset.py's --buffer_len and --val_split_ratio.
     buffer_len: int = 10_000
     val_split_ratio: float = 0.1
+    # ModelZoo v2 (preprocess_data.py) reader: a text record larger than this many KiB is cut into
+    # documents at paragraph / sentence ends (textclean.split_by_read_chunk_size); None: kept whole, as
+    # create_hdf5_dataset.py (the --input path) does. v2 configs: processing.read_chunk_size (1024).
+    read_chunk_size: int | None = None
+    # ModelZoo's find_token_range bug (finetune.find_token_range): False reproduces it (v2 pretraining,
+    # finetuning), True keeps every token of a document's / region's last character.
+    keep_whole_last_character: bool = False
 
 
 @dataclass
@@ -123,6 +130,10 @@ class JobStats:
     examples_too_long: int = 0  # finetuning: examples dropped for length (ModelZoo discards them)
     examples_too_short: int = 0
     num_masked_tokens: int = 0  # finetuning: positions with loss mask 0
+    # Written only when not 0 (the records of runs these never apply to stay as they were):
+    endings_cut: int = 0  # documents / examples ModelZoo's find_token_range changed (reproduced)
+    records_split: int = 0  # records larger than read_chunk_size, cut into documents
+    split_documents: int = 0  # the documents they were cut into
 
     def add(self, other: JobStats) -> None:
         self.samples.add(other.samples)
@@ -131,7 +142,7 @@ class JobStats:
                 setattr(self, k, getattr(self, k) + getattr(other, k))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "samples"}
+        d = {k: v for k, v in asdict(self).items() if k != "samples" and (v or k not in _IF_SET)}
         # ModelZoo's names, where its "files" are documents; no position is masked besides padding here.
         dropped = self.examples_too_long + self.examples_too_short
         modelzoo = {
@@ -145,7 +156,10 @@ class JobStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobStats:
         s = SampleStats(**{k: d[k] for k in SampleStats.__dataclass_fields__})
-        return cls(samples=s, **{k: d[k] for k in cls.__dataclass_fields__ if k != "samples"})
+        return cls(samples=s, **{k: d.get(k, 0) for k in cls.__dataclass_fields__ if k != "samples"})
+
+
+_IF_SET = ("endings_cut", "records_split", "split_documents")
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -187,15 +201,27 @@ class EncodedBatch:
     empty: int
     chars: int
     error: tuple[str, str | None] | None = None
+    endings_cut: int = 0  # documents whose last character lost trailing tokens (ModelZoo's find_token_range)
+    records_split: int = 0  # records cut at read_chunk_size, into split_documents documents
+    split_documents: int = 0
 
 
 def _encode_finetune(
-    kind: str, location: str, batch: RecordBatch, spec: Any, msl: int, min_len: int, pack: bool
+    kind: str,
+    location: str,
+    batch: RecordBatch,
+    spec: Any,
+    msl: int,
+    min_len: int,
+    pack: bool,
+    keep_whole_last_character: bool = False,
 ) -> Any:
     from gptx_cli.data.finetune import FinetuneBatch, encode_batch
 
     try:
-        return encode_batch(_WORKER["tok"], kind, location, batch, spec, msl, min_len, pack)
+        return encode_batch(
+            _WORKER["tok"], kind, location, batch, spec, msl, min_len, pack, keep_whole_last_character
+        )
     except DataError as err:
         return FinetuneBatch(np.zeros((0, 3, msl), np.int32), error=(err.message, err.hint))
 
@@ -208,21 +234,36 @@ def _encode_batch(
     subsets: Any,
     cleaning: TextCleaning | None = None,
     add_eos: bool = True,
+    cut_endings: bool = False,
+    chunk_bytes: int | None = None,
 ) -> EncodedBatch:
+    """`cut_endings`: drop what ModelZoo v2's find_token_range drops at a document's end;
+    `chunk_bytes`: cut records larger than this as ModelZoo v2's reader does (read_chunk_size)."""
     tok = _WORKER["tok"]
     try:
         tb = record_texts(kind, location, batch, text_key=text_key, subsets=subsets)
     except DataError as err:
         empty = np.zeros(0, dtype=np.int32)
         return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
+    split = (0, 0)
     if cleaning is not None and cleaning.active:
-        tb.texts, emptied = cleaning.apply(tb.texts, kind)
+        tb.texts, emptied, split = cleaning.apply(tb.texts, kind, chunk_bytes)
         tb.empty += emptied
+    docs = tok.encode_batch_arrays(tb.texts)
+    cut = 0
+    if cut_endings:
+        from gptx_cli.data.finetune import trailing_tokens_cut
+
+        for i, text in enumerate(tb.texts):
+            k = trailing_tokens_cut(text, tok.hf)
+            if k:
+                docs[i], cut = docs[i][:-k], cut + 1
     if add_eos:
-        tokens, lengths = append_eos(tok.encode_batch_arrays(tb.texts), tok.eos_id)
+        tokens, lengths = append_eos(docs, tok.eos_id)
     else:  # the ModelZoo v2 packer places EOS itself
-        tokens, lengths = concat_documents(tok.encode_batch_arrays(tb.texts))
-    return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, sum(len(t) for t in tb.texts))
+        tokens, lengths = concat_documents(docs)
+    chars = sum(len(t) for t in tb.texts)
+    return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, chars, None, cut, *split)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -530,6 +571,9 @@ def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
         "packing": opts.packing,
         "shuffle": opts.shuffle,
         "shuffle_seed": opts.shuffle_seed if opts.shuffle else None,
+        # recorded only where they apply, so the records of other runs stay as they were
+        **({"read_chunk_size": opts.read_chunk_size} if opts.read_chunk_size else {}),
+        **({"keep_whole_last_character": True} if opts.keep_whole_last_character else {}),
     }
 
 
@@ -698,8 +742,20 @@ def _run_unit(
             done_before += unit.size
             stats.input_files += 1
             continue
+        cut_endings = opts.packing == "modelzoo-v2" and not opts.keep_whole_last_character
+        chunk_bytes = opts.read_chunk_size * 1024 if opts.read_chunk_size else None
         tasks = (
-            (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning, not v2)
+            (
+                unit.kind,
+                unit.location,
+                b,
+                opts.text_key,
+                subsets,
+                opts.cleaning,
+                not v2,
+                cut_endings,
+                chunk_bytes,
+            )
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
         )
         consumed = 0
@@ -722,6 +778,9 @@ def _run_unit(
             stats.documents_empty += res.empty
             stats.raw_bytes_count += batch.raw_bytes
             stats.raw_chars_count += res.chars
+            stats.endings_cut += res.endings_cut
+            stats.records_split += res.records_split
+            stats.split_documents += res.split_documents
             if opts.output_format == "hdf5":
                 samples = packer.add_documents(res.tokens, res.lengths)
                 writer.add(short.apply(samples) if short is not None else samples)
@@ -756,9 +815,12 @@ def _finetune_unit(
     """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order."""
     spec = opts.finetuning
     tasks = (
-        (unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, opts.pack_sequences)
+        (
+            unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, opts.pack_sequences,
+            opts.keep_whole_last_character,
+        )
         for b in iter_record_batches(unit, u, text_key=opts.text_key, columns=spec.columns())
-    )
+    )  # fmt: skip
     for task, res in _bounded_map(pool, _encode_finetune, tasks, depth=2 * max(1, opts.processes) + 2):
         batch = task[2]
         if res.error is not None:
@@ -770,6 +832,7 @@ def _finetune_unit(
         stats.examples_too_long += st.examples_too_long
         stats.examples_too_short += st.examples_too_short
         stats.num_masked_tokens += st.num_masked_tokens
+        stats.endings_cut += st.endings_cut
         stats.raw_bytes_count += batch.raw_bytes
         stats.raw_chars_count += res.chars
         s.n_examples += st.n_examples
@@ -885,6 +948,11 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         check_options(opts)
     elif opts.mode != "pretraining":
         raise UsageError(f"--mode must be pretraining or finetuning (got '{opts.mode}')")
+    if opts.keep_whole_last_character and opts.mode == "pretraining" and opts.packing != "modelzoo-v2":
+        raise UsageError(
+            "--keep-whole-last-character goes with --config (ModelZoo v2 pretraining) or --mode finetuning: "
+            "the --input pretraining path (create_hdf5_dataset.py's rules) keeps every token already"
+        )
     check_job_options(opts)
     tokenizer_spec = opts.tokenizer
     if opts.train_tokenizer is not None and opts.train_tokenizer < MIN_TRAINED_VOCAB:
@@ -954,18 +1022,41 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     elapsed = time.monotonic() - t0
     for name, params in results.items():
         pp = params["post-process"]
+        split = (
+            f"; {pp['records_split']:,} records over read_chunk_size {opts.read_chunk_size:,} KiB cut into "
+            f"{pp['split_documents']:,} pieces"
+            if pp.get("records_split")
+            else ""
+        )
         print(
             f"{name}: {pp['n_examples']:,} samples, {pp['documents']:,} documents "
-            f"({pp['documents_skipped']:,} skipped), {pp['document_tokens']:,} tokens -> "
+            f"({pp['documents_skipped']:,} skipped{split}), {pp['document_tokens']:,} tokens -> "
             f"{params['setup']['output_dir']}",
             file=sys.stderr,
         )
+    cut = sum(p["post-process"].get("endings_cut", 0) for p in results.values())
+    if cut:
+        print(endings_note(cut, opts.mode), file=sys.stderr)
     tokens = sum(p["post-process"]["document_tokens"] for p in results.values())
     print(
         f"done in {elapsed:.1f}s ({tokens / max(elapsed, 1e-9) / 1e6:.2f}M tokens/s, backend {tok.backend})",
         file=sys.stderr,
     )
     return results
+
+
+def endings_note(n: int, mode: str) -> str:
+    """The one line saying that ModelZoo's find_token_range bug was reproduced, and the switch."""
+    what = (
+        f"{n:,} examples' loss masks leave out trailing tokens of a region's last character"
+        if mode == "finetuning"
+        else f"{n:,} documents lost their last character's trailing tokens"
+    )
+    return (
+        f"note: {what} (a character the tokenizer splits into several tokens), as ModelZoo's "
+        "data_preprocessing/utils.py: find_token_range does; processing.gptx_keep_whole_last_character: true "
+        "(--keep-whole-last-character) keeps them"
+    )
 
 
 def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:

@@ -93,10 +93,24 @@ class TextCleaning:
             text = wikitext_detokenizer(text)
         return text
 
-    def apply(self, texts: list[str], kind: str) -> tuple[list[str], int]:
-        """(cleaned non-empty texts, number that came out empty)."""
+    def apply(
+        self, texts: list[str], kind: str, chunk_bytes: int | None = None
+    ) -> tuple[list[str], int, tuple[int, int]]:
+        """(cleaned non-empty texts, number that came out empty, (records cut, documents they gave)).
+
+        `chunk_bytes`: a record (a line of a `.txt` file) of more UTF-8 bytes is first cut into
+        documents as ModelZoo v2's reader does (`split_by_read_chunk_size`)."""
         if kind == "text" and self.lines:
             texts = [line for t in texts for line in t.splitlines()]
+        records_cut = pieces = 0
+        if chunk_bytes is not None:
+            split: list[str] = []
+            for t in texts:
+                parts = split_by_read_chunk_size(t, chunk_bytes)
+                if len(parts) > 1:
+                    records_cut, pieces = records_cut + 1, pieces + len(parts)
+                split += parts
+            texts = split
         out: list[str] = []
         empty = 0
         for t in texts:
@@ -105,4 +119,38 @@ class TextCleaning:
                 out.append(t)
             else:
                 empty += 1
-        return out, empty
+        return out, empty, (records_cut, pieces)
+
+
+def _last_paragraph_or_sentence_end(buffer: str) -> int | None:
+    """ModelZoo's find_last_paragraph_or_sentence_end: just after the last '\\n\\n', else just after the
+    last '.', '!' or '?', else None."""
+    para = buffer.rfind("\n\n")
+    if para != -1:
+        return para + 2
+    ends = [buffer.rfind(c) for c in ".!?"]
+    last = max(ends)
+    return last + 1 if last != -1 else None
+
+
+def split_by_read_chunk_size(text: str, chunk_bytes: int) -> list[str]:
+    """ModelZoo v2's reader (data_reader.py: Reader.accumulate_and_yield,
+    split_entry_by_paragraph_or_sentence), rule for rule: a one-field record of more than `chunk_bytes`
+    UTF-8 bytes (read_chunk_size KiB) is cut at the last paragraph or sentence end within its first
+    `chunk_bytes` characters, else after them, again and again; each piece is a document of its own.
+
+    As in ModelZoo the size left is counted in bytes but decreased by the characters cut off, so a text
+    with multi-byte characters is cut while that count stays over `chunk_bytes` (empty pieces included:
+    they are no documents)."""
+    size = len(text.encode("utf-8"))
+    if size <= chunk_bytes:
+        return [text]
+    pieces = []
+    while size > chunk_bytes:
+        end = _last_paragraph_or_sentence_end(text[:chunk_bytes])
+        cut = end if end else chunk_bytes
+        pieces.append(text[:cut])
+        text, size = text[cut:], size - cut
+    if text:
+        pieces.append(text)
+    return pieces

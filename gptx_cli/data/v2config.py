@@ -92,12 +92,7 @@ V2_KEYS: dict[str, Key] = {
     "jsonl_key": Key(_P, ACTED),
     "write_in_batch": Key(_P, QUIET),
     "fraction_of_RAM_alloted": Key(_P, QUIET),
-    "read_chunk_size": Key(
-        _P,
-        WARN,
-        "gptx never cuts a document before tokenizing (ModelZoo cuts a one-field record larger than "
-        "read_chunk_size KiB at a paragraph or sentence end)",
-    ),
+    "read_chunk_size": Key(_P, ACTED),  # pretraining: records cut into documents (textclean.py)
     "write_chunk_size": Key(
         _P, WARN, "gptx cuts output files every files_per_record samples, not every write_chunk_size KiB"
     ),
@@ -109,6 +104,9 @@ V2_KEYS: dict[str, Key] = {
     "semantic_loss_weight": Key(_P, CHECKED, "semantic region weights", None),
     "semantic_drop_mask": Key(_P, CHECKED, "semantic region dropping", None),
     "semantic_attention_mask": Key(_P, CHECKED, "semantic attention masks", None),
+    # gptx's own keys (docs/modelzoo-differences.md): the corrected rule where ModelZoo's differs
+    "gptx_keep_whole_documents": Key(_P, ACTED),  # no read_chunk_size cut
+    "gptx_keep_whole_last_character": Key(_P, ACTED),  # not ModelZoo's find_token_range end
     # dataset (gptx also reads pack_sequences and the split_text_* keys from processing)
     "pack_sequences": Key(_PD, ACTED),
     "text_key": Key(_D, ACTED),
@@ -165,6 +163,7 @@ class V2Plan:
     context_splits: dict[str, Any] | None = None
     data_splits_dir: str | None = None
     split_seed: int = 0
+    truncate_to_msl: dict[str, Any] | None = None  # finetuning: dataset.truncate_to_msl, checked
     warnings: list[V2Warning] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)  # the YAML as written (for the finetuning mode)
 
@@ -371,6 +370,19 @@ def load_v2_config(path: str | Path) -> V2Plan:
                 )
             )
 
+    _read_chunk_size(doc, plan, proc)
+    if "gptx_keep_whole_last_character" in proc:
+        out["keep_whole_last_character"] = _typed(
+            doc, ("processing", "gptx_keep_whole_last_character"), proc["gptx_keep_whole_last_character"],
+            bool, "true/false",
+        )  # fmt: skip
+        if plan.mode == "nlg":
+            _no_effect(
+                doc, plan, ("processing", "gptx_keep_whole_last_character"), "nlg records are token ids"
+            )
+    if plan.mode == "finetuning" and ds.get("truncate_to_msl") is not None:
+        plan.truncate_to_msl = _truncate_to_msl(doc, plan, ds["truncate_to_msl"])
+
     _mode_keys(doc, plan, setup, proc, ds)
 
     # --- keys that only the finetuning mode reads
@@ -385,6 +397,78 @@ def load_v2_config(path: str | Path) -> V2Plan:
                     )
                 )  # fmt: skip
     return plan
+
+
+READ_CHUNK_SIZE_KIB = 1024  # data_preprocessor.py: processing_params.pop("read_chunk_size", 1024) * 1024
+TRUNCATE_KEYS = ("max_turn_length", "prompt_truncation_mode")
+TRUNCATION_MODES = ("keep_start", "keep_end")
+
+
+def _no_effect(doc: YamlDoc, plan: V2Plan, path: tuple[str, ...], why: str) -> None:
+    line, col = doc.where(path)
+    plan.warnings.append(V2Warning(doc.file, line, col, ".".join(path), f"{NO_EFFECT}: {why}"))
+
+
+def _read_chunk_size(doc: YamlDoc, plan: V2Plan, proc: dict[str, Any]) -> None:
+    """ModelZoo's reader cuts a one-field record (pretraining text) larger than read_chunk_size KiB
+    (default 1024) into documents; gptx_keep_whole_documents: true keeps them whole."""
+    size = proc.get("read_chunk_size", READ_CHUNK_SIZE_KIB)
+    where = ("processing", "read_chunk_size")
+    if "read_chunk_size" in proc and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise doc.error(where, f"expected a positive whole number of KiB, got {size!r}")
+    whole = _typed(
+        doc, ("processing", "gptx_keep_whole_documents"), proc.get("gptx_keep_whole_documents", False), bool,
+        "true/false",
+    )  # fmt: skip
+    if plan.mode != "pretraining":
+        why = f"in {plan.mode} mode ModelZoo cuts no record (it cuts one-field records: pretraining text)"
+        for key in ("read_chunk_size", "gptx_keep_whole_documents"):
+            if key in proc:
+                _no_effect(doc, plan, ("processing", key), why)
+        return
+    if not whole:
+        plan.options["read_chunk_size"] = size
+
+
+def _truncate_to_msl(doc: YamlDoc, plan: V2Plan, value: Any) -> dict[str, Any]:
+    """dataset.truncate_to_msl as ModelZoo's FinetuningTokenGenerator reads it: `max_turn_length`
+    (default max_seq_length) and `prompt_truncation_mode` (keep_start / keep_end; anything else, or
+    nothing, is keep_end after ModelZoo's warning "Invalid truncation mode set"). Other keys, such as
+    the `truncation_mode` of ModelZoo's own summarization_preprocessing.yaml, are not read."""
+    path = ("dataset", "truncate_to_msl")
+    if not isinstance(value, dict) or not value:
+        raise doc.error(
+            path,
+            f"expected a mapping with max_turn_length and prompt_truncation_mode, got {value!r} (ModelZoo's "
+            "finetuning_token_generator.py stops on it)",
+        )
+    for key in value:
+        if key not in TRUNCATE_KEYS:
+            _no_effect(
+                doc, plan, (*path, str(key)),
+                f"ModelZoo's FinetuningTokenGenerator reads only {' and '.join(TRUNCATE_KEYS)} from "
+                f"truncate_to_msl{_did_you_mean(str(key), TRUNCATE_KEYS)}",
+            )  # fmt: skip
+    turn = value.get("max_turn_length")
+    if turn is not None:
+        turn = _typed(doc, (*path, "max_turn_length"), turn, int, "a number of tokens")
+        if turn < 0:
+            raise doc.error((*path, "max_turn_length"), f"must be >= 0, got {turn}")
+    mode = value.get("prompt_truncation_mode")
+    if mode not in TRUNCATION_MODES:
+        line, col = doc.where(
+            (*path, "prompt_truncation_mode") if "prompt_truncation_mode" in value else path
+        )
+        what = "is not set" if mode is None else f"is {mode!r}, not keep_start or keep_end"
+        plan.warnings.append(
+            V2Warning(
+                doc.file, line, col, "dataset.truncate_to_msl.prompt_truncation_mode",
+                f"{what}: prompts are cut keeping their end (keep_end), as ModelZoo does after its warning "
+                "\"Invalid truncation mode set - setting default mode as 'keep_end'.\"",
+            )
+        )  # fmt: skip
+        mode = "keep_end"
+    return {"max_turn_length": turn, "prompt_truncation_mode": mode}
 
 
 # Keys a mode's ModelZoo token generator never reads (its DataPreprocessor logs them as unused).

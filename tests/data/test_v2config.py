@@ -248,38 +248,68 @@ def test_pretraining_data_context_split(tmp_path, gptx, tok_paths):
             assert (samples_of(out) == modelzoo_v2(cleaned(ordered), tok, normalize_msl(msl))).all()
 
 
-@pytest.mark.parametrize(
-    "name", ["summarization_preprocessing", "curation_corpus_summarization_preprocessing"]
-)
-def test_finetuning_configs_reach_the_finetuning_mode(tmp_path, gptx, tok_paths, name):
-    cfg = edited(name, tmp_path, *tok_paths)
+def test_curation_corpus_config_names_a_hook_modelzoo_does_not_define(tmp_path, gptx, tok_paths):
+    cfg = edited("curation_corpus_summarization_preprocessing", tmp_path, *tok_paths)
     (tmp_path / "data").mkdir()
     (tmp_path / "data/a.jsonl").write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
     res = gptx("preprocess", "--config", cfg.name, cwd=tmp_path)
-    line = res.stderr.strip().splitlines()[-1]
-    mode_line = next(
-        i for i, t in enumerate(cfg.read_text().splitlines(), 1) if t.strip().startswith("mode:")
-    )
     hook_line = next(
         i for i, t in enumerate(cfg.read_text().splitlines(), 1) if t.strip().startswith("read_hook:")
     )
-    if name.startswith("curation"):
-        # ModelZoo ships this file with a hook name its hooks.py does not define.
-        assert line == (
-            f"error: {cfg.name}:{hook_line}:5: processing.read_hook: unknown read hook 'prompt_completion_key' "
-            "(gptx runs text_read_hook, nlg_read_hook, prompt_completion_text_read_hook, chat_read_hook) "
-            "(did you mean 'prompt_completion_text_read_hook'?)"
-        )
-        return
-    try:
-        import gptx_cli.data.finetune  # noqa: F401
-    except ImportError:
-        assert line == (
-            f"error: {cfg.name}:{mode_line}:5: setup.mode: finetuning mode is not available in this gptx build "
-            "(gptx_cli/data/finetune.py)"
-        )
-    else:  # the finetuning mode refuses ModelZoo's truncate_to_msl (gptx_cli/data/finetune.py)
-        assert res.returncode == 1 and "dataset.truncate_to_msl is not supported by gptx" in line, res.stderr
+    # ModelZoo ships this file with a hook name its hooks.py does not define.
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: {cfg.name}:{hook_line}:5: processing.read_hook: unknown read hook 'prompt_completion_key' "
+        "(gptx runs text_read_hook, nlg_read_hook, prompt_completion_text_read_hook, chat_read_hook) "
+        "(did you mean 'prompt_completion_text_read_hook'?)"
+    )
+
+
+def test_summarization_config_truncates_prompts_keeping_their_end(tmp_path, gptx, tok_paths, documents):
+    """summarization_preprocessing.yaml's truncate_to_msl: its `truncation_mode` is not a key ModelZoo
+    reads (it reads prompt_truncation_mode), so ModelZoo warns and keeps each prompt's end; with
+    max_turn_length 512 an over-long prompt loses its first tokens until the example is msl tokens."""
+    cfg = edited("summarization_preprocessing", tmp_path, *tok_paths)
+    neox = load_tokenizer(str(tok_paths[1]))
+    long_source = " ".join(documents[:30])  # far over 2048 tokens
+    records = [
+        {"source": long_source, "target": documents[0][:300]},
+        {"source": documents[1][:500], "target": documents[2][:200]},  # fits: untouched
+        {"source": documents[3][:400], "target": " ".join(documents[:30])},  # the completion loses its end
+    ]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    res = gptx("preprocess", "--config", cfg.name, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = cfg.read_text().splitlines()
+    at = {t.strip().split(":")[0]: (i, len(t) - len(t.lstrip()) + 1) for i, t in enumerate(lines, 1)}
+    assert res.stderr.splitlines()[:2] == [
+        f"{cfg.name}:{at['truncation_mode'][0]}:{at['truncation_mode'][1]}: warning: "
+        "dataset.truncate_to_msl.truncation_mode: accepted for ModelZoo compatibility; has no effect in gptx: "
+        "ModelZoo's FinetuningTokenGenerator reads only max_turn_length and prompt_truncation_mode from "
+        "truncate_to_msl (did you mean 'prompt_truncation_mode'?)",
+        f"{cfg.name}:{at['truncate_to_msl'][0]}:{at['truncate_to_msl'][1]}: warning: "
+        "dataset.truncate_to_msl.prompt_truncation_mode: is not set: prompts are cut keeping their end "
+        '(keep_end), as ModelZoo does after its warning "Invalid truncation mode set - setting default mode '
+        "as 'keep_end'.\"",
+    ]
+    samples = samples_of(tmp_path / "out")
+    assert len(samples) == 3
+    eos = "<|endoftext|>"
+
+    def ids_of(rec: dict) -> list[int]:  # sep_token: null; prompt + completion + EOS in one call
+        text = ftfy.fix_text(rec["source"], normalization="NFC") + ftfy.fix_text(rec["target"])
+        return neox.hf.encode(text + eos).ids
+
+    full = ids_of(records[0])
+    completion = len(neox.hf.encode(ftfy.fix_text(records[0]["target"]) + eos).ids)
+    assert len(full) > 2048 + 512
+    kept = full[len(full) - 2048 :]  # keep_end: the prompt's first tokens go
+    assert samples[0, 0, :-1].tolist() == kept[:-1] and samples[0, 2, :-1].tolist() == kept[1:]
+    assert 0 < completion - 1 <= int(samples[0, 1].sum()) <= completion + 1
+    short = ids_of(records[1])
+    assert samples[1, 0, : len(short) - 1].tolist() == short[:-1]
+    cut = ids_of(records[2])[:2048]  # part two: the completion (and its EOS) lose their end
+    assert samples[2, 0, :-1].tolist() == cut[:-1] and samples[2, 2, :-1].tolist() == cut[1:]
 
 
 def test_every_key_of_the_shipped_configs_is_known():
