@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import read_metrics, run_gptx, tiny_args
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 START, END = 25, 50  # the reference run's checkpoints (tiny_gptj.yaml: checkpoint.steps 25, max_steps 50)
 GLOBAL_BATCH = 8  # tiny_gptj.yaml's train_dataloader.batch_size
