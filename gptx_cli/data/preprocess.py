@@ -82,8 +82,8 @@ class PreprocessOptions:
     overwrite: bool = False
     progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
     use_vsl: bool = False  # ModelZoo VSL samples [n, 5, msl] (gptx_cli.data.vsl)
-    fold_long_doc: bool = True  # VSL: cut documents longer than msl + 1 instead of dropping them
-    mode: str = "pretraining"  # or "finetuning" (gptx_cli.data.finetune; pack_sequences then defaults off)
+    read_chunk_size: int = 1024  # KiB: ModelZoo's read chunks, within which VSL packs (gptx_cli.data.vsl)
+    mode: str = "pretraining"  # or "finetuning" (gptx_cli.data.finetune; use_vsl packs its examples)
     finetuning: Any = None  # a finetune.FinetuneSpec in finetuning mode
     # ModelZoo v2 config settings (gptx_cli/data/v2config.py):
     cleaning: TextCleaning = field(default_factory=TextCleaning)  # strip / ftfy / wikitext, per document
@@ -187,6 +187,7 @@ class EncodedBatch:
     empty: int
     chars: int
     error: tuple[str, str | None] | None = None
+    sizes: np.ndarray | None = None  # VSL: each document's text in UTF-8 bytes as read (data/vsl.py)
 
 
 def _encode_finetune(
@@ -208,6 +209,7 @@ def _encode_batch(
     subsets: Any,
     cleaning: TextCleaning | None = None,
     add_eos: bool = True,
+    sized: bool = False,
 ) -> EncodedBatch:
     tok = _WORKER["tok"]
     try:
@@ -215,14 +217,24 @@ def _encode_batch(
     except DataError as err:
         empty = np.zeros(0, dtype=np.int32)
         return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
+    sizes = None
     if cleaning is not None and cleaning.active:
-        tb.texts, emptied = cleaning.apply(tb.texts, kind)
+        if sized:
+            tb.texts, emptied, sizes = cleaning.apply_sized(tb.texts, kind)
+        else:
+            tb.texts, emptied = cleaning.apply(tb.texts, kind)
         tb.empty += emptied
+    if sized and sizes is None:
+        sizes = [len(t.encode("utf-8")) for t in tb.texts]
     if add_eos:
         tokens, lengths = append_eos(tok.encode_batch_arrays(tb.texts), tok.eos_id)
     else:  # the ModelZoo v2 packer places EOS itself
         tokens, lengths = concat_documents(tok.encode_batch_arrays(tb.texts))
-    return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, sum(len(t) for t in tb.texts))
+    chars = sum(len(t) for t in tb.texts)
+    out = EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, chars)
+    if sizes is not None:
+        out.sizes = np.array(sizes, dtype=np.int64)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -519,7 +531,7 @@ def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, 
         "mode": opts.mode,
         "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
         **_modelzoo_settings(opts),
-    } | ({"use_vsl": True, "fold_long_doc": opts.fold_long_doc} if opts.use_vsl else {})
+    } | ({"use_vsl": True, "read_chunk_size": opts.read_chunk_size} if opts.use_vsl else {})
 
 
 def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
@@ -661,17 +673,22 @@ def _run_unit(
     packer: Any = (ModelZooV2Packer if v2 else Packer)(
         opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len
     )
+    vsl_finetune = None
     if opts.use_vsl:
-        from gptx_cli.data.vsl import VSLPacker
+        from gptx_cli.data.vsl import VSLFinetunePacker, VSLPacker
 
         packer = VSLPacker(
             opts.max_seq_length,
             tok.eos_id,
             tok.pad_id,
             opts.min_sequence_len,
-            opts.samples_per_file,
-            opts.fold_long_doc,
+            opts.read_chunk_size,
+            len(opts.text_key.encode("utf-8")),
         )
+        if opts.mode == "finetuning":
+            vsl_finetune = VSLFinetunePacker(
+                opts.max_seq_length, tok.pad_id, tok.eos_id, opts.read_chunk_size
+            )
     writer: Any
     if opts.output_format == "hdf5":
         writer = _SampleWriter(job, u, opts.samples_per_file, opts.seed)
@@ -694,12 +711,14 @@ def _run_unit(
         short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
     for unit in units:
         if opts.mode == "finetuning":
-            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before)
+            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before, vsl_finetune)
             done_before += unit.size
             stats.input_files += 1
             continue
+        # v2 and VSL place EOS themselves (ModelZoo's _add_eos_to_doc); VSL also counts read chunks
+        eos = not (v2 or opts.use_vsl)
         tasks = (
-            (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning, not v2)
+            (unit.kind, unit.location, b, opts.text_key, subsets, opts.cleaning, eos, opts.use_vsl)
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
         )
         consumed = 0
@@ -722,7 +741,9 @@ def _run_unit(
             stats.documents_empty += res.empty
             stats.raw_bytes_count += batch.raw_bytes
             stats.raw_chars_count += res.chars
-            if opts.output_format == "hdf5":
+            if opts.use_vsl:
+                writer.add(packer.add_documents(res.tokens, res.lengths, res.sizes))
+            elif opts.output_format == "hdf5":
                 samples = packer.add_documents(res.tokens, res.lengths)
                 writer.add(short.apply(samples) if short is not None else samples)
             else:
@@ -734,7 +755,13 @@ def _run_unit(
         stats.input_files += 1
     if shown > MAX_PROBLEMS_SHOWN:
         print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
-    if opts.output_format == "hdf5":
+    if vsl_finetune is not None:
+        from gptx_cli.data.finetune import FinetuneStats
+
+        st = FinetuneStats()
+        writer.add(vsl_finetune.finish(st))
+        _add_finetune_stats(stats, st)
+    elif opts.output_format == "hdf5":
         last = packer.finish()
         writer.add(short.apply(last) if short is not None else last)
     writer.close()
@@ -752,33 +779,40 @@ def _finetune_unit(
     stats: JobStats,
     progress: _Progress,
     done_before: int,
+    vsl: Any = None,
 ) -> None:
-    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order."""
+    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order;
+    with VSL the workers give examples, packed here per read chunk (`vsl`, a vsl.VSLFinetunePacker)."""
     spec = opts.finetuning
     tasks = (
-        (unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, opts.pack_sequences)
+        (unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, vsl is not None)
         for b in iter_record_batches(unit, u, text_key=opts.text_key, columns=spec.columns())
     )
     for task, res in _bounded_map(pool, _encode_finetune, tasks, depth=2 * max(1, opts.processes) + 2):
         batch = task[2]
         if res.error is not None:
             raise DataError(res.error[0], hint=res.error[1])
-        writer.add(res.samples)
-        st, s = res.stats, stats.samples
-        stats.documents += st.examples
-        stats.documents_skipped += st.examples_skipped_chat
-        stats.examples_too_long += st.examples_too_long
-        stats.examples_too_short += st.examples_too_short
-        stats.num_masked_tokens += st.num_masked_tokens
+        writer.add(vsl.add(res.records, res.stats) if vsl is not None else res.samples)
+        st = res.stats
+        _add_finetune_stats(stats, st)
         stats.raw_bytes_count += batch.raw_bytes
         stats.raw_chars_count += res.chars
-        s.n_examples += st.n_examples
-        s.num_tokens += st.num_tokens
-        s.non_pad_tokens += st.non_pad_tokens
-        s.num_pad_tokens += st.num_pad_tokens
-        s.loss_valid_tokens += st.loss_valid_tokens
-        s.document_tokens += st.example_tokens
         progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
+
+
+def _add_finetune_stats(stats: JobStats, st: Any) -> None:
+    s = stats.samples
+    stats.documents += st.examples
+    stats.documents_skipped += st.examples_skipped_chat
+    stats.examples_too_long += st.examples_too_long
+    stats.examples_too_short += st.examples_too_short
+    stats.num_masked_tokens += st.num_masked_tokens
+    s.n_examples += st.n_examples
+    s.num_tokens += st.num_tokens
+    s.non_pad_tokens += st.non_pad_tokens
+    s.num_pad_tokens += st.num_pad_tokens
+    s.loss_valid_tokens += st.loss_valid_tokens
+    s.document_tokens += st.example_tokens
 
 
 def _run_job(
@@ -971,7 +1005,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
 def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:
     from gptx_cli.data.vsl import VSL_FEATURES
 
-    return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True, "fold_long_doc": opts.fold_long_doc}}
+    return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True}}
 
 
 def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
@@ -1000,6 +1034,7 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             "mode": opts.mode,
             "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
             **_modelzoo_settings(opts),
+            **({"read_chunk_size": opts.read_chunk_size} if opts.use_vsl else {}),
         },
         "features": ["input_ids", "attention_mask", "labels"],
         "post-process": stats.to_dict(),

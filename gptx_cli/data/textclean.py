@@ -95,14 +95,26 @@ class TextCleaning:
 
     def apply(self, texts: list[str], kind: str) -> tuple[list[str], int]:
         """(cleaned non-empty texts, number that came out empty)."""
+        return self._apply(texts, kind, None)
+
+    def apply_sized(self, texts: list[str], kind: str) -> tuple[list[str], int, list[int]]:
+        """As `apply`, with the UTF-8 bytes of each kept text as read, before clean-up (the size ModelZoo's
+        reader counts towards a read chunk, data/vsl.py)."""
+        sizes: list[int] = []
+        out, empty = self._apply(texts, kind, sizes)
+        return out, empty, sizes
+
+    def _apply(self, texts: list[str], kind: str, sizes: list[int] | None) -> tuple[list[str], int]:
         if kind == "text" and self.lines:
             texts = [line for t in texts for line in t.splitlines()]
         out: list[str] = []
         empty = 0
-        for t in texts:
-            t = self.clean(t)
+        for raw in texts:
+            t = self.clean(raw)
             if t:
                 out.append(t)
+                if sizes is not None:
+                    sizes.append(len(raw.encode("utf-8")))
             else:
                 empty += 1
         return out, empty

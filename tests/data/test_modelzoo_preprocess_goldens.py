@@ -68,22 +68,12 @@ KNOWN: dict[tuple[str, str], str] = {
         "its unshuffled run wrote (samples_per_file: one here), ignores write_chunk_size (warned) and draws "
         "the prefix sample from the running stream (with 5 files that alone moves one sample)"
     ),
-    ("vsl", "samples"): (
-        "VSL packing: ModelZoo's VSLPretrainingTokenGenerator (append_within_max_length, process_chunks) "
-        "orders each read chunk's documents by length (longest first) before placing them and keeps the "
-        "loss mask at each document's last token; gptx places documents in input order with "
-        "VSLLMDataPreprocessor's rules (loss mask 0 there): 48 samples from ModelZoo, 43 from gptx"
-    ),
-    ("finetune_vsl", "*"): (
-        "fine-tuning VSL: gptx refuses dataset.use_vsl: true in finetuning mode "
-        "(ModelZoo: VSLFinetuningTokenGenerator, [n, 5, msl] samples)"
-    ),
     ("summarization", "*"): (
         "summarization: gptx refuses dataset.truncate_to_msl (ModelZoo: utils.py: truncate_sequence; the "
         "shipped config's truncation_mode key is not read, so ModelZoo warns and uses keep_end)"
     ),
 }
-for _case in ("chat", "endings", "finetune_splits", *PRETRAINING):
+for _case in ("chat", "endings", "finetune_splits", "finetune_vsl", *PRETRAINING):
     KNOWN[(_case, "stats")] = STATS + (PRETRAINING_STATS if _case in PRETRAINING else FINETUNING_STATS)
 KNOWN[("chat", "stats")] += ", and raw_chars_count is 0 for chat records"
 KNOWN[("no_packing", "stats")] += (
@@ -94,12 +84,11 @@ KNOWN[("txt", "stats")] += (
     "; ModelZoo does not count the blank line (an empty document) at all (processed_files 99), gptx "
     "counts it processed and discarded (100, 1)"
 )
-for _case in ("endings", "read_chunk_size", "vsl"):
+for _case in ("endings", "read_chunk_size"):
     KNOWN[(_case, "stats")] += "; and the token counts of the sample differences"
-KNOWN[("vsl", "stats")] += (
-    "; no num_sequences_before_packing / vsl_packing_factor, and the documents shorter than "
-    "min_sequence_len are not counted as discarded_files"
-)
+for _case in ("vsl", "finetune_vsl"):
+    KNOWN[(_case, "stats")] += "; no num_sequences_before_packing / vsl_packing_factor"
+KNOWN[("vsl", "stats")] += ", and the documents shorter than min_sequence_len are not counted as discarded_files"
 SETTINGS = (
     "data_params settings: gptx records its own settings, not ModelZoo's copy of the YAML: setup.data, "
     "setup.mode, setup.processes, processing.read_hook(_kwargs), the tokenizer keys, use_ftfy, "
@@ -108,7 +97,7 @@ SETTINGS = (
     "missing, setup.output_dir is normalised ('out', ModelZoo './out') and processing.shuffle_seed is "
     "null unless shuffling (ModelZoo 0)"
 )
-for _case in ("chat", "endings", "finetune_splits", *PRETRAINING):
+for _case in ("chat", "endings", "finetune_splits", "finetune_vsl", *PRETRAINING):
     KNOWN[(_case, "params")] = SETTINGS
 
 
