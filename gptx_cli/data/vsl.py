@@ -148,7 +148,7 @@ def _modelzoo_note(samples: int, records: int, printed: list[bool]) -> None:
     if samples > records and not printed:
         printed.append(True)
         print(
-            f"note: a read chunk gives {samples} VSL samples from {records} records; ModelZoo 2.10 stops "
+            f"note: a read chunk gives {samples} VSL samples from {records} documents; ModelZoo 2.10 stops "
             "writing there (IndexError in data_reader.py: DataFrame.tokenize, exit 0), gptx writes them "
             "(docs/modelzoo-differences.md)",
             file=sys.stderr,

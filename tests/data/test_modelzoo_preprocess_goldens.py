@@ -88,7 +88,9 @@ for _case in ("endings", "read_chunk_size"):
     KNOWN[(_case, "stats")] += "; and the token counts of the sample differences"
 for _case in ("vsl", "finetune_vsl"):
     KNOWN[(_case, "stats")] += "; no num_sequences_before_packing / vsl_packing_factor"
-KNOWN[("vsl", "stats")] += ", and the documents shorter than min_sequence_len are not counted as discarded_files"
+KNOWN[("vsl", "stats")] += (
+    ", and the documents shorter than min_sequence_len are not counted as discarded_files"
+)
 SETTINGS = (
     "data_params settings: gptx records its own settings, not ModelZoo's copy of the YAML: setup.data, "
     "setup.mode, setup.processes, processing.read_hook(_kwargs), the tokenizer keys, use_ftfy, "
