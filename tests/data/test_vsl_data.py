@@ -108,7 +108,9 @@ def mz_vsl_pretraining(
     samples, stops = [], False
     for chunk in mz_read_chunks([{"text": t} for t in texts], texts, limit):
         per_record = [
-            mz_chop_doc_into_msl([int(t) for t in tok.encode(x)], msl, tok.eos_id, min_len) for x in chunk
+            mz_chop_doc_into_msl([int(t) for t in tok.encode(x)], msl, tok.eos_id, min_len)
+            for x in chunk
+            if x
         ]
         groups = mz_group_arrays_by_msl([p for pieces in per_record for p in pieces], msl)
         stops |= len(groups) > sum(1 for pieces in per_record if pieces)
@@ -251,6 +253,47 @@ def test_input_where_modelzoo_stops_is_written_with_a_note(tmp_path, gptx, token
     # the long document's pieces of msl + 1 tokens are samples of their own: one document, no padding
     full = got[(got[:, 4] == np.arange(MSL)).all(1)]
     assert len(full) >= 2 and (full[:, 3] == np.arange(MSL - 1, -1, -1)).all()
+
+
+def modelzoo_chunk_case(tok, msl: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(texts, gptx's samples, ModelZoo's) for 1 KiB read chunks: short s1, s2, a document a, an empty
+    record, a short b; s1 + s2 + a + b fill 1009..1012 of the 1024 bytes (keys: 4 each), so the empty
+    record's 4 bytes make ModelZoo close the chunk before b, which gptx packs with s1 and s2."""
+    base = " ".join(stdlib_documents(2)).encode("ascii", "ignore").decode()
+    s1, s2 = "Short one, of a few words and more.", "Short two, of a few words or more."
+    for k in range(8, 40):
+        b = " ".join(["alpha"] * k)
+        a = base[: 1011 - len(s1) - len(s2) - len(b)].strip()
+        texts = [s1, s2, a, "", b]
+        if sum(map(len, texts)) != 1011:
+            continue
+        modelzoo, stops = mz_vsl_pretraining(texts, tok, msl, 1024)
+        gptx_rule, _ = mz_vsl_pretraining([s1, s2, a, b], tok, msl, 1024)
+        if not stops and modelzoo.tobytes() != gptx_rule.tobytes():
+            return texts, gptx_rule, modelzoo
+    raise AssertionError("no texts for the chunk boundary")
+
+
+def test_where_gptx_packs_differently_from_modelzoo(tmp_path, gptx, tokenizer_env, gpt2) -> None:
+    """docs/modelzoo-differences.md, Preprocessing: an empty record counts towards ModelZoo's read chunk
+    (its key's 4 bytes), not towards gptx's; a lone one-token piece is dropped, not written as padding."""
+    texts, gptx_rule, modelzoo = modelzoo_chunk_case(gpt2, MSL)
+    (tmp_path / "in.jsonl").write_bytes(jsonl_bytes(texts))
+    _v2_yaml(tmp_path / "v2.yaml", "out", extra="  read_chunk_size: 1\n")
+    res = gptx("preprocess", "--config", "v2.yaml", cwd=tmp_path, env=tokenizer_env)
+    assert res.returncode == 0, res.stderr
+    assert modelzoo.tobytes() != gptx_rule.tobytes()
+    assert _read_dir(tmp_path / "out").tobytes() == gptx_rule.tobytes()
+
+    from gptx_cli.data.vsl import VSLPacker
+
+    packer = VSLPacker(4, eos_id=0, pad_id=0, min_sequence_len=1)  # [1, 2, 3, 4] + EOS fills a sample
+    out = np.concatenate(
+        [packer.add_documents(np.array([1, 2, 3, 4, 0], np.int32), np.array([4, 1])), packer.finish()]
+    )
+    groups = mz_group_arrays_by_msl([[1, 2, 3, 4, 0], [0]], 4)
+    assert len(groups) == 2 and not mz_create_features_auto_lm_vsl(groups[1], 4, 0).any()  # padding only
+    assert out.tobytes() == mz_create_features_auto_lm_vsl(groups[0], 4, 0)[None].tobytes()
 
 
 @pytest.fixture
