@@ -23,8 +23,8 @@ Ported from ModelZoo's `finetuning_token_generator.py`, `hooks.py` and `utils.py
   `discarded_files`).
 - **Packing.** With `use_vsl` (`--use-vsl`, ModelZoo's `VSLFinetuningTokenGenerator`) several examples
   share a [5, msl] sample, each with its own attention span and positions (gptx_cli/data/vsl.py:
-  `append_within_max_length` per read chunk: from the last example backwards, each joins the nearest
-  earlier bin it fits in, `<= max_seq_length` tokens); without it (ModelZoo's `finetuning` generator)
+  `pack_bins`, ModelZoo's `append_within_max_length` per read chunk: from the last example backwards,
+  each joins the nearest earlier bin it fits in, `<= max_seq_length` tokens); without it (ModelZoo's `finetuning` generator)
   each example is padded on its own. ModelZoo's finetuning generators never read `pack_sequences`:
   `--pack-sequences` is refused here, `dataset.pack_sequences` warned as having no effect.
 
@@ -348,10 +348,9 @@ class FinetuneStats:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
-def sample_from_examples(examples: list[Example], msl: int, pad_id: int) -> np.ndarray:
-    """[3, msl]: the examples' ids concatenated, shifted (ModelZoo's pad_to_msl / VSL packing)."""
-    ids = [t for ex in examples for t in ex.ids]
-    mask = [m for ex in examples for m in ex.mask]
+def sample_from_example(ex: Example, msl: int, pad_id: int) -> np.ndarray:
+    """[3, msl]: the example's ids shifted and padded (ModelZoo's pad_to_msl)."""
+    ids, mask = ex.ids, ex.mask
     out = np.full((3, msl), pad_id, dtype=np.int32)
     out[1] = 0
     n = len(ids) - 1
@@ -359,22 +358,6 @@ def sample_from_examples(examples: list[Example], msl: int, pad_id: int) -> np.n
     out[1, :n] = mask[1:]
     out[2, :n] = ids[1:]
     return out
-
-
-def pack_bins(lengths: list[int], msl: int) -> list[list[int]]:
-    """ModelZoo's append_within_max_length: bins of example indices, each <= msl tokens."""
-    bins = [[i] for i in range(len(lengths))]
-    lens = list(lengths)
-    i = len(bins) - 1
-    while i > 0:
-        for j in range(i - 1, -1, -1):
-            if lens[i] + lens[j] <= msl:
-                bins[j].extend(bins[i])
-                lens[j] += lens[i]
-                del bins[i], lens[i]
-                break
-        i -= 1
-    return bins
 
 
 def keep_example(ex: Example, msl: int, min_len: int, st: FinetuneStats) -> bool:
@@ -391,20 +374,15 @@ def keep_example(ex: Example, msl: int, min_len: int, st: FinetuneStats) -> bool
 
 
 def build_samples(
-    examples: list[Example], msl: int, min_len: int, pad_id: int, eos_id: int, pack: bool
+    examples: list[Example], msl: int, min_len: int, pad_id: int, eos_id: int
 ) -> tuple[np.ndarray, FinetuneStats]:
-    """Drop over-long / too-short examples, pack or pad the rest -> ([n, 3, msl] int32, stats)."""
+    """Drop over-long / too-short examples, pad the rest -> ([n, 3, msl] int32, stats)."""
     st = FinetuneStats()
     kept = [ex for ex in examples if keep_example(ex, msl, min_len, st)]
-    groups = (
-        [[kept[i] for i in b] for b in pack_bins([len(e.ids) for e in kept], msl)]
-        if pack
-        else [[e] for e in kept]
-    )
     st.num_sequences_before_packing = len(kept)
-    if not groups:
+    if not kept:
         return np.zeros((0, 3, msl), dtype=np.int32), st
-    samples = np.stack([sample_from_examples(g, msl, pad_id) for g in groups])
+    samples = np.stack([sample_from_example(ex, msl, pad_id) for ex in kept])
     st.n_examples = len(samples)
     st.num_tokens = len(samples) * msl
     st.num_pad_tokens = int((samples[:, 0] == pad_id).sum())
@@ -478,7 +456,7 @@ def encode_batch(
         st.num_sequences_before_packing = sum(ex is not None for _, ex in records)
         st.examples_skipped_chat = skipped
         return FinetuneBatch(np.zeros((0, 5, msl), dtype=np.int32), st, chars, records=records)
-    samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id, pack)
+    samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id)
     st.examples_skipped_chat = skipped
     return FinetuneBatch(samples, st, chars)
 

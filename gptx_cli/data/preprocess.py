@@ -674,8 +674,12 @@ def _run_unit(
         opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len
     )
     vsl_finetune = None
-    if opts.use_vsl:
-        from gptx_cli.data.vsl import VSLFinetunePacker, VSLPacker
+    if opts.use_vsl and opts.mode == "finetuning":
+        from gptx_cli.data.vsl import VSLFinetunePacker
+
+        vsl_finetune = VSLFinetunePacker(opts.max_seq_length, tok.pad_id, tok.eos_id, opts.read_chunk_size)
+    elif opts.use_vsl:
+        from gptx_cli.data.vsl import VSLPacker
 
         packer = VSLPacker(
             opts.max_seq_length,
@@ -685,10 +689,6 @@ def _run_unit(
             opts.read_chunk_size,
             len(opts.text_key.encode("utf-8")),
         )
-        if opts.mode == "finetuning":
-            vsl_finetune = VSLFinetunePacker(
-                opts.max_seq_length, tok.pad_id, tok.eos_id, opts.read_chunk_size
-            )
     writer: Any
     if opts.output_format == "hdf5":
         writer = _SampleWriter(job, u, opts.samples_per_file, opts.seed)

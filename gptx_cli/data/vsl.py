@@ -29,7 +29,7 @@ Pretraining (`VSLPacker`; `chop_doc_into_msl`, `process_docs`, `append_within_ma
 
 Fine-tuning (`VSLFinetunePacker`; `append_within_max_length`): the examples a chunk keeps (at most msl
 tokens each) are binned from the last backwards, each bin joining the nearest earlier one it fits in
-(`finetune.pack_bins`), in input order.
+(`pack_bins`), in input order.
 
 Where ModelZoo differs: when a chunk gives more samples than it has records that gave a piece, ModelZoo
 2.10's bookkeeping (`data_reader.py: DataFrame.tokenize`, its stats checkpoint list) raises IndexError
@@ -85,7 +85,7 @@ class ReadChunks:
 
     def add(self, check: int, add: int, one_field: bool = True) -> tuple[bool, bool]:
         """(close the chunk before this record, close it after) for the next record."""
-        if one_field and check > self.limit:  # ModelZoo splits it into chunks of their own
+        if one_field and check > self.limit:  # ModelZoo cuts it into chunks of their own; gptx: one
             before = self.size > 0
             self.size = 0
             return before, True
@@ -142,6 +142,24 @@ def group_longest_first(lengths: Sequence[int], msl: int) -> list[list[int]]:
     if current:
         groups.append(current)
     return groups
+
+
+def pack_bins(lengths: Sequence[int], msl: int) -> list[list[int]]:
+    """ModelZoo's `VSLFinetuningTokenGenerator.append_within_max_length`: bins of example indices, each
+    of at most msl tokens; from the last example backwards, each bin joins the nearest earlier one it
+    fits in (its examples after that bin's)."""
+    bins = [[i] for i in range(len(lengths))]
+    lens = list(lengths)
+    i = len(bins) - 1
+    while i > 0:
+        for j in range(i - 1, -1, -1):
+            if lens[i] + lens[j] <= msl:
+                bins[j].extend(bins[i])
+                lens[j] += lens[i]
+                del bins[i], lens[i]
+                break
+        i -= 1
+    return bins
 
 
 def _modelzoo_note(samples: int, records: int, printed: list[bool]) -> None:
@@ -254,7 +272,7 @@ class VSLPacker:
 
 @dataclass
 class VSLFinetunePacker:
-    """Fine-tuning examples -> VSL samples, binned per read chunk (`finetune.pack_bins`)."""
+    """Fine-tuning examples -> VSL samples, binned per read chunk (`pack_bins`)."""
 
     msl: int
     pad_id: int
@@ -266,8 +284,6 @@ class VSLFinetunePacker:
         self._examples: list[tuple[Sequence[int], Sequence[int]]] = []
 
     def _close(self, stats: Any) -> np.ndarray:
-        from gptx_cli.data.finetune import pack_bins
-
         examples, self._examples = self._examples, []
         if not examples:
             return np.zeros((0, 5, self.msl), dtype=np.int32)

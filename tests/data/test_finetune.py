@@ -12,9 +12,9 @@ import pytest
 from gptx_testing import SHARED, run_gptx
 
 from gptx_cli.data.builtin_corpus import iter_stdlib_qa
-from gptx_cli.data.finetune import pack_bins
 from gptx_cli.data.hdf5 import read_samples
 from gptx_cli.data.tokenizer import load_tokenizer
+from gptx_cli.data.vsl import pack_bins
 
 TOK_DIR = str(SHARED / "assets" / "tokenizers")
 ENV = {"GPTX_TOKENIZER_DIR": TOK_DIR}
