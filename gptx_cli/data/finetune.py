@@ -35,11 +35,13 @@ A record that cannot be read (a missing key, an empty completion, a turn that is
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.vsl import record_size
 from gptx_cli.errors import ConfigError, DataError
 
 PROMPT_COMPLETION_HOOK = "prompt_completion_text_read_hook"
@@ -463,10 +465,6 @@ def encode_batch(
 
 def _record_size(rec: dict[str, Any], spec: FinetuneSpec) -> tuple[int, int, bool]:
     """What ModelZoo's reader counts for a record: its data keys, numbers as strings (number_to_string)."""
-    import numbers
-
-    from gptx_cli.data.vsl import record_size
-
     entry = {k: rec.get(k) for k in spec.data_keys()}
     return record_size({k: str(v) if isinstance(v, numbers.Number) else v for k, v in entry.items()})
 
