@@ -33,9 +33,10 @@ from bench_model import gptx_optimizer, timed  # noqa: E402
 
 
 def document_tokens(vocab: int, max_docs: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(tokens, lengths, what) of real documents, EOS (0) appended; ids folded into `vocab`."""
+    """(tokens, lengths, what) of real documents (no EOS: the VSL packer places it); ids folded into
+    `vocab` above 0, the EOS id."""
     from gptx_cli.data.builtin_corpus import iter_stdlib_documents
-    from gptx_cli.data.pack import append_eos
+    from gptx_cli.data.pack import concat_documents
 
     texts = [d["text"] for _, d in zip(range(max_docs), iter_stdlib_documents(), strict=False)]
     shared = Path(os.environ.get("GPTX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -50,7 +51,7 @@ def document_tokens(vocab: int, max_docs: int) -> tuple[np.ndarray, np.ndarray, 
         rng = np.random.default_rng(0)
         docs = [rng.integers(1, vocab, size=max(1, len(t) // 4), dtype=np.int32) for t in texts]
         what = "length ~ chars/4"
-    tokens, lengths = append_eos(docs, 0)
+    tokens, lengths = concat_documents(docs)
     return tokens, lengths, f"{len(texts)} python-docs documents ({what})"
 
 
@@ -58,10 +59,10 @@ def vsl_batch(args: argparse.Namespace, device: str) -> tuple[dict[str, torch.Te
     from gptx_cli.data.vsl import VSLPacker
 
     tokens, lengths, what = document_tokens(args.vocab, args.docs)
-    packer = VSLPacker(args.seq, eos_id=0, pad_id=0, min_sequence_len=10, files_per_record=10**9)
+    packer = VSLPacker(args.seq, eos_id=0, pad_id=0, min_sequence_len=10)
     samples = np.concatenate([packer.add_documents(tokens, lengths), packer.finish()])
-    # Skip folded windows of one long document (a full sample of one document) when there are enough
-    # samples of several documents: those are what VSL is about.
+    # Skip the pieces of msl + 1 tokens cut from long documents (a full sample of one document) when
+    # there are enough samples of several documents: those are what VSL is about.
     multi = samples[(samples[:, 4] == 0).sum(1) > 1]
     pick = multi if len(multi) >= args.batch else samples
     pick = pick[: args.batch]

@@ -93,6 +93,7 @@ def _cases(root: Path, inp: dict[str, Path]) -> dict[str, list[str]]:
         "gpt2_corpus": [*pre, *g, "--output-format", "corpus"],
         "gpt2_two_procs": [*pre, *g, "--processes", "2", "--samples-per-file", "20"],
         "ft_gpt2": [*ft, *g],
+        "ft_gpt2_vsl": [*ft, *g, "--use-vsl"],
         "ft_neox_splits": [*ft, *n, "--data-splits", "train=0.8,val=0.2", "--seed", "3"],
         "chat_gpt2": ["--mode", "finetuning", "--input", str(inp["chat"]), *g, "--chat-key", "messages"],
         "v2_gpt2_shuffle": ["--config", "v2_gpt2_shuffle"],

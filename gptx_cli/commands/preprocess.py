@@ -75,7 +75,7 @@ def preprocess_cmd(
     pack_sequences: bool = typer.Option(
         None,
         "--pack-sequences/--no-pack-sequences",
-        help="Concatenate documents before cutting (default on).",
+        help="Concatenate documents before cutting (default on; pretraining only: fine-tuning packs with --use-vsl).",
     ),
     min_sequence_len: int = typer.Option(
         None, "--min-sequence-len", "--min_sequence_len", help="Drop shorter final chunks (10)."
@@ -87,8 +87,8 @@ def preprocess_cmd(
         False,
         "--use-vsl",
         "--use_vsl",
-        help="ModelZoo VSL samples [n, 5, msl] (adds attention_span, position_ids): each token attends "
-        "only within its own document.",
+        help="ModelZoo VSL samples [n, 5, msl] (adds attention_span, position_ids): several documents (or "
+        "fine-tuning examples) per sample, each token attending only within its own.",
     ),
     samples_per_file: int = typer.Option(
         None, "--samples-per-file", "--files_per_record", help="Samples per HDF5 file (5000)."

@@ -27,11 +27,12 @@ Ported from ModelZoo's `finetuning_token_generator.py`, `hooks.py` and `utils.py
   reaches its end, so when the last character is several byte-level tokens (CJK, many emoji) the others
   are left out of the region (their loss weight is 0); gptx does the same and counts such examples, and
   `keep_whole_last_character` (`processing.gptx_keep_whole_last_character`) keeps them in.
-- **Packing.** With `pack_sequences` several examples share a sample by ModelZoo's VSL finetuning
-  rule (`append_within_max_length`: from the last example backwards, each joins the nearest earlier
-  bin it fits in, `<= max_seq_length` tokens) within each batch of records; without it (the default,
-  ModelZoo's `finetuning` generator) each example is padded on its own. Packed examples share one
-  causal attention window (gptx writes no VSL attention_span / position_ids rows here).
+- **Packing.** With `use_vsl` (`--use-vsl`, ModelZoo's `VSLFinetuningTokenGenerator`) several examples
+  share a [5, msl] sample, each with its own attention span and positions (gptx_cli/data/vsl.py:
+  `pack_bins`, ModelZoo's `append_within_max_length` per read chunk: from the last example backwards,
+  each joins the nearest earlier bin it fits in, `<= max_seq_length` tokens); without it (ModelZoo's `finetuning` generator)
+  each example is padded on its own. ModelZoo's finetuning generators never read `pack_sequences`:
+  `--pack-sequences` is refused here, `dataset.pack_sequences` warned as having no effect.
 
 A record that cannot be read (a missing key, an empty completion, a turn that is not a string) is a
 `DataError` naming file:line.
@@ -40,11 +41,13 @@ A record that cannot be read (a missing key, an empty completion, a turn that is
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.vsl import record_size
 from gptx_cli.errors import ConfigError, DataError
 
 PROMPT_COMPLETION_HOOK = "prompt_completion_text_read_hook"
@@ -76,6 +79,15 @@ class FinetuneSpec:
         if self.hook == CHAT_HOOK:
             return [str(self.multi_turn_key)]
         return [str(self.prompt_key), str(self.completion_key)]
+
+    def data_keys(self) -> list[str]:
+        """The record keys ModelZoo's reader keeps (read_hook_kwargs ending in `_key`): what a record
+        counts towards a read chunk (data/vsl.py)."""
+        if self.hook == CHAT_HOOK:
+            keys = [self.multi_turn_key, self.multi_turn_role_key, self.multi_turn_content_key]
+        else:
+            keys = [self.prompt_key, self.completion_key]
+        return list(dict.fromkeys(str(k) for k in keys if k))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -516,10 +528,9 @@ class FinetuneStats:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
-def sample_from_examples(examples: list[Example], msl: int, pad_id: int) -> np.ndarray:
-    """[3, msl]: the examples' ids concatenated, shifted (ModelZoo's pad_to_msl / VSL packing)."""
-    ids = [t for ex in examples for t in ex.ids]
-    mask = [m for ex in examples for m in ex.mask]
+def sample_from_example(ex: Example, msl: int, pad_id: int) -> np.ndarray:
+    """[3, msl]: the example's ids shifted and padded (ModelZoo's pad_to_msl)."""
+    ids, mask = ex.ids, ex.mask
     out = np.full((3, msl), pad_id, dtype=np.int32)
     out[1] = 0
     n = len(ids) - 1
@@ -529,47 +540,30 @@ def sample_from_examples(examples: list[Example], msl: int, pad_id: int) -> np.n
     return out
 
 
-def pack_bins(lengths: list[int], msl: int) -> list[list[int]]:
-    """ModelZoo's append_within_max_length: bins of example indices, each <= msl tokens."""
-    bins = [[i] for i in range(len(lengths))]
-    lens = list(lengths)
-    i = len(bins) - 1
-    while i > 0:
-        for j in range(i - 1, -1, -1):
-            if lens[i] + lens[j] <= msl:
-                bins[j].extend(bins[i])
-                lens[j] += lens[i]
-                del bins[i], lens[i]
-                break
-        i -= 1
-    return bins
+def keep_example(ex: Example, msl: int, min_len: int, st: FinetuneStats) -> bool:
+    """Whether an example is kept (at most msl, at least min_len tokens), counted in `st`."""
+    st.examples += 1
+    if len(ex.ids) > msl:
+        st.examples_too_long += 1
+        return False
+    if len(ex.ids) < min_len or len(ex.ids) < 2:
+        st.examples_too_short += 1
+        return False
+    st.example_tokens += len(ex.ids)
+    st.endings_cut += ex.ending_cut
+    return True
 
 
 def build_samples(
-    examples: list[Example], msl: int, min_len: int, pad_id: int, eos_id: int, pack: bool
+    examples: list[Example], msl: int, min_len: int, pad_id: int, eos_id: int
 ) -> tuple[np.ndarray, FinetuneStats]:
-    """Drop over-long / too-short examples, pack or pad the rest -> ([n, 3, msl] int32, stats)."""
+    """Drop over-long / too-short examples, pad the rest -> ([n, 3, msl] int32, stats)."""
     st = FinetuneStats()
-    kept: list[Example] = []
-    for ex in examples:
-        st.examples += 1
-        if len(ex.ids) > msl:
-            st.examples_too_long += 1
-        elif len(ex.ids) < min_len or len(ex.ids) < 2:
-            st.examples_too_short += 1
-        else:
-            kept.append(ex)
-            st.example_tokens += len(ex.ids)
-            st.endings_cut += ex.ending_cut
-    groups = (
-        [[kept[i] for i in b] for b in pack_bins([len(e.ids) for e in kept], msl)]
-        if pack
-        else [[e] for e in kept]
-    )
+    kept = [ex for ex in examples if keep_example(ex, msl, min_len, st)]
     st.num_sequences_before_packing = len(kept)
-    if not groups:
+    if not kept:
         return np.zeros((0, 3, msl), dtype=np.int32), st
-    samples = np.stack([sample_from_examples(g, msl, pad_id) for g in groups])
+    samples = np.stack([sample_from_example(ex, msl, pad_id) for ex in kept])
     st.n_examples = len(samples)
     st.num_tokens = len(samples) * msl
     st.num_pad_tokens = int((samples[:, 0] == pad_id).sum())
@@ -612,6 +606,8 @@ class FinetuneBatch:
     stats: FinetuneStats = field(default_factory=FinetuneStats)
     chars: int = 0
     error: tuple[str, str | None] | None = None
+    # VSL: per record its read-chunk size (vsl.record_size) and its example (ids, mask) when kept
+    records: list[tuple[tuple[int, int, bool], tuple[list[int], list[int]] | None]] | None = None
 
 
 def encode_batch(
@@ -625,20 +621,39 @@ def encode_batch(
     pack: bool,
     keep_whole_last_character: bool = False,
 ) -> FinetuneBatch:
-    """A batch of records -> samples (run in the preprocess workers)."""
+    """A batch of records -> samples (run in the preprocess workers); with `pack` (VSL) -> the kept
+    examples and every record's read-chunk size, packed in the main process (data/vsl.py)."""
     eos_text = tok.hf.id_to_token(tok.eos_id)
     examples: list[Example] = []
+    sized: list[tuple[tuple[int, int, bool], Example | None]] = []
     skipped = chars = 0
     for where, rec in parse_records(kind, location, batch):
         ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
+        if pack:
+            sized.append((_record_size(rec, spec), ex))
         if ex is None:
             skipped += 1
             continue
         examples.append(ex)
         chars += sum(len(v) for v in rec.values() if isinstance(v, str)) if isinstance(rec, dict) else 0
-    samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id, pack)
+    if pack:
+        st = FinetuneStats()
+        records = [
+            (size, (ex.ids, ex.mask) if ex is not None and keep_example(ex, msl, min_len, st) else None)
+            for size, ex in sized
+        ]
+        st.num_sequences_before_packing = sum(ex is not None for _, ex in records)
+        st.examples_skipped_chat = skipped
+        return FinetuneBatch(np.zeros((0, 5, msl), dtype=np.int32), st, chars, records=records)
+    samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id)
     st.examples_skipped_chat = skipped
     return FinetuneBatch(samples, st, chars)
+
+
+def _record_size(rec: dict[str, Any], spec: FinetuneSpec) -> tuple[int, int, bool]:
+    """What ModelZoo's reader counts for a record: its data keys, numbers as strings (number_to_string)."""
+    entry = {k: rec.get(k) for k in spec.data_keys()}
+    return record_size({k: str(v) if isinstance(v, numbers.Number) else v for k, v in entry.items()})
 
 
 def check_options(opts: Any) -> None:
@@ -661,6 +676,12 @@ def check_options(opts: Any) -> None:
         raise UsageError("--text-key has no effect with --mode finetuning (use --prompt-key / --chat-key)")
     if opts.short_seq_prob:
         raise UsageError("short_seq_prob is a pretraining setting; ModelZoo's finetuning mode ignores it")
+    if opts.pack_sequences:
+        raise UsageError(
+            "--pack-sequences with --mode finetuning: ModelZoo's finetuning generator never reads pack_sequences "
+            "(each example is padded to its own sample)",
+            hint="--use-vsl packs several examples per sample, each attending only to itself",
+        )
 
 
 def options_from_flags(
@@ -695,7 +716,7 @@ def options_from_flags(
         values["mode"] = mode
         return
     values["mode"] = "finetuning"
-    values.setdefault("pack_sequences", False)  # ModelZoo's finetuning generator pads each example
+    values.setdefault("pack_sequences", False)  # refused when given (check_options): packing is --use-vsl
     spec = values.get("finetuning")
     if prompt_key or completion_key:
         if chat_key:
@@ -794,9 +815,10 @@ def run_v2_finetuning(plan: Any, values: dict[str, Any]) -> dict[str, Any]:
         spec.wikitext_detokenize = bool(cleaning.wikitext_detokenize)
     spec.truncate_to_msl = getattr(plan, "truncate_to_msl", None)  # checked by v2config.load_v2_config
     values["mode"], values["finetuning"] = "finetuning", spec
-    # ModelZoo's finetuning generator pads each example; it packs with VSL (dataset.use_vsl).
-    values["pack_sequences"] = bool(ds.get("use_vsl", False))
-    values.pop("use_vsl", None)
+    # ModelZoo's finetuning generator pads each example; VSLFinetuningTokenGenerator (dataset.use_vsl)
+    # packs them. Neither reads pack_sequences (v2config warns that it has no effect).
+    values["pack_sequences"] = False
+    values["use_vsl"] = bool(ds.get("use_vsl", False))
     opts = PreprocessOptions(**values)
     if plan.data_splits or plan.context_splits:
         from gptx_cli.data.splits import run_splits

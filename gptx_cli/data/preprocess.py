@@ -82,8 +82,8 @@ class PreprocessOptions:
     overwrite: bool = False
     progress: bool | None = None  # None: a live bar on a terminal, log lines otherwise
     use_vsl: bool = False  # ModelZoo VSL samples [n, 5, msl] (gptx_cli.data.vsl)
-    fold_long_doc: bool = True  # VSL: cut documents longer than msl + 1 instead of dropping them
-    mode: str = "pretraining"  # or "finetuning" (gptx_cli.data.finetune; pack_sequences then defaults off)
+    read_chunk_size: int = 1024  # KiB: ModelZoo's read chunks, within which VSL packs (gptx_cli.data.vsl)
+    mode: str = "pretraining"  # or "finetuning" (gptx_cli.data.finetune; use_vsl packs its examples)
     finetuning: Any = None  # a finetune.FinetuneSpec in finetuning mode
     # ModelZoo v2 config settings (gptx_cli/data/v2config.py):
     cleaning: TextCleaning = field(default_factory=TextCleaning)  # strip / ftfy / wikitext, per document
@@ -98,10 +98,11 @@ class PreprocessOptions:
     # --dataset trc2: split_trc_dataset.py's --buffer_len and --val_split_ratio.
     buffer_len: int = 10_000
     val_split_ratio: float = 0.1
-    # ModelZoo v2 (preprocess_data.py) reader: a text record larger than this many KiB is cut into
-    # documents at paragraph / sentence ends (textclean.split_by_read_chunk_size); None: kept whole, as
-    # create_hdf5_dataset.py (the --input path) does. v2 configs: processing.read_chunk_size (1024).
-    read_chunk_size: int | None = None
+    # ModelZoo v2 (preprocess_data.py) reader: a text record larger than read_chunk_size KiB is cut into
+    # documents at paragraph / sentence ends (textclean.split_by_read_chunk_size); False: kept whole, as
+    # create_hdf5_dataset.py (the --input path) does. v2 pretraining configs: True unless
+    # processing.gptx_keep_whole_documents.
+    cut_records: bool = False
     # ModelZoo's find_token_range bug (finetune.find_token_range): False reproduces it (v2 pretraining,
     # finetuning), True keeps every token of a document's / region's last character.
     keep_whole_last_character: bool = False
@@ -204,6 +205,7 @@ class EncodedBatch:
     endings_cut: int = 0  # documents whose last character lost trailing tokens (ModelZoo's find_token_range)
     records_split: int = 0  # records cut at read_chunk_size, into split_documents documents
     split_documents: int = 0
+    sizes: np.ndarray | None = None  # VSL: each document's text in UTF-8 bytes as read (data/vsl.py)
 
 
 def _encode_finetune(
@@ -236,6 +238,7 @@ def _encode_batch(
     add_eos: bool = True,
     cut_endings: bool = False,
     chunk_bytes: int | None = None,
+    sized: bool = False,
 ) -> EncodedBatch:
     """`cut_endings`: drop what ModelZoo v2's find_token_range drops at a document's end;
     `chunk_bytes`: cut records larger than this as ModelZoo v2's reader does (read_chunk_size)."""
@@ -246,9 +249,12 @@ def _encode_batch(
         empty = np.zeros(0, dtype=np.int32)
         return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
     split = (0, 0)
+    sizes: list[int] | None = [] if sized else None
     if cleaning is not None and cleaning.active:
-        tb.texts, emptied, split = cleaning.apply(tb.texts, kind, chunk_bytes)
+        tb.texts, emptied, split = cleaning.apply(tb.texts, kind, chunk_bytes, sizes)
         tb.empty += emptied
+    elif sizes is not None:
+        sizes = [len(t.encode("utf-8")) for t in tb.texts]
     docs = tok.encode_batch_arrays(tb.texts)
     cut = 0
     if cut_endings:
@@ -263,7 +269,10 @@ def _encode_batch(
     else:  # the ModelZoo v2 packer places EOS itself
         tokens, lengths = concat_documents(docs)
     chars = sum(len(t) for t in tb.texts)
-    return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, chars, None, cut, *split)
+    out = EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, chars, None, cut, *split)
+    if sizes is not None:
+        out.sizes = np.array(sizes, dtype=np.int64)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -560,7 +569,7 @@ def _args_fingerprint(opts: PreprocessOptions, tok: Any, job: Job) -> dict[str, 
         "mode": opts.mode,
         "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
         **_modelzoo_settings(opts),
-    } | ({"use_vsl": True, "fold_long_doc": opts.fold_long_doc} if opts.use_vsl else {})
+    } | ({"use_vsl": True, "read_chunk_size": opts.read_chunk_size} if opts.use_vsl else {})
 
 
 def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
@@ -572,7 +581,7 @@ def _modelzoo_settings(opts: PreprocessOptions) -> dict[str, Any]:
         "shuffle": opts.shuffle,
         "shuffle_seed": opts.shuffle_seed if opts.shuffle else None,
         # recorded only where they apply, so the records of other runs stay as they were
-        **({"read_chunk_size": opts.read_chunk_size} if opts.read_chunk_size else {}),
+        **({"read_chunk_size": opts.read_chunk_size, "cut_records": True} if opts.cut_records else {}),
         **({"keep_whole_last_character": True} if opts.keep_whole_last_character else {}),
     }
 
@@ -705,7 +714,12 @@ def _run_unit(
     packer: Any = (ModelZooV2Packer if v2 else Packer)(
         opts.max_seq_length, tok.eos_id, tok.pad_id, opts.pack_sequences, opts.min_sequence_len
     )
-    if opts.use_vsl:
+    vsl_finetune = None
+    if opts.use_vsl and opts.mode == "finetuning":
+        from gptx_cli.data.vsl import VSLFinetunePacker
+
+        vsl_finetune = VSLFinetunePacker(opts.max_seq_length, tok.pad_id, tok.eos_id, opts.read_chunk_size)
+    elif opts.use_vsl:
         from gptx_cli.data.vsl import VSLPacker
 
         packer = VSLPacker(
@@ -713,8 +727,8 @@ def _run_unit(
             tok.eos_id,
             tok.pad_id,
             opts.min_sequence_len,
-            opts.samples_per_file,
-            opts.fold_long_doc,
+            opts.read_chunk_size,
+            len(opts.text_key.encode("utf-8")),
         )
     writer: Any
     if opts.output_format == "hdf5":
@@ -738,12 +752,15 @@ def _run_unit(
         short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
     for unit in units:
         if opts.mode == "finetuning":
-            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before)
+            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before, vsl_finetune)
             done_before += unit.size
             stats.input_files += 1
             continue
+        # v2 and VSL place EOS themselves (ModelZoo's _add_eos_to_doc); VSL also counts read chunks.
+        # ModelZoo's find_token_range applies to v2 configs, VSL included (get_segment_indices).
+        eos = not (v2 or opts.use_vsl)
         cut_endings = opts.packing == "modelzoo-v2" and not opts.keep_whole_last_character
-        chunk_bytes = opts.read_chunk_size * 1024 if opts.read_chunk_size else None
+        chunk_bytes = opts.read_chunk_size * 1024 if opts.cut_records else None
         tasks = (
             (
                 unit.kind,
@@ -752,10 +769,11 @@ def _run_unit(
                 opts.text_key,
                 subsets,
                 opts.cleaning,
-                not v2,
+                eos,
                 cut_endings,
                 chunk_bytes,
-            )
+                opts.use_vsl,
+            )  # fmt: skip
             for b in iter_record_batches(unit, u, text_key=opts.text_key)
         )
         consumed = 0
@@ -781,7 +799,9 @@ def _run_unit(
             stats.endings_cut += res.endings_cut
             stats.records_split += res.records_split
             stats.split_documents += res.split_documents
-            if opts.output_format == "hdf5":
+            if opts.use_vsl:
+                writer.add(packer.add_documents(res.tokens, res.lengths, res.sizes))
+            elif opts.output_format == "hdf5":
                 samples = packer.add_documents(res.tokens, res.lengths)
                 writer.add(short.apply(samples) if short is not None else samples)
             else:
@@ -793,7 +813,13 @@ def _run_unit(
         stats.input_files += 1
     if shown > MAX_PROBLEMS_SHOWN:
         print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
-    if opts.output_format == "hdf5":
+    if vsl_finetune is not None:
+        from gptx_cli.data.finetune import FinetuneStats
+
+        st = FinetuneStats()
+        writer.add(vsl_finetune.finish(st))
+        _add_finetune_stats(stats, st)
+    elif opts.output_format == "hdf5":
         last = packer.finish()
         writer.add(short.apply(last) if short is not None else last)
     writer.close()
@@ -811,12 +837,14 @@ def _finetune_unit(
     stats: JobStats,
     progress: _Progress,
     done_before: int,
+    vsl: Any = None,
 ) -> None:
-    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order."""
+    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order;
+    with VSL the workers give examples, packed here per read chunk (`vsl`, a vsl.VSLFinetunePacker)."""
     spec = opts.finetuning
     tasks = (
         (
-            unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, opts.pack_sequences,
+            unit.kind, unit.location, b, spec, opts.max_seq_length, opts.min_sequence_len, vsl is not None,
             opts.keep_whole_last_character,
         )
         for b in iter_record_batches(unit, u, text_key=opts.text_key, columns=spec.columns())
@@ -825,23 +853,28 @@ def _finetune_unit(
         batch = task[2]
         if res.error is not None:
             raise DataError(res.error[0], hint=res.error[1])
-        writer.add(res.samples)
-        st, s = res.stats, stats.samples
-        stats.documents += st.examples
-        stats.documents_skipped += st.examples_skipped_chat
-        stats.examples_too_long += st.examples_too_long
-        stats.examples_too_short += st.examples_too_short
-        stats.num_masked_tokens += st.num_masked_tokens
-        stats.endings_cut += st.endings_cut
+        writer.add(vsl.add(res.records, res.stats) if vsl is not None else res.samples)
+        st = res.stats
+        _add_finetune_stats(stats, st)
         stats.raw_bytes_count += batch.raw_bytes
         stats.raw_chars_count += res.chars
-        s.n_examples += st.n_examples
-        s.num_tokens += st.num_tokens
-        s.non_pad_tokens += st.non_pad_tokens
-        s.num_pad_tokens += st.num_pad_tokens
-        s.loss_valid_tokens += st.loss_valid_tokens
-        s.document_tokens += st.example_tokens
         progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
+
+
+def _add_finetune_stats(stats: JobStats, st: Any) -> None:
+    s = stats.samples
+    stats.documents += st.examples
+    stats.documents_skipped += st.examples_skipped_chat
+    stats.examples_too_long += st.examples_too_long
+    stats.examples_too_short += st.examples_too_short
+    stats.num_masked_tokens += st.num_masked_tokens
+    stats.endings_cut += st.endings_cut
+    s.n_examples += st.n_examples
+    s.num_tokens += st.num_tokens
+    s.non_pad_tokens += st.non_pad_tokens
+    s.num_pad_tokens += st.num_pad_tokens
+    s.loss_valid_tokens += st.loss_valid_tokens
+    s.document_tokens += st.example_tokens
 
 
 def _run_job(
@@ -1062,7 +1095,7 @@ def endings_note(n: int, mode: str) -> str:
 def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:
     from gptx_cli.data.vsl import VSL_FEATURES
 
-    return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True, "fold_long_doc": opts.fold_long_doc}}
+    return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True}}
 
 
 def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
@@ -1091,6 +1124,7 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             "mode": opts.mode,
             "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
             **_modelzoo_settings(opts),
+            **({"read_chunk_size": opts.read_chunk_size} if opts.use_vsl else {}),
         },
         "features": ["input_ids", "attention_mask", "labels"],
         "post-process": stats.to_dict(),

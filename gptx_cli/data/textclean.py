@@ -94,12 +94,14 @@ class TextCleaning:
         return text
 
     def apply(
-        self, texts: list[str], kind: str, chunk_bytes: int | None = None
+        self, texts: list[str], kind: str, chunk_bytes: int | None = None, sizes: list[int] | None = None
     ) -> tuple[list[str], int, tuple[int, int]]:
         """(cleaned non-empty texts, number that came out empty, (records cut, documents they gave)).
 
         `chunk_bytes`: a record (a line of a `.txt` file) of more UTF-8 bytes is first cut into
-        documents as ModelZoo v2's reader does (`split_by_read_chunk_size`)."""
+        documents as ModelZoo v2's reader does (`split_by_read_chunk_size`). `sizes`, when given, gets
+        the UTF-8 bytes of each kept text as read, before clean-up (the size ModelZoo's reader counts
+        towards a read chunk, data/vsl.py)."""
         if kind == "text" and self.lines:
             texts = [line for t in texts for line in t.splitlines()]
         records_cut = pieces = 0
@@ -113,10 +115,12 @@ class TextCleaning:
             texts = split
         out: list[str] = []
         empty = 0
-        for t in texts:
-            t = self.clean(t)
+        for raw in texts:
+            t = self.clean(raw)
             if t:
                 out.append(t)
+                if sizes is not None:
+                    sizes.append(len(raw.encode("utf-8")))
             else:
                 empty += 1
         return out, empty, (records_cut, pieces)

@@ -117,8 +117,13 @@ V2_KEYS: dict[str, Key] = {
     "remove_bos_in_chunks": Key(
         _PD, WARN, "it is read only with split_text_to_tokenize, which gptx does not run"
     ),
-    "use_vsl": Key(_D, ACTED),  # pretraining mode: gptx_cli.data.vsl; other modes refuse true
-    "fold_long_doc": Key(_D, ACTED),  # with use_vsl
+    "use_vsl": Key(_D, ACTED),  # pretraining and finetuning: gptx_cli.data.vsl; nlg refuses true
+    "fold_long_doc": Key(
+        _D,
+        WARN,
+        "ModelZoo 2.10's VSL token generator reads it and never uses it: a document longer than "
+        "max_seq_length is always cut into pieces of max_seq_length + 1 tokens",
+    ),
     "training_objective": Key(_D, CHECKED, "MLM / FIM / BERT objectives", None),
     "is_multimodal": Key(_D, CHECKED, "multimodal data", False),
     "image_token": Key(_D, CHECKED, "multimodal data", None),
@@ -350,25 +355,24 @@ def load_v2_config(path: str | Path) -> V2Plan:
     if text_key:
         out["text_key"] = str(text_key)
 
-    # --- VSL (gptx_cli.data.vsl): ModelZoo's [n, 5, msl] pretraining samples
-    for key in ("use_vsl", "fold_long_doc"):
-        if ds.get(key) is None:
-            continue
-        value = _typed(doc, ("dataset", key), ds[key], bool, "true/false")
-        if plan.mode == "pretraining":
-            out[key] = value
-        elif key == "use_vsl" and value:
+    # --- VSL (gptx_cli.data.vsl): ModelZoo's [n, 5, msl] pretraining and finetuning samples
+    if ds.get("use_vsl") is not None:
+        value = _typed(doc, ("dataset", "use_vsl"), ds["use_vsl"], bool, "true/false")
+        if value and plan.mode not in ("pretraining", "finetuning"):
             raise doc.error(
-                ("dataset", key),
-                f"use_vsl: true is not supported by gptx in {plan.mode} mode (VSL pretraining only)",
+                ("dataset", "use_vsl"),
+                f"use_vsl: true is not supported by gptx in {plan.mode} mode (VSL pretraining and finetuning only)",
             )
-        elif key == "fold_long_doc":
-            line, col = doc.where(("dataset", key))
+        out["use_vsl"] = value
+    for section, body in (("dataset", ds), ("processing", proc)):
+        if plan.mode == "finetuning" and "pack_sequences" in body:
+            line, col = doc.where((section, "pack_sequences"))
             plan.warnings.append(
                 V2Warning(
-                    doc.file, line, col, "dataset.fold_long_doc", f"{NO_EFFECT}: it is read only with use_vsl"
+                    doc.file, line, col, f"{section}.pack_sequences",
+                    f"{NO_EFFECT}: ModelZoo's finetuning token generators do not read it (use_vsl packs examples)",
                 )
-            )
+            )  # fmt: skip
 
     _read_chunk_size(doc, plan, proc)
     if "gptx_keep_whole_last_character" in proc:
@@ -420,14 +424,19 @@ def _read_chunk_size(doc: YamlDoc, plan: V2Plan, proc: dict[str, Any]) -> None:
         doc, ("processing", "gptx_keep_whole_documents"), proc.get("gptx_keep_whole_documents", False), bool,
         "true/false",
     )  # fmt: skip
+    vsl = bool(plan.options.get("use_vsl"))
+    if vsl:  # VSL packs within each read chunk (data/vsl.py), in pretraining and fine-tuning
+        plan.options["read_chunk_size"] = size
     if plan.mode != "pretraining":
         why = f"in {plan.mode} mode ModelZoo cuts no record (it cuts one-field records: pretraining text)"
-        for key in ("read_chunk_size", "gptx_keep_whole_documents"):
+        for key in (
+            ("gptx_keep_whole_documents",) if vsl else ("read_chunk_size", "gptx_keep_whole_documents")
+        ):
             if key in proc:
                 _no_effect(doc, plan, ("processing", key), why)
         return
-    if not whole:
-        plan.options["read_chunk_size"] = size
+    plan.options["read_chunk_size"] = size
+    plan.options["cut_records"] = not whole
 
 
 def _truncate_to_msl(doc: YamlDoc, plan: V2Plan, value: Any) -> dict[str, Any]:

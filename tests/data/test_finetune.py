@@ -12,9 +12,9 @@ import pytest
 from gptx_testing import SHARED, run_gptx
 
 from gptx_cli.data.builtin_corpus import iter_stdlib_qa
-from gptx_cli.data.finetune import pack_bins
 from gptx_cli.data.hdf5 import read_samples
 from gptx_cli.data.tokenizer import load_tokenizer
+from gptx_cli.data.vsl import pack_bins
 
 TOK_DIR = str(SHARED / "assets" / "tokenizers")
 ENV = {"GPTX_TOKENIZER_DIR": TOK_DIR}
@@ -171,11 +171,14 @@ def test_parquet_processes_packing_and_splits(tmp_path, records) -> None:
     one = _samples(tmp_path / "one")
     for name in ("two", "parquet"):
         assert np.array_equal(_samples(tmp_path / name), one), name
-    # Packing: ModelZoo's bins, each the examples' tokens concatenated; the same loss tokens.
-    r = _preprocess(*base, "-i", str(jsonl), "-o", str(tmp_path / "packed"), "--pack-sequences")
-    assert r.returncode == 0, r.stderr
+    # Packing (VSL): ModelZoo's bins, each the examples' tokens concatenated; the same loss tokens, and
+    # with two processes the same bytes.
+    for name, extra in (("packed", ()), ("packed2", ("--processes", "2"))):
+        r = _preprocess(*base, "-i", str(jsonl), "-o", str(tmp_path / name), "--use-vsl", *extra)
+        assert r.returncode == 0, r.stderr
     packed = _samples(tmp_path / "packed")
-    assert len(packed) < len(one) and packed[:, 1].sum() == one[:, 1].sum()
+    assert packed.shape[1] == 5 and len(packed) < len(one) and packed[:, 1].sum() == one[:, 1].sum()
+    assert np.array_equal(_samples(tmp_path / "packed2"), packed)
     # data_splits: every example lands in exactly one split, the same for the same seed.
     r = _preprocess(
         *base, "-i", str(jsonl), "-o", str(tmp_path / "split"), "--data-splits", "train=0.75,val=0.25"
@@ -257,5 +260,5 @@ def test_resume_keeps_a_finished_run_and_refuses_other_keys(tmp_path, records) -
     )
     r = _preprocess(*swapped, "-o", str(out), "--resume")
     assert r.returncode == 1 and "--resume needs the same" in r.stderr
-    r = _preprocess(*args, "-o", str(tmp_path / "vsl"), "--use-vsl")
-    assert r.returncode == 2 and "--use-vsl" in r.stderr  # packing is --pack-sequences
+    r = _preprocess(*args, "-o", str(tmp_path / "packed"), "--pack-sequences")
+    assert r.returncode == 2 and "--use-vsl" in r.stderr  # packing is --use-vsl (ModelZoo: use_vsl)

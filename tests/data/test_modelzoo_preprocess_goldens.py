@@ -31,7 +31,7 @@ CORPUS_PH, TOKENIZERS_PH = "@CORPUS@", "@TOKENIZERS@"
 
 # (case, comparison) -> why gptx differs from ModelZoo there today (issue #25); "*": every comparison.
 PRETRAINING = ("endings", "no_packing", "pretrain_gpt2", "pretrain_neox", "read_chunk_size", "several_files")
-PRETRAINING += ("shuffle", "shuffle_files", "txt", "vsl")
+PRETRAINING += ("shuffle", "shuffle_files", "txt", "vsl", "vsl_long", "vsl_read_chunks")
 STATS = (
     "data_params stats: gptx writes no normalized_bytes_count, normalized_chars_count, "
     "average_bytes_per_sequence, average_chars_per_sequence; its raw_bytes_count is the input files' "
@@ -51,37 +51,34 @@ KNOWN: dict[tuple[str, str], str] = {
         "its unshuffled run wrote (samples_per_file: one here), ignores write_chunk_size (warned) and draws "
         "the prefix sample from the running stream (with 5 files that alone moves one sample)"
     ),
-    ("vsl", "samples"): (
-        "VSL packing: ModelZoo's VSLPretrainingTokenGenerator (append_within_max_length, process_chunks) "
-        "orders each read chunk's documents by length (longest first) before placing them and keeps the "
-        "loss mask at each document's last token; gptx places documents in input order with "
-        "VSLLMDataPreprocessor's rules (loss mask 0 there): 48 samples from ModelZoo, 43 from gptx"
-    ),
-    ("finetune_vsl", "*"): (
-        "fine-tuning VSL: gptx refuses dataset.use_vsl: true in finetuning mode "
-        "(ModelZoo: VSLFinetuningTokenGenerator, [n, 5, msl] samples)"
-    ),
 }
-for _case in ("chat", "endings", "finetune_splits", "summarization", *PRETRAINING):
+FINETUNING = ("chat", "finetune_splits", "finetune_vsl", "finetune_vsl_chunks", "summarization")
+for _case in (*FINETUNING, *PRETRAINING):
     KNOWN[(_case, "stats")] = STATS + (PRETRAINING_STATS if _case in PRETRAINING else FINETUNING_STATS)
 KNOWN[("chat", "stats")] += ", and raw_chars_count is 0 for chat records"
 KNOWN[("no_packing", "stats")] += (
     "; ModelZoo counts the 7 documents that give no sample (fewer than min_sequence_len tokens) as "
     "discarded_files, gptx counts all as successful_files"
 )
-KNOWN[("txt", "stats")] += (
-    "; ModelZoo does not count the blank line (an empty document) at all (processed_files 99), gptx "
-    "counts it processed and discarded (100, 1)"
+KNOWN[("finetune_vsl_chunks", "stats")] += (
+    "; ModelZoo leaves a read chunk that gives no sample out of all its counts (data_preprocessor.py: "
+    "process_files skips it), here the chunks of the 4 dropped examples (processed_files 136, gptx 140)"
 )
 KNOWN[("read_chunk_size", "stats")] += (
     "; ModelZoo counts 31 processed_files / successful_files for the 30 records, 3 of them cut into 8 "
     "documents (gptx: 35)"
 )
-KNOWN[("vsl", "stats")] += "; and the token counts of the sample differences"
-KNOWN[("vsl", "stats")] += (
-    "; no num_sequences_before_packing / vsl_packing_factor, and the documents shorter than "
-    "min_sequence_len are not counted as discarded_files"
-)
+for _case in ("txt", "vsl_read_chunks"):
+    KNOWN[(_case, "stats")] += (
+        "; ModelZoo does not count the blank line (an empty document) at all (processed_files 99), gptx "
+        "counts it processed and discarded (100, 1)"
+    )
+for _case in ("vsl", "vsl_long", "vsl_read_chunks", "finetune_vsl", "finetune_vsl_chunks"):
+    KNOWN[(_case, "stats")] += "; no num_sequences_before_packing / vsl_packing_factor"
+for _case in ("vsl", "vsl_long", "vsl_read_chunks"):
+    KNOWN[(_case, "stats")] += (
+        ", and the documents shorter than min_sequence_len are not counted as discarded_files"
+    )
 SETTINGS = (
     "data_params settings: gptx records its own settings, not ModelZoo's copy of the YAML: setup.data, "
     "setup.mode, setup.processes, processing.read_hook(_kwargs), the tokenizer keys, use_ftfy, "
@@ -90,7 +87,7 @@ SETTINGS = (
     "truncate_to_msl are missing, setup.output_dir is normalised ('out', ModelZoo './out') and processing.shuffle_seed is "
     "null unless shuffling (ModelZoo 0)"
 )
-for _case in ("chat", "endings", "finetune_splits", "summarization", *PRETRAINING):
+for _case in (*FINETUNING, *PRETRAINING):
     KNOWN[(_case, "params")] = SETTINGS
 
 

@@ -12,7 +12,8 @@ What it does, in order:
    quotes, paragraphs, accented words, a little mojibake and NFD text for ftfy), committed as files:
    `single/` (one .jsonl), `several/` (a .jsonl, a .json.gz and a .jsonl.zst in a sub-directory),
    `txt/` (two .txt files, one document per line, with a blank line), `short/` (documents shorter
-   than max_seq_length, for VSL: ModelZoo 2.10's VSL preprocessing fails on longer ones), `endings/`
+   than max_seq_length, for VSL: ModelZoo 2.10's VSL preprocessing stops on a read chunk that gives more
+   samples than documents, which longer ones can), `endings/`
    (documents ending in an emoji and in CJK), `long/` (documents larger than `read_chunk_size`),
    `finetune/` (prompt/completion), `chat/` (multi-turn `messages`), `summarization/`
    (`source`/`target`).
@@ -285,6 +286,21 @@ def case_vsl() -> dict:
     return cfg
 
 
+def case_vsl_long() -> dict:
+    """VSL over documents longer than max_seq_length (cut into pieces of msl + 1 tokens). ModelZoo's run
+    completes here: no read chunk gives more samples than documents (where one does, it stops)."""
+    cfg = pretraining("single")
+    cfg["dataset"]["use_vsl"] = True
+    return cfg
+
+
+def case_vsl_read_chunks() -> dict:
+    """VSL packs within each read chunk (1 KiB here), chunks running on from one .txt file to the next."""
+    cfg = pretraining("txt", read_chunk_size=1)
+    cfg["dataset"]["use_vsl"] = True
+    return cfg
+
+
 def case_endings() -> dict:
     return pretraining("endings")
 
@@ -325,6 +341,13 @@ def case_finetune_vsl() -> dict:
     proc = cfg["processing"] = with_tokenizer(cfg["processing"], GPT2)
     proc["read_hook_kwargs"] = {"prompt_key": "prompt", "completion_key": "completion"}
     cfg["dataset"] = {"use_vsl": True}
+    return cfg
+
+
+def case_finetune_vsl_chunks() -> dict:
+    """Fine-tuning VSL bins within each read chunk (1 KiB here)."""
+    cfg = case_finetune_vsl()
+    cfg["processing"]["read_chunk_size"] = 1
     return cfg
 
 
