@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.finetune import ChatNotes
 from gptx_cli.data.pack import ModelZooV2Packer, Packer, SampleStats, append_eos, concat_documents
 from gptx_cli.data.sources import (
     InputUnit,
@@ -41,7 +42,7 @@ STATE_DIR = ".gptx-preprocess"
 MIN_TRAINED_VOCAB = 258  # the byte alphabet plus the two special tokens
 PILE_PARTS = 10
 OUTPUT_FORMATS = ("hdf5", "corpus", "mmidx")
-MAX_PROBLEMS_SHOWN = 20
+MAX_PROBLEMS_SHOWN = 5  # skipped records named (file:line: why); then a count
 # The built-in corpus (gptx_cli.data.builtin_corpus): real text on every machine, for the demo.
 PYTHON_DOCS = "python-docs"
 DEFAULT_PYTHON_DOCS_DIR = "./language/datasets/python_docs/hdf5_dataset"
@@ -728,6 +729,7 @@ def _run_unit(
         writer = MMIDIDXWriter(job.out_dir / f"data-{u:05d}", best_dtype(tok.vocab_size))
     subsets = frozenset(opts.pile_subsets) if opts.pile_subsets else None
     shown = 0
+    notes = ChatNotes()
     done_before = base_bytes
     short = None
     if opts.short_seq_prob > 0:
@@ -738,7 +740,7 @@ def _run_unit(
         short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
     for unit in units:
         if opts.mode == "finetuning":
-            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before)
+            shown = _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before, shown, notes)
             done_before += unit.size
             stats.input_files += 1
             continue
@@ -793,6 +795,8 @@ def _run_unit(
         stats.input_files += 1
     if shown > MAX_PROBLEMS_SHOWN:
         print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
+    for line in notes.warnings():
+        print(line, file=sys.stderr)
     if opts.output_format == "hdf5":
         last = packer.finish()
         writer.add(short.apply(last) if short is not None else last)
@@ -811,8 +815,11 @@ def _finetune_unit(
     stats: JobStats,
     progress: _Progress,
     done_before: int,
-) -> None:
-    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order."""
+    shown: int,
+    notes: Any,
+) -> int:
+    """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order;
+    warns of the first MAX_PROBLEMS_SHOWN skipped records (returns how many were skipped so far)."""
     spec = opts.finetuning
     tasks = (
         (
@@ -825,6 +832,16 @@ def _finetune_unit(
         batch = task[2]
         if res.error is not None:
             raise DataError(res.error[0], hint=res.error[1])
+        if res.notes.skipped and opts.strict:
+            raise DataError(
+                f"{res.notes.skipped[0]}", hint="remove --strict to skip such records (they are counted)"
+            )
+        for p in res.notes.skipped:
+            if shown < MAX_PROBLEMS_SHOWN:
+                print(f"warning: skipped {p}", file=sys.stderr)
+            shown += 1
+        res.notes.skipped = []
+        notes.add(res.notes)
         writer.add(res.samples)
         st, s = res.stats, stats.samples
         stats.documents += st.examples
@@ -842,6 +859,7 @@ def _finetune_unit(
         s.loss_valid_tokens += st.loss_valid_tokens
         s.document_tokens += st.example_tokens
         progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
+    return shown
 
 
 def _run_job(
@@ -871,8 +889,12 @@ def _run_job(
         shuffled.touch()
     if total.documents == 0:
         inputs = ", ".join(u.location for g in job.units for u in g)
-        why = f" ({total.documents_skipped} malformed records skipped)" if total.documents_skipped else ""
-        why += f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
+        why = f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
+        if total.documents_skipped:
+            raise DataError(
+                f"no documents in {inputs}{why}: all {total.documents_skipped} records were skipped "
+                "(the warnings above say why)"
+            )
         raise DataError(f"no documents in {inputs}{why}: the input is empty")
     if opts.mode == "finetuning" and total.samples.n_examples == 0:
         raise DataError(
@@ -880,6 +902,16 @@ def _run_job(
             f"max_seq_length {opts.max_seq_length}, {total.examples_too_short} shorter than min_sequence_len "
             f"{opts.min_sequence_len})",
             hint="raise --max-seq-length or lower --min-sequence-len",
+        )
+    if opts.mode == "finetuning" and total.samples.loss_valid_tokens == 0:
+        chat = opts.finetuning is not None and opts.finetuning.hook == "chat_read_hook"
+        raise DataError(
+            f"{job.out_dir}: loss_valid_tokens is 0: none of the {total.samples.n_examples} samples has a "
+            "token with loss weight 1, so training on them learns nothing",
+            hint="only turns with the role 'assistant' are trained, and roles are case-sensitive: the "
+            "warnings above name the roles found"
+            if chat
+            else "check --completion-key",
         )
     return total
 

@@ -1,0 +1,129 @@
+"""Bad input to `gptx preprocess`, one test per input, each asserting what the user is told (#25 item 8).
+
+Real subprocess runs of the CLI on tiny files; ModelZoo's behaviour each row follows is named in its test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptx_testing import SHARED, run_gptx
+
+TOK_DIR = str(SHARED / "assets" / "tokenizers")
+ENV = {"GPTX_TOKENIZER_DIR": TOK_DIR, "HF_HUB_OFFLINE": "1"}
+CHAT = ("--mode", "finetuning", "--chat-key", "messages")
+
+
+def _jsonl(path: Path, recs: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def _turn(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+GOOD = {"messages": [_turn("user", "What is two plus two?"), _turn("assistant", "It is four, of course.")]}
+
+
+def _preprocess(*args: str):
+    return run_gptx("preprocess", "--tokenizer", "gpt2", "--max-seq-length", "128", *args, env=ENV)
+
+
+def _params(out: Path) -> dict:
+    return json.loads((out / "data_params.json").read_text())["post-process"]
+
+
+# ------------------------------------------------------------------------------------------ chat roles
+
+
+def test_capitalised_roles_warn_by_name_and_zero_loss_is_an_error(tmp_path) -> None:
+    """ModelZoo's chat_read_hook passes any role through and trains only 'assistant' turns: gptx keeps
+    the records, names each unknown role with its count, and refuses the output that trains nothing."""
+    recs = [{"messages": [_turn("User", "What is two plus two?"), _turn("Assistant", "It is four.")]}] * 3
+    path = _jsonl(tmp_path / "caps.jsonl", recs)
+    r = _preprocess(*CHAT, "-i", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 1, r.stderr
+    assert f"warning: 3 chat records with role 'User' (first at {path}:1)" in r.stderr
+    assert f"warning: 3 chat records with role 'Assistant' (first at {path}:1)" in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "loss_valid_tokens is 0" in last and "case-sensitive" in last
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "data_params.json").exists()
+
+
+def test_misspelt_role_beside_good_records_is_a_warning_with_count(tmp_path) -> None:
+    recs = [
+        GOOD,
+        {"messages": [_turn("user", "Who are you, then?"), _turn("asistant", "A helpful helper.")]},
+        {"messages": [_turn("wizard", "Cast a spell now."), _turn("assistant", "Abracadabra, done.")]},
+        {"messages": [_turn("user", "And who are you?"), _turn("asistant", "Still a helper.")]},
+    ]
+    path = _jsonl(tmp_path / "typo.jsonl", recs)
+    r = _preprocess(*CHAT, "-i", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert f"warning: 2 chat records with role 'asistant' (first at {path}:2)" in r.stderr
+    assert f"warning: 1 chat record with role 'wizard' (first at {path}:3)" in r.stderr
+    assert _params(tmp_path / "out")["n_examples"] == 4  # kept, as ModelZoo keeps them
+
+
+# ------------------------------------------------------------------------------ skipped conversations
+
+
+def test_each_skipped_conversation_says_why_and_where(tmp_path) -> None:
+    recs = [
+        GOOD,
+        {"messages": [_turn("assistant", "An answer first."), _turn("user", "Then a question?")]},
+        {"messages": [_turn("user", "Question one?"), _turn("user", "Question two?")]},
+        {"messages": [_turn("user", "Only a question, nobody answers?")]},
+        {"messages": [GOOD["messages"][0], GOOD["messages"][1], _turn("system", "Be nice."), _turn("user", "q?")]},
+        {"messages": []},
+    ]  # fmt: skip
+    path = _jsonl(tmp_path / "chat.jsonl", recs)
+    r = _preprocess(*CHAT, "-i", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    err = r.stderr
+    # Kept by ModelZoo's chat_read_hook (it checks only pairs of different roles), named as a likely mistake.
+    assert f"warning: 1 chat record with an assistant turn before the user's (first at {path}:2)" in err
+    assert f"warning: skipped {path}:3: turns 0 and 1 of 'messages' are both 'user'" in err
+    assert f"warning: skipped {path}:4: 'messages' has 1 turn, not user/assistant pairs" in err
+    assert f"warning: skipped {path}:5: 'messages' has 4 turns" not in err  # even: kept, noted below
+    assert f"warning: 1 chat record with a system turn after the first turn (first at {path}:5)" in err
+    assert f"warning: skipped {path}:6: 'messages' has no turns" in err
+    assert "ModelZoo's chat_read_hook: 'Every user should have a corresponding assistant, skipping...'" in err
+    params = _params(tmp_path / "out")
+    assert params["documents_skipped"] == 3 and params["n_examples"] == 3
+
+
+def test_skipped_records_are_named_up_to_five_then_counted(tmp_path) -> None:
+    recs = [GOOD] + [{"messages": [_turn("user", f"Question {i}?")]} for i in range(8)]
+    path = _jsonl(tmp_path / "odd.jsonl", recs)
+    r = _preprocess(*CHAT, "-i", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    named = [line for line in r.stderr.splitlines() if line.startswith("warning: skipped ")]
+    assert [line.split(":")[2] for line in named] == ["2", "3", "4", "5", "6"]
+    assert "warning: 3 more bad records skipped" in r.stderr
+
+
+def test_all_records_skipped_is_an_error_that_says_so(tmp_path) -> None:
+    path = _jsonl(tmp_path / "empty.jsonl", [{"messages": []}, {"messages": [_turn("user", "q?")]}])
+    r = _preprocess(*CHAT, "-i", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[:2] == [
+        f"warning: skipped {path}:1: 'messages' has no turns (ModelZoo's chat_read_hook returns nothing for it)",
+        f"warning: skipped {path}:2: 'messages' has 1 turn, not user/assistant pairs (ModelZoo's chat_read_hook: "
+        "'Every user should have a corresponding assistant, skipping...')",
+    ]
+    assert lines[2:] == [
+        f"error: no documents in {path}: all 2 records were skipped (the warnings above say why)"
+    ]
+
+
+def test_strict_fails_on_the_first_skipped_conversation(tmp_path) -> None:
+    path = _jsonl(tmp_path / "chat.jsonl", [GOOD, {"messages": [_turn("user", "q?")]}])
+    r = _preprocess(*CHAT, "--strict", "-i", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}:2: 'messages' has 1 turn"), r.stderr
