@@ -18,7 +18,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 from gptx_cli.data.finetune import ChatNotes
 from gptx_cli.data.pack import ModelZooV2Packer, Packer, SampleStats, append_eos, concat_documents
 from gptx_cli.data.sources import (
+    BATCH_RECORDS,
     InputUnit,
     RecordBatch,
     expand_inputs,
@@ -36,7 +37,7 @@ from gptx_cli.data.sources import (
 )
 from gptx_cli.data.textclean import TextCleaning
 from gptx_cli.errors import DataError, UsageError
-from gptx_cli.fsutil import atomic_path, is_temp, write_json
+from gptx_cli.fsutil import atomic_path, host_available_bytes, host_cores, is_temp, write_json
 
 STATE_DIR = ".gptx-preprocess"
 MIN_TRAINED_VOCAB = 258  # the byte alphabet plus the two special tokens
@@ -1014,6 +1015,15 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     tok = _with_ids(tok, opts.eos_id, opts.pad_id)
     jobs = plan_jobs(opts, tok)
     total_bytes = sum(u.size for job in jobs for g in job.units for u in g)
+    check_sample_memory(opts, total_bytes)
+    cores = host_cores()
+    if opts.processes > cores:
+        print(
+            f"note: --processes {opts.processes} is more than the {cores} cores here; using {cores} worker "
+            "processes (the output is the same for any --processes)",
+            file=sys.stderr,
+        )
+        opts = replace(opts, processes=cores)
     progress = _Progress(total_bytes, opts.progress)
     pool = None
     if opts.processes > 1:
@@ -1075,6 +1085,35 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         file=sys.stderr,
     )
     return results
+
+
+MIN_RECORD_BYTES = 8  # the shortest fine-tuning record line ('{"m":[]}'): bounds the record count
+
+
+def check_sample_memory(opts: PreprocessOptions, input_bytes: int) -> None:
+    """Refuse, before any work, a --max-seq-length whose samples cannot be held in memory.
+
+    Every sample is [rows, msl] int32 however few tokens it holds. Pretraining holds a few samples at a
+    time (the packer's, a worker batch's, the writer's); fine-tuning pads each example to a sample of
+    its own, and holds a worker batch of them (BATCH_RECORDS records, and their stacked copy) plus the
+    writer's buffer (--samples-per-file), at most one per input record (bounded by the input's bytes)."""
+    rows = 5 if opts.use_vsl else 3
+    sample = rows * 4 * opts.max_seq_length
+    held = 4
+    if opts.mode == "finetuning":
+        records = max(1, input_bytes // MIN_RECORD_BYTES)
+        held = min(records, opts.samples_per_file) + 2 * min(records, BATCH_RECORDS)
+    avail = host_available_bytes()
+    if avail is None or sample * held <= avail:
+        return
+    gib = 2**30
+    raise UsageError(
+        f"--max-seq-length {opts.max_seq_length:,}: each sample is [{rows}, {opts.max_seq_length:,}] int32 "
+        f"({sample / gib:.2f} GiB) and up to {held:,} are held at once ({sample * held / gib:,.1f} GiB), more "
+        f"than the {avail / gib:.1f} GiB of memory available",
+        hint="lower --max-seq-length"
+        + (": fine-tuning pads every example to it" if opts.mode == "finetuning" else ""),
+    )
 
 
 def endings_note(n: int, mode: str) -> str:

@@ -6,6 +6,7 @@ Real subprocess runs of the CLI on tiny files; ModelZoo's behaviour each row fol
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from gptx_testing import SHARED, run_gptx
@@ -127,3 +128,31 @@ def test_strict_fails_on_the_first_skipped_conversation(tmp_path) -> None:
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}:2: 'messages' has 1 turn"), r.stderr
+
+
+# ---------------------------------------------------------------------------------- --processes, msl
+
+
+def test_processes_are_capped_at_the_cores_with_a_note(tmp_path) -> None:
+    path = _jsonl(tmp_path / "chat.jsonl", [GOOD] * 3)
+    r = _preprocess(*CHAT, "--processes", "100000", "-i", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert (
+        f"note: --processes 100000 is more than the {cores} cores here; using {cores} worker processes"
+        in r.stderr
+    )
+    assert _params(tmp_path / "out")["n_examples"] == 3
+
+
+def test_max_seq_length_whose_samples_cannot_fit_in_memory_is_refused_before_work(tmp_path) -> None:
+    path = _jsonl(tmp_path / "chat.jsonl", [GOOD] * 3)
+    msl = 10**11  # 1.1 TiB per [3, msl] int32 sample: more than any host here
+    r = _preprocess(*CHAT, "-i", str(path), "-o", str(tmp_path / "out"), "--max-seq-length", str(msl))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: --max-seq-length {msl:,}: each sample is [3, {msl:,}] int32"
+    ), r.stderr
+    assert "of memory available" in lines[0] and "fine-tuning pads every example to it" in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
