@@ -950,6 +950,14 @@ def _train_tokenizer(opts: PreprocessOptions, out_root: Path) -> str:
         show_progress=False,
     )
     tok.train_from_iterator(texts(), trainer=trainer)
+    got = tok.get_vocab_size()
+    if got < opts.train_tokenizer:
+        print(
+            f"warning: --train-tokenizer {opts.train_tokenizer:,}: the input gave only {got:,} vocabulary entries "
+            f"(256 bytes, 2 special tokens and {got - MIN_TRAINED_VOCAB:,} merges: the BPE ran out of pairs "
+            "to merge); the tokenizer has those, not the size asked for",
+            file=sys.stderr,
+        )
     out_root.mkdir(parents=True, exist_ok=True)
     path = out_root / "tokenizer.json"
     with atomic_path(path) as tmp:

@@ -156,3 +156,37 @@ def test_max_seq_length_whose_samples_cannot_fit_in_memory_is_refused_before_wor
     ), r.stderr
     assert "of memory available" in lines[0] and "fine-tuning pads every example to it" in lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ------------------------------------------------------------------------------------ --train-tokenizer
+
+
+def _text_corpus(path: Path) -> Path:
+    return _jsonl(
+        path, [{"text": f"the quick brown fox jumps over the lazy dog, {i} times."} for i in range(40)]
+    )
+
+
+def test_tokenizer_beside_train_tokenizer_is_refused(tmp_path) -> None:
+    path = _text_corpus(tmp_path / "in.jsonl")
+    r = run_gptx("preprocess", "--tokenizer", "gpt2", "--train-tokenizer", "400", "-i", str(path),
+                 "-o", str(tmp_path / "out"), env=ENV)  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "error: --tokenizer and --train-tokenizer exclude each other: --train-tokenizer trains the tokenizer "
+        "it uses (output_dir/tokenizer.json)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_trained_vocabulary_smaller_than_asked_is_reported(tmp_path) -> None:
+    path = _text_corpus(tmp_path / "in.jsonl")
+    r = run_gptx("preprocess", "--train-tokenizer", "8000", "--max-seq-length", "16", "-i", str(path),
+                 "-o", str(tmp_path / "out"), env=ENV)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = len(json.loads((tmp_path / "out" / "tokenizer.json").read_text())["model"]["vocab"])
+    assert 258 < got < 8000
+    assert (
+        f"warning: --train-tokenizer 8,000: the input gave only {got:,} vocabulary entries (256 bytes, 2 special "
+        f"tokens and {got - 258:,} merges" in r.stderr
+    )
