@@ -49,12 +49,23 @@ def fractions(values: Any) -> Any:
     return [f / total for f in floats]
 
 
+DEFAULT_SPLITS_DIR = "data_splits_dir"  # under output_dir, where setup.data_splits_dir is not given
+
+
+def _check_fraction(value: Any, what: str) -> None:
+    f = fractions(value)
+    if not 0 <= f <= 1:
+        raise ConfigError(f"{what} {value} is outside [0, 1]")
+
+
 def plan_splits(
     data_splits: dict[str, Any] | None, shared: dict[str, Any] | None
 ) -> list[tuple[str | None, Any]]:
     """(split name or None, msl or None) for every output, as DataSplit.prepare_splits orders them."""
     out: list[tuple[str | None, Any]] = []
     if data_splits:
+        for name, value in data_splits.items():
+            _check_fraction(value.get("split_fraction", 0), f"the split_fraction of '{name}'")
         total = sum(fractions(v.get("split_fraction", 0)) for v in data_splits.values())
         if not math.isclose(total, 1.0):
             raise ConfigError("setup.data_splits: the split_fraction values must add up to 1")
@@ -77,6 +88,8 @@ def _msl_list(cs: dict[str, Any]) -> list[Any]:
     msl, fr = cs.get("MSL_List"), cs.get("split_fractions")
     if not msl or fr is None or len(fr) != len(msl):
         raise ConfigError("a context split needs MSL_List and as many split_fractions")
+    for m, f in zip(msl, fr, strict=True):
+        _check_fraction(f, f"the split_fractions entry for msl {m}")
     if len({normalize_msl(m) for m in msl}) != len(msl):
         raise ConfigError("MSL_List holds duplicate entries")
     return list(msl)
@@ -159,9 +172,9 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
         raise plan.doc.error(("setup", "data_splits"), f"malformed split ({err})") from None
     units = expand_inputs(opts.inputs)
     source_root = Path(opts.inputs[0]) if len(opts.inputs) == 1 and Path(opts.inputs[0]).is_dir() else None
-    splits_dir = Path(
-        plan.data_splits_dir or os.path.join(os.path.dirname(opts.output_dir), "data_splits_dir")
-    )
+    # ModelZoo's default, <parent of output_dir>/data_splits_dir, is shared by every output under one
+    # parent (a second run's --overwrite would delete the first's): each output gets its own.
+    splits_dir = Path(plan.data_splits_dir or os.path.join(opts.output_dir, DEFAULT_SPLITS_DIR))
     if splits_dir.is_dir() and any(splits_dir.iterdir()):
         if not opts.overwrite:
             raise DataError(

@@ -190,3 +190,64 @@ def test_trained_vocabulary_smaller_than_asked_is_reported(tmp_path) -> None:
         f"warning: --train-tokenizer 8,000: the input gave only {got:,} vocabulary entries (256 bytes, 2 special "
         f"tokens and {got - 258:,} merges" in r.stderr
     )
+
+
+# -------------------------------------------------------------------------------------- --data-splits
+
+QA = ("--mode", "finetuning", "--prompt-key", "prompt", "--completion-key", "completion")
+
+
+def _qa(path: Path) -> Path:
+    return _jsonl(
+        path, [{"prompt": f"What is {i} plus two?", "completion": f"It is {i + 2}."} for i in range(30)]
+    )
+
+
+def test_each_output_gets_its_own_default_data_splits_dir(tmp_path) -> None:
+    path = _qa(tmp_path / "qa.jsonl")
+    runs = tmp_path / "runs"
+    for name, splits in (("a", "train=0.8,val=0.2"), ("b", "train=0.5,val=0.5")):
+        r = _preprocess(*QA, "-i", str(path), "-o", str(runs / name), "--data-splits", splits)
+        assert r.returncode == 0, r.stderr  # the second run does not trip over the first's splits
+    first = sorted(p.relative_to(runs) for p in (runs / "a" / "data_splits_dir").rglob("*.jsonl.zst"))
+    assert first and not (runs / "data_splits_dir").exists()
+    r = _preprocess(
+        *QA, "-i", str(path), "-o", str(runs / "b"), "--data-splits", "train=0.6,val=0.4", "--overwrite"
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(runs) for p in (runs / "a" / "data_splits_dir").rglob("*.jsonl.zst")) == first
+    assert (runs / "a" / "train" / "data_params.json").is_file()
+
+
+def test_split_fractions_outside_zero_one_are_refused(tmp_path) -> None:
+    path = _qa(tmp_path / "qa.jsonl")
+    r = _preprocess(*QA, "-i", str(path), "-o", str(tmp_path / "out"), "--data-splits", "train=1.5,val=-0.5")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: --data-splits: the split_fraction of 'train' 1.5 is outside [0, 1]"
+    assert not (tmp_path / "data_splits_dir").exists() and not (tmp_path / "out" / "data_splits_dir").exists()
+
+
+def test_split_fraction_outside_zero_one_in_a_yaml_names_file_and_line(tmp_path) -> None:
+    path = _qa(tmp_path / "qa.jsonl")
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text(
+        "setup:\n"
+        f"  data: {{source: {tmp_path}, type: local}}\n"
+        f"  output_dir: {tmp_path / 'out'}\n"
+        "  mode: finetuning\n"
+        "  data_splits:\n"
+        "    train: {split_fraction: 1.25}\n"
+        "    val: {split_fraction: -0.25}\n"
+        "processing:\n"
+        "  huggingface_tokenizer: gpt2\n"
+        "  max_seq_length: 64\n"
+        "  read_hook: cerebras.modelzoo.data_preparation.data_preprocessing.hooks:prompt_completion_text_read_hook\n"
+        "  read_hook_kwargs: {prompt_key: prompt, completion_key: completion}\n"
+    )
+    r = run_gptx("preprocess", "--config", str(cfg), env=ENV)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith(f"error: {cfg}:") and "the split_fraction of 'train' 1.25 is outside [0, 1]" in last
+    ), r.stderr
+    assert path.exists()
