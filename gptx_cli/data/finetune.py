@@ -187,13 +187,8 @@ def _prompt_completion(
     return prompt + sep + completion + eos_text, regions
 
 
-def _chat(rec: dict[str, Any], spec: FinetuneSpec, where: str) -> tuple[str, list[_Region]] | str:
-    """ChatML text and regions, or why ModelZoo's chat_read_hook skips the conversation (its warning)."""
-    key, role_key, content_key = (
-        str(spec.multi_turn_key),
-        str(spec.multi_turn_role_key),
-        str(spec.multi_turn_content_key),
-    )
+def _check_turns(rec: dict[str, Any], key: str, role_key: str, content_key: str, where: str) -> None:
+    """A chat record's shape: a list of mappings with string role and content (else a DataError)."""
     if key not in rec:
         raise DataError(f"{where}: no key '{key}' in the record (has: {', '.join(map(str, rec))})")
     turns = rec[key]
@@ -209,6 +204,30 @@ def _chat(rec: dict[str, Any], spec: FinetuneSpec, where: str) -> tuple[str, lis
                 raise DataError(
                     f"{where}: turn {i} of '{key}': {what} '{k}' is {type(turn[k]).__name__}, not a string"
                 )
+
+
+def check_record(rec: Any, spec: FinetuneSpec, where: str) -> None:
+    """The checks encode_record makes before tokenising, for a record read elsewhere (data.splits reads
+    the user's files and writes the split files that are preprocessed: errors name the user's line)."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: the record is {type(rec).__name__}, not a JSON object")
+    if spec.hook == CHAT_HOOK:
+        keys = (str(spec.multi_turn_key), str(spec.multi_turn_role_key), str(spec.multi_turn_content_key))
+        _check_turns(rec, *keys, where)
+        return
+    _field(rec, str(spec.prompt_key), where, "prompt")
+    _field(rec, str(spec.completion_key), where, "completion")
+
+
+def _chat(rec: dict[str, Any], spec: FinetuneSpec, where: str) -> tuple[str, list[_Region]] | str:
+    """ChatML text and regions, or why ModelZoo's chat_read_hook skips the conversation (its warning)."""
+    key, role_key, content_key = (
+        str(spec.multi_turn_key),
+        str(spec.multi_turn_role_key),
+        str(spec.multi_turn_content_key),
+    )
+    _check_turns(rec, key, role_key, content_key, where)
+    turns = rec[key]
     if not turns:
         return f"'{key}' has no turns (ModelZoo's chat_read_hook returns nothing for it)"
     pairs: list[tuple[str, str]] = []

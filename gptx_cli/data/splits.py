@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.finetune import check_record
 from gptx_cli.errors import ConfigError, DataError
 
 
@@ -125,9 +126,11 @@ def assign(
                 yield i, d, named, split, msl
 
 
-def _documents(unit: Any, text_key: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
+def _documents(unit: Any, text_key: str, spec: Any = None) -> list[dict[str, Any]]:
     """The raw documents of one input file as ModelZoo's splitter reads them ({text_key: value}, or
-    the read hook's data keys in finetuning mode)."""
+    the read hook's data keys in finetuning mode: a record the read hook cannot read is an error naming
+    this file and line, not the split file it would be written to)."""
+    keys = spec.columns() if spec is not None else None
     from gptx_cli.data.sources import iter_record_batches
 
     docs: list[dict[str, Any]] = []
@@ -140,14 +143,17 @@ def _documents(unit: Any, text_key: str, keys: list[str] | None = None) -> list[
                     obj = json.loads(rec)
                 except ValueError:
                     raise DataError(f"{unit.location}:{batch.first_line + offset}: malformed JSON") from None
-                if keys:  # finetuning: the records as they are (a missing key is reported on preprocessing)
-                    docs.append({k: obj[k] for k in keys if k in obj} if isinstance(obj, dict) else obj)
+                if keys:  # finetuning: the records as they are
+                    check_record(obj, spec, f"{unit.location}:{batch.first_line + offset}")
+                    docs.append({k: obj[k] for k in keys if k in obj})
                 else:
                     docs.append({text_key: obj.get(text_key) if isinstance(obj, dict) else None})
             elif unit.kind == "text":
                 text = rec.decode("utf-8", errors="replace") if isinstance(rec, bytes) else rec
                 docs += [{text_key: line} for line in text.splitlines()]
             else:
+                if keys:
+                    check_record(rec, spec, f"{unit.location}:{batch.first_line + offset}")
                 docs.append(rec if keys else {text_key: rec})
     return docs
 
@@ -182,8 +188,7 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
                 hint="pass --overwrite to replace it",
             )
         shutil.rmtree(splits_dir)
-    keys = opts.finetuning.columns() if getattr(opts, "finetuning", None) is not None else None
-    docs = [_documents(u, opts.text_key, keys) for u in units]
+    docs = [_documents(u, opts.text_key, getattr(opts, "finetuning", None)) for u in units]
     files = [u.location for u in units]
     buckets: dict[Path, list[dict[str, Any]]] = {}
     for i, d, named, split, msl in assign(

@@ -251,3 +251,33 @@ def test_split_fraction_outside_zero_one_in_a_yaml_names_file_and_line(tmp_path)
         last.startswith(f"error: {cfg}:") and "the split_fraction of 'train' 1.25 is outside [0, 1]" in last
     ), r.stderr
     assert path.exists()
+
+
+def test_wrong_prompt_key_in_a_split_yaml_names_the_users_record(tmp_path) -> None:
+    """ModelZoo's data_split writes the records to data_splits_dir before preprocessing them: the error
+    names the user's file and line, not the split file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    path = _jsonl(
+        src / "qa.jsonl", [{"question": f"What is {i} plus two?", "completion": "Four."} for i in range(6)]
+    )
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text(
+        "setup:\n"
+        f"  data: {{source: {src}, type: local}}\n"
+        f"  output_dir: {tmp_path / 'out'}\n"
+        "  mode: finetuning\n"
+        "  data_splits:\n"
+        "    train: {split_fraction: 0.5}\n"
+        "    val: {split_fraction: 0.5}\n"
+        "processing:\n"
+        "  huggingface_tokenizer: gpt2\n"
+        "  max_seq_length: 64\n"
+        "  read_hook: cerebras.modelzoo.data_preparation.data_preprocessing.hooks:prompt_completion_text_read_hook\n"
+        "  read_hook_kwargs: {prompt_key: prompt, completion_key: completion}\n"
+    )
+    r = run_gptx("preprocess", "--config", str(cfg), env=ENV)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == f"error: {path}:1: no key 'prompt' in the record (has: question, completion)", r.stderr
+    assert "data_splits_dir" not in r.stderr
