@@ -150,6 +150,11 @@ def preprocess_cmd(
     from gptx_cli.data.preprocess import PreprocessOptions, recipe_defaults, run_preprocess
     from gptx_cli.errors import UsageError
 
+    if tokenizer and train_tokenizer is not None:
+        raise UsageError(
+            "--tokenizer and --train-tokenizer exclude each other: --train-tokenizer trains the tokenizer "
+            "it uses (output_dir/tokenizer.json)"
+        )
     if (buffer_len is not None or val_split_ratio is not None) and dataset != "trc2":
         raise UsageError("--buffer-len and --val-split-ratio go with --dataset trc2")
     if output_dir:

@@ -199,13 +199,8 @@ def _prompt_completion(
     return prompt + sep + completion + eos_text, regions
 
 
-def _chat(rec: dict[str, Any], spec: FinetuneSpec, where: str) -> tuple[str, list[_Region]] | None:
-    """ChatML text and regions, or None for a conversation ModelZoo's chat_read_hook skips."""
-    key, role_key, content_key = (
-        str(spec.multi_turn_key),
-        str(spec.multi_turn_role_key),
-        str(spec.multi_turn_content_key),
-    )
+def _check_turns(rec: dict[str, Any], key: str, role_key: str, content_key: str, where: str) -> None:
+    """A chat record's shape: a list of mappings with string role and content (else a DataError)."""
     if key not in rec:
         raise DataError(f"{where}: no key '{key}' in the record (has: {', '.join(map(str, rec))})")
     turns = rec[key]
@@ -221,19 +216,52 @@ def _chat(rec: dict[str, Any], spec: FinetuneSpec, where: str) -> tuple[str, lis
                 raise DataError(
                     f"{where}: turn {i} of '{key}': {what} '{k}' is {type(turn[k]).__name__}, not a string"
                 )
+
+
+def check_record(rec: Any, spec: FinetuneSpec, where: str) -> None:
+    """The checks encode_record makes before tokenising, for a record read elsewhere (data.splits reads
+    the user's files and writes the split files that are preprocessed: errors name the user's line)."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: the record is {type(rec).__name__}, not a JSON object")
+    if spec.hook == CHAT_HOOK:
+        keys = (str(spec.multi_turn_key), str(spec.multi_turn_role_key), str(spec.multi_turn_content_key))
+        _check_turns(rec, *keys, where)
+        return
+    _field(rec, str(spec.prompt_key), where, "prompt")
+    _field(rec, str(spec.completion_key), where, "completion")
+
+
+def _chat(rec: dict[str, Any], spec: FinetuneSpec, where: str) -> tuple[str, list[_Region]] | str:
+    """ChatML text and regions, or why ModelZoo's chat_read_hook skips the conversation (its warning)."""
+    key, role_key, content_key = (
+        str(spec.multi_turn_key),
+        str(spec.multi_turn_role_key),
+        str(spec.multi_turn_content_key),
+    )
+    _check_turns(rec, key, role_key, content_key, where)
+    turns = rec[key]
     if not turns:
-        return None
+        return f"'{key}' has no turns (ModelZoo's chat_read_hook returns nothing for it)"
     pairs: list[tuple[str, str]] = []
-    if turns[0][role_key] == "system":
+    system = turns[0][role_key] == "system"
+    if system:
         if turns[0][content_key]:
             pairs.append(("system", turns[0][content_key]))
         turns = turns[1:]
-    if len(turns) % 2:  # ModelZoo: "Every user should have a corresponding assistant, skipping..."
-        return None
+    if len(turns) % 2:
+        return (
+            f"'{key}' has {len(turns)} turn{'s' if len(turns) != 1 else ''}"
+            f"{' after the system turn' if system else ''}, not user/assistant pairs (ModelZoo's "
+            "chat_read_hook: 'Every user should have a corresponding assistant, skipping...')"
+        )
     for i in range(0, len(turns), 2):
         user, assistant = turns[i], turns[i + 1]
         if user[role_key] == assistant[role_key]:
-            return None  # "Two consecutive messages by the same participant is not allowed"
+            n = i + (1 if system else 0)
+            return (
+                f"turns {n} and {n + 1} of '{key}' are both '{user[role_key]}' (ModelZoo's chat_read_hook: "
+                "'Two consecutive messages by the same participant is not allowed, skipping...')"
+            )
         pairs.append((user[role_key], user[content_key].strip()))
         pairs.append((assistant[role_key], assistant[content_key].strip()))
     text, regions = "", []
@@ -482,8 +510,8 @@ def encode_record(
     where: str,
     msl: int | None = None,
     keep_whole_last_character: bool = False,
-) -> Example | None:
-    """One record -> Example (None: a conversation ModelZoo's chat hook skips)."""
+) -> Example | str:
+    """One record -> Example, or why ModelZoo's chat hook skips the conversation."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: the record is {type(rec).__name__}, not a JSON object")
     how: dict[str, Any] = {
@@ -494,8 +522,8 @@ def encode_record(
     }
     if spec.hook == CHAT_HOOK:
         got = _chat(rec, spec, where)
-        if got is None:
-            return None
+        if isinstance(got, str):
+            return got
         text, regions = got
         return tokenize_example(hf, text, regions, spec.end_of_turn_token or eos_text, chat=True, **how)
     text, regions = _prompt_completion(rec, spec, eos_text, where)
@@ -600,6 +628,50 @@ def parse_records(kind: str, location: str, batch: Any) -> list[tuple[str, Any]]
     return out
 
 
+KNOWN_ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class ChatNotes:
+    """What a run says about its chat records: the skipped ones (file:line: why, in order) and
+    conversations ModelZoo keeps as they are that are likely mistakes (what -> [count, first file:line])."""
+
+    skipped: list[str] = field(default_factory=list)
+    odd: dict[str, list[Any]] = field(default_factory=dict)
+
+    def note(self, what: str, where: str) -> None:
+        got = self.odd.setdefault(what, [0, where])
+        got[0] += 1
+
+    def add(self, other: ChatNotes) -> None:
+        self.skipped += other.skipped
+        for what, (n, where) in other.odd.items():
+            got = self.odd.setdefault(what, [0, where])
+            got[0] += n
+
+    def warnings(self) -> list[str]:
+        return [
+            f"warning: {n:,} chat record{'s' if n != 1 else ''} with {what} (first at {where}); kept "
+            "as ModelZoo's chat_read_hook keeps them: only turns with role 'assistant' have loss weight 1"
+            for what, (n, where) in self.odd.items()
+        ]
+
+
+def _note_roles(rec: dict[str, Any], spec: FinetuneSpec, where: str, notes: ChatNotes) -> None:
+    """Kept conversations that ModelZoo trains differently from what their author likely meant."""
+    turns = rec[str(spec.multi_turn_key)]
+    roles = [t[str(spec.multi_turn_role_key)] for t in turns]
+    for role in dict.fromkeys(r for r in roles if r not in KNOWN_ROLES):
+        notes.note(f"role '{role}'", where)
+    rest = roles[1:] if roles[0] == "system" else roles
+    if "system" in rest:
+        notes.note("a system turn after the first turn", where)
+    if any(rest[i] == "assistant" for i in range(0, len(rest), 2)):
+        notes.note("an assistant turn before the user's", where)
+    if "assistant" not in rest:
+        notes.note("no assistant turn", where)
+
+
 @dataclass
 class FinetuneBatch:
     samples: np.ndarray
@@ -608,6 +680,7 @@ class FinetuneBatch:
     error: tuple[str, str | None] | None = None
     # VSL: per record its read-chunk size (vsl.record_size) and its example (ids, mask) when kept
     records: list[tuple[tuple[int, int, bool], tuple[list[int], list[int]] | None]] | None = None
+    notes: ChatNotes = field(default_factory=ChatNotes)
 
 
 def encode_batch(
@@ -626,14 +699,17 @@ def encode_batch(
     eos_text = tok.hf.id_to_token(tok.eos_id)
     examples: list[Example] = []
     sized: list[tuple[tuple[int, int, bool], Example | None]] = []
-    skipped = chars = 0
+    notes = ChatNotes()
+    chars = 0
     for where, rec in parse_records(kind, location, batch):
         ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
         if pack:
-            sized.append((_record_size(rec, spec), ex))
-        if ex is None:
-            skipped += 1
+            sized.append((_record_size(rec, spec), None if isinstance(ex, str) else ex))
+        if isinstance(ex, str):
+            notes.skipped.append(f"{where}: {ex}")
             continue
+        if spec.hook == CHAT_HOOK:
+            _note_roles(rec, spec, where, notes)
         examples.append(ex)
         chars += sum(len(v) for v in rec.values() if isinstance(v, str)) if isinstance(rec, dict) else 0
     if pack:
@@ -643,11 +719,11 @@ def encode_batch(
             for size, ex in sized
         ]
         st.num_sequences_before_packing = sum(ex is not None for _, ex in records)
-        st.examples_skipped_chat = skipped
-        return FinetuneBatch(np.zeros((0, 5, msl), dtype=np.int32), st, chars, records=records)
+        st.examples_skipped_chat = len(notes.skipped)
+        return FinetuneBatch(np.zeros((0, 5, msl), dtype=np.int32), st, chars, records=records, notes=notes)
     samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id)
-    st.examples_skipped_chat = skipped
-    return FinetuneBatch(samples, st, chars)
+    st.examples_skipped_chat = len(notes.skipped)
+    return FinetuneBatch(samples, st, chars, notes=notes)
 
 
 def _record_size(rec: dict[str, Any], spec: FinetuneSpec) -> tuple[int, int, bool]:

@@ -18,14 +18,16 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.finetune import ChatNotes
 from gptx_cli.data.pack import ModelZooV2Packer, Packer, SampleStats, append_eos, concat_documents
 from gptx_cli.data.sources import (
+    BATCH_RECORDS,
     InputUnit,
     RecordBatch,
     expand_inputs,
@@ -35,13 +37,13 @@ from gptx_cli.data.sources import (
 )
 from gptx_cli.data.textclean import TextCleaning
 from gptx_cli.errors import DataError, UsageError
-from gptx_cli.fsutil import atomic_path, is_temp, write_json
+from gptx_cli.fsutil import atomic_path, host_available_bytes, host_cores, is_temp, write_json
 
 STATE_DIR = ".gptx-preprocess"
 MIN_TRAINED_VOCAB = 258  # the byte alphabet plus the two special tokens
 PILE_PARTS = 10
 OUTPUT_FORMATS = ("hdf5", "corpus", "mmidx")
-MAX_PROBLEMS_SHOWN = 20
+MAX_PROBLEMS_SHOWN = 5  # skipped records named (file:line: why); then a count
 # The built-in corpus (gptx_cli.data.builtin_corpus): real text on every machine, for the demo.
 PYTHON_DOCS = "python-docs"
 DEFAULT_PYTHON_DOCS_DIR = "./language/datasets/python_docs/hdf5_dataset"
@@ -742,6 +744,7 @@ def _run_unit(
         writer = MMIDIDXWriter(job.out_dir / f"data-{u:05d}", best_dtype(tok.vocab_size))
     subsets = frozenset(opts.pile_subsets) if opts.pile_subsets else None
     shown = 0
+    notes = ChatNotes()
     done_before = base_bytes
     short = None
     if opts.short_seq_prob > 0:
@@ -752,7 +755,9 @@ def _run_unit(
         short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
     for unit in units:
         if opts.mode == "finetuning":
-            _finetune_unit(unit, u, opts, writer, pool, stats, progress, done_before, vsl_finetune)
+            shown = _finetune_unit(
+                unit, u, opts, writer, pool, stats, progress, done_before, shown, notes, vsl_finetune
+            )
             done_before += unit.size
             stats.input_files += 1
             continue
@@ -813,6 +818,8 @@ def _run_unit(
         stats.input_files += 1
     if shown > MAX_PROBLEMS_SHOWN:
         print(f"warning: {shown - MAX_PROBLEMS_SHOWN} more bad records skipped", file=sys.stderr)
+    for line in notes.warnings():
+        print(line, file=sys.stderr)
     if vsl_finetune is not None:
         from gptx_cli.data.finetune import FinetuneStats
 
@@ -837,10 +844,13 @@ def _finetune_unit(
     stats: JobStats,
     progress: _Progress,
     done_before: int,
+    shown: int,
+    notes: Any,
     vsl: Any = None,
-) -> None:
+) -> int:
     """Finetuning mode: records -> samples in the workers (gptx_cli.data.finetune), written in order;
-    with VSL the workers give examples, packed here per read chunk (`vsl`, a vsl.VSLFinetunePacker)."""
+    with VSL the workers give examples, packed here per read chunk (`vsl`, a vsl.VSLFinetunePacker).
+    Warns of the first MAX_PROBLEMS_SHOWN skipped records (returns how many were skipped so far)."""
     spec = opts.finetuning
     tasks = (
         (
@@ -853,12 +863,23 @@ def _finetune_unit(
         batch = task[2]
         if res.error is not None:
             raise DataError(res.error[0], hint=res.error[1])
+        if res.notes.skipped and opts.strict:
+            raise DataError(
+                f"{res.notes.skipped[0]}", hint="remove --strict to skip such records (they are counted)"
+            )
+        for p in res.notes.skipped:
+            if shown < MAX_PROBLEMS_SHOWN:
+                print(f"warning: skipped {p}", file=sys.stderr)
+            shown += 1
+        res.notes.skipped = []
+        notes.add(res.notes)
         writer.add(vsl.add(res.records, res.stats) if vsl is not None else res.samples)
         st = res.stats
         _add_finetune_stats(stats, st)
         stats.raw_bytes_count += batch.raw_bytes
         stats.raw_chars_count += res.chars
         progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
+    return shown
 
 
 def _add_finetune_stats(stats: JobStats, st: Any) -> None:
@@ -904,8 +925,12 @@ def _run_job(
         shuffled.touch()
     if total.documents == 0:
         inputs = ", ".join(u.location for g in job.units for u in g)
-        why = f" ({total.documents_skipped} malformed records skipped)" if total.documents_skipped else ""
-        why += f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
+        why = f" ({total.documents_filtered} left out by --pile-subsets)" if total.documents_filtered else ""
+        if total.documents_skipped:
+            raise DataError(
+                f"no documents in {inputs}{why}: all {total.documents_skipped} records were skipped "
+                "(the warnings above say why)"
+            )
         raise DataError(f"no documents in {inputs}{why}: the input is empty")
     if opts.mode == "finetuning" and total.samples.n_examples == 0:
         raise DataError(
@@ -913,6 +938,16 @@ def _run_job(
             f"max_seq_length {opts.max_seq_length}, {total.examples_too_short} shorter than min_sequence_len "
             f"{opts.min_sequence_len})",
             hint="raise --max-seq-length or lower --min-sequence-len",
+        )
+    if opts.mode == "finetuning" and total.samples.loss_valid_tokens == 0:
+        chat = opts.finetuning is not None and opts.finetuning.hook == "chat_read_hook"
+        raise DataError(
+            f"{job.out_dir}: loss_valid_tokens is 0: none of the {total.samples.n_examples} samples has a "
+            "token with loss weight 1, so training on them learns nothing",
+            hint="only turns with the role 'assistant' are trained, and roles are case-sensitive: the "
+            "warnings above name the roles found"
+            if chat
+            else "check --completion-key",
         )
     return total
 
@@ -950,6 +985,14 @@ def _train_tokenizer(opts: PreprocessOptions, out_root: Path) -> str:
         show_progress=False,
     )
     tok.train_from_iterator(texts(), trainer=trainer)
+    got = tok.get_vocab_size()
+    if got < opts.train_tokenizer:
+        print(
+            f"warning: --train-tokenizer {opts.train_tokenizer:,}: the input gave only {got:,} vocabulary entries "
+            f"(256 bytes, 2 special tokens and {got - MIN_TRAINED_VOCAB:,} merges: the BPE ran out of pairs "
+            "to merge); the tokenizer has those, not the size asked for",
+            file=sys.stderr,
+        )
     out_root.mkdir(parents=True, exist_ok=True)
     path = out_root / "tokenizer.json"
     with atomic_path(path) as tmp:
@@ -1015,6 +1058,15 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
     tok = _with_ids(tok, opts.eos_id, opts.pad_id)
     jobs = plan_jobs(opts, tok)
     total_bytes = sum(u.size for job in jobs for g in job.units for u in g)
+    check_sample_memory(opts, total_bytes)
+    cores = host_cores()
+    if opts.processes > cores:
+        print(
+            f"note: --processes {opts.processes} is more than the {cores} cores here; using {cores} worker "
+            "processes (the output is the same for any --processes)",
+            file=sys.stderr,
+        )
+        opts = replace(opts, processes=cores)
     progress = _Progress(total_bytes, opts.progress)
     pool = None
     if opts.processes > 1:
@@ -1076,6 +1128,35 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         file=sys.stderr,
     )
     return results
+
+
+MIN_RECORD_BYTES = 8  # the shortest fine-tuning record line ('{"m":[]}'): bounds the record count
+
+
+def check_sample_memory(opts: PreprocessOptions, input_bytes: int) -> None:
+    """Refuse, before any work, a --max-seq-length whose samples cannot be held in memory.
+
+    Every sample is [rows, msl] int32 however few tokens it holds. Pretraining holds a few samples at a
+    time (the packer's, a worker batch's, the writer's); fine-tuning pads each example to a sample of
+    its own, and holds a worker batch of them (BATCH_RECORDS records, and their stacked copy) plus the
+    writer's buffer (--samples-per-file), at most one per input record (bounded by the input's bytes)."""
+    rows = 5 if opts.use_vsl else 3
+    sample = rows * 4 * opts.max_seq_length
+    held = 4
+    if opts.mode == "finetuning":
+        records = max(1, input_bytes // MIN_RECORD_BYTES)
+        held = min(records, opts.samples_per_file) + 2 * min(records, BATCH_RECORDS)
+    avail = host_available_bytes()
+    if avail is None or sample * held <= avail:
+        return
+    gib = 2**30
+    raise UsageError(
+        f"--max-seq-length {opts.max_seq_length:,}: each sample is [{rows}, {opts.max_seq_length:,}] int32 "
+        f"({sample / gib:.2f} GiB) and up to {held:,} are held at once ({sample * held / gib:,.1f} GiB), more "
+        f"than the {avail / gib:.1f} GiB of memory available",
+        hint="lower --max-seq-length"
+        + (": fine-tuning pads every example to it" if opts.mode == "finetuning" else ""),
+    )
 
 
 def endings_note(n: int, mode: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.finetune import check_record
 from gptx_cli.errors import ConfigError, DataError
 
 
@@ -49,12 +50,23 @@ def fractions(values: Any) -> Any:
     return [f / total for f in floats]
 
 
+DEFAULT_SPLITS_DIR = "data_splits_dir"  # under output_dir, where setup.data_splits_dir is not given
+
+
+def _check_fraction(value: Any, what: str) -> None:
+    f = fractions(value)
+    if not 0 <= f <= 1:
+        raise ConfigError(f"{what} {value} is outside [0, 1]")
+
+
 def plan_splits(
     data_splits: dict[str, Any] | None, shared: dict[str, Any] | None
 ) -> list[tuple[str | None, Any]]:
     """(split name or None, msl or None) for every output, as DataSplit.prepare_splits orders them."""
     out: list[tuple[str | None, Any]] = []
     if data_splits:
+        for name, value in data_splits.items():
+            _check_fraction(value.get("split_fraction", 0), f"the split_fraction of '{name}'")
         total = sum(fractions(v.get("split_fraction", 0)) for v in data_splits.values())
         if not math.isclose(total, 1.0):
             raise ConfigError("setup.data_splits: the split_fraction values must add up to 1")
@@ -77,6 +89,8 @@ def _msl_list(cs: dict[str, Any]) -> list[Any]:
     msl, fr = cs.get("MSL_List"), cs.get("split_fractions")
     if not msl or fr is None or len(fr) != len(msl):
         raise ConfigError("a context split needs MSL_List and as many split_fractions")
+    for m, f in zip(msl, fr, strict=True):
+        _check_fraction(f, f"the split_fractions entry for msl {m}")
     if len({normalize_msl(m) for m in msl}) != len(msl):
         raise ConfigError("MSL_List holds duplicate entries")
     return list(msl)
@@ -112,9 +126,11 @@ def assign(
                 yield i, d, named, split, msl
 
 
-def _documents(unit: Any, text_key: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
+def _documents(unit: Any, text_key: str, spec: Any = None) -> list[dict[str, Any]]:
     """The raw documents of one input file as ModelZoo's splitter reads them ({text_key: value}, or
-    the read hook's data keys in finetuning mode)."""
+    the read hook's data keys in finetuning mode: a record the read hook cannot read is an error naming
+    this file and line, not the split file it would be written to)."""
+    keys = spec.columns() if spec is not None else None
     from gptx_cli.data.sources import iter_record_batches
 
     docs: list[dict[str, Any]] = []
@@ -127,14 +143,17 @@ def _documents(unit: Any, text_key: str, keys: list[str] | None = None) -> list[
                     obj = json.loads(rec)
                 except ValueError:
                     raise DataError(f"{unit.location}:{batch.first_line + offset}: malformed JSON") from None
-                if keys:  # finetuning: the records as they are (a missing key is reported on preprocessing)
-                    docs.append({k: obj[k] for k in keys if k in obj} if isinstance(obj, dict) else obj)
+                if keys:  # finetuning: the records as they are
+                    check_record(obj, spec, f"{unit.location}:{batch.first_line + offset}")
+                    docs.append({k: obj[k] for k in keys if k in obj})
                 else:
                     docs.append({text_key: obj.get(text_key) if isinstance(obj, dict) else None})
             elif unit.kind == "text":
                 text = rec.decode("utf-8", errors="replace") if isinstance(rec, bytes) else rec
                 docs += [{text_key: line} for line in text.splitlines()]
             else:
+                if keys:
+                    check_record(rec, spec, f"{unit.location}:{batch.first_line + offset}")
                 docs.append(rec if keys else {text_key: rec})
     return docs
 
@@ -159,9 +178,9 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
         raise plan.doc.error(("setup", "data_splits"), f"malformed split ({err})") from None
     units = expand_inputs(opts.inputs)
     source_root = Path(opts.inputs[0]) if len(opts.inputs) == 1 and Path(opts.inputs[0]).is_dir() else None
-    splits_dir = Path(
-        plan.data_splits_dir or os.path.join(os.path.dirname(opts.output_dir), "data_splits_dir")
-    )
+    # ModelZoo's default, <parent of output_dir>/data_splits_dir, is shared by every output under one
+    # parent (a second run's --overwrite would delete the first's): each output gets its own.
+    splits_dir = Path(plan.data_splits_dir or os.path.join(opts.output_dir, DEFAULT_SPLITS_DIR))
     if splits_dir.is_dir() and any(splits_dir.iterdir()):
         if not opts.overwrite:
             raise DataError(
@@ -169,8 +188,7 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
                 hint="pass --overwrite to replace it",
             )
         shutil.rmtree(splits_dir)
-    keys = opts.finetuning.columns() if getattr(opts, "finetuning", None) is not None else None
-    docs = [_documents(u, opts.text_key, keys) for u in units]
+    docs = [_documents(u, opts.text_key, getattr(opts, "finetuning", None)) for u in units]
     files = [u.location for u in units]
     buckets: dict[Path, list[dict[str, Any]]] = {}
     for i, d, named, split, msl in assign(

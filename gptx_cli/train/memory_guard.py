@@ -14,23 +14,13 @@ from typing import Any
 from gptx_cli.config.lora import LoraParams, trainable_parameters
 from gptx_cli.config.spec import RunSpec
 from gptx_cli.errors import GptxError
+from gptx_cli.fsutil import host_available_bytes
 from gptx_cli.model.counts import lora_trainable, memory_estimate
 
 GIB = 2**30
 # Leave room for the allocator, the CUDA context / Python runtime and the data pipeline.
 HEADROOM = 0.9
 GPU_GIB_FOR_HINT = 80  # an H100: the size suggested when the run is on a CPU host
-
-
-def host_available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def device_available_bytes(device: str, local_processes: int) -> int | None:
