@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptx_cli.config import load_run_spec
 from gptx_cli.data.hdf5 import COMPLETE_MARKER
 from gptx_cli.data.tokenizer import GPT2_PAIR_SEP
+from gptx_cli.errors import GptxError
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,6 @@ def _int(value: Any) -> int | None:
 def trained_on(config_yaml: str | Path) -> list[str]:
     """The data dirs a run's config names (train, then validation), or [] when it cannot be read: where a
     checkpoint's `config.yaml` says its data came from."""
-    from gptx_cli.config import load_run_spec
-    from gptx_cli.errors import GptxError
-
     if not Path(config_yaml).is_file():
         return []
     try:
