@@ -119,3 +119,17 @@ def test_trained_on_the_pile_layout_the_hf_export_carries_the_tokenizer(
     assert load_tokenizer(tmp_path / "hf2" / "tokenizer.json").encode(documents[3]) == reference.encode(
         documents[3]
     )
+
+
+def test_a_tokenizer_trained_into_the_output_is_found_from_any_directory(tmp_path, documents) -> None:
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    res = run_gptx(
+        "preprocess", "--input", "docs.jsonl", "--output-dir", "out", "--max-seq-length", str(MSL),
+        "--train-tokenizer", "300", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    recorded = json.loads((tmp_path / "out" / "data_params.json").read_text())["processing"]["tokenizer"]
+    assert not Path(recorded).is_absolute()  # relative to the preprocess's working directory
+    found = tokenizer_of([tmp_path / "out"])  # asked from this one: found beside the data_params.json
+    assert found is not None and Path(found).resolve() == (tmp_path / "out" / "tokenizer.json").resolve()
+    assert load_tokenizer(found).vocab_size == 300
