@@ -17,6 +17,7 @@ from gptx_cli.commands import (
     convert,
     evaluate,
     generate,
+    inspect,
     lm_eval,
     preprocess,
     report,
@@ -64,6 +65,7 @@ app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unkno
     lm_eval.lm_eval_cmd
 )
 app.command("report")(report.report_cmd)
+app.command("inspect")(inspect.inspect_cmd)
 app.add_typer(convert.app, name="convert")
 
 

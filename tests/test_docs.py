@@ -29,6 +29,7 @@ COMMANDS = [
     "convert checkpoint",
     "convert config",
     "report",
+    "inspect",
 ]
 FIRST_WORDS = {cmd.split()[0] for cmd in COMMANDS}
 PAGES = {cmd: DOCS / f"{cmd.split()[0]}.md" for cmd in COMMANDS}

@@ -177,6 +177,7 @@ NUMBER_RULES: dict[str, Range] = {
     "--repetition-penalty": POSITIVE,
     "--samples-per-file": COUNT,
     "--seed": ANY,
+    "--sample": NON_NEGATIVE,
     "--shard-mb": POSITIVE,
     "--temperature": NON_NEGATIVE,
     "--top-k": COUNT,

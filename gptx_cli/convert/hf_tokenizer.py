@@ -13,16 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gptx_cli.checkpoint import CONFIG_FILE
+from gptx_cli.data.params import tokenizer_of, trained_on
 from gptx_cli.errors import GptxError
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def recorded_tokenizer(source: Path, meta: dict[str, Any]) -> str | None:
-    """The tokenizer a gptx checkpoint records (a file in the checkpoint wins), or None."""
+    """The tokenizer a gptx checkpoint records (a file in the checkpoint wins), else the one recorded for
+    the data its config.yaml names (`data.params`: a checkpoint written before the Pile's part
+    directories were read, or by hand), or None."""
     recorded = meta.get("tokenizer")
     if not recorded:
-        return None
+        return tokenizer_of(trained_on(source / CONFIG_FILE))
     inside = source / str(recorded)
     return str(inside) if inside.is_file() else str(recorded)
 

@@ -27,7 +27,6 @@ slot is computable from its index, so resume stays exact.
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 from gptx_cli.config.spec import DataSpec
 from gptx_cli.data.hdf5 import COMPLETE_MARKER, h5_layout, sample_rows
 from gptx_cli.data.mmidx import MMIDIDXReader
+from gptx_cli.data.params import data_params, params_file
 from gptx_cli.data.preprocess import STATE_DIR
 from gptx_cli.errors import DataError
 
@@ -212,7 +212,7 @@ def _check_complete(d: Path) -> None:
     corpus."""
     if os.environ.get(ENV_ALLOW_INCOMPLETE, "") not in ("", "0"):
         return
-    if (d / COMPLETE_MARKER).is_file() or (d.parent / COMPLETE_MARKER).is_file():
+    if params_file(d) is not None:
         return
     started = (d / STATE_DIR).is_dir() or (d.parent / STATE_DIR).is_dir()
     raise DataError(
@@ -227,15 +227,9 @@ def recorded_loss_tokens(data_dir: str | Path) -> int | None:
     """The loss tokens a preprocess output holds, as its data_params.json records them (ModelZoo's and
     gptx's `post-process.loss_valid_tokens`; in the dir or, for a part dir of a split, its parent); None
     when it records none."""
-    d = Path(data_dir)
-    for marker in (d / COMPLETE_MARKER, d.parent / COMPLETE_MARKER):
-        if marker.is_file():
-            try:
-                value = json.loads(marker.read_text()).get("post-process", {}).get("loss_valid_tokens")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    return None
+    params = data_params(data_dir)
+    value = params.statistics.get("loss_valid_tokens") if params else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _vsl_problem(data_dir: str, path: Path, kind: str) -> DataError:

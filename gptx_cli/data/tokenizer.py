@@ -17,11 +17,10 @@ order) are refused by the tiktoken engine.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -399,16 +398,3 @@ def _finish(name: str, hf: Any, source: str, backend: str) -> Tokenizer:
             )
         tok.backend = "tiktoken"
     return tok
-
-
-def recorded_tokenizer(data_dirs: Iterable[str]) -> str | None:
-    """The tokenizer `gptx preprocess` recorded in a data dir's data_params.json (processing.tokenizer)."""
-    for d in data_dirs:
-        params = Path(d) / "data_params.json"
-        try:
-            recorded = json.loads(params.read_text()).get("processing", {}).get("tokenizer")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if recorded:
-            return str(recorded)
-    return None

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from gptx_cli.checkpoint import CONFIG_FILE, ModelSource, resolve
-from gptx_cli.config import load_run_spec
-from gptx_cli.data.tokenizer import load_tokenizer, recorded_tokenizer
-from gptx_cli.errors import GptxError, UsageError
+from gptx_cli.data.params import tokenizer_of, trained_on
+from gptx_cli.data.tokenizer import load_tokenizer
+from gptx_cli.errors import UsageError
 from gptx_cli.weights import resolve_dtype
 
 __all__ = ["resolve_device", "resolve_dtype", "resolve_tokenizer"]
@@ -45,16 +45,9 @@ def resolve_tokenizer(
     if source.tokenizer:
         return load_tokenizer(source.tokenizer)
     dirs = list(data_dirs)
-    if source.is_gptx and (source.directory / CONFIG_FILE).is_file():
-        try:
-            trained = load_run_spec(source.directory / CONFIG_FILE)
-        except GptxError:
-            trained = None
-        if trained is not None:
-            dirs = [
-                d for spec in (trained.train_data, trained.val_data) if spec for d in spec.data_dir
-            ] + dirs
-    from_data = recorded_tokenizer(dirs)
+    if source.is_gptx:
+        dirs = trained_on(source.directory / CONFIG_FILE) + dirs
+    from_data = tokenizer_of(dirs)
     if from_data:
         return load_tokenizer(from_data)
     raise UsageError(

@@ -25,6 +25,7 @@ import torch
 
 from gptx_cli import distributed
 from gptx_cli.config.spec import RunSpec
+from gptx_cli.data.params import params_file
 from gptx_cli.errors import UsageError
 
 
@@ -46,8 +47,8 @@ def _data_fingerprint(data_dir: str) -> str:
     files = sorted(
         (p.name, p.stat().st_size) for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
     )
-    params = d / "data_params.json"
-    digest = hashlib.sha256(params.read_bytes()).hexdigest()[:16] if params.is_file() else "-"
+    params = params_file(d)
+    digest = hashlib.sha256(params.read_bytes()).hexdigest()[:16] if params else "-"
     return f"{len(files)} files, {sum(size for _, size in files)} bytes, data_params {digest}, " + ",".join(
         f"{name}:{size}" for name, size in files
     )

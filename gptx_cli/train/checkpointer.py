@@ -40,7 +40,7 @@ import torch
 from gptx_cli import distributed
 from gptx_cli.checkpoint import latest_checkpoint, list_checkpoints, locate, resolve, save_checkpoint_dir
 from gptx_cli.config.spec import RunSpec
-from gptx_cli.data.tokenizer import recorded_tokenizer
+from gptx_cli.data.params import tokenizer_of
 from gptx_cli.errors import CheckpointError, GptxError, UsageError
 from gptx_cli.fsutil import temp_path
 from gptx_cli.model.lora import is_adapter
@@ -272,7 +272,7 @@ class Checkpointer:
         """Rank 0's write of the checkpoint directory (`save_checkpoint_dir`: a temporary name, renamed
         when complete), then keep_last_n."""
         spec = self.spec
-        tokenizer = recorded_tokenizer(spec.train_data.data_dir) if spec.train_data else None
+        tokenizer = tokenizer_of(spec.train_data.data_dir) if spec.train_data else None
         extra = {"trained_by": "gptx train", "world_size": self.dist.world_size} | (
             {"lora": self.lora.meta()} if self.lora else {}
         )
