@@ -30,21 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def write_data(path: Path, n: int, seq: int, vocab: int) -> None:
-    from gptx_cli.data.hdf5 import mark_complete, write_sample_file
-
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, vocab, size=(n, seq + 1))
-    samples = np.stack([tokens[:, :-1], np.ones((n, seq), dtype=np.int64), tokens[:, 1:]], axis=1)
-    path.mkdir(parents=True)
-    write_sample_file(path / "data-0.h5", samples.astype(np.int32))
-    mark_complete(path)
+from bench_train import write_data  # noqa: E402  (the same synthetic HDF5 set as the loop benchmark)
 
 
 def cpu_name() -> str:
