@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.textclean import TextCleaning, TextCounts
 from gptx_cli.errors import ConfigError, DataError
 
 PROMPT_COMPLETION_HOOK = "prompt_completion_text_read_hook"
@@ -153,15 +154,21 @@ class Example:
     ending_cut: bool = False
 
 
-def _clean(text: str, spec: FinetuneSpec) -> str:
-    """ModelZoo's clean_text on every region (ftfy, wikitext detokenizer), as TextCleaning does it."""
-    from gptx_cli.data.textclean import TextCleaning
+# The region sizes of the batch `encode_batch` encodes (ModelZoo's raw_* / normalized_* counts).
+_COUNTS: list[TextCounts] = []
 
-    return TextCleaning(
+
+def _clean(text: str, spec: FinetuneSpec) -> str:
+    """ModelZoo's clean_text on every region (ftfy, wikitext detokenizer), as TextCleaning does it;
+    counted as ModelZoo's _encode counts each region (before and after cleaning)."""
+    cleaned = TextCleaning(
         use_ftfy=spec.use_ftfy,
         ftfy_normalizer=spec.ftfy_normalizer,
         wikitext_detokenize=spec.wikitext_detokenize,
     ).clean(text)
+    if _COUNTS:
+        _COUNTS[-1].add(text, cleaned)
+    return cleaned
 
 
 def _field(rec: dict[str, Any], key: str, where: str, what: str) -> str:
@@ -612,6 +619,7 @@ class FinetuneBatch:
     stats: FinetuneStats = field(default_factory=FinetuneStats)
     chars: int = 0
     error: tuple[str, str | None] | None = None
+    text: TextCounts = field(default_factory=TextCounts)
 
 
 def encode_batch(
@@ -629,16 +637,21 @@ def encode_batch(
     eos_text = tok.hf.id_to_token(tok.eos_id)
     examples: list[Example] = []
     skipped = chars = 0
-    for where, rec in parse_records(kind, location, batch):
-        ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
-        if ex is None:
-            skipped += 1
-            continue
-        examples.append(ex)
-        chars += sum(len(v) for v in rec.values() if isinstance(v, str)) if isinstance(rec, dict) else 0
+    counts = TextCounts()
+    _COUNTS.append(counts)
+    try:
+        for where, rec in parse_records(kind, location, batch):
+            ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
+            if ex is None:
+                skipped += 1
+                continue
+            examples.append(ex)
+            chars += sum(len(v) for v in rec.values() if isinstance(v, str)) if isinstance(rec, dict) else 0
+    finally:
+        _COUNTS.pop()
     samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id, pack)
     st.examples_skipped_chat = skipped
-    return FinetuneBatch(samples, st, chars)
+    return FinetuneBatch(samples, st, chars, text=counts)
 
 
 def check_options(opts: Any) -> None:

@@ -184,6 +184,8 @@ class ModelZooV2Packer:
 
     def __post_init__(self) -> None:
         self._prefix = np.zeros(0, dtype=np.int32)
+        # ModelZoo's discarded_files (process_docs): documents whose chunks all gave no sample
+        self.documents_without_sample = 0
 
     def _samples(self, chunks: list[np.ndarray]) -> np.ndarray:
         kept = [c for c in chunks if len(c) >= max(2, self.min_sequence_len)]
@@ -222,6 +224,8 @@ class ModelZooV2Packer:
             elif len(rest):
                 chunks.append(rest)
             self._eos_on_last(chunks)
+            if chunks and all(len(c) < max(2, self.min_sequence_len) for c in chunks):
+                self.documents_without_sample += 1
             chunks_all += chunks
         return self._samples(chunks_all)
 

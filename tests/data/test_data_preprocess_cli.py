@@ -46,8 +46,11 @@ def test_malformed_line_is_reported_with_file_and_line_and_skipped(tmp_path, doc
     assert res.returncode == 0, res.stderr
     assert "in.jsonl:3: malformed JSON" in res.stderr
     assert "in.jsonl:6: not valid UTF-8" in res.stderr
-    pp = json.loads((tmp_path / "out/data_params.json").read_text())["post-process"]
-    assert (pp["documents"], pp["documents_skipped"], pp["discarded_files"]) == (4, 2, 2)
+    params = json.loads((tmp_path / "out/data_params.json").read_text())
+    pp = params["gptx"]["post-process"]
+    assert (pp["documents"], pp["documents_skipped"]) == (4, 2)
+    # ModelZoo's files are the documents read: the skipped records are none of them
+    assert (params["post-process"]["processed_files"], params["post-process"]["discarded_files"]) == (4, 0)
 
     res = gptx("preprocess", "-i", "in.jsonl", "-o", "strict", "--strict", cwd=tmp_path, env=tokenizer_env)
     assert "in.jsonl:3: malformed JSON" in _one_line_error(res)

@@ -32,16 +32,6 @@ CORPUS_PH, TOKENIZERS_PH = "@CORPUS@", "@TOKENIZERS@"
 # (case, comparison) -> why gptx differs from ModelZoo there today (issue #25); "*": every comparison.
 PRETRAINING = ("endings", "no_packing", "pretrain_gpt2", "pretrain_neox", "read_chunk_size", "several_files")
 PRETRAINING += ("shuffle", "shuffle_files", "txt", "vsl")
-STATS = (
-    "data_params stats: gptx writes no normalized_bytes_count, normalized_chars_count, "
-    "average_bytes_per_sequence, average_chars_per_sequence; its raw_bytes_count is the input files' "
-    "size (ModelZoo: UTF-8 bytes of each text after the read hook, before ftfy)"
-)
-PRETRAINING_STATS = (
-    ", its raw_chars_count is counted after ftfy (ModelZoo: before) and num_masked_tokens is 0 "
-    "(ModelZoo: max_seq_length - loss_valid_tokens per sample, utils.py: get_data_stats)"
-)
-FINETUNING_STATS = ", no total_raw_docs / raw_docs_skipped"
 KNOWN: dict[tuple[str, str], str] = {
     ("shuffle_files", "samples"): (
         "shuffle over several files: ModelZoo's first pass draws each sample's file from "
@@ -62,25 +52,15 @@ KNOWN: dict[tuple[str, str], str] = {
         "(ModelZoo: VSLFinetuningTokenGenerator, [n, 5, msl] samples)"
     ),
 }
-for _case in ("chat", "endings", "finetune_splits", "summarization", *PRETRAINING):
-    KNOWN[(_case, "stats")] = STATS + (PRETRAINING_STATS if _case in PRETRAINING else FINETUNING_STATS)
-KNOWN[("chat", "stats")] += ", and raw_chars_count is 0 for chat records"
-KNOWN[("no_packing", "stats")] += (
-    "; ModelZoo counts the 7 documents that give no sample (fewer than min_sequence_len tokens) as "
-    "discarded_files, gptx counts all as successful_files"
+KNOWN[("read_chunk_size", "stats")] = (
+    "data_params stats: ModelZoo counts 31 processed_files / successful_files for the 30 records, 3 of them "
+    "cut into 8 documents (gptx: 35, one per document it tokenises), and fewer raw_* / normalized_* "
+    "characters and bytes than the pieces hold (gptx counts every piece)"
 )
-KNOWN[("txt", "stats")] += (
-    "; ModelZoo does not count the blank line (an empty document) at all (processed_files 99), gptx "
-    "counts it processed and discarded (100, 1)"
-)
-KNOWN[("read_chunk_size", "stats")] += (
-    "; ModelZoo counts 31 processed_files / successful_files for the 30 records, 3 of them cut into 8 "
-    "documents (gptx: 35)"
-)
-KNOWN[("vsl", "stats")] += "; and the token counts of the sample differences"
-KNOWN[("vsl", "stats")] += (
-    "; no num_sequences_before_packing / vsl_packing_factor, and the documents shorter than "
-    "min_sequence_len are not counted as discarded_files"
+KNOWN[("vsl", "stats")] = (
+    "data_params stats: the token counts of the sample differences; no num_sequences_before_packing / "
+    "vsl_packing_factor, num_masked_tokens is 0, and the documents shorter than min_sequence_len are not "
+    "counted as discarded_files"
 )
 SETTINGS = (
     "data_params settings: gptx records its own settings, not ModelZoo's copy of the YAML: setup.data, "
