@@ -804,11 +804,12 @@ def _run_unit(
 
     def emit(samples: np.ndarray) -> None:
         """Write pretraining samples, counting them as ModelZoo's get_data_stats does."""
-        if len(samples) and not opts.use_vsl:
+        if len(samples):
+            stats.num_masked_tokens += samples.shape[0] * opts.max_seq_length - int(samples[:, 1].sum())
+        if len(samples) and not opts.use_vsl:  # ModelZoo counts VSL samples its own way
             ids = samples[:, 0]
             stats.sample_pad_tokens += int((ids == tok.pad_id).sum())
             stats.sample_non_pad_tokens += int(((ids != tok.eos_id) & (ids != tok.pad_id)).sum())
-            stats.num_masked_tokens += samples.shape[0] * opts.max_seq_length - int(samples[:, 1].sum())
         writer.add(samples)
 
     for unit in units:

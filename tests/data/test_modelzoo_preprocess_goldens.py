@@ -59,7 +59,7 @@ KNOWN[("read_chunk_size", "stats")] = (
 )
 KNOWN[("vsl", "stats")] = (
     "data_params stats: the token counts of the sample differences; no num_sequences_before_packing / "
-    "vsl_packing_factor, num_masked_tokens is 0, and the documents shorter than min_sequence_len are not "
+    "vsl_packing_factor, and the documents shorter than min_sequence_len are not "
     "counted as discarded_files"
 )
 SETTINGS = (
