@@ -10,6 +10,7 @@ completed units and redoes the rest, so no document is lost or written twice.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -105,6 +106,9 @@ class PreprocessOptions:
     # ModelZoo's find_token_range bug (finetune.find_token_range): False reproduces it (v2 pretraining,
     # finetuning), True keeps every token of a document's / region's last character.
     keep_whole_last_character: bool = False
+    # A v2 YAML's setup / processing / dataset sections as written (v2config.run_v2): data_params.json
+    # holds ModelZoo's copy of them (data_preprocessor.py: dump_args); None for command-line runs.
+    modelzoo_params: dict[str, Any] | None = None
 
 
 @dataclass
@@ -1087,7 +1091,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
                 raise DataError(
                     f"{job.name}: 0 samples from {stats.documents} document(s) "
                     f"({stats.samples.document_tokens} tokens) in "
-                    f"{', '.join(params['setup']['input'][:3])}",
+                    f"{', '.join(params['gptx']['setup']['input'][:3])}",
                     hint=f"a sample needs at least --min-sequence-len {opts.min_sequence_len} tokens; "
                     "give more text or a smaller --max-seq-length / --min-sequence-len",
                 )
@@ -1110,7 +1114,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         print(
             f"{name}: {pp['n_examples']:,} samples, {pp['documents']:,} documents "
             f"({pp['documents_skipped']:,} skipped{split}), {pp['document_tokens']:,} tokens -> "
-            f"{params['setup']['output_dir']}",
+            f"{params['gptx']['setup']['output_dir']}",
             file=sys.stderr,
         )
     cut = sum(p["gptx"]["post-process"].get("endings_cut", 0) for p in results.values())
@@ -1144,7 +1148,54 @@ def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:
     return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True, "fold_long_doc": opts.fold_long_doc}}
 
 
+def modelzoo_split_params(params: dict[str, Any] | None, split: str) -> dict[str, Any] | None:
+    """ModelZoo's copy of the YAML for one output of `setup.data_splits` (`split`: its directory under
+    output_dir, e.g. "train"): its data is `data_splits_dir/split`, its output `output_dir/split`."""
+    if params is None:
+        return None
+    out = copy.deepcopy(params)
+    setup = out.setdefault("setup", {})
+    splits_dir = setup.pop("data_splits_dir", None) or os.path.join(
+        os.path.dirname(str(setup.get("output_dir", "./output/"))), "data_splits_dir"
+    )
+    setup.pop("data_splits", None)
+    setup.pop("context_splits", None)
+    data = setup.get("data") if isinstance(setup.get("data"), dict) else {}
+    setup["data"] = {**data, "source": os.path.join(str(splits_dir), split)}
+    setup["output_dir"] = os.path.join(str(setup.get("output_dir", "./output/")), split)
+    return out
+
+
 def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
+    """ModelZoo's sections (`setup`, `processing`, `dataset`: its copy of the YAML, with the tokenizer's
+    vocab_size, eos_id and pad_id as data_preprocessor.py adds them; `features`; `post-process`) and
+    gptx's own record of what it ran under `gptx` (`setup`, `processing`, `dataset`, `post-process`)."""
+    ids = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+    vsl = vsl_data_params(opts) if opts.use_vsl else {}
+    mz = copy.deepcopy(opts.modelzoo_params) if opts.modelzoo_params is not None else None
+    if mz is not None:
+        modelzoo: dict[str, Any] = {
+            "setup": mz.get("setup") or {},
+            "processing": {**(mz.get("processing") or {}), **ids},
+            "dataset": mz.get("dataset") or {},
+        }
+    else:  # a command-line run: the ModelZoo keys it has values for
+        modelzoo = {
+            "setup": {"output_dir": str(job.out_dir)},
+            "processing": {"max_seq_length": opts.max_seq_length, **ids},
+        } | ({"dataset": vsl["dataset"]} if vsl else {})
+    gptx = _gptx_settings(job, opts, tok) | ({"dataset": vsl["dataset"]} if vsl else {})
+    gptx["post-process"] = stats.gptx_post_process()
+    return modelzoo | {
+        "features": vsl.get("features", ["input_ids", "attention_mask", "labels"]),
+        "post-process": stats.modelzoo_post_process(
+            opts.mode, counted_samples=opts.output_format == "hdf5" and not opts.use_vsl
+        ),
+        "gptx": gptx,
+    }
+
+
+def _gptx_settings(job: Job, opts: PreprocessOptions, tok: Any) -> dict[str, Any]:
     # No timings, worker counts or absolute times: the same input gives the same file.
     return {
         "setup": {
@@ -1171,9 +1222,4 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             "finetuning": opts.finetuning.to_dict() if opts.finetuning is not None else None,
             **_modelzoo_settings(opts),
         },
-        "features": ["input_ids", "attention_mask", "labels"],
-        "post-process": stats.modelzoo_post_process(
-            opts.mode, counted_samples=opts.output_format == "hdf5" and not opts.use_vsl
-        ),
-        "gptx": {"post-process": stats.gptx_post_process()},
-    } | (vsl_data_params(opts) if opts.use_vsl else {})
+    }

@@ -402,11 +402,15 @@ def _finish(name: str, hf: Any, source: str, backend: str) -> Tokenizer:
 
 
 def recorded_tokenizer(data_dirs: Iterable[str]) -> str | None:
-    """The tokenizer `gptx preprocess` recorded in a data dir's data_params.json (processing.tokenizer)."""
+    """The tokenizer `gptx preprocess` recorded in a data dir's data_params.json (gptx.processing.tokenizer;
+    processing.tokenizer in the files of gptx before #25)."""
     for d in data_dirs:
         params = Path(d) / "data_params.json"
         try:
-            recorded = json.loads(params.read_text()).get("processing", {}).get("tokenizer")
+            data = json.loads(params.read_text())
+            recorded = data.get("gptx", {}).get("processing", {}).get("tokenizer") or data.get(
+                "processing", {}
+            ).get("tokenizer")
         except (OSError, ValueError, AttributeError):
             continue
         if recorded:

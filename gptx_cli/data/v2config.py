@@ -20,6 +20,7 @@ fails it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -634,6 +635,11 @@ def run_v2(plan: V2Plan, cli_values: dict[str, Any]) -> dict[str, Any]:
     from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
 
     values = {**plan.options, **cli_values}
+    # ModelZoo's copy of the YAML in data_params.json (utils.py: args_to_params: an absent or empty
+    # section is {}; data_preprocessor.py: dump_args)
+    values["modelzoo_params"] = {s: copy.deepcopy(plan.raw.get(s) or {}) for s in SECTIONS}
+    if "output_dir" in cli_values and isinstance(values["modelzoo_params"].get("setup"), dict):
+        values["modelzoo_params"]["setup"]["output_dir"] = cli_values["output_dir"]
     if plan.mode == "finetuning":
         try:
             from gptx_cli.data.finetune import run_v2_finetuning  # type: ignore[attr-defined]

@@ -17,11 +17,11 @@ from gptx_cli.data.hdf5 import read_samples
 
 
 def _files(d: Path) -> dict[str, bytes]:
-    """Every output file's bytes (data_params.json without its output_dir, which names the directory)."""
+    """Every output file's bytes (data_params.json without its output_dirs, which name the directory)."""
     files = sorted(p for p in d.rglob("*") if p.is_file() and STATE not in p.parts)
     out = {str(p.relative_to(d)): p.read_bytes() for p in files}
     params = json.loads(out.pop("data_params.json"))
-    assert params["setup"].pop("output_dir") == d.name
+    assert params["setup"].pop("output_dir") == params["gptx"]["setup"].pop("output_dir") == d.name
     out["data_params"] = json.dumps(params).encode()
     return out
 

@@ -220,8 +220,10 @@ def test_modelzoo_finetuning_yaml_runs_through_preprocess_config(tmp_path, recor
     assert list((tmp_path / "splits" / "train").rglob("*.jsonl.zst"))
     train = json.loads((tmp_path / "out" / "train" / "data_params.json").read_text())
     val = json.loads((tmp_path / "out" / "val" / "data_params.json").read_text())
-    assert train["processing"]["mode"] == "finetuning" and train["processing"]["max_seq_length"] == 2048
-    assert train["processing"]["finetuning"]["hook"] == "prompt_completion_text_read_hook"
+    assert (
+        train["gptx"]["processing"]["mode"] == "finetuning" and train["processing"]["max_seq_length"] == 2048
+    )
+    assert train["gptx"]["processing"]["finetuning"]["hook"] == "prompt_completion_text_read_hook"
     n = train["post-process"]["n_examples"] + val["post-process"]["n_examples"]
     assert n == len(records) and val["post-process"]["n_examples"] > 5  # 0.8 / 0.2, nothing over 2048
     sample = _samples(tmp_path / "out" / "train")[0]

@@ -30,8 +30,6 @@ CASES = sorted(p.name for p in (GOLDEN / "cases").iterdir() if (p / "config.yaml
 CORPUS_PH, TOKENIZERS_PH = "@CORPUS@", "@TOKENIZERS@"
 
 # (case, comparison) -> why gptx differs from ModelZoo there today (issue #25); "*": every comparison.
-PRETRAINING = ("endings", "no_packing", "pretrain_gpt2", "pretrain_neox", "read_chunk_size", "several_files")
-PRETRAINING += ("shuffle", "shuffle_files", "txt", "vsl")
 KNOWN: dict[tuple[str, str], str] = {
     ("shuffle_files", "samples"): (
         "shuffle over several files: ModelZoo's first pass draws each sample's file from "
@@ -62,16 +60,6 @@ KNOWN[("vsl", "stats")] = (
     "vsl_packing_factor, and the documents shorter than min_sequence_len are not "
     "counted as discarded_files"
 )
-SETTINGS = (
-    "data_params settings: gptx records its own settings, not ModelZoo's copy of the YAML: setup.data, "
-    "setup.mode, setup.processes, processing.read_hook(_kwargs), the tokenizer keys, use_ftfy, "
-    "ftfy_normalizer, wikitext_detokenize, write_in_batch, resume_from_checkpoint, "
-    "UNSAFE_skip_jsonl_decoding_errors, read_chunk_size (fine-tuning mode) and dataset.pack_sequences / "
-    "truncate_to_msl are missing, setup.output_dir is normalised ('out', ModelZoo './out') and processing.shuffle_seed is "
-    "null unless shuffling (ModelZoo 0)"
-)
-for _case in ("chat", "endings", "finetune_splits", "summarization", *PRETRAINING):
-    KNOWN[(_case, "params")] = SETTINGS
 
 
 def _cases(comparison: str) -> list[Any]:
