@@ -617,7 +617,6 @@ def parse_records(kind: str, location: str, batch: Any) -> list[tuple[str, Any]]
 class FinetuneBatch:
     samples: np.ndarray
     stats: FinetuneStats = field(default_factory=FinetuneStats)
-    chars: int = 0
     error: tuple[str, str | None] | None = None
     text: TextCounts = field(default_factory=TextCounts)
 
@@ -636,22 +635,19 @@ def encode_batch(
     """A batch of records -> samples (run in the preprocess workers)."""
     eos_text = tok.hf.id_to_token(tok.eos_id)
     examples: list[Example] = []
-    skipped = chars = 0
+    skipped = 0
     counts = TextCounts()
-    _COUNTS.append(counts)
-    try:
-        for where, rec in parse_records(kind, location, batch):
-            ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
-            if ex is None:
-                skipped += 1
-                continue
-            examples.append(ex)
-            chars += sum(len(v) for v in rec.values() if isinstance(v, str)) if isinstance(rec, dict) else 0
-    finally:
-        _COUNTS.pop()
+    _COUNTS[:] = [counts]  # _clean counts each region into it
+    for where, rec in parse_records(kind, location, batch):
+        ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
+        if ex is None:
+            skipped += 1
+            continue
+        examples.append(ex)
+    _COUNTS.clear()
     samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id, pack)
     st.examples_skipped_chat = skipped
-    return FinetuneBatch(samples, st, chars, text=counts)
+    return FinetuneBatch(samples, st, text=counts)
 
 
 def check_options(opts: Any) -> None:

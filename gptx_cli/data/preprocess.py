@@ -265,7 +265,6 @@ class EncodedBatch:
     problems: list[str]
     filtered: int
     empty: int
-    chars: int
     error: tuple[str, str | None] | None = None
     endings_cut: int = 0  # documents whose last character lost trailing tokens (ModelZoo's find_token_range)
     records_split: int = 0  # records cut at read_chunk_size, into split_documents documents
@@ -311,7 +310,7 @@ def _encode_batch(
         tb = record_texts(kind, location, batch, text_key=text_key, subsets=subsets)
     except DataError as err:
         empty = np.zeros(0, dtype=np.int32)
-        return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
+        return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, error=(err.message, err.hint))
     split = (0, 0)
     if cleaning is not None and cleaning.active:
         tb.texts, emptied, split, counts = cleaning.apply(tb.texts, kind, chunk_bytes)
@@ -331,8 +330,7 @@ def _encode_batch(
         tokens, lengths = append_eos(docs, tok.eos_id)
     else:  # the ModelZoo v2 packer places EOS itself
         tokens, lengths = concat_documents(docs)
-    chars = sum(len(t) for t in tb.texts)
-    return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, chars, None, cut, *split, counts)
+    return EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, None, cut, *split, counts)
 
 
 # ---------------------------------------------------------------------------------------------- output
