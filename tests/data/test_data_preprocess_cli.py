@@ -199,6 +199,10 @@ def test_train_tokenizer_saves_and_uses_it(tmp_path, documents, gptx, tokenizer_
     assert samples[0, 0, :10].tolist() == tok.encode(documents[0])[:10]
     assert samples.max() < 400
     assert json.loads((tmp_path / "out/data_params.json").read_text())["processing"]["vocab_size"] == 400
+    # what train / eval / convert look up: the tokenizer recorded in gptx.processing
+    from gptx_cli.data.tokenizer import recorded_tokenizer
+
+    assert recorded_tokenizer([str(tmp_path / "out")]) == "out/tokenizer.json"  # as given, from cwd
 
 
 def test_usage_errors_come_before_the_tokenizer_is_loaded(tmp_path, gptx):
