@@ -52,8 +52,9 @@ KNOWN: dict[tuple[str, str], str] = {
 }
 KNOWN[("read_chunk_size", "stats")] = (
     "data_params stats: ModelZoo counts 31 processed_files / successful_files for the 30 records, 3 of them "
-    "cut into 8 documents (gptx: 35, one per document it tokenises), and fewer raw_* / normalized_* "
-    "characters and bytes than the pieces hold (gptx counts every piece)"
+    "cut into 8 documents (gptx: 35, one per document it tokenises): it leaves out the 4 records read "
+    "before the first cut one (their read chunk) out of its file and text counts (383 characters, 385 "
+    "bytes fewer raw_* / normalized_*), though its token counts and samples hold them"
 )
 KNOWN[("vsl", "stats")] = (
     "data_params stats: the token counts of the sample differences; no num_sequences_before_packing / "
