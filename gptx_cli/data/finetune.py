@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from gptx_cli.data.textclean import TextCleaning, TextCounts
 from gptx_cli.data.vsl import record_size
 from gptx_cli.errors import ConfigError, DataError
 
@@ -165,15 +166,21 @@ class Example:
     ending_cut: bool = False
 
 
-def _clean(text: str, spec: FinetuneSpec) -> str:
-    """ModelZoo's clean_text on every region (ftfy, wikitext detokenizer), as TextCleaning does it."""
-    from gptx_cli.data.textclean import TextCleaning
+# The region sizes of the batch `encode_batch` encodes (ModelZoo's raw_* / normalized_* counts).
+_COUNTS: list[TextCounts] = []
 
-    return TextCleaning(
+
+def _clean(text: str, spec: FinetuneSpec) -> str:
+    """ModelZoo's clean_text on every region (ftfy, wikitext detokenizer), as TextCleaning does it;
+    counted as ModelZoo's _encode counts each region (before and after cleaning)."""
+    cleaned = TextCleaning(
         use_ftfy=spec.use_ftfy,
         ftfy_normalizer=spec.ftfy_normalizer,
         wikitext_detokenize=spec.wikitext_detokenize,
     ).clean(text)
+    if _COUNTS:
+        _COUNTS[-1].add(text, cleaned)
+    return cleaned
 
 
 def _field(rec: dict[str, Any], key: str, where: str, what: str) -> str:
@@ -676,11 +683,11 @@ def _note_roles(rec: dict[str, Any], spec: FinetuneSpec, where: str, notes: Chat
 class FinetuneBatch:
     samples: np.ndarray
     stats: FinetuneStats = field(default_factory=FinetuneStats)
-    chars: int = 0
     error: tuple[str, str | None] | None = None
     # VSL: per record its read-chunk size (vsl.record_size) and its example (ids, mask) when kept
     records: list[tuple[tuple[int, int, bool], tuple[list[int], list[int]] | None]] | None = None
     notes: ChatNotes = field(default_factory=ChatNotes)
+    text: TextCounts = field(default_factory=TextCounts)
 
 
 def encode_batch(
@@ -700,7 +707,8 @@ def encode_batch(
     examples: list[Example] = []
     sized: list[tuple[tuple[int, int, bool], Example | None]] = []
     notes = ChatNotes()
-    chars = 0
+    counts = TextCounts()
+    _COUNTS[:] = [counts]  # _clean counts each region into it
     for where, rec in parse_records(kind, location, batch):
         ex = encode_record(rec, spec, tok.hf, eos_text, where, msl, keep_whole_last_character)
         if pack:
@@ -711,7 +719,7 @@ def encode_batch(
         if spec.hook == CHAT_HOOK:
             _note_roles(rec, spec, where, notes)
         examples.append(ex)
-        chars += sum(len(v) for v in rec.values() if isinstance(v, str)) if isinstance(rec, dict) else 0
+    _COUNTS.clear()
     if pack:
         st = FinetuneStats()
         records = [
@@ -720,10 +728,11 @@ def encode_batch(
         ]
         st.num_sequences_before_packing = sum(ex is not None for _, ex in records)
         st.examples_skipped_chat = len(notes.skipped)
-        return FinetuneBatch(np.zeros((0, 5, msl), dtype=np.int32), st, chars, records=records, notes=notes)
+        empty = np.zeros((0, 5, msl), dtype=np.int32)
+        return FinetuneBatch(empty, st, records=records, notes=notes, text=counts)
     samples, st = build_samples(examples, msl, min_len, tok.pad_id, tok.eos_id)
     st.examples_skipped_chat = len(notes.skipped)
-    return FinetuneBatch(samples, st, chars, notes=notes)
+    return FinetuneBatch(samples, st, notes=notes, text=counts)
 
 
 def _record_size(rec: dict[str, Any], spec: FinetuneSpec) -> tuple[int, int, bool]:

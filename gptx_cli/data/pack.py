@@ -58,6 +58,7 @@ class Packer:
 
     def __post_init__(self) -> None:
         self._buf = np.zeros(0, dtype=np.int32)
+        self.documents_without_sample = 0  # ModelZoo's discarded_files (without packing)
 
     def _count(self, samples: np.ndarray) -> np.ndarray:
         real = int(samples[:, 1].sum())
@@ -100,7 +101,10 @@ class Packer:
         parts = []
         for doc in np.split(tokens.astype(np.int32), np.cumsum(lengths)[:-1]):
             full, tail = self._full_chunks(doc)
-            parts += [full, self._tail(tail, shared_first=len(full) > 0)]
+            last = self._tail(tail, shared_first=len(full) > 0)
+            if not len(full) and not len(last):
+                self.documents_without_sample += 1
+            parts += [full, last]
         return self._count(np.concatenate(parts) if parts else np.zeros((0, 3, self.msl), dtype=np.int32))
 
     def finish(self) -> np.ndarray:
@@ -184,6 +188,8 @@ class ModelZooV2Packer:
 
     def __post_init__(self) -> None:
         self._prefix = np.zeros(0, dtype=np.int32)
+        # ModelZoo's discarded_files (process_docs): documents whose chunks all gave no sample
+        self.documents_without_sample = 0
 
     def _samples(self, chunks: list[np.ndarray]) -> np.ndarray:
         kept = [c for c in chunks if len(c) >= max(2, self.min_sequence_len)]
@@ -222,6 +228,8 @@ class ModelZooV2Packer:
             elif len(rest):
                 chunks.append(rest)
             self._eos_on_last(chunks)
+            if chunks and all(len(c) < max(2, self.min_sequence_len) for c in chunks):
+                self.documents_without_sample += 1
             chunks_all += chunks
         return self._samples(chunks_all)
 

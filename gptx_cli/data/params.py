@@ -5,7 +5,8 @@ A preprocess output records them in its `data_params.json` (written last, it als
 complete). The file is in the directory itself or, for a part directory of a split (the Pile layout:
 `train_shuffled_msl2048/0/` .. `/9/`, one `data_params.json` in `train_shuffled_msl2048/`), in its
 parent; a data_dir naming one `.h5` file reads its directory's. Both gptx's own `data_params.json` and
-ModelZoo's are read: the tokenizer is gptx's `processing.tokenizer`, else ModelZoo's
+ModelZoo's are read: the tokenizer is gptx's `gptx.processing.tokenizer` (`processing.tokenizer` in
+the files of gptx before #25), else ModelZoo's
 `processing.huggingface_tokenizer`, else its `processing.tokenizer_params` GPT-2 file pair.
 
 Train (the tokenizer recorded in each checkpoint's gptx.json), eval, generate, the Hugging Face export
@@ -74,14 +75,17 @@ def data_params(data_dir: str | Path) -> DataParams | None:
     processing = _section(raw, "processing")
     setup = _section(raw, "setup")
     dataset = _section(raw, "dataset")
+    ours = _section(
+        _section(raw, "gptx"), "processing"
+    )  # gptx's own settings (files of gptx before #25: none)
     features = raw.get("features")
     use_vsl = bool(dataset.get("use_vsl")) or (isinstance(features, list) and "attention_span" in features)
     return DataParams(
         path=path,
         raw=raw,
-        tokenizer=_recorded_tokenizer(processing, path.parent),
-        max_seq_length=_int(processing.get("max_seq_length")),
-        mode=str(processing.get("mode") or setup.get("mode") or "") or None,
+        tokenizer=_recorded_tokenizer({**processing, **ours}, path.parent),
+        max_seq_length=_int(processing.get("max_seq_length", ours.get("max_seq_length"))),
+        mode=str(ours.get("mode") or processing.get("mode") or setup.get("mode") or "") or None,
         use_vsl=use_vsl,
         statistics=_section(raw, "post-process"),
     )

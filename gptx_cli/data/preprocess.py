@@ -10,6 +10,7 @@ completed units and redoes the rest, so no document is lost or written twice.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ from gptx_cli.data.sources import (
     pile_units,
     record_texts,
 )
-from gptx_cli.data.textclean import TextCleaning
+from gptx_cli.data.textclean import TextCleaning, TextCounts
 from gptx_cli.errors import DataError, UsageError
 from gptx_cli.fsutil import atomic_path, host_available_bytes, host_cores, is_temp, write_json
 
@@ -108,6 +109,9 @@ class PreprocessOptions:
     # ModelZoo's find_token_range bug (finetune.find_token_range): False reproduces it (v2 pretraining,
     # finetuning), True keeps every token of a document's / region's last character.
     keep_whole_last_character: bool = False
+    # A v2 YAML's setup / processing / dataset sections as written (v2config.run_v2): data_params.json
+    # holds ModelZoo's copy of them (data_preprocessor.py: dump_args); None for command-line runs.
+    modelzoo_params: dict[str, Any] | None = None
 
 
 @dataclass
@@ -127,12 +131,21 @@ class JobStats:
     documents_skipped: int = 0  # malformed records
     documents_filtered: int = 0  # not in the chosen Pile subsets
     documents_empty: int = 0
+    input_bytes: int = 0  # bytes of the input files read
+    # ModelZoo's text sizes (textclean.TextCounts): after the read hook (raw) and after ftfy (normalized)
     raw_bytes_count: int = 0
     raw_chars_count: int = 0
+    normalized_bytes_count: int = 0
+    normalized_chars_count: int = 0
     input_files: int = 0
     examples_too_long: int = 0  # finetuning: examples dropped for length (ModelZoo discards them)
     examples_too_short: int = 0
-    num_masked_tokens: int = 0  # finetuning: positions with loss mask 0
+    num_masked_tokens: int = 0  # max_seq_length - loss_valid_tokens, summed over the samples
+    # ModelZoo's get_data_stats on the written samples' input_ids (pretraining, HDF5): pad_id positions
+    # (EOS too where pad_id = eos_id) and positions neither pad nor EOS
+    sample_pad_tokens: int = 0
+    sample_non_pad_tokens: int = 0
+    documents_without_sample: int = 0  # pretraining: documents none of whose chunks gave a sample
     # Written only when not 0 (the records of runs these never apply to stay as they were):
     endings_cut: int = 0  # documents / examples ModelZoo's find_token_range changed (reproduced)
     records_split: int = 0  # records larger than read_chunk_size, cut into documents
@@ -145,21 +158,74 @@ class JobStats:
                 setattr(self, k, getattr(self, k) + getattr(other, k))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "samples" and (v or k not in _IF_SET)}
-        # ModelZoo's names, where its "files" are documents; no position is masked besides padding here.
-        dropped = self.examples_too_long + self.examples_too_short
-        modelzoo = {
-            "processed_files": self.documents + self.documents_skipped + self.documents_empty,
-            "successful_files": self.documents - dropped,
-            "discarded_files": self.documents_skipped + self.documents_empty + dropped,
-            "num_masked_tokens": self.num_masked_tokens,
-        }
-        return {**asdict(self.samples), **d, **modelzoo}
+        """Every count, flat (a unit's state file; `from_dict` reads it back)."""
+        return {**asdict(self.samples), **{k: v for k, v in asdict(self).items() if k != "samples"}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobStats:
-        s = SampleStats(**{k: d[k] for k in SampleStats.__dataclass_fields__})
+        s = SampleStats(**{k: d.get(k, 0) for k in SampleStats.__dataclass_fields__})
         return cls(samples=s, **{k: d.get(k, 0) for k in cls.__dataclass_fields__ if k != "samples"})
+
+    def modelzoo_post_process(self, mode: str, counted_samples: bool) -> dict[str, Any]:
+        """data_params.json's `post-process`: the keys ModelZoo 2.10 writes there, with its definitions
+        (data_preprocessor.py: stats_keys; utils.py: get_data_stats, dump_result; pretraining_token_generator.py:
+        process_docs, parse_semantic_data_array; finetuning_token_generator.py: _encode).
+        `counted_samples`: the pretraining samples were counted as written (`_run_unit`: emit)."""
+        s = self.samples
+        if mode == "finetuning":
+            # one ModelZoo "file" per record; the dropped examples are its discarded ones
+            discarded = self.examples_too_long + self.examples_too_short
+            processed = self.documents
+            pad, non_pad = s.num_pad_tokens, s.non_pad_tokens
+            extra: dict[str, Any] = {
+                "total_raw_docs": self.documents + self.documents_skipped,
+                "raw_docs_skipped": self.documents_skipped,
+            }
+        else:
+            # one "file" per non-empty document; discarded when none of its chunks gave a sample
+            discarded = self.documents_without_sample
+            processed = self.documents
+            sampled = counted_samples
+            pad = self.sample_pad_tokens if sampled else s.num_pad_tokens
+            non_pad = self.sample_non_pad_tokens if sampled else s.non_pad_tokens
+            extra = {}
+        n = s.n_examples
+        post = {
+            "n_examples": n,
+            "num_tokens": s.num_tokens,
+            "loss_valid_tokens": s.loss_valid_tokens,
+            "num_pad_tokens": pad,
+            "non_pad_tokens": non_pad,
+            "num_masked_tokens": self.num_masked_tokens,
+            "processed_files": processed,
+            "successful_files": processed - discarded,
+            "discarded_files": discarded,
+            "raw_bytes_count": self.raw_bytes_count,
+            "raw_chars_count": self.raw_chars_count,
+            "normalized_bytes_count": self.normalized_bytes_count,
+            "normalized_chars_count": self.normalized_chars_count,
+            # utils.py: dump_result
+            "average_bytes_per_sequence": -(-self.raw_bytes_count // n) if n else 0,
+            "average_chars_per_sequence": -(-self.raw_chars_count // n) if n else 0,
+            **extra,
+        }
+        return post
+
+    def gptx_post_process(self) -> dict[str, Any]:
+        """The figures only gptx writes (data_params.json: gptx.post-process)."""
+        d = {
+            "documents": self.documents,
+            "documents_skipped": self.documents_skipped,
+            "documents_filtered": self.documents_filtered,
+            "documents_empty": self.documents_empty,
+            "input_files": self.input_files,
+            "input_bytes": self.input_bytes,
+            "document_tokens": self.samples.document_tokens,
+            "dropped_tokens": self.samples.dropped_tokens,
+            "examples_too_long": self.examples_too_long,
+            "examples_too_short": self.examples_too_short,
+        }
+        return d | {k: getattr(self, k) for k in _IF_SET if getattr(self, k)}
 
 
 _IF_SET = ("endings_cut", "records_split", "split_documents")
@@ -202,11 +268,11 @@ class EncodedBatch:
     problems: list[str]
     filtered: int
     empty: int
-    chars: int
     error: tuple[str, str | None] | None = None
     endings_cut: int = 0  # documents whose last character lost trailing tokens (ModelZoo's find_token_range)
     records_split: int = 0  # records cut at read_chunk_size, into split_documents documents
     split_documents: int = 0
+    text: TextCounts = field(default_factory=TextCounts)
     sizes: np.ndarray | None = None  # VSL: each document's text in UTF-8 bytes as read (data/vsl.py)
 
 
@@ -249,14 +315,16 @@ def _encode_batch(
         tb = record_texts(kind, location, batch, text_key=text_key, subsets=subsets)
     except DataError as err:
         empty = np.zeros(0, dtype=np.int32)
-        return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, 0, error=(err.message, err.hint))
+        return EncodedBatch(empty, np.zeros(0, np.int64), [], 0, 0, error=(err.message, err.hint))
     split = (0, 0)
     sizes: list[int] | None = [] if sized else None
     if cleaning is not None and cleaning.active:
-        tb.texts, emptied, split = cleaning.apply(tb.texts, kind, chunk_bytes, sizes)
+        tb.texts, emptied, split, counts = cleaning.apply(tb.texts, kind, chunk_bytes, sizes)
         tb.empty += emptied
-    elif sizes is not None:
-        sizes = [len(t.encode("utf-8")) for t in tb.texts]
+    else:
+        counts = TextCounts.of(tb.texts)
+        if sizes is not None:
+            sizes = [len(t.encode("utf-8")) for t in tb.texts]
     docs = tok.encode_batch_arrays(tb.texts)
     cut = 0
     if cut_endings:
@@ -270,8 +338,7 @@ def _encode_batch(
         tokens, lengths = append_eos(docs, tok.eos_id)
     else:  # the ModelZoo v2 packer places EOS itself
         tokens, lengths = concat_documents(docs)
-    chars = sum(len(t) for t in tb.texts)
-    out = EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, chars, None, cut, *split)
+    out = EncodedBatch(tokens, lengths, tb.problems, tb.filtered, tb.empty, None, cut, *split, counts)
     if sizes is not None:
         out.sizes = np.array(sizes, dtype=np.int64)
     return out
@@ -753,6 +820,17 @@ def _run_unit(
         from gptx_cli.data.pack import ShortSequences
 
         short = ShortSequences(opts.short_seq_prob, random.Random(opts.seed + u), packer)
+
+    def emit(samples: np.ndarray) -> None:
+        """Write pretraining samples, counting them as ModelZoo's get_data_stats does."""
+        if len(samples):
+            stats.num_masked_tokens += samples.shape[0] * opts.max_seq_length - int(samples[:, 1].sum())
+        if len(samples) and not opts.use_vsl:  # ModelZoo counts VSL samples its own way
+            ids = samples[:, 0]
+            stats.sample_pad_tokens += int((ids == tok.pad_id).sum())
+            stats.sample_non_pad_tokens += int(((ids != tok.eos_id) & (ids != tok.pad_id)).sum())
+        writer.add(samples)
+
     for unit in units:
         if opts.mode == "finetuning":
             shown = _finetune_unit(
@@ -799,16 +877,17 @@ def _run_unit(
             stats.documents_skipped += len(res.problems)
             stats.documents_filtered += res.filtered
             stats.documents_empty += res.empty
-            stats.raw_bytes_count += batch.raw_bytes
-            stats.raw_chars_count += res.chars
+            stats.input_bytes += batch.raw_bytes
+            for k, v in asdict(res.text).items():
+                setattr(stats, k, getattr(stats, k) + v)
             stats.endings_cut += res.endings_cut
             stats.records_split += res.records_split
             stats.split_documents += res.split_documents
             if opts.use_vsl:
-                writer.add(packer.add_documents(res.tokens, res.lengths, res.sizes))
+                emit(packer.add_documents(res.tokens, res.lengths, res.sizes))
             elif opts.output_format == "hdf5":
                 samples = packer.add_documents(res.tokens, res.lengths)
-                writer.add(short.apply(samples) if short is not None else samples)
+                emit(short.apply(samples) if short is not None else samples)
             else:
                 packer.stats.document_tokens += len(res.tokens)
                 writer.add_documents(res.tokens, res.lengths)
@@ -828,10 +907,11 @@ def _run_unit(
         _add_finetune_stats(stats, st)
     elif opts.output_format == "hdf5":
         last = packer.finish()
-        writer.add(short.apply(last) if short is not None else last)
+        emit(short.apply(last) if short is not None else last)
     writer.close()
     if opts.mode != "finetuning":
         stats.samples = packer.stats
+        stats.documents_without_sample = getattr(packer, "documents_without_sample", 0)
     return stats
 
 
@@ -876,8 +956,9 @@ def _finetune_unit(
         writer.add(vsl.add(res.records, res.stats) if vsl is not None else res.samples)
         st = res.stats
         _add_finetune_stats(stats, st)
-        stats.raw_bytes_count += batch.raw_bytes
-        stats.raw_chars_count += res.chars
+        stats.input_bytes += batch.raw_bytes
+        for k, v in asdict(res.text).items():
+            setattr(stats, k, getattr(stats, k) + v)
         progress.update(unit.location, done_before + (batch.consumed or 0), st.examples, st.example_tokens)
     return shown
 
@@ -1089,11 +1170,11 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
             base += sum(u.size for g in job.units for u in g)
             params = _data_params(job, opts, tok, stats)
             post = params["post-process"]
-            if (post["n_examples"] if opts.output_format == "hdf5" else post.get("document_tokens", 1)) == 0:
+            if (post["n_examples"] if opts.output_format == "hdf5" else stats.samples.document_tokens) == 0:
                 raise DataError(
                     f"{job.name}: 0 samples from {stats.documents} document(s) "
-                    f"({params['post-process'].get('document_tokens', 0)} tokens) in "
-                    f"{', '.join(params['setup']['input'][:3])}",
+                    f"({stats.samples.document_tokens} tokens) in "
+                    f"{', '.join(params['gptx']['setup']['input'][:3])}",
                     hint=f"a sample needs at least --min-sequence-len {opts.min_sequence_len} tokens; "
                     "give more text or a smaller --max-seq-length / --min-sequence-len",
                 )
@@ -1106,7 +1187,7 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
             pool.join()
     elapsed = time.monotonic() - t0
     for name, params in results.items():
-        pp = params["post-process"]
+        pp = params["post-process"] | params["gptx"]["post-process"]
         split = (
             f"; {pp['records_split']:,} records over read_chunk_size {opts.read_chunk_size:,} KiB cut into "
             f"{pp['split_documents']:,} pieces"
@@ -1116,13 +1197,13 @@ def run_preprocess(opts: PreprocessOptions) -> dict[str, Any]:
         print(
             f"{name}: {pp['n_examples']:,} samples, {pp['documents']:,} documents "
             f"({pp['documents_skipped']:,} skipped{split}), {pp['document_tokens']:,} tokens -> "
-            f"{params['setup']['output_dir']}",
+            f"{params['gptx']['setup']['output_dir']}",
             file=sys.stderr,
         )
-    cut = sum(p["post-process"].get("endings_cut", 0) for p in results.values())
+    cut = sum(p["gptx"]["post-process"].get("endings_cut", 0) for p in results.values())
     if cut:
         print(endings_note(cut, opts.mode), file=sys.stderr)
-    tokens = sum(p["post-process"]["document_tokens"] for p in results.values())
+    tokens = sum(p["gptx"]["post-process"]["document_tokens"] for p in results.values())
     print(
         f"done in {elapsed:.1f}s ({tokens / max(elapsed, 1e-9) / 1e6:.2f}M tokens/s, backend {tok.backend})",
         file=sys.stderr,
@@ -1179,7 +1260,54 @@ def vsl_data_params(opts: PreprocessOptions) -> dict[str, Any]:
     return {"features": list(VSL_FEATURES), "dataset": {"use_vsl": True}}
 
 
+def modelzoo_split_params(params: dict[str, Any] | None, split: str) -> dict[str, Any] | None:
+    """ModelZoo's copy of the YAML for one output of `setup.data_splits` (`split`: its directory under
+    output_dir, e.g. "train"): its data is `data_splits_dir/split`, its output `output_dir/split`."""
+    if params is None:
+        return None
+    out = copy.deepcopy(params)
+    setup = out.setdefault("setup", {})
+    splits_dir = setup.pop("data_splits_dir", None) or os.path.join(
+        os.path.dirname(str(setup.get("output_dir", "./output/"))), "data_splits_dir"
+    )
+    setup.pop("data_splits", None)
+    setup.pop("context_splits", None)
+    data = setup.get("data") if isinstance(setup.get("data"), dict) else {}
+    setup["data"] = {**data, "source": os.path.join(str(splits_dir), split)}
+    setup["output_dir"] = os.path.join(str(setup.get("output_dir", "./output/")), split)
+    return out
+
+
 def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -> dict[str, Any]:
+    """ModelZoo's sections (`setup`, `processing`, `dataset`: its copy of the YAML, with the tokenizer's
+    vocab_size, eos_id and pad_id as data_preprocessor.py adds them; `features`; `post-process`) and
+    gptx's own record of what it ran under `gptx` (`setup`, `processing`, `dataset`, `post-process`)."""
+    ids = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+    vsl = vsl_data_params(opts) if opts.use_vsl else {}
+    mz = copy.deepcopy(opts.modelzoo_params) if opts.modelzoo_params is not None else None
+    if mz is not None:
+        modelzoo: dict[str, Any] = {
+            "setup": mz.get("setup") or {},
+            "processing": {**(mz.get("processing") or {}), **ids},
+            "dataset": mz.get("dataset") or {},
+        }
+    else:  # a command-line run: the ModelZoo keys it has values for
+        modelzoo = {
+            "setup": {"output_dir": str(job.out_dir)},
+            "processing": {"max_seq_length": opts.max_seq_length, **ids},
+        } | ({"dataset": vsl["dataset"]} if vsl else {})
+    gptx = _gptx_settings(job, opts, tok) | ({"dataset": vsl["dataset"]} if vsl else {})
+    gptx["post-process"] = stats.gptx_post_process()
+    return modelzoo | {
+        "features": vsl.get("features", ["input_ids", "attention_mask", "labels"]),
+        "post-process": stats.modelzoo_post_process(
+            opts.mode, counted_samples=opts.output_format == "hdf5" and not opts.use_vsl
+        ),
+        "gptx": gptx,
+    }
+
+
+def _gptx_settings(job: Job, opts: PreprocessOptions, tok: Any) -> dict[str, Any]:
     # No timings, worker counts or absolute times: the same input gives the same file.
     return {
         "setup": {
@@ -1207,6 +1335,4 @@ def _data_params(job: Job, opts: PreprocessOptions, tok: Any, stats: JobStats) -
             **_modelzoo_settings(opts),
             **({"read_chunk_size": opts.read_chunk_size} if opts.use_vsl else {}),
         },
-        "features": ["input_ids", "attention_mask", "labels"],
-        "post-process": stats.to_dict(),
-    } | (vsl_data_params(opts) if opts.use_vsl else {})
+    }

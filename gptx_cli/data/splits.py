@@ -162,7 +162,7 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
     """Split the documents, then preprocess every (split, msl) into its own directory."""
     import zstandard
 
-    from gptx_cli.data.preprocess import run_preprocess
+    from gptx_cli.data.preprocess import modelzoo_split_params, run_preprocess
     from gptx_cli.data.sources import expand_inputs
     from gptx_cli.fsutil import write_bytes
 
@@ -219,7 +219,13 @@ def run_splits(plan: Any, opts: Any) -> dict[str, Any]:
             src, out = src / f"msl_{msl}", out / f"msl_{msl}"
         if not src.is_dir():
             raise DataError(f"no document fell into {src} (too few documents for the split fractions)")
-        sub = replace(opts, inputs=[str(src)], output_dir=str(out))
+        rel = os.path.relpath(out, opts.output_dir)
+        sub = replace(
+            opts,
+            inputs=[str(src)],
+            output_dir=str(out),
+            modelzoo_params=modelzoo_split_params(getattr(opts, "modelzoo_params", None), rel),
+        )
         if msl is not None:
             sub = replace(sub, max_seq_length=normalize_msl(msl))
         results[str(out)] = run_preprocess(sub)

@@ -85,6 +85,10 @@ class TextCleaning:
     def clean(self, text: str) -> str:
         if self.strip:
             text = text.strip()
+        return self.normalize(text)
+
+    def normalize(self, text: str) -> str:
+        """What follows the read hook: ftfy, wikitext detokenizing (ModelZoo's utils.py: clean_text)."""
         if self.use_ftfy:
             import ftfy
 
@@ -95,8 +99,9 @@ class TextCleaning:
 
     def apply(
         self, texts: list[str], kind: str, chunk_bytes: int | None = None, sizes: list[int] | None = None
-    ) -> tuple[list[str], int, tuple[int, int]]:
-        """(cleaned non-empty texts, number that came out empty, (records cut, documents they gave)).
+    ) -> tuple[list[str], int, tuple[int, int], TextCounts]:
+        """(cleaned non-empty texts, number that came out empty, (records cut, documents they gave),
+        the texts' sizes as ModelZoo counts them).
 
         `chunk_bytes`: a record (a line of a `.txt` file) of more UTF-8 bytes is first cut into
         documents as ModelZoo v2's reader does (`split_by_read_chunk_size`). `sizes`, when given, gets
@@ -115,15 +120,45 @@ class TextCleaning:
             texts = split
         out: list[str] = []
         empty = 0
-        for raw in texts:
-            t = self.clean(raw)
+        counts = TextCounts()
+        for read in texts:
+            t = read.strip() if self.strip else read
+            raw = t
+            t = self.normalize(t)
+            if raw:  # ModelZoo skips an empty region before counting it
+                counts.add(raw, t)
             if t:
                 out.append(t)
                 if sizes is not None:
-                    sizes.append(len(raw.encode("utf-8")))
+                    sizes.append(len(read.encode("utf-8")))
             else:
                 empty += 1
-        return out, empty, (records_cut, pieces)
+        return out, empty, (records_cut, pieces), counts
+
+
+@dataclass
+class TextCounts:
+    """ModelZoo's raw_* / normalized_* counts (pretraining_token_generator.py: parse_semantic_data_array):
+    characters and UTF-8 bytes of each text after the read hook (raw) and after clean_text (normalized)."""
+
+    raw_chars_count: int = 0
+    raw_bytes_count: int = 0
+    normalized_chars_count: int = 0
+    normalized_bytes_count: int = 0
+
+    def add(self, raw: str, normalized: str) -> None:
+        self.raw_chars_count += len(raw)
+        self.raw_bytes_count += len(raw.encode("utf-8"))
+        self.normalized_chars_count += len(normalized)
+        self.normalized_bytes_count += len(normalized.encode("utf-8"))
+
+    @classmethod
+    def of(cls, texts: list[str]) -> TextCounts:
+        """Texts used as they are (no cleaning): raw = normalized."""
+        c = cls()
+        for t in texts:
+            c.add(t, t)
+        return c
 
 
 def _last_paragraph_or_sentence_end(buffer: str) -> int | None:

@@ -20,6 +20,7 @@ fails it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,17 @@ V2_KEYS: dict[str, Key] = {
     "end_of_turn_token": Key(_PD, FINETUNING),
 }
 SECTIONS = ("setup", "processing", "dataset")
+# gptx preprocess flags that are ModelZoo preprocess_data arguments of the same name and meaning, and
+# the section its update_params puts them in
+CLI_SECTIONS = {
+    "output_dir": "setup",
+    "processes": "setup",
+    "max_seq_length": "processing",
+    "min_sequence_len": "processing",
+    "seed": "processing",
+    "pack_sequences": "dataset",
+    "use_vsl": "dataset",
+}
 DATA_KEYS = {"source", "type", "split"}
 
 
@@ -643,6 +655,13 @@ def run_v2(plan: V2Plan, cli_values: dict[str, Any]) -> dict[str, Any]:
     from gptx_cli.data.preprocess import PreprocessOptions, run_preprocess
 
     values = {**plan.options, **cli_values}
+    # ModelZoo's copy of the YAML in data_params.json (utils.py: args_to_params: an absent or empty
+    # section is {}, and command-line values go into their section; data_preprocessor.py: dump_args)
+    mz = {s: copy.deepcopy(plan.raw.get(s) or {}) for s in SECTIONS}
+    for key, section in CLI_SECTIONS.items():
+        if key in cli_values and isinstance(mz[section], dict):
+            mz[section][key] = cli_values[key]
+    values["modelzoo_params"] = mz
     if plan.mode == "finetuning":
         try:
             from gptx_cli.data.finetune import run_v2_finetuning  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ header is byte-exact to the MMIDIDX layout; the loader reads all of them."""
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -104,6 +105,16 @@ def test_no_packing_pads_each_document(tmp_path, docs, gpt2_tokenizer_dir):
     assert samples[n0, 0, :5].tolist() == tok.encode(docs[1])[:5]
     assert (samples[:, 1] == 0).any()  # padding happened, and it is masked
     assert (samples[:, 0][samples[:, 1] == 0] == tok.pad_id).all()
+
+
+def test_no_packing_counts_documents_without_a_sample_as_discarded(tmp_path, docs, gpt2_tokenizer_dir):
+    """ModelZoo's discarded_files (process_docs): a document none of whose chunks gives a sample."""
+    (tmp_path / "in.jsonl").write_bytes(jsonl_bytes([docs[0], "Hi.", docs[1], "Ok, bye.", docs[2]]))
+    samples = preprocess([tmp_path / "in.jsonl"], tmp_path / "out", gpt2_tokenizer_dir, pack_sequences=False)
+    post = json.loads((tmp_path / "out" / "data_params.json").read_text())["post-process"]
+    assert (post["processed_files"], post["successful_files"], post["discarded_files"]) == (5, 3, 2)
+    assert post["n_examples"] == len(samples)
+    assert post["num_masked_tokens"] == len(samples) * MSL - int(samples[:, 1].sum())
 
 
 def test_corpus_and_mmidx_outputs_hold_the_document_stream(tmp_path, docs, gpt2_tokenizer_dir, jsonl_samples):

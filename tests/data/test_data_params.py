@@ -128,7 +128,9 @@ def test_a_tokenizer_trained_into_the_output_is_found_from_any_directory(tmp_pat
         "--train-tokenizer", "300", cwd=tmp_path,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    recorded = json.loads((tmp_path / "out" / "data_params.json").read_text())["processing"]["tokenizer"]
+    recorded = json.loads((tmp_path / "out" / "data_params.json").read_text())["gptx"]["processing"][
+        "tokenizer"
+    ]
     assert not Path(recorded).is_absolute()  # relative to the preprocess's working directory
     found = tokenizer_of([tmp_path / "out"])  # asked from this one: found beside the data_params.json
     assert found is not None and Path(found).resolve() == (tmp_path / "out" / "tokenizer.json").resolve()

@@ -17,11 +17,11 @@ from gptx_cli.data.hdf5 import read_samples
 
 
 def _files(d: Path) -> dict[str, bytes]:
-    """Every output file's bytes (data_params.json without its output_dir, which names the directory)."""
+    """Every output file's bytes (data_params.json without its output_dirs, which name the directory)."""
     files = sorted(p for p in d.rglob("*") if p.is_file() and STATE not in p.parts)
     out = {str(p.relative_to(d)): p.read_bytes() for p in files}
     params = json.loads(out.pop("data_params.json"))
-    assert params["setup"].pop("output_dir") == d.name
+    assert params["setup"].pop("output_dir") == params["gptx"]["setup"].pop("output_dir") == d.name
     out["data_params"] = json.dumps(params).encode()
     return out
 
@@ -46,8 +46,11 @@ def test_malformed_line_is_reported_with_file_and_line_and_skipped(tmp_path, doc
     assert res.returncode == 0, res.stderr
     assert "in.jsonl:3: malformed JSON" in res.stderr
     assert "in.jsonl:6: not valid UTF-8" in res.stderr
-    pp = json.loads((tmp_path / "out/data_params.json").read_text())["post-process"]
-    assert (pp["documents"], pp["documents_skipped"], pp["discarded_files"]) == (4, 2, 2)
+    params = json.loads((tmp_path / "out/data_params.json").read_text())
+    pp = params["gptx"]["post-process"]
+    assert (pp["documents"], pp["documents_skipped"]) == (4, 2)
+    # ModelZoo's files are the documents read: the skipped records are none of them
+    assert (params["post-process"]["processed_files"], params["post-process"]["discarded_files"]) == (4, 0)
 
     res = gptx("preprocess", "-i", "in.jsonl", "-o", "strict", "--strict", cwd=tmp_path, env=tokenizer_env)
     assert "in.jsonl:3: malformed JSON" in _one_line_error(res)
@@ -196,6 +199,10 @@ def test_train_tokenizer_saves_and_uses_it(tmp_path, documents, gptx, tokenizer_
     assert samples[0, 0, :10].tolist() == tok.encode(documents[0])[:10]
     assert samples.max() < 400
     assert json.loads((tmp_path / "out/data_params.json").read_text())["processing"]["vocab_size"] == 400
+    # what train / eval / convert look up: the tokenizer recorded in gptx.processing
+    from gptx_cli.data.params import tokenizer_of
+
+    assert tokenizer_of(tmp_path / "out") == str(tmp_path / "out/tokenizer.json")  # found beside the file
 
 
 def test_usage_errors_come_before_the_tokenizer_is_loaded(tmp_path, gptx):

@@ -85,17 +85,23 @@ def test_pile_recipe_end_to_end(
 
     # stats add up
     params = json.loads((val_dir / "data_params.json").read_text())
-    pp = params["post-process"]
+    pp = params["post-process"] | params["gptx"]["post-process"]  # ModelZoo's keys, then gptx's own
     assert pp["n_examples"] == len(val_samples)
     assert pp["num_tokens"] == len(val_samples) * MSL == pp["non_pad_tokens"] + pp["num_pad_tokens"]
-    assert pp["loss_valid_tokens"] == int(val_samples[:, 1].sum()) == pp["non_pad_tokens"]
+    assert pp["loss_valid_tokens"] == int(val_samples[:, 1].sum())
+    # ModelZoo's get_data_stats: input positions that are neither pad nor EOS (both 50256 here)
+    assert pp["non_pad_tokens"] == int((val_samples[:, 0] != 50256).sum()) < pp["loss_valid_tokens"]
+    assert pp["num_masked_tokens"] == pp["num_tokens"] - pp["loss_valid_tokens"]
     assert pp["documents"] == pp["successful_files"] == pp["processed_files"] == len(val)
     assert pp["documents_skipped"] == pp["discarded_files"] == 0 and pp["input_files"] == 1
     assert pp["document_tokens"] == len(reference_stream(gpt2_tokenizer_dir, val))
-    assert pp["raw_bytes_count"] > sum(len(d) for d in val)  # JSON lines hold more than the texts
+    assert pp["input_bytes"] > sum(len(d) for d in val)  # JSON lines hold more than the texts
+    assert pp["raw_bytes_count"] == pp["normalized_bytes_count"] == sum(len(d.encode()) for d in val)
+    assert pp["average_bytes_per_sequence"] == -(-pp["raw_bytes_count"] // pp["n_examples"])
     assert params["processing"]["eos_id"] == 50256 and params["processing"]["max_seq_length"] == MSL
-    train_pp = json.loads((train_dir / "data_params.json").read_text())["post-process"]
-    assert train_pp["n_examples"] == len(expected) and train_pp["documents"] == len(documents)
+    train_params = json.loads((train_dir / "data_params.json").read_text())
+    assert train_params["post-process"]["n_examples"] == len(expected)
+    assert train_params["gptx"]["post-process"]["documents"] == len(documents)
 
     # the loader yields them: val in order; train from all 10 part directories
     loader = build_dataloader(DataSpec(data_dir=[str(val_dir)], batch_size=4, max_sequence_length=MSL))
@@ -136,6 +142,6 @@ def test_pile_subset_filter_keeps_only_named_sets(tmp_path: Path, documents: lis
         "--pile-subsets", "Github", "--max-seq-length", str(MSL), cwd=tmp_path, env=tokenizer_env,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    pp = json.loads((tmp_path / f"out/val_msl{MSL}/data_params.json").read_text())["post-process"]
+    pp = json.loads((tmp_path / f"out/val_msl{MSL}/data_params.json").read_text())["gptx"]["post-process"]
     assert (pp["documents"], pp["documents_filtered"]) == (4, 8)
     assert not (tmp_path / f"out/train_shuffled_msl{MSL}").exists()

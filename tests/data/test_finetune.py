@@ -61,10 +61,12 @@ def test_prompt_completion_mask_on_real_text(tmp_path, tok, records) -> None:
                     "-i", str(_jsonl(tmp_path / "qa.jsonl", records)), "-o", str(tmp_path / "out"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     samples = _samples(tmp_path / "out")
-    params = json.loads((tmp_path / "out" / "data_params.json").read_text())["post-process"]
+    data_params = json.loads((tmp_path / "out" / "data_params.json").read_text())
+    params = data_params["post-process"]
     kept = [x for x in records if len(tok.encode(x["prompt"] + "<|sep|>" + x["completion"])) + 1 <= MSL]
     assert len(samples) == len(kept) == params["n_examples"] and len(kept) > 50
-    assert params["examples_too_long"] == len(records) - len(kept)
+    assert data_params["gptx"]["post-process"]["examples_too_long"] == len(records) - len(kept)
+    assert params["total_raw_docs"] == len(records) and params["raw_docs_skipped"] == 0
     assert params["discarded_files"] == len(records) - len(kept)
     eos = tok.eos_id
     for sample, rec in zip(samples, kept, strict=True):
@@ -221,8 +223,10 @@ def test_modelzoo_finetuning_yaml_runs_through_preprocess_config(tmp_path, recor
     assert list((tmp_path / "splits" / "train").rglob("*.jsonl.zst"))
     train = json.loads((tmp_path / "out" / "train" / "data_params.json").read_text())
     val = json.loads((tmp_path / "out" / "val" / "data_params.json").read_text())
-    assert train["processing"]["mode"] == "finetuning" and train["processing"]["max_seq_length"] == 2048
-    assert train["processing"]["finetuning"]["hook"] == "prompt_completion_text_read_hook"
+    assert (
+        train["gptx"]["processing"]["mode"] == "finetuning" and train["processing"]["max_seq_length"] == 2048
+    )
+    assert train["gptx"]["processing"]["finetuning"]["hook"] == "prompt_completion_text_read_hook"
     n = train["post-process"]["n_examples"] + val["post-process"]["n_examples"]
     assert n == len(records) and val["post-process"]["n_examples"] > 5  # 0.8 / 0.2, nothing over 2048
     sample = _samples(tmp_path / "out" / "train")[0]

@@ -131,13 +131,16 @@ def test_vsl_sample_shows_each_documents_positions_and_attention_span(data, env)
     (view,) = _json(str(data["vsl"]), env=env)
     docs = view["documents"]
     assert view["vsl"] is True
-    assert [d["text"] for d in docs] == [t + "<|endoftext|>" for t in DOCS]
+    # ModelZoo's VSL packing order: each read chunk's documents longest first
+    assert [d["text"] for d in docs] == [DOCS[i] + "<|endoftext|>" for i in (2, 0, 1)]
     for i, d in enumerate(docs):
         start, end = d["tokens"]
         last = end - 1 if i == len(docs) - 1 else end  # the last document lost its final input token
         assert d["position_ids"] == [0, last - start]
         assert d["attention_span"] == [start, last]
-        assert d["segments"][0]["loss"] is False  # a document's first token is not predicted
+        # the sample's first token is no label; ModelZoo keeps the loss on each document's EOS, whose
+        # label is the next document's first token
+        assert d["segments"][0]["loss"] is (i > 0)
     res = _inspect(str(data["vsl"]), env=env)
     assert res.returncode == 0, res.stderr
     s, e = docs[1]["tokens"]

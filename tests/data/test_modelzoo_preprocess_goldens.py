@@ -30,18 +30,6 @@ CASES = sorted(p.name for p in (GOLDEN / "cases").iterdir() if (p / "config.yaml
 CORPUS_PH, TOKENIZERS_PH = "@CORPUS@", "@TOKENIZERS@"
 
 # (case, comparison) -> why gptx differs from ModelZoo there today (issue #25); "*": every comparison.
-PRETRAINING = ("endings", "no_packing", "pretrain_gpt2", "pretrain_neox", "read_chunk_size", "several_files")
-PRETRAINING += ("shuffle", "shuffle_files", "txt", "vsl", "vsl_long", "vsl_read_chunks")
-STATS = (
-    "data_params stats: gptx writes no normalized_bytes_count, normalized_chars_count, "
-    "average_bytes_per_sequence, average_chars_per_sequence; its raw_bytes_count is the input files' "
-    "size (ModelZoo: UTF-8 bytes of each text after the read hook, before ftfy)"
-)
-PRETRAINING_STATS = (
-    ", its raw_chars_count is counted after ftfy (ModelZoo: before) and num_masked_tokens is 0 "
-    "(ModelZoo: max_seq_length - loss_valid_tokens per sample, utils.py: get_data_stats)"
-)
-FINETUNING_STATS = ", no total_raw_docs / raw_docs_skipped"
 KNOWN: dict[tuple[str, str], str] = {
     ("shuffle_files", "samples"): (
         "shuffle over several files: ModelZoo's first pass draws each sample's file from "
@@ -52,43 +40,17 @@ KNOWN: dict[tuple[str, str], str] = {
         "the prefix sample from the running stream (with 5 files that alone moves one sample)"
     ),
 }
-FINETUNING = ("chat", "finetune_splits", "finetune_vsl", "finetune_vsl_chunks", "summarization")
-for _case in (*FINETUNING, *PRETRAINING):
-    KNOWN[(_case, "stats")] = STATS + (PRETRAINING_STATS if _case in PRETRAINING else FINETUNING_STATS)
-KNOWN[("chat", "stats")] += ", and raw_chars_count is 0 for chat records"
-KNOWN[("no_packing", "stats")] += (
-    "; ModelZoo counts the 7 documents that give no sample (fewer than min_sequence_len tokens) as "
-    "discarded_files, gptx counts all as successful_files"
+KNOWN[("read_chunk_size", "stats")] = (
+    "data_params stats: ModelZoo counts 31 processed_files / successful_files for the 30 records, 3 of them "
+    "cut into 8 documents (gptx: 35, one per document it tokenises): it leaves out the 4 records read "
+    "before the first cut one (their read chunk) out of its file and text counts (383 characters, 385 "
+    "bytes fewer raw_* / normalized_*), though its token counts and samples hold them"
 )
-KNOWN[("finetune_vsl_chunks", "stats")] += (
-    "; ModelZoo leaves a read chunk that gives no sample out of all its counts (data_preprocessor.py: "
-    "process_files skips it), here the chunks of the 4 dropped examples (processed_files 136, gptx 140)"
-)
-KNOWN[("read_chunk_size", "stats")] += (
-    "; ModelZoo counts 31 processed_files / successful_files for the 30 records, 3 of them cut into 8 "
-    "documents (gptx: 35)"
-)
-for _case in ("txt", "vsl_read_chunks"):
-    KNOWN[(_case, "stats")] += (
-        "; ModelZoo does not count the blank line (an empty document) at all (processed_files 99), gptx "
-        "counts it processed and discarded (100, 1)"
-    )
 for _case in ("vsl", "vsl_long", "vsl_read_chunks", "finetune_vsl", "finetune_vsl_chunks"):
-    KNOWN[(_case, "stats")] += "; no num_sequences_before_packing / vsl_packing_factor"
-for _case in ("vsl", "vsl_long", "vsl_read_chunks"):
-    KNOWN[(_case, "stats")] += (
-        ", and the documents shorter than min_sequence_len are not counted as discarded_files"
+    KNOWN[(_case, "stats")] = (
+        "data_params stats (VSL): no num_sequences_before_packing / vsl_packing_factor, and the documents "
+        "shorter than min_sequence_len are not counted as discarded_files"
     )
-SETTINGS = (
-    "data_params settings: gptx records its own settings, not ModelZoo's copy of the YAML: setup.data, "
-    "setup.mode, setup.processes, processing.read_hook(_kwargs), the tokenizer keys, use_ftfy, "
-    "ftfy_normalizer, wikitext_detokenize, write_in_batch, resume_from_checkpoint, "
-    "UNSAFE_skip_jsonl_decoding_errors, read_chunk_size (fine-tuning mode) and dataset.pack_sequences / "
-    "truncate_to_msl are missing, setup.output_dir is normalised ('out', ModelZoo './out') and processing.shuffle_seed is "
-    "null unless shuffling (ModelZoo 0)"
-)
-for _case in (*FINETUNING, *PRETRAINING):
-    KNOWN[(_case, "params")] = SETTINGS
 
 
 def _cases(comparison: str) -> list[Any]:

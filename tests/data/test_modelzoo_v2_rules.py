@@ -98,7 +98,7 @@ def test_find_token_range_end_is_modelzoos_with_a_note_and_the_switch_keeps_ever
         want = gpt2.encode(text) + [eos]
         assert sample[0, : len(want) - 1].tolist() == want[:-1]
     params = json.loads((tmp_path / "out" / "data_params.json").read_text())
-    assert params["processing"]["keep_whole_last_character"] is True
+    assert params["gptx"]["processing"]["keep_whole_last_character"] is True
 
 
 def test_find_token_range_in_finetuning_leaves_the_turn_token_unmasked_and_says_so(tmp_path, gpt2):
@@ -185,13 +185,19 @@ def test_read_chunk_size_default_is_modelzoos_1024_kib_for_a_config_and_off_on_t
     assert res.returncode == 0, res.stderr
     assert "; 1 records over read_chunk_size 1,024 KiB cut into 2 pieces), " in res.stderr, res.stderr
     params = json.loads((tmp_path / "out" / "data_params.json").read_text())
-    assert params["processing"]["read_chunk_size"] == 1024 and params["post-process"]["documents"] == 2
+    assert (
+        params["gptx"]["processing"]["read_chunk_size"] == 1024
+        and params["gptx"]["post-process"]["documents"] == 2
+    )
     res = run_gptx(
         "preprocess", "--input", "data", "--output-dir", "cli", "--tokenizer", "gpt2", cwd=tmp_path, env=ENV
     )  # create_hdf5_dataset.py's reader: a record is one document however large
     assert res.returncode == 0 and "read_chunk_size" not in res.stderr, res.stderr
     params = json.loads((tmp_path / "cli" / "data_params.json").read_text())
-    assert params["post-process"]["documents"] == 1 and "read_chunk_size" not in params["processing"]
+    assert (
+        params["gptx"]["post-process"]["documents"] == 1
+        and "read_chunk_size" not in params["gptx"]["processing"]
+    )
 
 
 @pytest.mark.parametrize(

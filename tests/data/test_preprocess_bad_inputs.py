@@ -33,7 +33,9 @@ def _preprocess(*args: str):
 
 
 def _params(out: Path) -> dict:
-    return json.loads((out / "data_params.json").read_text())["post-process"]
+    """ModelZoo's post-process counts and gptx's own (gptx.post-process) together."""
+    params = json.loads((out / "data_params.json").read_text())
+    return params["post-process"] | params["gptx"]["post-process"]
 
 
 # ------------------------------------------------------------------------------------------ chat roles

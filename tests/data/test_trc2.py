@@ -97,7 +97,7 @@ def test_trc2_recipe_end_to_end(tmp_path, documents, gptx, tokenizer_env, gpt2_t
         assert len(expected) - len(got) < 10  # only a final chunk under min_sequence_len is dropped
         params = json.loads((out / "data_params.json").read_text())
         assert params["processing"]["max_seq_length"] == 512
-        assert params["processing"]["cleaning"]["use_ftfy"] is True
+        assert params["gptx"]["processing"]["cleaning"]["use_ftfy"] is True
 
     # The published config now finds its data, and a tiny GPT-J continues pre-training on it.
     cfg = REPO / "configs" / "params_gptj_6B_TRC2.yaml"

@@ -418,3 +418,28 @@ def test_bad_keys_are_one_line_errors_with_file_line(tmp_path):
         Exception, match=r"c\.yaml:4:3: dataset\.is_multimodal: is_multimodal: True is not supported by gptx"
     ):
         v2config.load_v2_config(path)
+
+
+def test_data_params_holds_modelzoos_copy_of_the_yaml_with_the_command_line_values(
+    tmp_path, documents, gptx, tok_paths
+):
+    """data_params.json's setup / processing / dataset: the YAML as written, the flags that are ModelZoo
+    arguments in their section (utils.py: update_params), the tokenizer's ids; gptx's record under gptx."""
+    base = yaml.safe_load(edited("autoregressive_lm_preprocessing", tmp_path, *tok_paths).read_text())
+    base["processing"].update(max_seq_length=64)
+    base.pop("dataset", None)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/a.jsonl").write_bytes(jsonl_bytes(documents[:10]))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(base))
+    res = gptx("preprocess", "--config", "c.yaml", "--max-seq-length", "32", "-o", "cli", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    params = json.loads((tmp_path / "cli" / "data_params.json").read_text())
+    assert params["setup"] == {**base["setup"], "output_dir": "cli"}
+    want = {**base["processing"], "max_seq_length": 32}
+    assert {
+        k: v for k, v in params["processing"].items() if k not in ("vocab_size", "eos_id", "pad_id")
+    } == want
+    assert (params["processing"]["vocab_size"], params["processing"]["eos_id"]) == (50257, 50256)
+    assert params["dataset"] == {}  # absent in the YAML: {} as ModelZoo's args_to_params makes it
+    assert params["gptx"]["processing"]["max_seq_length"] == 32
+    assert params["gptx"]["setup"]["output_dir"] == "cli"

@@ -211,7 +211,7 @@ def test_vsl_equals_modelzoo_v2_rules_on_real_text(tmp_path, vsl_documents, gptx
     params = json.loads((tmp_path / "out" / "data_params.json").read_text())
     assert params["features"] == ["input_ids", "attention_mask", "labels", "attention_span", "position_ids"]
     assert params["dataset"] == {"use_vsl": True}
-    assert params["processing"]["read_chunk_size"] == 1024
+    assert params["gptx"]["processing"]["read_chunk_size"] == 1024
     assert params["post-process"]["n_examples"] == len(expected)
     assert params["post-process"]["loss_valid_tokens"] == int(expected[:, 1].sum())
 

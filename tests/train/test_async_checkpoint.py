@@ -135,9 +135,14 @@ def test_training_goes_on_while_a_checkpoint_is_written(tiny_data, sync_run, tmp
     try:
         run.read_until("train step 8/20")  # three steps after the save at step 5 began
         assert not (model_dir / "checkpoint_5").exists(), "checkpoint_5 visible before its write completed"
+        # the writer thread reaches the hold on its own schedule (on a loaded machine after step 8)
+        deadline = time.monotonic() + 120
+        while not _temp_checkpoints(model_dir, 5) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert _temp_checkpoints(model_dir, 5), (
             "the held write of checkpoint_5 is not under its temporary name"
         )
+        assert not (model_dir / "checkpoint_5").exists(), "checkpoint_5 visible before its write completed"
         assert not any(line.startswith("saved ") for line in run.lines)
         (hold / "5").touch()
         err = run.finish()
